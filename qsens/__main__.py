@@ -1,0 +1,5 @@
+import sys
+
+from qsens.cli import main
+
+sys.exit(main())

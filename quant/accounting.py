@@ -1,0 +1,69 @@
+"""Size, average bits, BOPs and error of a config, accounted exactly as Qua2SeDiMo does.
+
+Per layer with n weights and C_out output channels, at b bits:
+    payload  = n·b
+    overhead = UAQ 2·16·C_out (scale + zero) | K-Means-C 2^b·16·C_out | K-Means-A 2^b·16
+    fp16     = 16·n, no overhead
+avg_bits = Σ (payload + overhead) / Σ n over all quantizable weights (unlisted layers count as fp16).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from quant.layers import LayerInfo
+from quant.options import FP16, Option, parse_option
+
+FLOAT_BITS = 16  # every stored float (scale, zero point, centroid) counts as 16 bits
+
+
+def overhead_bits(option: Option, info: LayerInfo) -> int:
+    if option.is_fp:
+        return 0
+    if option.method == "uaq":
+        return 2 * FLOAT_BITS * info.c_out
+    if option.method == "kmc":
+        return (1 << option.bits) * FLOAT_BITS * info.c_out
+    return (1 << option.bits) * FLOAT_BITS  # kma
+
+
+def layer_bits(option: Option | str, info: LayerInfo) -> int:
+    """Total stored bits of one layer at one option, overhead included."""
+    option = parse_option(option) if isinstance(option, str) else option
+    if option.is_fp:
+        return FLOAT_BITS * info.n_weights
+    return option.bits * info.n_weights + overhead_bits(option, info)
+
+
+def avg_bits(options: Mapping[str, str], infos: Mapping[str, LayerInfo]) -> float:
+    total = sum(layer_bits(options.get(name, FP16), info) for name, info in infos.items())
+    return total / sum(info.n_weights for info in infos.values())
+
+
+def bops(options: Mapping[str, str], infos: Mapping[str, LayerInfo], act_bits: int | None = None) -> int:
+    """Bit operations: Σ MACs · weight bits · activation bits (16 when activations are not quantized)."""
+    a = act_bits or FLOAT_BITS
+    return sum(info.macs * parse_option(options.get(name, FP16)).bits * a for name, info in infos.items())
+
+
+@dataclass
+class ConfigStats:
+    avg_bits: float
+    quantized_bytes: float  # Σ stored bits / 8, overhead included
+    fp_bytes: int  # the same layers all at fp16
+    quantized_error: float  # Σ over layers of n · (mean squared error per weight): total squared error
+    bops: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(options: Mapping[str, str], infos: Mapping[str, LayerInfo],
+              errors: Mapping[tuple[str, str], float], act_bits: int | None = None) -> ConfigStats:
+    """Stats of a config; `errors[(layer, option)]` is the bank's mean squared error per weight."""
+    bits = sum(layer_bits(options.get(n, FP16), i) for n, i in infos.items())
+    n_total = sum(i.n_weights for i in infos.values())
+    err = sum(i.n_weights * errors[(n, options[n])] for n, i in infos.items()
+              if options.get(n, FP16) != FP16)
+    return ConfigStats(bits / n_total, bits / 8, FLOAT_BITS * n_total // 8, float(err),
+                       bops(options, infos, act_bits))

@@ -1,0 +1,239 @@
+"""The bank: every option of every quantizable layer, quantized once, stored compactly.
+
+On disk (a directory):
+    bank.json                    metadata: model name, weight fingerprints, options, per-layer
+                                 shapes / fp bytes / MACs, per (layer, option) stored bits, MSE
+    bank-00000.safetensors ...   `{layer}/{option}/codes` (bit-packed uint8, exactly n·b bits)
+                                 `{layer}/{option}/params` (fp16 scale+zero or codebook)
+
+Tensors are read lazily (one `safe_open` per shard), so using a few layers of a large bank
+reads only those. A bank refuses a model whose weights differ from the ones it was built from.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from quant.accounting import ConfigStats, layer_bits, summarize
+from quant.config import QuantConfig
+from quant.errors import BankFormatError, BankMismatchError, ConfigError
+from quant.layers import LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos, quantizable_layers
+from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
+from quant.packing import pack_codes, unpack_codes
+from quant.quantizers import QuantizedTensor, quantize
+
+FORMAT_VERSION = 1
+META_FILE = "bank.json"
+SHARD_BYTES = 1 << 30  # start a new safetensors shard past ~1 GiB
+
+
+@dataclass
+class BankEntry:
+    """One (layer, option): what it costs and how far it is from the FP weight."""
+    stored_bits: int  # payload + overhead, as accounted
+    mse: float  # mean squared error per weight (the one normalisation for every method)
+    seconds: float
+    shard: str  # safetensors file holding its tensors
+    params_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"stored_bits": self.stored_bits, "mse": self.mse, "seconds": self.seconds,
+                "shard": self.shard, "params_shape": list(self.params_shape)}
+
+
+@dataclass
+class Bank:
+    model: str
+    options: list[str]
+    layers: dict[str, LayerInfo]
+    entries: dict[str, dict[str, BankEntry]]
+    layer_fingerprints: dict[str, str]
+    path: Path | None = None
+    _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # in-memory (unsaved)
+    _handles: dict[str, object] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def fingerprint(self) -> str:
+        return combine_fingerprints(self.layer_fingerprints)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layers)
+
+    def error(self, layer: str, option: str) -> float:
+        return 0.0 if option == FP16 else self.entries[layer][option].mse
+
+    def quantized_bits(self, layer: str, option: str) -> int:
+        return layer_bits(option, self.layers[layer])
+
+    def errors(self) -> dict[tuple[str, str], float]:
+        return {(l, o): e.mse for l, opts in self.entries.items() for o, e in opts.items()}
+
+    def summarize(self, config: QuantConfig) -> ConfigStats:
+        self.validate(config)
+        return summarize(config.options, self.layers, self.errors(), config.act_bits)
+
+    def validate(self, config: QuantConfig, where: str = "config") -> QuantConfig:
+        if config.model != self.model:
+            raise ConfigError(f"{where} is for model {config.model!r} but the bank is for {self.model!r}")
+        return config.validate(self.layers, self.options, where=where)
+
+    def check_model(self, model: nn.Module, where: str | None = None) -> None:
+        """Raise BankMismatchError naming what differs between `model` and the bank's model."""
+        theirs = layer_fingerprints(model)
+        missing = [n for n in self.layer_fingerprints if n not in theirs]
+        extra = [n for n in theirs if n not in self.layer_fingerprints]
+        changed = [n for n in self.layer_fingerprints if n in theirs and theirs[n] != self.layer_fingerprints[n]]
+        if missing or extra or changed:
+            parts = []
+            if changed:
+                parts.append(f"{len(changed)} layer(s) with other weights (first: {changed[0]})")
+            if missing:
+                parts.append(f"{len(missing)} bank layer(s) absent from the model (first: {missing[0]})")
+            if extra:
+                parts.append(f"{len(extra)} model layer(s) absent from the bank (first: {extra[0]})")
+            src = where or (str(self.path) if self.path else "bank")
+            raise BankMismatchError(f"{src} was built for another model than this {self.model!r}: "
+                                    + "; ".join(parts) + ". Rebuild it with `qsens bank build`.")
+
+    # ------------------------------------------------------------------ tensors
+    def quantized(self, layer: str, option: str) -> QuantizedTensor:
+        if layer not in self.entries:
+            raise ConfigError(f"layer {layer!r} is not in the bank for {self.model!r}")
+        if option not in self.entries[layer]:
+            raise ConfigError(f"option {option!r} is not in the bank (has: {', '.join(self.options)})")
+        info, entry, opt = self.layers[layer], self.entries[layer][option], parse_option(option)
+        packed = self._tensor(entry.shard, f"{layer}/{option}/codes")
+        params = self._tensor(entry.shard, f"{layer}/{option}/params").to(torch.float32)
+        codes = unpack_codes(packed, opt.bits, info.n_weights).reshape(info.c_out, -1)
+        return QuantizedTensor(opt, info.shape, codes, params.reshape(entry.params_shape))
+
+    def dequantize(self, layer: str, option: str, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.quantized(layer, option).dequantize(torch.float32).to(device=device, dtype=dtype)
+
+    def _tensor(self, shard: str, key: str) -> torch.Tensor:
+        if key in self._tensors:
+            return self._tensors[key]
+        if self.path is None:
+            raise BankFormatError(f"bank tensor {key} missing from memory (bank not saved)")
+        handle = self._handles.get(shard)
+        file = self.path / shard
+        if handle is None:
+            if not file.is_file():
+                raise BankFormatError(f"{file}: bank shard missing; rebuild with `qsens bank build`")
+            try:
+                handle = safe_open(str(file), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise BankFormatError(f"{file}: unreadable bank shard ({exc})") from None
+            self._handles[shard] = handle
+        try:
+            return handle.get_tensor(key)
+        except Exception as exc:
+            raise BankFormatError(f"{file}: cannot read {key} ({exc})") from None
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        if not self._tensors:
+            raise BankFormatError("only a freshly built bank can be saved; copy the bank directory instead")
+        directory.mkdir(parents=True, exist_ok=True)
+        shards: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in self._tensors.items():
+            layer, option = key.rsplit("/", 2)[0], key.rsplit("/", 2)[1]
+            shards.setdefault(self.entries[layer][option].shard, {})[key] = tensor.contiguous()
+        for old in directory.glob("bank-*.safetensors"):
+            if old.name not in shards:
+                old.unlink()
+        for shard, tensors in shards.items():
+            save_file(tensors, str(directory / shard), metadata={"model": self.model, "format": str(FORMAT_VERSION)})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "options": self.options,
+            "layers": [info.to_dict() | {"fp_bytes": info.n_weights * 2} for info in self.layers.values()],
+            "layer_fingerprints": self.layer_fingerprints,
+            "entries": {l: {o: e.to_dict() for o, e in opts.items()} for l, opts in self.entries.items()},
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        self.path = directory
+        return directory
+
+    @staticmethod
+    def load(directory: str | Path) -> "Bank":
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise BankFormatError(f"{directory}: not a bank (no {META_FILE}); build one with `qsens bank build`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BankFormatError(f"{meta_path}: corrupt JSON (line {exc.lineno}: {exc.msg})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise BankFormatError(f"{meta_path}: format version {meta.get('format_version')!r}, "
+                                  f"this qsens reads {FORMAT_VERSION}; rebuild the bank")
+        layers = {d["name"]: LayerInfo.from_dict(d) for d in meta["layers"]}
+        entries = {l: {o: BankEntry(int(e["stored_bits"]), float(e["mse"]), float(e["seconds"]), e["shard"],
+                                    tuple(e["params_shape"])) for o, e in opts.items()}
+                   for l, opts in meta["entries"].items()}
+        bank = Bank(meta["model"], list(meta["options"]), layers, entries, dict(meta["layer_fingerprints"]),
+                    path=directory)
+        for shard in sorted({e.shard for opts in entries.values() for e in opts.values()}):
+            if not (directory / shard).is_file():
+                raise BankFormatError(f"{directory / shard}: bank shard missing; rebuild with `qsens bank build`")
+        return bank
+
+
+def build_bank(
+    model: nn.Module,
+    options: Iterable[str] = DEFAULT_OPTIONS,
+    model_name: str = "model",
+    macs: dict[str, int] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Bank:
+    """Quantize every quantizable layer of `model` with every option. Returns an in-memory bank
+    (call `.save(dir)` to write it). `device` runs the quantizers there (e.g. "cuda")."""
+    opts: list[Option] = parse_options(list(options))
+    option_names = [str(o) for o in opts]
+    modules = quantizable_layers(model)
+    if not modules:
+        raise ConfigError(f"model {model_name!r} has no Conv1d/Conv2d/Linear layer to quantize")
+    infos = {i.name: i for i in layer_infos(model, macs)}
+    entries: dict[str, dict[str, BankEntry]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    shard_index, shard_bytes = 0, 0
+    bar = tqdm(modules.items(), desc=f"bank {model_name}", unit="layer", disable=not progress)
+    for name, module in bar:
+        weight = module.weight.detach()
+        if weight.device.type == "meta":
+            raise ConfigError(f"layer {name} has no weights (meta device): load real weights to build a bank")
+        w = weight.to(device or weight.device, torch.float32)
+        entries[name] = {}
+        for opt in opts:
+            t0 = time.perf_counter()
+            q = quantize(w, opt)
+            mse = float(((q.dequantize(torch.float32) - w).double() ** 2).mean())
+            packed = pack_codes(q.codes, opt.bits).cpu()
+            params = q.params.to(torch.float16).cpu()
+            seconds = time.perf_counter() - t0
+            shard = f"bank-{shard_index:05d}.safetensors"
+            tensors[f"{name}/{opt}/codes"] = packed
+            tensors[f"{name}/{opt}/params"] = params
+            entries[name][str(opt)] = BankEntry(layer_bits(opt, infos[name]), mse, round(seconds, 6), shard,
+                                                tuple(params.shape))
+            shard_bytes += packed.numel() + params.numel() * 2
+            if shard_bytes > SHARD_BYTES:
+                shard_index, shard_bytes = shard_index + 1, 0
+    return Bank(model_name, option_names, infos, entries, layer_fingerprints(model), _tensors=tensors)

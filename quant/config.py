@@ -1,0 +1,122 @@
+"""QuantConfig: which option each layer takes. JSON on disk, validated against a model or bank.
+
+    {"model": "digits", "options": {"conv_in": "uaq4", ...}, "avg_bits": 3.52, "act_bits": null}
+
+A layer missing from `options` stays unquantized (`fp16`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from quant.errors import ConfigError
+from quant.options import FP16, parse_option
+
+ACT_BITS_ALLOWED = (None, 8, 6)
+
+
+@dataclass
+class QuantConfig:
+    model: str
+    options: dict[str, str] = field(default_factory=dict)
+    avg_bits: float | None = None
+    act_bits: int | None = None
+
+    def option(self, layer: str) -> str:
+        return self.options.get(layer, FP16)
+
+    def canonical_options(self) -> dict[str, str]:
+        """Sorted options with fp16 entries dropped: equal configs have equal canonical forms."""
+        return {k: self.options[k] for k in sorted(self.options) if self.options[k] != FP16}
+
+    @property
+    def config_id(self) -> str:
+        """Stable 16-hex-digit hash of the canonical config (options, and act_bits when set)."""
+        payload: dict = {"options": self.canonical_options()}
+        if self.act_bits is not None:
+            payload["act_bits"] = self.act_bits
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def uniform(model: str, layers: Iterable[str], option: str) -> "QuantConfig":
+        parse_option(option)
+        return QuantConfig(model, {name: option for name in layers})
+
+    def validate(self, layers: Iterable[str], allowed_options: Iterable[str] | None = None,
+                 where: str = "config") -> "QuantConfig":
+        """Raise one ConfigError that names every unknown layer and every bad option."""
+        known = set(layers)
+        allowed = None if allowed_options is None else set(allowed_options) | {FP16}
+        unknown_layers = [name for name in self.options if name not in known]
+        bad_options = []
+        for name, text in self.options.items():
+            try:
+                parse_option(text)
+                ok = allowed is None or text in allowed
+            except ConfigError:
+                ok = False
+            if not ok:
+                bad_options.append(f"{name}={text!r}")
+        problems = []
+        if unknown_layers:
+            problems.append(f"{len(unknown_layers)} unknown layer(s): {_clip(unknown_layers)}")
+        if bad_options:
+            choice = "" if allowed is None else f" (allowed: {', '.join(sorted(allowed))})"
+            problems.append(f"{len(bad_options)} unknown option(s): {_clip(bad_options)}{choice}")
+        if self.act_bits not in ACT_BITS_ALLOWED:
+            problems.append(f"act_bits={self.act_bits!r} (allowed: null, 8, 6)")
+        if problems:
+            raise ConfigError(f"{where} for model {self.model!r}: " + "; ".join(problems))
+        return self
+
+    # --- JSON ---
+    def to_dict(self) -> dict:
+        return {"model": self.model, "options": dict(self.options),
+                "avg_bits": self.avg_bits, "act_bits": self.act_bits}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        return path
+
+    @staticmethod
+    def from_dict(data: object, where: str = "config") -> "QuantConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a JSON object with 'model' and 'options'")
+        missing = [k for k in ("model", "options") if k not in data]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+        extra = sorted(set(data) - {"model", "options", "avg_bits", "act_bits"})
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} "
+                              "(expected model, options, avg_bits, act_bits)")
+        options = data["options"]
+        if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in options.items()):
+            raise ConfigError(f"{where}: 'options' must map layer names to option strings")
+        avg_bits = data.get("avg_bits")
+        if avg_bits is not None and not isinstance(avg_bits, (int, float)):
+            raise ConfigError(f"{where}: 'avg_bits' must be a number or null")
+        return QuantConfig(str(data["model"]), dict(options),
+                           None if avg_bits is None else float(avg_bits), data.get("act_bits"))
+
+    @staticmethod
+    def load(path: str | Path) -> "QuantConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
+        return QuantConfig.from_dict(data, where=str(path))
+
+
+def _clip(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

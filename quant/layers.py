@@ -1,0 +1,113 @@
+"""Which modules are quantizable, their shapes, and a fingerprint of their weights."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str  # "Linear" | "Conv1d" | "Conv2d"
+    shape: tuple[int, ...]  # weight shape, (C_out, C_in, *kernel)
+    n_weights: int
+    c_out: int
+    macs: int = 0  # multiply-accumulates of one forward at the example input (0 = unknown)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "LayerInfo":
+        return LayerInfo(d["name"], d["kind"], tuple(d["shape"]), int(d["n_weights"]),
+                         int(d["c_out"]), int(d.get("macs", 0)))
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv1d/Conv2d/Linear of `model`, by fully qualified name, in module order.
+
+    A module reachable under two names (shared weights) is listed once, under its first name.
+    """
+    layers: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, QUANTIZABLE_TYPES) and id(module) not in seen:
+            seen.add(id(module))
+            layers[name] = module
+    return layers
+
+
+def layer_info(name: str, module: nn.Module, macs: int = 0) -> LayerInfo:
+    shape = tuple(int(s) for s in module.weight.shape)
+    n = 1
+    for s in shape:
+        n *= s
+    return LayerInfo(name, type(module).__name__ if type(module) in QUANTIZABLE_TYPES
+                     else _base_kind(module), shape, n, shape[0], int(macs))
+
+
+def _base_kind(module: nn.Module) -> str:
+    for t in QUANTIZABLE_TYPES:
+        if isinstance(module, t):
+            return t.__name__
+    raise TypeError(f"{type(module).__name__} is not quantizable")
+
+
+def layer_infos(model: nn.Module, macs: dict[str, int] | None = None) -> list[LayerInfo]:
+    macs = macs or {}
+    return [layer_info(n, m, macs.get(n, 0)) for n, m in quantizable_layers(model).items()]
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, *args, **kwargs) -> dict[str, int]:
+    """MACs of each quantizable layer in one forward pass with the given example inputs."""
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def make_hook(name: str, module: nn.Module):
+        def hook(_mod, _inp, out):
+            out_t = out[0] if isinstance(out, (tuple, list)) else out
+            w = module.weight
+            per_output = w[0].numel()  # C_in/groups * prod(kernel) MACs per output element
+            macs[name] = macs.get(name, 0) + int(out_t.numel()) * int(per_output)
+        return hook
+
+    for name, module in quantizable_layers(model).items():
+        hooks.append(module.register_forward_hook(make_hook(name, module)))
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def weight_digest(weight: torch.Tensor) -> str:
+    """Hash of one weight tensor's shape and float32 values (device and dtype independent)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(tuple(weight.shape)).encode())
+    if weight.device.type == "meta":
+        h.update(b"meta")
+    else:
+        h.update(weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def layer_fingerprints(model: nn.Module) -> dict[str, str]:
+    """Per-layer weight digests; together they identify the model a bank was built from."""
+    return {name: weight_digest(m.weight) for name, m in quantizable_layers(model).items()}
+
+
+def combine_fingerprints(per_layer: dict[str, str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(per_layer):
+        h.update(name.encode())
+        h.update(per_layer[name].encode())
+    return h.hexdigest()
