@@ -1,0 +1,70 @@
+"""`qsens bank build|show`: quantize every layer with every option once, and inspect the result."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from quant.bank import Bank, build_bank
+from quant.options import DEFAULT_OPTIONS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bank", help="build or inspect the quantization bank of a model",
+        description="The bank holds every option (method × bits) of every quantizable layer, "
+        "quantized once. Configs are then applied from it in milliseconds.")
+    sub = p.add_subparsers(dest="bank_command", metavar="ACTION")
+
+    b = sub.add_parser("build", help="quantize every layer with every option and save the bank")
+    b.add_argument("model", help="a known model name (digits, digits-dit) or a diffusers model directory")
+    b.add_argument("--out", required=True, type=Path, help="bank directory to write")
+    b.add_argument("--options", default=",".join(DEFAULT_OPTIONS),
+                   help="comma-separated options, e.g. uaq3,uaq4,kmc3 (default: %(default)s)")
+    b.add_argument("--data-dir", type=Path, default=Path("data"), help="where trained default models live")
+    b.add_argument("--device", default="cpu", help="run the quantizers on this device (cpu, cuda)")
+    b.set_defaults(func=run_build)
+
+    s = sub.add_parser("show", help="print per-layer sizes and errors of a bank")
+    s.add_argument("bank", type=Path, help="bank directory")
+    s.add_argument("--top", type=int, default=0, help="only the N layers with the largest 3-bit error")
+    s.set_defaults(func=run_show)
+    p.set_defaults(func=lambda args: p.print_help() or 1)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from denoisers.registry import load_denoiser
+
+    denoiser = load_denoiser(args.model, data_dir=args.data_dir)
+    infos = {i.name: i.macs for i in denoiser.layer_infos(with_macs=True)}
+    t0 = time.perf_counter()
+    bank = build_bank(denoiser.model, [o.strip() for o in args.options.split(",") if o.strip()],
+                      model_name=denoiser.name, macs=infos, device=args.device)
+    seconds = time.perf_counter() - t0
+    bank.save(args.out)
+    n = sum(i.n_weights for i in bank.layers.values())
+    print(f"bank {args.out}: {len(bank.layers)} layers × {len(bank.options)} options, "
+          f"{n:,} weights, {seconds:.1f}s ({n * len(bank.options) / seconds:,.0f} weight-options/s)")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    bank = Bank.load(args.bank)
+    rows = list(bank.layers.values())
+    if args.top:
+        worst = {name: max(e.mse for e in bank.entries[name].values()) for name in bank.layers}
+        rows = sorted(rows, key=lambda i: -worst[i.name])[: args.top]
+    opts = bank.options
+    name_w = max(len(i.name) for i in rows) if rows else 10
+    print(f"bank {args.bank}: model {bank.model!r}, {len(bank.layers)} layers, options {', '.join(opts)}")
+    print(f"{'layer':<{name_w}} {'shape':>18} {'fp KiB':>8} " + " ".join(f"{o + ' KiB':>9}" for o in opts)
+          + "  " + " ".join(f"{o + ' mse':>10}" for o in opts))
+    for info in rows:
+        e = bank.entries[info.name]
+        print(f"{info.name:<{name_w}} {str(info.shape):>18} {info.n_weights * 2 / 1024:8.1f} "
+              + " ".join(f"{e[o].stored_bits / 8 / 1024:9.1f}" for o in opts) + "  "
+              + " ".join(f"{e[o].mse:10.3e}" for o in opts))
+    total_fp = sum(i.n_weights for i in bank.layers.values()) * 2
+    print(f"total fp16 {total_fp / 2**20:.2f} MiB; uniform options: " + ", ".join(
+        f"{o} {sum(bank.entries[n][o].stored_bits for n in bank.layers) / 8 / 2**20:.2f} MiB" for o in opts))
+    return 0

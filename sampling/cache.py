@@ -1,0 +1,134 @@
+"""The quant_cache: one parquet row per config id, merged from the shards. Merge is its only writer.
+
+Schema (`CACHE_SCHEMA`): the config (`options` as canonical JSON), its accounting, its scores,
+how it was scored, and `status` ok/failed with a reason. Readers validate the schema.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from quant.errors import QsensError
+from sampling.shards import scan_shards
+
+CACHE_SCHEMA = pa.schema([
+    ("config_id", pa.string()),
+    ("model", pa.string()),
+    ("index", pa.int64()),  # position in the random stream (-1: not from the sampler)
+    ("options", pa.string()),  # canonical JSON {layer: option}, fp16 layers omitted
+    ("act_bits", pa.int64()),  # null = weight-only
+    ("avg_bits", pa.float64()),
+    ("quantized_bytes", pa.float64()),
+    ("quantized_error", pa.float64()),
+    ("bops", pa.float64()),
+    ("fid", pa.float64()),
+    ("content", pa.float64()),
+    ("n_images", pa.int64()),
+    ("image_seed", pa.int64()),  # seed set of the generated images
+    ("sample_seed", pa.int64()),  # seed of the random config stream
+    ("status", pa.string()),  # ok | failed
+    ("reason", pa.string()),
+    ("attempts", pa.int64()),
+    ("seconds", pa.float64()),
+    ("worker", pa.string()),
+    ("code_version", pa.string()),
+])
+_FIELDS = [f.name for f in CACHE_SCHEMA]
+
+
+class CacheError(QsensError):
+    pass
+
+
+@dataclass
+class MergeReport:
+    rows: int
+    ok: int
+    failed: int
+    problems: list[str]
+    out: Path
+
+
+def _choose(records: list[dict]) -> dict:
+    """The row kept for one config id: the first ok record, else the last failure; attempts summed."""
+    ok = [r for r in records if r["status"] == "ok"]
+    chosen = dict(ok[0] if ok else records[-1])
+    chosen["attempts"] = len(records) if not ok else records.index(ok[0]) + 1
+    return chosen
+
+
+def _normalise(record: dict) -> dict:
+    row = {name: record.get(name) for name in _FIELDS}
+    if isinstance(row["options"], dict):
+        row["options"] = json.dumps({k: row["options"][k] for k in sorted(row["options"])
+                                     if row["options"][k] != "fp16"}, separators=(",", ":"))
+    for name in ("index",):
+        row[name] = -1 if row[name] is None else row[name]
+    row["reason"] = row["reason"] or ""
+    return row
+
+
+def merge_shards(shard_dir: Path, out: Path) -> MergeReport:
+    """All shard records → one row per config id, sorted by id; identical inputs, identical bytes."""
+    shard_dir, out = Path(shard_dir), Path(out)
+    if not shard_dir.is_dir():
+        raise CacheError(f"{shard_dir}: no such shard directory (run `qsens sample` first)")
+    scan = scan_shards(shard_dir)
+    by_id: dict[str, list[dict]] = {}
+    for record in scan.records:
+        by_id.setdefault(record["config_id"], []).append(record)
+    rows = [_normalise(_choose(by_id[cid])) for cid in sorted(by_id)]
+    table = pa.Table.from_pylist(rows, schema=CACHE_SCHEMA)
+    write_cache(table, out)
+    ok = sum(1 for r in rows if r["status"] == "ok")
+    return MergeReport(len(rows), ok, len(rows) - ok, scan.problems, out)
+
+
+def write_cache(table: pa.Table, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".parquet.tmp")
+    pq.write_table(table.cast(CACHE_SCHEMA), tmp, compression="zstd", use_dictionary=True, write_statistics=False)
+    tmp.replace(out)
+
+
+def read_cache(path: Path, ok_only: bool = False) -> "pd.DataFrame":  # noqa: F821
+    """Read and validate a quant_cache parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: no such quant_cache file (run `qsens cache merge`)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise CacheError(f"{path}: unreadable parquet ({exc})") from None
+    missing = [f.name for f in CACHE_SCHEMA if f.name not in table.schema.names]
+    wrong = [f"{f.name} ({table.schema.field(f.name).type}, expected {f.type})" for f in CACHE_SCHEMA
+             if f.name in table.schema.names and not table.schema.field(f.name).type.equals(f.type)]
+    if missing or wrong:
+        raise CacheError(f"{path}: not a quant_cache: " + "; ".join(
+            ([f"missing column(s) {', '.join(missing)}"] if missing else []) +
+            ([f"wrong type(s) {', '.join(wrong)}"] if wrong else [])))
+    df = table.select(_FIELDS).to_pandas()
+    if df["config_id"].duplicated().any():
+        raise CacheError(f"{path}: duplicated config_id rows (the cache must be written by `qsens cache merge`)")
+    return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df
+
+
+def summary(path: Path) -> str:
+    df = read_cache(path)
+    ok = df[df["status"] == "ok"]
+    lines = [f"{path}: {len(df)} configs ({len(ok)} ok, {len(df) - len(ok)} failed), "
+             f"model(s) {', '.join(sorted(df['model'].unique()))}"]
+    if len(ok):
+        lines.append(f"  avg_bits {ok['avg_bits'].min():.3f} .. {ok['avg_bits'].max():.3f}   "
+                     f"FID {ok['fid'].min():.2f} .. {ok['fid'].max():.2f} (median {ok['fid'].median():.2f})   "
+                     f"content {ok['content'].min():.3f} .. {ok['content'].max():.3f}")
+        lines.append(f"  images/config {sorted(ok['n_images'].unique().tolist())}   "
+                     f"seconds/config median {ok['seconds'].median():.2f}")
+    failed = df[df["status"] != "ok"]
+    for reason, count in failed["reason"].value_counts().items():
+        lines.append(f"  failed ×{count}: {reason}")
+    return "\n".join(lines)

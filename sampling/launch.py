@@ -1,0 +1,112 @@
+"""Run the workers: `local` (processes on this machine) or `ray` (tasks on a Ray cluster).
+
+Both call the same `run_worker(job, worker, num_workers)`; each worker owns every
+num_workers-th config of the plan and its own shard file. Progress comes from counting the
+configs finished in the shard directory, so it covers every backend alike.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from quant.bank import Bank
+from quant.errors import QsensError
+from sampling.sampler import random_configs
+from sampling.shards import finished_ids, scan_shards
+from sampling.worker import SampleJob, run_worker
+
+BACKENDS = ("local", "ray")
+
+
+def _planned_ids(job: SampleJob) -> set[str]:
+    bank = Bank.load(job.bank)
+    return {c.config_id for _, c in random_configs(bank.model, bank.layer_names, bank.options, job.seed,
+                                                   job.num_configs)}
+
+
+def _finished(job: SampleJob, planned: set[str]) -> int:
+    shards = Path(job.shards)
+    if not shards.is_dir():
+        return 0
+    return len(finished_ids(scan_shards(shards).records, job.max_attempts) & planned)
+
+
+def _process_main(job_dict: dict, worker: int, num_workers: int) -> None:
+    run_worker(SampleJob(**job_dict), worker, num_workers)
+
+
+def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: str | None = None,
+           progress: bool = True) -> dict:
+    """Score the planned configs with `workers` workers; returns {"finished", "planned", "failed_workers"}."""
+    if backend not in BACKENDS:
+        raise QsensError(f"unknown backend {backend!r} (choose {' or '.join(BACKENDS)})")
+    if workers < 1:
+        raise QsensError(f"--workers must be at least 1, got {workers}")
+    planned = _planned_ids(job)
+    start = _finished(job, planned)
+    bar = tqdm(total=len(planned), initial=start, desc="configs", unit="cfg", disable=not progress,
+               smoothing=0.1)
+    if backend == "local":
+        failed = _launch_local(job, workers, bar, planned)
+    else:
+        failed = _launch_ray(job, workers, address, bar, planned)
+    finished = _finished(job, planned)
+    bar.n = finished
+    bar.refresh()
+    bar.close()
+    return {"finished": finished, "planned": len(planned), "failed_workers": failed}
+
+
+def _launch_local(job: SampleJob, workers: int, bar: tqdm, planned: set[str]) -> list[str]:
+    if workers == 1:  # in-process: simplest to debug, and progress per record
+        run_worker(job, 0, 1, on_record=lambda r: bar.update(1) if r["status"] == "ok" else None)
+        return []
+    ctx = mp.get_context("spawn")  # fork + torch threads is unsafe
+    procs = [ctx.Process(target=_process_main, args=(job.to_dict(), w, workers), daemon=False)
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    while any(p.is_alive() for p in procs):
+        time.sleep(1.0)
+        bar.n = _finished(job, planned)
+        bar.refresh()
+    return [f"worker {w} exited with code {p.exitcode}" for w, p in enumerate(procs) if p.exitcode != 0]
+
+
+def _launch_ray(job: SampleJob, workers: int, address: str | None, bar: tqdm, planned: set[str]) -> list[str]:
+    try:
+        import ray
+    except ImportError:
+        raise QsensError("the ray backend needs Ray: pip install 'qsens[ray]'") from None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # a private local instance (laptop, CI)
+            ray.init(num_cpus=max(workers, job.threads * workers), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+    use_gpu = job.device.startswith("cuda")
+    task = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=job.threads, max_retries=0)(_process_main)
+    pending = {task.remote(job.to_dict(), w, workers): w for w in range(workers)}
+    failed = []
+    while pending:
+        ready, _ = ray.wait(list(pending), timeout=1.0)
+        for ref in ready:
+            w = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                failed.append(f"worker {w}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        bar.n = _finished(job, planned)
+        bar.refresh()
+    return failed
+
+
+def default_workers(device: str) -> int:
+    """One worker per visible GPU, else one CPU worker."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1

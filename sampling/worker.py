@@ -1,0 +1,145 @@
+"""Score random configs: plan them, split them across workers, and write every outcome to a shard.
+
+The plan (which configs, in which order) depends only on (model layers, options, seed,
+num_configs), so every worker computes the same plan and takes every `num_workers`-th config:
+disjoint ids without any coordination. A worker skips ids already finished in any shard, so a
+re-run resumes; a killed worker loses at most its in-flight config.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from quant.apply import quantized
+from quant.bank import Bank
+from quant.config import QuantConfig
+from sampling.sampler import random_configs
+from sampling.shards import ShardWriter, finished_ids, scan_shards, shard_path
+
+
+def code_version() -> str:
+    try:
+        return f"qsens {version('qsens')}"
+    except PackageNotFoundError:
+        return "qsens (not installed)"
+
+
+@dataclass
+class SampleJob:
+    """Everything a worker needs; plain data, so it travels to processes and Ray tasks."""
+    model: str  # denoiser spec: digits | digits-dit | a diffusers directory
+    bank: str  # bank directory
+    shards: str  # shard directory
+    num_configs: int
+    seed: int = 0  # random config stream
+    image_seed: int = 0  # seed set of the generated images
+    n_images: int = 200
+    data_dir: str = "data"
+    max_attempts: int = 2
+    threads: int = 1  # torch threads per worker
+    device: str = "cpu"
+    generate: dict[str, Any] = field(default_factory=dict)  # steps, guidance, batch_size...
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_configs(job: SampleJob, bank: Bank) -> list[tuple[int, QuantConfig]]:
+    return list(random_configs(bank.model, bank.layer_names, bank.options, job.seed, job.num_configs))
+
+
+@dataclass
+class Evaluator:
+    """Loaded once per worker: the denoiser, its bank and its scorer."""
+    denoiser: Any
+    bank: Bank
+    scorer: Any
+
+    @staticmethod
+    def load(job: SampleJob) -> "Evaluator":
+        from denoisers.registry import load_denoiser
+        from sampling.scoring import make_scorer
+
+        denoiser = load_denoiser(job.model, data_dir=Path(job.data_dir)).to(job.device)
+        bank = Bank.load(job.bank)
+        bank.check_model(denoiser.model)  # once; the loop below skips the weight hash
+        return Evaluator(denoiser, bank, make_scorer(denoiser.reference(), device=job.device))
+
+    def score(self, config: QuantConfig, job: SampleJob) -> dict:
+        """Apply → generate → score. Raises on failure (the caller records it)."""
+        with quantized(self.denoiser.model, config, self.bank, verify=False):
+            generation = self.denoiser.generate(job.n_images, seed=job.image_seed, **job.generate)
+        if generation.n_nonfinite:
+            raise FloatingPointError(f"{generation.n_nonfinite} of {len(generation)} images have NaN/inf pixels")
+        scores = self.scorer.score(generation)
+        fid = float(scores["fid"])
+        if not math.isfinite(fid):
+            raise FloatingPointError(f"FID is {fid}")
+        return {"fid": fid, "content": float(scores.get("content", float("nan"))), "n_images": len(generation)}
+
+
+def score_record(evaluator: Evaluator, job: SampleJob, index: int, config: QuantConfig, worker: str,
+                 attempt: int) -> dict:
+    stats = evaluator.bank.summarize(config)
+    record = {
+        "config_id": config.config_id, "model": config.model, "index": index,
+        "options": config.canonical_options(), "act_bits": config.act_bits,
+        "avg_bits": stats.avg_bits, "quantized_bytes": stats.quantized_bytes,
+        "quantized_error": stats.quantized_error, "bops": float(stats.bops),
+        "image_seed": job.image_seed, "sample_seed": job.seed, "attempts": attempt,
+        "worker": worker, "code_version": code_version(),
+    }
+    t0 = time.perf_counter()
+    try:
+        record.update(evaluator.score(config, job), status="ok", reason="")
+    except Exception as exc:  # recorded, retried a bounded number of times, never dropped
+        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {Path(last.filename).name}:{last.lineno}" if last else ""
+        record.update(fid=None, content=None, n_images=job.n_images, status="failed",
+                      reason=f"{type(exc).__name__}: {exc}{where}"[:500])
+    record["seconds"] = round(time.perf_counter() - t0, 4)
+    return record
+
+
+def run_worker(job: SampleJob, worker: int = 0, num_workers: int = 1,
+               on_record: Callable[[dict], None] | None = None) -> dict:
+    """Score this worker's share of the plan; returns counts. Safe to kill and re-run."""
+    torch.set_num_threads(max(1, job.threads))
+    if job.device.startswith("cuda") and torch.cuda.is_available() and job.device == "cuda":
+        job = SampleJob(**{**job.to_dict(), "device": f"cuda:{worker % torch.cuda.device_count()}"})
+    evaluator = Evaluator.load(job)
+    plan = plan_configs(job, evaluator.bank)[worker::num_workers]
+    shards = Path(job.shards)
+    records = scan_shards(shards).records if shards.is_dir() else []
+    done = finished_ids(records, job.max_attempts)
+    failures: dict[str, int] = {}
+    for r in records:
+        if r["status"] != "ok":
+            failures[r["config_id"]] = failures.get(r["config_id"], 0) + 1
+    name = f"{socket.gethostname()}:{os.getpid()}/w{worker}"
+    counts = {"scored": 0, "failed": 0, "skipped": 0}
+    with ShardWriter(shard_path(shards, worker)) as writer:
+        for index, config in plan:
+            if config.config_id in done:
+                counts["skipped"] += 1
+                continue
+            for attempt in range(failures.get(config.config_id, 0) + 1, job.max_attempts + 1):
+                record = score_record(evaluator, job, index, config, name, attempt)
+                writer.append(record)
+                if on_record:
+                    on_record(record)
+                if record["status"] == "ok":
+                    counts["scored"] += 1
+                    break
+            else:
+                counts["failed"] += 1
+    return counts
