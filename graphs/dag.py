@@ -115,6 +115,7 @@ class _Raw:
     preds: set[str] = field(default_factory=set)
     uses: int = 0
     macs: int = 0
+    shape: list[int] = field(default_factory=list)  # output shape of the last op (first use)
 
 
 def _stack(node: torch.fx.Node) -> list[tuple[str, str]]:
@@ -127,10 +128,12 @@ def _stack(node: torch.fx.Node) -> list[tuple[str, str]]:
 
 
 def _owner(stack: list[tuple[str, str]]) -> tuple[str, str]:
-    """Deepest module in the call stack that is not a torch.nn primitive (its class name)."""
+    """Deepest module in the call stack that is neither a torch.nn primitive nor a plain norm
+    module (so a norm and the modulation around it share an owner), and its class name."""
     for path, typ in reversed(stack):
-        if not typ.startswith("torch.nn."):
-            return path, typ.rsplit(".", 1)[-1]
+        short = typ.rsplit(".", 1)[-1]
+        if not typ.startswith("torch.nn.") and not _PLAIN_NORM_MODULE.match(short):
+            return path, short
     return "", "root"
 
 
@@ -231,7 +234,7 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
                 val = node.meta.get("val")
                 if isinstance(val, torch.Tensor):
                     key = f"input/{node.name}"
-                    add_raw(_Raw(key, "input", "input", index, "", "input", ""))
+                    add_raw(_Raw(key, "input", "input", index, "", "input", "", shape=_shape(val)))
                     sources[node] = frozenset({key})
             continue
         if node.op == "output":
@@ -267,6 +270,7 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
             val = node.meta.get("val")
             if isinstance(val, torch.Tensor):
                 r.macs += int(val.numel()) * int(layers[layer].weight[0].numel())
+                r.shape = r.shape or _shape(val)
             sources[node] = frozenset({layer})
             continue
         if not live:
@@ -301,7 +305,7 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
         site_count[site] = n + 1
         key = f"{site or 'root'}#{n}"  # temporary; renamed after merging
         r = add_raw(_Raw(key, "combine", kind, index, owner, owner_type, site or "root",
-                         ops=[name], preds=set(live), uses=1))
+                         ops=[name], preds=set(live), uses=1, shape=_shape(node.meta.get("val"))))
         sources[node] = frozenset({key})
 
     if output_node is None or not output_node.args or not output_node.args[0]:
@@ -309,7 +313,8 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
     first_out = output_node.args[0][0] if isinstance(output_node.args[0], (list, tuple)) \
         else output_node.args[0]
     add_raw(_Raw("output", "output", "output", len(program.graph.nodes), "", "output", "",
-                 preds=set(sources.get(first_out, frozenset()))))
+                 preds=set(sources.get(first_out, frozenset())),
+                 shape=_shape(first_out.meta.get("val") if isinstance(first_out, torch.fx.Node) else None)))
 
     # rule 5: merge runs of combines (process in graph order; later ops fold into earlier ones)
     rep: dict[str, str] = {}
@@ -335,6 +340,7 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
         if best is not None:
             best.op = merged_kind(best.op, b.op) or best.op
             best.ops.extend(b.ops)
+            best.shape = b.shape or best.shape
             best.uses += 1
             best.preds |= {p for p in preds if p != best.key}
             rep[key] = best.key
@@ -347,7 +353,8 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
             continue
         r = raw[key]
         graph.add_node(names[key], kind=r.kind, op=r.op, module=r.module, module_type=r.module_type,
-                       ops="+".join(_dedup(r.ops)), uses=r.uses, macs=r.macs, index=r.index)
+                       ops="+".join(_dedup(r.ops)), uses=r.uses, macs=r.macs, index=r.index,
+                       out_shape=r.shape)
     for key in order:
         if find(key) != key:
             continue
@@ -367,6 +374,17 @@ def _collapse(program: torch.export.ExportedProgram, model: nn.Module) -> tuple[
     graph.remove_nodes_from(stats.pruned)
     stats.unused_layers = [name for name in layers if name not in graph]
     return graph, stats
+
+
+def _shape(val: Any) -> list[int]:
+    if isinstance(val, (list, tuple)) and val:
+        val = val[0]
+    if isinstance(val, torch.Tensor):
+        try:
+            return [int(s) for s in val.shape]
+        except TypeError:  # symbolic sizes
+            return []
+    return []
 
 
 def _dedup(items: list[str]) -> list[str]:
@@ -544,12 +562,13 @@ def check_dag(graph: nx.DiGraph, layer_names: Iterable[str]) -> list[str]:
 
 
 def skip_concats(graph: nx.DiGraph) -> list[str]:
-    """Concat nodes joining two internal paths (U-Net / long skips), not input conditioning."""
+    """Concat nodes that join a long skip to the main path (U-Net skips, Hunyuan's long skips):
+    at least two internal inputs, one of which also feeds something else (the skip source)."""
     out = []
     for n, d in graph.nodes(data=True):
         if d["kind"] == "combine" and d["op"] == "concat":
             internal = [p for p in graph.predecessors(n) if graph.nodes[p]["kind"] != "input"]
-            if len(internal) >= 2:
+            if len(internal) >= 2 and any(graph.out_degree(p) > 1 for p in internal):
                 out.append(n)
     return out
 
@@ -592,3 +611,20 @@ def total_macs(graph: nx.DiGraph) -> int:
 
 def log10p(x: float) -> float:
     return math.log10(1.0 + max(float(x), 0.0))
+
+
+def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | None = None,
+                  device: str = "meta") -> BuildResult:
+    """Graph of a model spec (known name, registered name, diffusers dir or config JSON), built
+    from its config on `device` (meta: no weights are read)."""
+    from denoisers.architectures import resolve_model_source
+    from graphs.inputs import DEFAULT_TEXT_TOKENS, MAX_LATENT, example_input_spec
+
+    source = resolve_model_source(spec)
+    model = source.build(device)
+    inputs = example_input_spec(model, max_side or MAX_LATENT, text_tokens or DEFAULT_TEXT_TOKENS)
+    result = build_dag(model, export_denoiser(model, inputs), name=source.name)
+    result.graph.graph["source"] = str(source.spec)
+    problems = check_dag(result.graph, quantizable_layers(model))
+    result.graph.graph["problems"] = problems
+    return result

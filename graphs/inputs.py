@@ -194,8 +194,7 @@ def _build_kwargs(model: nn.Module, side: int, layout: str, text_tokens: int,
             if _cfg(model, "guidance_embeds"):
                 value = torch.full((BATCH,), 3.5, device=device)
         elif name == "micro_conds":
-            n = (int(_cfg(model, "micro_cond_embed_dim")) - int(_cfg(model, "cond_embed_dim"))) \
-                // int(_cfg(model, "micro_cond_encode_dim"))
+            n = int(_cfg(model, "micro_cond_embed_dim")) // int(_cfg(model, "micro_cond_encode_dim"))
             value = torch.ones(BATCH, n, device=device)  # (B, n) sizes/crops/score
         elif p.default is inspect.Parameter.empty:
             raise QsensError(f"{type(model).__name__}.forward needs `{name}`, which qsens does "

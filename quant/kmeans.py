@@ -133,19 +133,25 @@ def _greedy_init(sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, 
 
 
 def _lloyd(
-    sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, centroids: torch.Tensor, max_iter: int
+    sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, centroids: torch.Tensor, max_iter: int,
+    tol: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Lloyd to convergence (boundaries unchanged). Empty clusters keep their centroid."""
+    """Lloyd until no boundary moves, or (tol > 0) until every row's summed squared centroid
+    shift is at most tol × its variance (sklearn's rule). Empty clusters keep their centroid."""
     n = sorted_x.shape[1]
+    limit = tol * (csq[:, -1] / n - (csum[:, -1] / n) ** 2)  # (R,) tol × variance
     bounds = _bounds(sorted_x, centroids)
     it = 0
     for it in range(1, max_iter + 1):
         count, total, _ = _segment_stats(csum, csq, bounds, n)
-        centroids = torch.where(count > 0, total / count.clamp_min(1), centroids)
+        new = torch.where(count > 0, total / count.clamp_min(1), centroids)
         # Keep rows sorted: a centroid that kept its old place (empty cluster) may now sit out of order.
-        centroids, _ = torch.sort(centroids, dim=1)
+        new, _ = torch.sort(new, dim=1)
+        shift = ((new - centroids) ** 2).sum(dim=1)
+        centroids = new
         new_bounds = _bounds(sorted_x, centroids)
-        if torch.equal(new_bounds, bounds):
+        if torch.equal(new_bounds, bounds) or (tol > 0 and bool((shift <= limit).all())):
+            bounds = new_bounds
             break
         bounds = new_bounds
     count, total, sq = _segment_stats(csum, csq, bounds, n)
@@ -154,7 +160,8 @@ def _lloyd(
 
 
 def kmeans_1d_sorted(
-    sorted_x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None
+    sorted_x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None,
+    tol: float = 1e-4,
 ) -> KMeansResult:
     """k-means of each row of `sorted_x` (R, n), rows sorted ascending. Deterministic.
 
@@ -175,7 +182,7 @@ def kmeans_1d_sorted(
     iters = 0
     for how in inits:
         start = _greedy_init(sorted_x, csum, csq, k) if how == "greedy" else _init_centroids(sorted_x, k, how)
-        c, sse, it = _lloyd(sorted_x, csum, csq, start, max_iter)
+        c, sse, it = _lloyd(sorted_x, csum, csq, start, max_iter, tol)
         iters = max(iters, it)
         if best_c is None:
             best_c, best_sse = c, sse
@@ -187,10 +194,11 @@ def kmeans_1d_sorted(
     return KMeansResult(best_c.to(torch.float32), best_sse, iters)
 
 
-def kmeans_1d(x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None) -> KMeansResult:
-    """k-means of each row of `x` (R, n) (unsorted)."""
+def kmeans_1d(x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None,
+              tol: float = 1e-4) -> KMeansResult:
+    """k-means of each row of `x` (R, n) (unsorted). tol=0: iterate until no boundary moves."""
     sorted_x, _ = torch.sort(x.to(torch.float32), dim=1)
-    return kmeans_1d_sorted(sorted_x, k, max_iter, inits)
+    return kmeans_1d_sorted(sorted_x, k, max_iter, inits, tol)
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

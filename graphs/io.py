@@ -1,0 +1,48 @@
+"""Graph files: networkx node-link JSON (`{"directed": true, "graph": {...}, "nodes": [...],
+"edges": [...]}`). Each node has `id` (weight nodes: the layer's module path), `kind`, `op`,
+`module` and the static features of `graphs.dag`; `graph` holds the model class, its config,
+the example inputs used for tracing (resolution, text tokens) and the timings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+
+from quant.errors import QsensError
+
+
+def graph_to_json(graph: nx.DiGraph) -> dict:
+    return nx.node_link_data(graph, edges="edges")
+
+
+def graph_from_json(data: dict) -> nx.DiGraph:
+    key = "edges" if "edges" in data else "links"
+    graph = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
+    return nx.DiGraph(graph)
+
+
+def write_graph(graph: nx.DiGraph, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(graph_to_json(graph), f, indent=1)
+        f.write("\n")
+    tmp.replace(path)  # atomic: a DVC stage never sees half a file
+    return path
+
+
+def read_graph(path: str | Path) -> nx.DiGraph:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise QsensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except OSError as exc:
+        raise QsensError(f"{path}: cannot read ({exc.strerror})") from None
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise QsensError(f"{path}: not a node-link graph file (no `nodes`)")
+    return graph_from_json(data)
