@@ -7,7 +7,6 @@ re-run resumes; a killed worker loses at most its in-flight config.
 """
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -78,13 +77,10 @@ class Evaluator:
         """Apply → generate → score. Raises on failure (the caller records it)."""
         with quantized(self.denoiser.model, config, self.bank, verify=False):
             generation = self.denoiser.generate(job.n_images, seed=job.image_seed, **job.generate)
-        if generation.n_nonfinite:
-            raise FloatingPointError(f"{generation.n_nonfinite} of {len(generation)} images have NaN/inf pixels")
-        scores = self.scorer.score(generation)
-        fid = float(scores["fid"])
-        if not math.isfinite(fid):
-            raise FloatingPointError(f"FID is {fid}")
-        return {"fid": fid, "content": float(scores.get("content", float("nan"))), "n_images": len(generation)}
+        score = self.scorer.score(generation)  # NaN images etc. come back as status "failed"
+        if not score.ok:
+            raise FloatingPointError(score.reason)
+        return {"fid": float(score.fid), "content": float(score.content), "n_images": score.n_images}
 
 
 def score_record(evaluator: Evaluator, job: SampleJob, index: int, config: QuantConfig, worker: str,
