@@ -13,7 +13,7 @@ import sys
 from quant.errors import QsensError
 
 # Order = order in `qsens --help`. A module missing here is simply not offered.
-COMMAND_MODULES = ("bank", "score", "sample", "cache", "graph", "predictor", "search", "noise", "prepare")
+COMMAND_MODULES = ("prepare", "bank", "graph", "score", "noise", "sample", "cache", "predictor", "analyze", "search", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

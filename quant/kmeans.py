@@ -138,22 +138,27 @@ def _lloyd(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Lloyd until no boundary moves, or (tol > 0) until every row's summed squared centroid
     shift is at most tol × its variance (sklearn's rule). Empty clusters keep their centroid."""
-    n = sorted_x.shape[1]
+    R, n = sorted_x.shape
     limit = tol * (csq[:, -1] / n - (csum[:, -1] / n) ** 2)  # (R,) tol × variance
+    first = torch.zeros(R, 1, dtype=torch.long, device=sorted_x.device)
+    last = torch.full((R, 1), n, dtype=torch.long, device=sorted_x.device)
     bounds = _bounds(sorted_x, centroids)
     it = 0
     for it in range(1, max_iter + 1):
-        count, total, _ = _segment_stats(csum, csq, bounds, n)
-        new = torch.where(count > 0, total / count.clamp_min(1), centroids)
+        # Inlined `_segment_stats` without the squares: this loop is the hot path.
+        edges = torch.cat([first, bounds, last], dim=1)  # (R, k+1)
+        s = csum.gather(1, edges)
+        count = (edges[:, 1:] - edges[:, :-1]).to(csum.dtype)
+        new = torch.where(count > 0, (s[:, 1:] - s[:, :-1]) / count.clamp_min(1), centroids)
         # Keep rows sorted: a centroid that kept its old place (empty cluster) may now sit out of order.
-        new, _ = torch.sort(new, dim=1)
+        new = torch.sort(new, dim=1).values
         shift = ((new - centroids) ** 2).sum(dim=1)
         centroids = new
         new_bounds = _bounds(sorted_x, centroids)
-        if torch.equal(new_bounds, bounds) or (tol > 0 and bool((shift <= limit).all())):
-            bounds = new_bounds
-            break
+        done = torch.equal(new_bounds, bounds) or (tol > 0 and bool((shift <= limit).all()))
         bounds = new_bounds
+        if done:
+            break
     count, total, sq = _segment_stats(csum, csq, bounds, n)
     sse = (sq - total * total / count.clamp_min(1)).clamp_min(0).sum(dim=1)
     return centroids, sse, it

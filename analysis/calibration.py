@@ -1,0 +1,156 @@
+"""Calibration inputs for the denoiser, collected along the FP sampling trajectory (seed 003).
+
+PTQ4DM / Q-Diffusion / DI2N calibrate on the denoiser's own intermediate inputs: run the FP
+sampler, record every call of the denoiser (x_t, t, conditioning), then draw calibration samples
+from those calls. Which time steps are drawn matters: PTQ4DM draws them from a normal
+distribution over the trajectory, Q-Diffusion and DI2N found uniform sampling better. Both are
+offered (`uniform` | `normal`), so the choice is a param that can be compared.
+
+Works with any `Denoiser` whose `generate` calls `.model(...)` once per sampler step: a forward
+pre-hook records the calls, whatever the argument layout (digits: `(x, t), class_labels=y`;
+SD: `encoder_hidden_states=...`; SDXL: `added_cond_kwargs={...}`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CalibrationSet:
+    """`n` denoiser inputs: `args`/`kwargs` batched on dim 0, with where each came from."""
+    args: tuple
+    kwargs: dict
+    step_index: np.ndarray  # (n,) position in the trajectory (0 = first = noisiest call)
+    row: np.ndarray  # (n,) row of the recorded call's batch
+    num_steps: int
+
+    def __len__(self) -> int:
+        return len(self.step_index)
+
+    def chunks(self, size: int):
+        """(args, kwargs) slices of at most `size` samples."""
+        for b0 in range(0, len(self), size):
+            idx = torch.arange(b0, min(len(self), b0 + size))
+            yield _take(self.args, idx, len(self)), _take(self.kwargs, idx, len(self))
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_clone(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj
+
+
+def _take(obj: Any, idx: torch.Tensor, batch: int) -> Any:
+    """Rows `idx` of every tensor whose first dim is the batch; others pass through."""
+    if isinstance(obj, torch.Tensor):
+        if obj.ndim >= 1 and obj.shape[0] == batch:
+            return obj.index_select(0, idx.to(obj.device))
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_take(o, idx, batch) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _take(v, idx, batch) for k, v in obj.items()}
+    return obj
+
+
+def _gather(calls: list[tuple[tuple, dict]], picks: list[tuple[int, int]], batch: int) -> tuple[tuple, dict]:
+    """Stack row r of call s for every (s, r) in picks into one batch (0-dim tensors expand)."""
+
+    def one(objs: list[Any], rows: list[int]) -> Any:
+        first = objs[0]
+        if isinstance(first, torch.Tensor):
+            parts = []
+            for o, r in zip(objs, rows):
+                if o.ndim >= 1 and o.shape[0] == batch:
+                    parts.append(o[r:r + 1])
+                else:  # scalar time step etc.: one value per sample
+                    parts.append(o.reshape(1, *o.shape[1:]) if o.ndim >= 1 else o.reshape(1))
+            return torch.cat(parts)
+        if isinstance(first, (tuple, list)):
+            return type(first)(one([o[i] for o in objs], rows) for i in range(len(first)))
+        if isinstance(first, dict):
+            return {k: one([o[k] for o in objs], rows) for k in first}
+        return first
+
+    args = one([calls[s][0] for s, _ in picks], [r for _, r in picks])
+    kwargs = one([calls[s][1] for s, _ in picks], [r for _, r in picks])
+    return args, kwargs
+
+
+def draw_steps(num_steps: int, n: int, how: str, rng: np.random.Generator,
+               mean: float = 0.5, std: float = 0.25) -> np.ndarray:
+    """`n` trajectory positions in [0, num_steps): uniform (balanced: every step equally often,
+    remainder at random) or normal (PTQ4DM) centred at `mean`·(num_steps − 1), clipped."""
+    if how == "uniform":
+        reps = np.tile(np.arange(num_steps), n // num_steps)
+        rest = rng.choice(num_steps, size=n - len(reps), replace=False) if n % num_steps else []
+        steps = np.concatenate([reps, np.asarray(rest, dtype=np.int64)]).astype(np.int64)
+        return rng.permutation(steps)
+    if how == "normal":
+        x = rng.normal(mean * (num_steps - 1), std * max(num_steps - 1, 1), size=n)
+        return np.clip(np.rint(x), 0, num_steps - 1).astype(np.int64)
+    raise ValueError(f"time-step sampling must be uniform or normal, got {how!r}")
+
+
+@torch.inference_mode()
+def collect_calibration(denoiser, n_samples: int, *, trajectories: int = 32, seed: int = 0,
+                        how: str = "uniform", mean: float = 0.5, std: float = 0.25,
+                        steps: int | None = None) -> CalibrationSet:
+    """Run the FP sampler for `trajectories` images (one batch), record every denoiser call and
+    draw `n_samples` (call, row) pairs: the call by `how`, the row uniformly."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def hook(_module, args, kwargs):
+        calls.append((_clone(args), _clone(kwargs)))
+
+    handle = denoiser.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        kw: dict[str, Any] = {"batch_size": trajectories}
+        if steps is not None:
+            kw["steps"] = steps
+        denoiser.generate(trajectories, seed, **kw)
+    finally:
+        handle.remove()
+    if not calls:
+        raise RuntimeError(f"{type(denoiser).__name__}.generate never called its model")
+    first = calls[0][0][0] if calls[0][0] else next(v for v in calls[0][1].values() if isinstance(v, torch.Tensor))
+    batch = int(first.shape[0])
+    rng = np.random.default_rng(seed)
+    step_index = draw_steps(len(calls), n_samples, how, rng, mean, std)
+    rows = rng.integers(0, batch, size=n_samples)
+    args, kwargs = _gather(calls, list(zip(step_index.tolist(), rows.tolist())), batch)
+    return CalibrationSet(args, kwargs, step_index, rows, len(calls))
+
+
+def model_output(out: Any) -> torch.Tensor:
+    """The prediction tensor of a diffusers forward (tuple, output object or tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return getattr(out, "sample")
+
+
+@torch.inference_mode()
+def run_model(model: torch.nn.Module, calib: CalibrationSet, chunk: int = 256) -> torch.Tensor:
+    """The model's outputs on the whole calibration set, float64 on CPU."""
+    return torch.cat([model_output(model(*a, **k)).to("cpu", torch.float64) for a, k in calib.chunks(chunk)])
+
+
+def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """10·log10(Σ y² / Σ (ŷ − y)²) in dB (MixDQ's metric); inf when identical, -inf/NaN guarded."""
+    num = float((reference.double() ** 2).sum())
+    den = float(((test.double() - reference.double()) ** 2).sum())
+    if not np.isfinite(den):
+        return float("-inf")
+    if den == 0:
+        return float("inf")
+    return 10.0 * float(np.log10(num / den))

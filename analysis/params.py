@@ -1,0 +1,54 @@
+"""The `analysis:` section of params.yaml (measured sensitivity), read into a dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from quant.errors import QsensError
+
+# MixDQ's split (cross-attention `attn2`, FFN `ff`) plus where a class-conditional model's label
+# enters (UNet ResNet `time_emb_proj`, DiT AdaLN `norm1.linear`): the analogue of cross-attention.
+DEFAULT_CONTENT_PATTERNS = (r"(^|\.)attn2\.", r"(^|\.)ff\.", r"time_emb_proj$", r"norm1\.linear$")
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    # layerwise (seed 000): one layer quantized at a time, every option, FID + content
+    images: int = 64  # images per measurement (cheap: layers × options generations)
+    image_seed: int = 5  # seed set of the measurement images (disjoint from evaluate.image_seed)
+    steps: int | None = None  # sampler steps (None: the model's default)
+    fid_weight: float = 0.6  # score = 0.6·norm(ΔFID) + 0.4·norm(Δcontent)
+    # mixdq (seed 001) + calibration (seed 003)
+    calib_samples: int = 64  # denoiser inputs drawn from the FP sampling trajectory
+    calib_trajectories: int = 32  # FP images whose trajectories are recorded
+    calib_timesteps: str = "uniform"  # uniform | normal (PTQ4DM) over the trajectory's steps
+    calib_normal_mean: float = 0.5  # normal: mean, as a fraction of the trajectory (0 = noisiest)
+    calib_normal_std: float = 0.25  # normal: std, same units
+    calib_seed: int = 3  # image seed set of the calibration trajectories; also the draw's RNG seed
+    ssim_images: int = 20  # images per SSIM measurement (content group; 2 per class)
+    ssim_seed: int = 4
+    content_patterns: tuple[str, ...] = DEFAULT_CONTENT_PATTERNS
+
+    def __post_init__(self) -> None:
+        if self.calib_timesteps not in ("uniform", "normal"):
+            raise QsensError(f"analysis.calib_timesteps must be uniform or normal, got {self.calib_timesteps!r}")
+        if not 0 <= self.fid_weight <= 1:
+            raise QsensError(f"analysis.fid_weight must be in [0, 1], got {self.fid_weight}")
+        if self.images < 2 or self.ssim_images < 1 or self.calib_samples < 1:
+            raise QsensError("analysis.images must be >= 2, ssim_images and calib_samples >= 1")
+
+    @staticmethod
+    def from_yaml(path: str | Path = "params.yaml", section: str = "analysis") -> "AnalysisParams":
+        path = Path(path)
+        data: dict[str, Any] = {}
+        if path.exists():
+            import yaml
+
+            data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
+        known = {f.name for f in fields(AnalysisParams)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return AnalysisParams(**data)

@@ -1,0 +1,146 @@
+"""`qsens search`: a per-layer config for a bit budget (or a Pareto family over a budget range)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "search"
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="digits | digits-dit | a diffusers dir (default: params model)")
+    p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/MODEL)")
+    p.add_argument("--cache", type=Path, default=None, help="quant_cache parquet (default: DATA/quant_cache/MODEL.parquet)")
+    p.add_argument("--predictor", type=Path, default=None, help="predictor dir (default: DATA/predictor/MODEL)")
+    p.add_argument("--analysis", type=Path, default=None, help="measured sensitivity dir (default: DATA/analysis/MODEL)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--tolerance", type=float, default=None, help="IP window below the budget (default: search.tolerance)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds per IP solve (default: search.time_limit_s)")
+    p.add_argument("--no-select", action="store_true",
+                   help="never generate images while searching (predictor keeps its best prediction, "
+                   "mixdq the K closest to 1, uniform the least error)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores, at most 8)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        NAME, help="find a mixed-precision config for a bit budget",
+        description="Solve for a per-layer config whose average bits (overhead included) are within "
+        "[BUDGET - tolerance, BUDGET], maximising the strategy's scores with an integer program. "
+        "Strategies: predictor (trained GNN ensemble), layerwise (measured, seed 000), mixdq "
+        "(measured SQNR/SSIM, seed 001), error (size-weighted weight error), uniform, random-best.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget", help="average bits per weight, e.g. 3.5")
+    g.add_argument("--budgets", help="a Pareto family: A:B:STEP (e.g. 3.0:4.0:0.25), 3.25,3.5, or "
+                   "`params` (search.budgets)")
+    p.add_argument("--strategy", default="predictor",
+                   help="predictor | layerwise | mixdq | error | uniform | random-best (default: predictor)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="config JSON (--budget) or directory (--budgets); default DATA/search/MODEL/...")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def model_name(args) -> str:
+    if args.model:
+        return args.model
+    import yaml
+
+    if Path(args.params).exists():
+        return str((yaml.safe_load(Path(args.params).read_text()) or {}).get("model") or "digits")
+    return "digits"
+
+
+def make_context(args, sp=None):
+    """(SearchContext, model spec, short model name) from the command-line arguments."""
+    from dataclasses import replace
+
+    from quant.bank import Bank
+    from search.params import SearchParams
+    from search.strategies import SearchContext
+
+    model = model_name(args)
+    short = Path(model).name
+    sp = sp or SearchParams.from_yaml(args.params)
+    if args.tolerance is not None:
+        sp = replace(sp, tolerance=args.tolerance)
+    if args.time_limit is not None:
+        sp = replace(sp, time_limit_s=args.time_limit)
+    bank_dir = args.bank or args.data_dir / "bank" / short
+    bank = Bank.load(bank_dir)
+    selector = None
+    if not args.no_select:
+        def selector():
+            from denoisers.base import configure_torch
+            from search.realscore import RealScorer
+
+            configure_torch(args.threads)
+            return RealScorer.load(model, bank, data_dir=args.data_dir, steps=sp.steps)
+    ctx = SearchContext(
+        bank=bank, params=sp,
+        cache_path=args.cache or args.data_dir / "quant_cache" / f"{short}.parquet",
+        predictor_dir=args.predictor or args.data_dir / "predictor" / short,
+        analysis_dir=args.analysis or args.data_dir / "analysis" / short,
+        selector_factory=selector, log=(lambda m: None) if args.quiet else print, bank_dir=bank_dir)
+    return ctx, model, short
+
+
+def parse_budget_list(text: str, ctx, many: bool) -> list[float]:
+    """Budgets from the command line; a malformed one names the bank's feasible range."""
+    from search.ip import BudgetError, bits_matrix, check_budget, feasible_range, parse_budget
+    from search.pareto import parse_budgets
+
+    bits, n = bits_matrix(ctx.bank, ctx.bank.layer_names, ctx.bank.options)
+    lo, hi = feasible_range(bits, n)
+    try:
+        budgets = parse_budgets(text) if many else [parse_budget(text)]
+    except BudgetError as exc:
+        raise BudgetError(f"{exc}; feasible range for this bank: {lo:.4f}..{hi:.4f} avg bits") from None
+    for b in budgets:
+        check_budget(b, bits, n)
+    return budgets
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.pareto import budget_tag
+    from search.strategies import STRATEGY_FUNCS, run_strategy
+    from quant.errors import QsensError
+
+    if args.strategy not in STRATEGY_FUNCS:
+        raise QsensError(f"unknown strategy {args.strategy!r}; known: {', '.join(STRATEGY_FUNCS)}")
+    ctx, model, short = make_context(args)
+    many = args.budgets is not None
+    if many and args.budgets.strip() == "params":
+        args.budgets = ",".join(str(b) for b in ctx.params.budgets)
+    budgets = parse_budget_list(args.budgets if many else args.budget, ctx, many)
+    results = []
+    for budget in budgets:
+        res = run_strategy(ctx, args.strategy, budget)
+        if many:
+            out_dir = args.out or args.data_dir / "search" / short / "family" / args.strategy
+            path = Path(out_dir) / f"{args.strategy}-{budget_tag(budget)}.json"
+        else:
+            path = args.out or args.data_dir / "search" / short / f"{args.strategy}-{budget_tag(budget)}.json"
+        res.config.save(path)
+        report = res.to_report() | {"config": str(path)}
+        report_path = Path(path).with_suffix(".report.json")
+        report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        results.append(report)
+        if not args.quiet:
+            status = report.get("ip_status", "-")
+            print(f"{args.strategy} @ {budget:g}: {res.config.avg_bits:.4f} avg bits, "
+                  f"IP {status}, {res.seconds:.2f} s → {path}")
+            extra = {k: report[k] for k in ("chosen_by", "K", "option", "cache_fid", "stable") if k in report}
+            if extra:
+                print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
+    if many:
+        from search.pareto import pareto_front
+
+        out_dir = Path(args.out or args.data_dir / "search" / short / "family" / args.strategy)
+        (out_dir / "family.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        if not args.quiet:
+            print(f"{len(results)} configs in {out_dir} (family.json lists them)")
+    return 0

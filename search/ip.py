@@ -1,0 +1,355 @@
+"""The integer program: one option per layer, a size-weighted bit budget, maximise summed scores.
+
+    maximise   Σ_l Σ_k s[l,k]·x[l,k]
+    subject to Σ_k x[l,k] = 1                                   (one option per layer)
+               Σ_l Σ_k bits[l,k]·x[l,k] ≤ budget·N               (N = Σ n_weights)
+               Σ_l Σ_k bits[l,k]·x[l,k] ≥ (budget − tolerance)·N (optional window)
+               x binary
+
+`bits[l,k]` are the stored bits of layer l at option k, overhead included (quant.accounting), so
+the budget is on `avg_bits` exactly as every report states it. Solved with OR-Tools CP-SAT.
+
+Integer scores (CP-SAT needs them): each layer's scores are shifted so its best option scores 0
+(this changes no solution: exactly one option per layer is taken) and then multiplied by one
+global factor `S = resolution / max |shifted score|` (default 10^6 integer steps) and rounded.
+Every rounded coefficient is within 0.5/S of the exact one, and CP-SAT stops when its proven gap
+is ≤ 1 integer unit, so the solution is optimal for the exact scores within
+`(L/2 + 1) / S` (L = layers), reported as `IPResult.resolution` (≈ 6e-7 of the largest per-layer
+score range on SDXL's 803 layers). NaN scores mark options that are not allowed for that layer.
+
+Speed (bench/ip.py): phase 1 solves without the window's lower bound and drops dominated options
+(when its optimum lies in the window it is optimal for the window too — the usual case); the
+Lagrangian (= LP) bound is added as a valid constraint on the objective, which is what lets CP-SAT
+close the gap in well under a second at SDXL size.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from quant.errors import QsensError
+
+DEFAULT_RESOLUTION = 1_000_000  # integer steps spanning the largest per-layer score range
+GAP_UNITS = 1.0  # CP-SAT stops when its proven gap is at most this many integer units
+
+
+class BudgetError(QsensError):
+    """A budget no config can meet (the message names the feasible range)."""
+
+
+@dataclass
+class IPResult:
+    choice: np.ndarray  # (L,) index of the chosen option per layer
+    objective: float  # Σ exact scores of the chosen options
+    total_bits: int
+    avg_bits: float
+    status: str  # "optimal" | "feasible" (time limit hit before the proof)
+    seconds: float
+    bound: float  # the solver's upper bound on the objective (exact-score units, ±resolution)
+    resolution: float  # the objective is optimal within this (exact-score units)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def optimal(self) -> bool:
+        return self.status == "optimal"
+
+
+def feasible_range(bits: np.ndarray, n_total: int, allowed: np.ndarray | None = None) -> tuple[float, float]:
+    """(smallest, largest) achievable avg bits: every layer at its smallest / largest option."""
+    b = np.asarray(bits, dtype=np.float64)
+    if allowed is not None:
+        lo = np.where(allowed, b, np.inf).min(axis=1).sum()
+        hi = np.where(allowed, b, -np.inf).max(axis=1).sum()
+    else:
+        lo, hi = b.min(axis=1).sum(), b.max(axis=1).sum()
+    return float(lo / n_total), float(hi / n_total)
+
+
+def parse_budget(text: object) -> float:
+    """A budget from user input: a finite positive number, or a BudgetError saying what it got."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BudgetError(f"budget {text!r} is not a number (give average bits per weight, e.g. 3.5)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"budget {text!r} must be a finite positive number of average bits, e.g. 3.5")
+    return value
+
+
+def check_budget(budget: float, bits: np.ndarray, n_total: int, allowed: np.ndarray | None = None,
+                 what: str = "") -> None:
+    lo, hi = feasible_range(bits, n_total, allowed)
+    where = f" for {what}" if what else ""
+    rng = f"feasible range{where}: {_fmt(lo)}..{_fmt(hi)} avg bits (overhead included)"
+    if budget < lo - 1e-12:
+        raise BudgetError(f"budget {budget:g} is below the smallest config (every layer at its smallest "
+                          f"option); {rng}")
+    if budget > hi + 1e-12:
+        raise BudgetError(f"budget {budget:g} is above the largest config (every layer at its largest "
+                          f"option); {rng}")
+
+
+def _fmt(x: float) -> str:
+    # floor/ceil to 4 decimals so the printed range is inside the true one
+    return f"{x:.4f}"
+
+
+def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
+          tolerance: float | None = None, *, time_limit_s: float = 10.0, workers: int = 1,
+          resolution: int = DEFAULT_RESOLUTION, hint: Sequence[int] | None = None,
+          what: str = "") -> IPResult:
+    """Solve the IP for `scores` / `bits` of shape (L, K). See the module doc.
+
+    Raises BudgetError (one line, naming the feasible range) for a budget no config meets, and
+    when the window [budget − tolerance, budget] is empty although ≤ budget is feasible.
+    Deterministic for a fixed `workers` count (CP-SAT with one worker, or interleaved search).
+    """
+    from ortools.sat.python import cp_model
+
+    t0 = time.perf_counter()
+    s = np.asarray(scores, dtype=np.float64)
+    b = np.asarray(bits, dtype=np.int64)
+    if s.shape != b.shape or s.ndim != 2 or s.shape[0] == 0:
+        raise ValueError(f"scores {s.shape} and bits {b.shape} must both be (layers, options)")
+    allowed = np.isfinite(s)
+    dead = np.flatnonzero(~allowed.any(axis=1))
+    if len(dead):
+        raise QsensError(f"layer #{dead[0]} has no option with a finite score{f' ({what})' if what else ''}")
+    check_budget(budget, b, n_total, allowed, what)
+    L, K = s.shape
+    cap = int(math.floor(budget * n_total + 1e-9))
+    floor_ = None if tolerance is None else int(math.ceil((budget - tolerance) * n_total - 1e-9))
+
+    shifted = np.where(allowed, s - np.where(allowed, s, -np.inf).max(axis=1, keepdims=True), 0.0)
+    span = float(np.abs(shifted).max())
+    scale = resolution / span if span > 0 else 1.0
+    coef = np.rint(shifted * scale).astype(np.int64)
+
+    start = greedy(s, b, cap) if hint is None else np.asarray(hint)
+    # Phase 1 without the window's lower bound: a relaxation, so when its optimum already lies in
+    # the window it is optimal for the windowed problem too (the usual case: scores improve with
+    # bits, so the budget binds). Only otherwise solve again with the window (phase 2); CP-SAT
+    # proves that harder variant far more slowly.
+    # Phase 1 also drops dominated options (another option of the layer is no larger and scores
+    # no lower): some optimum of the ≤-only problem never uses them.
+    keep = allowed & ~dominated(s, b, allowed)
+    if start is not None:
+        start = np.array([k if keep[l, k] else _best_kept(l, k, s, b, keep) for l, k in enumerate(start)])
+    solver, x, status = _cp_sat(keep, b, coef, cap, None, start, time_limit_s, workers)
+    phases = 1
+    if floor_ is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        total = sum(int(b[l, k]) for l in range(L) for k in range(K) if solver.BooleanValue(x[l][k]))
+        if total < floor_ or status != cp_model.OPTIMAL:
+            left = max(0.1, time_limit_s - (time.perf_counter() - t0))
+            solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, start, left, workers)
+            phases = 2
+    seconds = time.perf_counter() - t0
+    if status == cp_model.INFEASIBLE:
+        lo, hi = feasible_range(b, n_total, allowed)
+        raise BudgetError(
+            f"no config has avg bits in [{budget - (tolerance or 0):g}, {budget:g}]"
+            f"{f' for {what}' if what else ''}: the options' discrete sizes leave a gap there, although "
+            f"configs ≤ {budget:g} exist (feasible range {_fmt(lo)}..{_fmt(hi)}); widen the tolerance")
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise QsensError(f"the IP solver found no solution within {time_limit_s:g} s "
+                         f"(status {solver.StatusName(status)}); raise search.time_limit_s")
+    choice = np.array([next(k for k in range(K) if solver.BooleanValue(x[l][k])) for l in range(L)])
+    total = int(b[np.arange(L), choice].sum())
+    objective = float(s[np.arange(L), choice].sum())
+    base = float(np.where(allowed, s, -np.inf).max(axis=1).sum())
+    return IPResult(choice=choice, objective=objective, total_bits=total, avg_bits=total / n_total,
+                    status="optimal" if status == cp_model.OPTIMAL else "feasible", seconds=seconds,
+                    bound=base + solver.BestObjectiveBound() / scale,
+                    resolution=(L * 0.5 + GAP_UNITS) / scale,
+                    extra={"cap_bits": cap, "floor_bits": floor_, "scale": scale, "phases": phases,
+                           "wall_solver_s": solver.WallTime()})
+
+
+def dominated(s: np.ndarray, b: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(L, K) mask of options some other allowed option of the same layer dominates (fewer or
+    equal bits and a higher or equal score, strictly better in one, ties broken by index)."""
+    L, K = s.shape
+    out = np.zeros((L, K), dtype=bool)
+    ss = np.where(allowed, s, -np.inf)
+    for k in range(K):
+        for j in range(K):
+            if j == k:
+                continue
+            le = allowed[:, j] & (b[:, j] <= b[:, k]) & (ss[:, j] >= ss[:, k])
+            strict = (b[:, j] < b[:, k]) | (ss[:, j] > ss[:, k]) | (j < k)
+            out[:, k] |= le & strict
+    return out & allowed
+
+
+def _best_kept(l: int, k: int, s: np.ndarray, b: np.ndarray, keep: np.ndarray) -> int:
+    """A kept option of layer l no larger than option k with at least its score (the dominator)."""
+    cands = [j for j in range(s.shape[1]) if keep[l, j] and b[l, j] <= b[l, k] and s[l, j] >= s[l, k]]
+    return cands[0] if cands else int(np.flatnonzero(keep[l])[0])
+
+
+def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, linearization=None):
+    from ortools.sat.python import cp_model
+
+    L, K = allowed.shape
+    model = cp_model.CpModel()
+    x = [[model.NewBoolVar(f"x{l}_{k}") for k in range(K)] for l in range(L)]
+    flat, flat_bits, flat_coef = [], [], []
+    for l in range(L):
+        for k in range(K):
+            if allowed[l, k]:
+                flat.append(x[l][k])
+                flat_bits.append(int(b[l, k]))
+                flat_coef.append(int(coef[l, k]))
+            else:
+                model.Add(x[l][k] == 0)
+        model.AddExactlyOne([x[l][k] for k in range(K) if allowed[l, k]])
+    size = cp_model.LinearExpr.WeightedSum(flat, flat_bits)
+    model.Add(size <= cap)
+    if floor_ is not None:
+        model.Add(size >= floor_)
+    objective = cp_model.LinearExpr.WeightedSum(flat, flat_coef)
+    # The Lagrangian (= LP) bound of the ≤-only problem is valid for both phases; stating it as a
+    # constraint saves CP-SAT most of the work of finding it (it cuts no feasible solution).
+    ub, _ = lagrangian(np.where(allowed, coef, np.nan).astype(np.float64), b, cap)
+    if math.isfinite(ub):
+        model.Add(objective <= int(math.floor(ub + 1e-6)))
+    model.Maximize(objective)
+    if start is not None:
+        for l in range(L):
+            for k in range(K):
+                model.AddHint(x[l][k], int(start[l] == k))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_workers = max(1, int(workers))
+    solver.parameters.random_seed = 0
+    # stop once the proven gap is below the rounding already accepted (L/2 integer units)
+    solver.parameters.absolute_gap_limit = GAP_UNITS
+    if linearization is not None:
+        solver.parameters.linearization_level = linearization
+    if workers > 1:
+        solver.parameters.interleave_search = True  # deterministic with several workers
+    return solver, x, solver.Solve(model)
+
+
+# ------------------------------------------------------------------------------------------------
+# references: a greedy/Lagrangian heuristic (warm start, bench) and exhaustive search (tests)
+# ------------------------------------------------------------------------------------------------
+def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60) -> tuple[float, np.ndarray | None]:
+    """Lagrangian relaxation of the ≤ constraint: (upper bound on the optimum, best feasible
+    primal found on the way or None). Bisection on the multiplier λ ≥ 0."""
+    s = np.where(np.isfinite(scores), scores, -np.inf)
+    b = np.asarray(bits, dtype=np.float64)
+    L = s.shape[0]
+
+    def inner(lam: float):
+        v = s - lam * b
+        k = v.argmax(axis=1)
+        return float(v[np.arange(L), k].sum() + lam * cap), k
+
+    best_ub, best_primal, best_val = math.inf, None, -math.inf
+    ub0, k0 = inner(0.0)
+    best_ub = ub0
+    if b[np.arange(L), k0].sum() <= cap:
+        return ub0, k0
+    lo, hi = 0.0, 1.0
+    finite = s[np.isfinite(s)]
+    span = float(finite.max() - finite.min()) if finite.size else 1.0
+    hi = max(span / max(float(np.diff(np.sort(b, axis=1), axis=1).max(initial=1.0)), 1.0), 1e-12) * 4
+    while b[np.arange(L), inner(hi)[1]].sum() > cap and hi < 1e30:
+        hi *= 4
+    for _ in range(iters):
+        lam = 0.5 * (lo + hi)
+        ub, k = inner(lam)
+        best_ub = min(best_ub, ub)
+        if b[np.arange(L), k].sum() <= cap:
+            hi = lam
+            val = float(s[np.arange(L), k].sum())
+            if val > best_val:
+                best_val, best_primal = val, k
+        else:
+            lo = lam
+    ub, k = inner(hi)
+    best_ub = min(best_ub, ub)
+    if b[np.arange(L), k].sum() <= cap and float(s[np.arange(L), k].sum()) > best_val:
+        best_primal = k
+    return best_ub, best_primal
+
+
+def greedy(scores: np.ndarray, bits: np.ndarray, cap: int) -> np.ndarray | None:
+    """A feasible (≤ cap) assignment: the Lagrangian primal, then greedily upgraded with the
+    leftover bits (best score gain per extra bit first). None when even that fails."""
+    _, k = lagrangian(scores, bits, cap)
+    if k is None:
+        return None
+    s = np.where(np.isfinite(scores), scores, -np.inf)
+    b = np.asarray(bits, dtype=np.int64)
+    k = k.copy()
+    L = len(k)
+    left = cap - int(b[np.arange(L), k].sum())
+    while True:
+        gain = s - s[np.arange(L), k][:, None]
+        extra = b - b[np.arange(L), k][:, None]
+        ok = (gain > 0) & (extra <= left)
+        if not ok.any():
+            return k
+        ratio = np.where(ok, gain / np.maximum(extra, 1), -np.inf)
+        l, j = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        left -= int(extra[l, j])
+        k[l] = j
+
+
+def brute_force(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
+                tolerance: float | None = None) -> tuple[float, np.ndarray] | None:
+    """Exhaustive optimum (tiny instances only): (objective, choice) or None if infeasible."""
+    import itertools
+
+    s = np.asarray(scores, dtype=np.float64)
+    b = np.asarray(bits, dtype=np.int64)
+    cap = int(math.floor(budget * n_total + 1e-9))
+    floor_ = None if tolerance is None else int(math.ceil((budget - tolerance) * n_total - 1e-9))
+    best: tuple[float, np.ndarray] | None = None
+    L, K = s.shape
+    for combo in itertools.product(range(K), repeat=L):
+        c = np.array(combo)
+        vals = s[np.arange(L), c]
+        if not np.isfinite(vals).all():
+            continue
+        total = int(b[np.arange(L), c].sum())
+        if total > cap or (floor_ is not None and total < floor_):
+            continue
+        v = float(vals.sum())
+        if best is None or v > best[0]:
+            best = (v, c)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# named-layer front end
+# ------------------------------------------------------------------------------------------------
+def bits_matrix(bank, layers: Sequence[str], options: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(L, K) stored bits of every (layer, option) from a Bank, and N = Σ n_weights."""
+    b = np.array([[bank.quantized_bits(l, o) for o in options] for l in layers], dtype=np.int64)
+    return b, int(sum(bank.layers[l].n_weights for l in layers))
+
+
+def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
+                tolerance: float | None = None, *, layers: Sequence[str] | None = None,
+                options: Sequence[str] | None = None, time_limit_s: float = 10.0, workers: int = 1,
+                resolution: int = DEFAULT_RESOLUTION, what: str = "") -> tuple[dict[str, str], IPResult]:
+    """The IP over named layers/options; a (layer, option) pair missing from `scores` is not
+    allowed. Returns ({layer: option}, result)."""
+    layers = list(layers if layers is not None else bank.layer_names)
+    options = list(options if options is not None else bank.options)
+    s = np.array([[scores.get((l, o), np.nan) for o in options] for l in layers], dtype=np.float64)
+    missing = [l for l, row in zip(layers, s) if not np.isfinite(row).any()]
+    if missing:
+        raise QsensError(f"{len(missing)} layer(s) have no score for any option{f' ({what})' if what else ''} "
+                         f"(first: {missing[0]}): the score table does not match the bank")
+    b, n = bits_matrix(bank, layers, options)
+    res = solve(s, b, n, budget, tolerance, time_limit_s=time_limit_s, workers=workers,
+                resolution=resolution, what=what)
+    return {l: options[k] for l, k in zip(layers, res.choice)}, res

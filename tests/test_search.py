@@ -1,0 +1,313 @@
+"""search/: the IP (vs brute force), budgets, strategies, the CLI's bad-budget lines, evaluation."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from quant.config import QuantConfig
+from search.ip import BudgetError, brute_force, feasible_range, greedy, lagrangian, solve
+from search.params import EvaluateParams, SearchParams
+from search.strategies import SearchContext, run_strategy
+
+OPTIONS = ["uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4"]
+
+
+# ------------------------------------------------------------------------------------------ IP
+def _instance(rng, L, K):
+    n = rng.integers(50, 400, size=L)
+    bits_per = rng.integers(2, 9, size=(L, K)).astype(np.int64)
+    bits = bits_per * n[:, None] + rng.integers(0, 200, size=(L, K))
+    scores = rng.normal(size=(L, K)) * rng.lognormal(0, 1, size=(L, 1))
+    return scores, bits, int(n.sum())
+
+
+def test_ip_matches_brute_force_on_random_small_instances() -> None:
+    rng = np.random.default_rng(0)
+    checked = infeasible = 0
+    for trial in range(40):
+        L, K = int(rng.integers(2, 6)), int(rng.integers(2, 5))
+        scores, bits, n = _instance(rng, L, K)
+        if trial % 7 == 0:
+            scores[rng.integers(L), rng.integers(K)] = np.nan  # a disallowed option
+            if not np.isfinite(scores).any(axis=1).all():
+                continue
+        lo, hi = feasible_range(bits, n, np.isfinite(scores))
+        budget = float(rng.uniform(lo, hi))
+        tol = None if trial % 2 else float(rng.uniform(0.05, 0.6))
+        best = brute_force(scores, bits, n, budget, tol)
+        if best is None:
+            with pytest.raises(BudgetError, match="widen the tolerance"):
+                solve(scores, bits, n, budget, tol)
+            infeasible += 1
+            continue
+        res = solve(scores, bits, n, budget, tol)
+        assert res.optimal
+        assert res.total_bits <= budget * n + 1e-6
+        if tol is not None:
+            assert res.total_bits >= (budget - tol) * n - 1e-6
+        assert np.isfinite(scores[np.arange(L), res.choice]).all()
+        # optimal within the documented integer resolution of the scaled scores
+        assert res.objective >= best[0] - res.resolution - 1e-12
+        assert res.objective <= best[0] + 1e-12
+        checked += 1
+    assert checked >= 25 and infeasible >= 1
+
+
+def test_lagrangian_bounds_and_greedy_is_feasible() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        scores, bits, n = _instance(rng, 5, 3)
+        lo, hi = feasible_range(bits, n)
+        budget = float(rng.uniform(lo, hi))
+        cap = math.floor(budget * n)
+        best = brute_force(scores, bits, n, budget)
+        ub, _ = lagrangian(scores, bits, cap)
+        g = greedy(scores, bits, cap)
+        assert ub >= best[0] - 1e-9
+        assert g is not None and bits[np.arange(5), g].sum() <= cap
+        assert scores[np.arange(5), g].sum() <= best[0] + 1e-9
+
+
+def test_budget_errors_name_the_feasible_range() -> None:
+    scores = np.zeros((2, 2))
+    bits = np.array([[300, 400], [300, 400]])
+    with pytest.raises(BudgetError, match=r"below the smallest.*3\.0000\.\.4\.0000"):
+        solve(scores, bits, 200, 2.5)
+    with pytest.raises(BudgetError, match=r"above the largest.*3\.0000\.\.4\.0000"):
+        solve(scores, bits, 200, 4.5)
+    # sizes 600, 700, 800: the window [3.6, 3.64] (720..728 bits) holds no config, ≤ 3.64 does
+    with pytest.raises(BudgetError, match="widen the tolerance"):
+        solve(scores, bits, 200, 3.64, 0.04)
+    assert solve(scores, bits, 200, 3.64, 0.2).total_bits == 700
+
+
+def test_parse_budgets() -> None:
+    from search.pareto import pareto_front, parse_budgets
+
+    assert parse_budgets("3.0:4.0:0.25") == [3.0, 3.25, 3.5, 3.75, 4.0]
+    assert parse_budgets("3.25,3.5") == [3.25, 3.5]
+    for bad in ("3:2:0.1", "a:4:0.5", "3:4", "3:4:0", "x"):
+        with pytest.raises(BudgetError):
+            parse_budgets(bad)
+    assert pareto_front([(3.0, 10), (3.5, 12), (3.5, 8), (4.0, 9)]) == [0, 2]
+
+
+# ---------------------------------------------------------------------------------- strategies
+@pytest.fixture(scope="module")
+def tiny_bank():
+    from denoisers.digits import tiny_digits_denoiser
+    from quant.bank import build_bank
+
+    torch.set_num_threads(1)
+    den = tiny_digits_denoiser("unet", seed=0)
+    return build_bank(den.model, OPTIONS, model_name="digits", progress=False), den
+
+
+def _budget_mid(bank) -> float:
+    from search.ip import bits_matrix
+
+    b, n = bits_matrix(bank, bank.layer_names, bank.options)
+    lo, hi = feasible_range(b, n)
+    return round(lo + 0.3 * (hi - lo), 3)
+
+
+class FakeEnsemble:
+    """predictor.api.Ensemble stand-in: FID = Σ layer weight × option badness, additive."""
+
+    def __init__(self, bank):
+        rng = np.random.default_rng(3)
+        self.bank = bank
+        self.w = {l: float(rng.lognormal()) for l in bank.layer_names}
+        self.bad = {o: 4.0 ** (-int(o[3:])) * (1.3 if o.startswith("kma") else 1.0) for o in bank.options}
+        self.calls = 0
+
+    def predict(self, configs):
+        return np.array([sum(self.w[l] * self.bad[c.option(l)] * 100 for l in self.bank.layer_names)
+                         for c in configs])
+
+    def sensitivity(self, reference):
+        self.calls += 1
+        base = self.predict([reference])[0]
+        rows = []
+        for l in self.bank.layer_names:
+            for o in self.bank.options:
+                c = QuantConfig(reference.model, {**reference.options, l: o})
+                rows.append({"layer": l, "option": o, "delta_fid": self.predict([c])[0] - base,
+                             "delta_fid_std": 0.0, "block": l.split(".")[0]})
+        return pd.DataFrame(rows)
+
+
+class FakeSelector:
+    """RealScorer stand-in: 'FID' = total weight error; images from a hash of the config."""
+
+    def __init__(self, bank):
+        self.bank = bank
+        self.scored = []
+
+    def score(self, config, n, seed):
+        self.scored.append(config.config_id if config else None)
+        fid = 0.0 if config is None else self.bank.summarize(config).quantized_error
+        return {"fid": fid, "content": 1.0, "status": "ok", "reason": "", "n_images": n, "seconds": 0.0,
+                "images": np.zeros((n, 8, 8, 1), np.uint8)}
+
+    def generate(self, config, n, seed):
+        class G:
+            images = np.full((n, 8, 8, 1), 0 if config is None else int(self.bank.summarize(config).quantized_error * 1e3) % 200, np.uint8)
+            n_nonfinite = 0
+        return G()
+
+    def image_mse(self, config, fp_images, seed):
+        return float(np.mean((self.generate(config, len(fp_images), seed).images.astype(float) - fp_images) ** 2))
+
+
+def _check_budget(bank, cfg, budget, tol):
+    bits = bank.summarize(cfg).avg_bits
+    assert abs(bits - cfg.avg_bits) < 1e-9
+    assert budget - tol - 1e-9 <= bits <= budget + 1e-9
+
+
+def test_error_layerwise_mixdq_predictor_strategies(tiny_bank, tmp_path: Path) -> None:
+    bank, _ = tiny_bank
+    budget = _budget_mid(bank)
+    sp = SearchParams(tolerance=0.05, relinearise_rounds=3, candidates_scored=2, mixdq_k=(0.8, 1.0, 1.2))
+    # analysis tables as files
+    rng = np.random.default_rng(0)
+    pairs = [(l, o) for l in bank.layer_names for o in OPTIONS]
+    pd.DataFrame({"layer": [l for l, _ in pairs], "option": [o for _, o in pairs],
+                  "score": rng.uniform(size=len(pairs))}).to_parquet(tmp_path / "layerwise.parquet")
+    groups = ["content" if "time_emb_proj" in l else "quality" for l, _ in pairs]
+    pd.DataFrame({"layer": [l for l, _ in pairs], "option": [o for _, o in pairs], "group": groups,
+                  "score": [rng.uniform(10, 40) if g == "quality" else rng.uniform(0.9, 1) for g in groups]}
+                 ).to_parquet(tmp_path / "mixdq.parquet")
+    ens, sel = FakeEnsemble(bank), FakeSelector(bank)
+    ctx = SearchContext(bank, sp, analysis_dir=tmp_path, predictor_dir=tmp_path / "nopred",
+                        ensemble_factory=lambda: ens, selector_factory=lambda: sel)
+    for strategy in ("error", "layerwise", "mixdq", "predictor"):
+        res = run_strategy(ctx, strategy, budget)
+        _check_budget(bank, res.config, budget, sp.tolerance)
+        assert set(res.config.options) == set(bank.layer_names)
+    # the error strategy is the exact minimiser of total weight error: no uniform config in the
+    # window beats it
+    err = run_strategy(ctx, "error", budget).config
+    assert bank.summarize(err).quantized_error <= min(
+        bank.summarize(QuantConfig("digits", {l: o for l in bank.layer_names})).quantized_error
+        for o in OPTIONS if bank.summarize(QuantConfig("digits", {l: o for l in bank.layer_names})).avg_bits <= budget)
+    # predictor: re-linearised (several sensitivity calls) and the top candidates were scored
+    res = run_strategy(ctx, "predictor", budget)
+    assert ens.calls >= 2 and res.report["rounds"]
+    assert res.report["chosen_by"].startswith("selection") or len(res.report["candidates"]) == 1
+    # mixdq: candidates over K, picked by MSE to FP
+    res = run_strategy(ctx, "mixdq", budget)
+    assert res.report["candidates"] and res.report["K"] in (0.8, 1.0, 1.2)
+
+
+def test_uniform_and_random_best_use_the_cache(tiny_bank, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from sampling.cache import CACHE_SCHEMA, write_cache
+    from sampling.sampler import random_config
+
+    bank, _ = tiny_bank
+    rows = []
+    for i in range(12):
+        cfg = QuantConfig("digits", random_config(bank.layer_names, OPTIONS, 0, i))
+        st = bank.summarize(cfg)
+        rows.append({"config_id": cfg.config_id, "model": "digits", "index": i,
+                     "options": json.dumps(cfg.canonical_options(), separators=(",", ":")),
+                     "act_bits": None, "avg_bits": st.avg_bits, "quantized_bytes": st.quantized_bytes,
+                     "quantized_error": st.quantized_error, "bops": float(st.bops), "fid": float(100 - i),
+                     "content": 0.5, "n_images": 10, "image_seed": 0, "sample_seed": 0, "status": "ok",
+                     "reason": "", "attempts": 1, "seconds": 1.0, "worker": "t", "code_version": "t"})
+    write_cache(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), tmp_path / "cache.parquet")
+    ctx = SearchContext(bank, SearchParams(), cache_path=tmp_path / "cache.parquet")
+    budget = max(r["avg_bits"] for r in rows[:6]) + 1e-6
+    best = run_strategy(ctx, "random-best", budget)
+    inside = [r for r in rows if r["avg_bits"] <= budget]
+    assert best.report["cache_fid"] == min(r["fid"] for r in inside)
+    with pytest.raises(BudgetError, match="no measured random config"):
+        run_strategy(ctx, "random-best", min(r["avg_bits"] for r in rows) - 1e-3)
+    uni = run_strategy(ctx, "uniform", 8.0)
+    assert uni.config.avg_bits <= 8.0 and len(set(uni.config.options.values())) == 1
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def _cli(argv, capsys):
+    from qsens.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_bad_budgets_are_one_line_with_the_range(tiny_bank, tmp_path: Path, capsys) -> None:
+    bank, _ = tiny_bank
+    bank_dir = tmp_path / "bank"
+    if not bank_dir.exists():
+        bank.save(bank_dir)
+    common = ["search", "--bank", str(bank_dir), "--strategy", "error", "--no-select",
+              "--data-dir", str(tmp_path / "data"), "--params", str(tmp_path / "none.yaml")]
+    for budget, words in (("1.5", "below the smallest"), ("20", "above the largest"),
+                          ("abc", "not a number"), ("nan", "finite positive")):
+        code, out, err = _cli(common + ["--budget", budget], capsys)
+        assert code == 2, (budget, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+        assert "feasible range" in lines[0] and ".." in lines[0]
+    code, out, err = _cli(common + ["--budgets", "1:2:0.5"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "feasible range" in err
+    budget = _budget_mid(bank)
+    code, out, err = _cli(common + ["--budget", str(budget), "--out", str(tmp_path / "c.json")], capsys)
+    assert code == 0, err
+    cfg = QuantConfig.load(tmp_path / "c.json")
+    assert cfg.avg_bits <= budget and json.loads((tmp_path / "c.report.json").read_text())["ip_status"] == "optimal"
+    code, out, err = _cli(common + ["--budgets", f"{budget}:{budget + 0.2}:0.1", "--out", str(tmp_path / "fam")], capsys)
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "fam" / "family.json").read_text())) == 3
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank, tiny_digits_scorer,
+                                                                     tmp_path: Path) -> None:
+    from quant.errors import QsensError
+    from search.evaluate import read_rows, run_evaluation
+    from search.realscore import RealScorer
+
+    bank, den = tiny_bank
+    real = RealScorer(den, bank, tiny_digits_scorer)
+    sp = SearchParams(select_seed=11)
+    ctx = SearchContext(bank, sp)
+    ep = EvaluateParams(images=10, image_seed=23)
+    b = _budget_mid(bank)
+    kw = dict(strategies=["error", "uniform"], budgets=[b, b + 0.3], ep=ep, out_dir=tmp_path / "out",
+              metrics_path=tmp_path / "m" / "search.json", pareto_csv=tmp_path / "m" / "pareto.csv",
+              used_seeds={"cache": [0, 1]}, input_digest=lambda s: "x")
+    logs: list[str] = []
+    rows = run_evaluation(ctx, real, log=logs.append, **kw)
+    assert [r["strategy"] for r in rows] == ["fp16", "error", "error", "uniform", "uniform"]
+    for r in rows:
+        assert {"budget", "strategy", "avg_bits", "fid", "content", "seconds"} <= set(r)
+        assert r["status"] == "ok" and r["fid"] is not None
+    assert (tmp_path / "out" / "pareto.png").exists() and list((tmp_path / "out" / "grids").glob("*.png"))
+    assert (tmp_path / "out" / "configs" / f"error-{b:g}.json").exists()
+    assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,avg_bits,fid")
+    # a re-run skips every finished row and gives the same table
+    logs2: list[str] = []
+    again = run_evaluation(ctx, real, log=logs2.append, **kw)
+    assert sum("skipped" in m for m in logs2) == 5
+    assert [(r["fid"], r["avg_bits"]) for r in again] == [(r["fid"], r["avg_bits"]) for r in rows]
+    # a lost row is redone, deterministically
+    kept = read_rows(tmp_path / "m" / "search.json")
+    (tmp_path / "m" / "search.json").write_text(json.dumps(kept[:2]))
+    third = run_evaluation(ctx, real, log=lambda m: None, **kw)
+    assert [r["fid"] for r in third] == [r["fid"] for r in rows]
+    # overlapping seeds are refused
+    with pytest.raises(QsensError, match="overlaps"):
+        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "used_seeds": {"cache": [23]}})
+    with pytest.raises(QsensError, match="overlaps"):
+        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "ep": EvaluateParams(images=10, image_seed=11)})
