@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from quant.config import QuantConfig
+from sampling.shards import ShardWriter
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -38,7 +38,7 @@ class Progress:
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows.values()))
         tmp.replace(self.path)
-        self._fh = open(self.path, "a")
+        self._writer = ShardWriter(self.path)
 
     @staticmethod
     def _id(row: dict) -> tuple:
@@ -49,13 +49,11 @@ class Progress:
 
     def add(self, row: dict) -> None:
         row = {**row, "key": self.key}
-        self._fh.write(json.dumps(row, sort_keys=True) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._writer.append(row)
         self.rows[self._id(row)] = row
 
     def close(self) -> None:
-        self._fh.close()
+        self._writer.close()
 
     def __enter__(self) -> "Progress":
         return self

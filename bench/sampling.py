@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sampling.launch import launch
-from sampling.worker import SampleJob
+# Repo root first: run as `python bench/sampling.py`, this file would otherwise shadow `sampling`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sampling.launch import launch  # noqa: E402
+from sampling.worker import SampleJob  # noqa: E402
 
 
 def configs_per_minute(args: argparse.Namespace, workers: int) -> float:

@@ -12,7 +12,6 @@ pipeline) or a config JSON.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from quant.errors import QsensError
+from quant.jsonio import read_json
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -74,16 +74,7 @@ def known_names() -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise QsensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise QsensError(f"{path}: cannot read ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise QsensError(f"{path}: expected a JSON object with `_class_name`")
-    return data
+    return read_json(path, "a JSON object with `_class_name`")
 
 
 def find_denoiser_dir(path: Path) -> Path | None:

@@ -43,12 +43,14 @@ def image_seeds(n: int, seed: int) -> np.ndarray:
 def to_uint8(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Float images in [-1, 1], (N, C, H, W) → (uint8 (N, H, W, C), bool (N,) non-finite mask).
 
-    Images with any NaN/inf pixel are flagged and zeroed (never silently wrapped into uint8).
+    Images with any NaN/inf pixel are flagged and set to all-zero (black), never silently
+    wrapped into uint8.
     """
     x = images.detach().to("cpu", torch.float32)
     bad = ~torch.isfinite(x).flatten(1).all(dim=1)
     x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x[bad] = 0
     return x.permute(0, 2, 3, 1).contiguous().numpy(), bad.numpy()
 
 
@@ -140,3 +142,20 @@ class Denoiser(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, layers={len(self.layer_names())}, "
                 f"params={self.num_parameters():,})")
+
+
+def configure_torch(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (default: all CPU cores of this process, at most 8); returns it.
+
+    Determinism on CPU holds for a fixed thread count; workers should all use the same count.
+    """
+    import os
+
+    if not threads:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            threads = os.cpu_count() or 1
+        threads = min(int(threads), 8)
+    torch.set_num_threads(int(threads))
+    return int(threads)

@@ -22,6 +22,7 @@ On-disk layout written by `prepare` (all safetensors + JSON, no pickles):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -66,7 +67,7 @@ class DigitsParams:
     dit_patch: int = 2
     # denoiser training
     seed: int = 0
-    train_steps: int = 2500
+    train_steps: int = 1500
     train_batch: int = 128
     lr: float = 2e-3
     ema_decay: float = 0.999
@@ -79,7 +80,7 @@ class DigitsParams:
     classifier_lr: float = 2e-3
     # sampling
     scheduler: str = "dpmsolver++"  # or "ddim"
-    steps: int = 10
+    steps: int = 6  # DPM-Solver++ steps (FID 1.5 vs 1.2 at 10 steps, 40% cheaper)
     guidance: float = 1.0  # 1.0 = no classifier-free guidance (no doubled batch)
     gen_batch_size: int = 250  # fixed: results never depend on how work is split
 
@@ -119,6 +120,17 @@ def load_params(path: str | Path = "params.yaml", section: str = "digits") -> Di
 
     data = yaml.safe_load(path.read_text()) or {}
     return DigitsParams.from_dict(data.get(section))
+
+
+@contextlib.contextmanager
+def flush_denormal():
+    """Flush denormal floats to zero inside (CPU): without it, small diffusers models on x86
+    can run 10-20× slower for stretches of training/sampling. Restores torch's default after."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,16 +267,8 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.classifier_lr, total_steps=total)
     t0 = time.perf_counter()
     model.train()
-    for _ in tqdm(range(params.classifier_epochs), desc="classifier", disable=not progress):
-        perm = torch.randperm(len(x_tr), generator=gen)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch:(i + 1) * batch]
-            xb = _shift_augment(x_tr[idx], gen)
-            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with flush_denormal():
+        _classifier_loop(model, opt, sched, x_tr, y_tr, gen, batch, steps_per_epoch, params, progress)
     model.eval()
     with torch.inference_mode():
         pred = model(x_all[test_idx]).argmax(1)
@@ -275,6 +279,21 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
             "epochs": params.classifier_epochs, "seed": params.seed,
             "test_fraction": params.test_fraction}
     return model, info
+
+
+def _classifier_loop(model, opt, sched, x_tr, y_tr, gen, batch, steps_per_epoch, params, progress):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(params.classifier_epochs), desc="classifier", disable=not progress):
+        perm = torch.randperm(len(x_tr), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            xb = _shift_augment(x_tr[idx], gen)
+            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,17 +338,33 @@ def make_train_scheduler(params: DigitsParams):
 def make_sampling_scheduler(params: DigitsParams):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
+    # The predicted clean image is clipped to the data range [-1, 1] at every step (DDIM
+    # clip_sample; DPM-Solver++ thresholding with sample_max_value 1 is exactly that clip).
+    # Without it the first step's x0 = (x - sqrt(1-ᾱ)·ε)/sqrt(ᾱ) explodes where ᾱ_T ≈ 0
+    # (cosine schedule): FID 94 and 0.67 accuracy instead of ≈1 and 0.99 in our runs.
     common = dict(num_train_timesteps=params.num_train_timesteps,
                   beta_schedule=params.beta_schedule, prediction_type="epsilon")
     if params.scheduler == "ddim":
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+        return DDIMScheduler(**common, clip_sample=True, clip_sample_range=1.0,
+                             set_alpha_to_one=True)
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                       lower_order_final=True)
+                                       lower_order_final=True, thresholding=True,
+                                       dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
+
+
+def scheduler_config_of(scheduler) -> dict[str, Any]:
+    """A scheduler's config as a plain dict that remembers its class."""
+    return {**dict(scheduler.config), "_class_name": type(scheduler).__name__}
 
 
 def train_denoiser(arch: str, images_u8: np.ndarray, labels: np.ndarray, params: DigitsParams,
                    progress: bool = False, log_every: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Epsilon-prediction training with class dropout and an EMA; returns the EMA model."""
+    with flush_denormal():
+        return _train_denoiser(arch, images_u8, labels, params, progress, log_every)
+
+
+def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
     from tqdm import tqdm
 
     torch.manual_seed(params.seed)
@@ -377,7 +412,7 @@ def train_denoiser(arch: str, images_u8: np.ndarray, labels: np.ndarray, params:
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if log_every and step % log_every == 0:
@@ -417,7 +452,8 @@ class DigitsDenoiser(Denoiser):
             _disable_dit_random_label_dropout(self.model)
         self.model_dir = Path(model_dir) if model_dir else None
         self.reference_dir = Path(reference_dir) if reference_dir else None
-        self.scheduler_config = dict(scheduler_config or make_sampling_scheduler(params).config)
+        self.scheduler_config = dict(scheduler_config or
+                                     scheduler_config_of(make_sampling_scheduler(params)))
         self.info = dict(info or {})
         self.device = torch.device("cpu")
 
@@ -442,9 +478,12 @@ class DigitsDenoiser(Denoiser):
     def _scheduler(self):
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-        cls = DDIMScheduler if self.scheduler_config.get("_class_name") == "DDIMScheduler" \
-            else DPMSolverMultistepScheduler
-        return cls.from_config(self.scheduler_config)
+        name = self.scheduler_config.get("_class_name", "DPMSolverMultistepScheduler")
+        classes = {"DDIMScheduler": DDIMScheduler,
+                   "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
+        if name not in classes:
+            raise QsensError(f"{self.name}: unsupported sampling scheduler {name}")
+        return classes[name].from_config(self.scheduler_config)
 
     def labels_for(self, n: int) -> np.ndarray:
         """Conditioning labels cycle 0..9 so every class is balanced."""
@@ -472,7 +511,8 @@ class DigitsDenoiser(Denoiser):
         for b0 in tqdm(starts, desc=f"generate {self.name}", disable=not progress):
             x = noise[b0:b0 + batch_size].to(self.device)
             y = torch.from_numpy(labels[b0:b0 + batch_size]).to(self.device)
-            out.append(self._sample(x, y, steps, guidance))
+            with flush_denormal():
+                out.append(self._sample(x, y, steps, guidance))
         images = torch.cat(out) if out else torch.zeros((0, *shape))
         u8, bad = to_uint8(images)
         return Generation(images=u8, seeds=seeds, labels=labels, nonfinite=bad,
@@ -531,8 +571,6 @@ class DigitsDenoiser(Denoiser):
         else:
             from diffusers import DiTTransformer2DModel as cls
         model = cls.from_pretrained(str(sub))
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: F401
-
         sched_cfg_path = model_dir / "scheduler" / "scheduler_config.json"
         sched_cfg = json.loads(sched_cfg_path.read_text()) if sched_cfg_path.exists() else None
         if reference_dir is None and meta.get("reference_dir"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import networkx as nx
 
 from quant.errors import QsensError
+from quant.jsonio import read_json
 
 
 def graph_to_json(graph: nx.DiGraph) -> dict:
@@ -36,13 +37,7 @@ def write_graph(graph: nx.DiGraph, path: str | Path) -> Path:
 
 def read_graph(path: str | Path) -> nx.DiGraph:
     path = Path(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise QsensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise QsensError(f"{path}: cannot read ({exc.strerror})") from None
-    if not isinstance(data, dict) or "nodes" not in data:
+    data = read_json(path, "a node-link graph file (an object with `nodes`)")
+    if "nodes" not in data:
         raise QsensError(f"{path}: not a node-link graph file (no `nodes`)")
     return graph_from_json(data)

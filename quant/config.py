@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from quant.errors import ConfigError
+from quant.jsonio import read_json
 from quant.options import FP16, parse_option
 
 ACT_BITS_ALLOWED = (None, 8, 6)
@@ -110,10 +111,7 @@ class QuantConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
+        data = read_json(path, "a JSON object with 'model' and 'options'", error=ConfigError)
         return QuantConfig.from_dict(data, where=str(path))
 
 

@@ -35,12 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from denoisers.registry import check_model_spec
     from sampling.launch import launch
     from sampling.worker import SampleJob
 
     if args.num_configs < 1:
         raise QsensError(f"--num-configs must be at least 1, got {args.num_configs}")
-    _check_model_spec(args.model)
+    check_model_spec(args.model)
     bank = args.bank or args.data_dir / "bank" / Path(args.model).name
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     generate = {} if args.steps is None else {"steps": args.steps}
@@ -53,12 +54,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {line}; run the same command again to resume")
     return 0 if not result["failed_workers"] else 1
 
-
-def _check_model_spec(spec: str) -> None:
-    """Fail fast, naming the model, before any bank or shard is touched."""
-    from denoisers.registry import known_models
-
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/"))
-    if spec not in known_models() and not Path(spec).is_dir() and not looks_like_hub_id:
-        raise QsensError(f"unknown model {spec!r}: expected one of {', '.join(known_models())}, "
-                         "a diffusers directory, or a hub id (owner/name)")

@@ -1,0 +1,274 @@
+"""Is the score meaningful for this model? Seed noise of the FP model vs spread over configs.
+
+`measure_noise` answers it with the figures the `noise` stage writes to `metrics/noise.json`:
+
+- `classifier_test_accuracy` — the digits classifier on held-out real digits;
+- `fp_generated_accuracy` — the classifier on the FP model's samples vs their conditioning class;
+- `fp_fid_seed_std` (σ) — std of the FP model's FID over `fp_seed_sets` disjoint seed sets;
+- `random_fid_std` (S) — std of FID over `random_configs` random configs (Qua2SeDiMo's sampler:
+  p3 ~ U(0,1) per config, each layer 3-bit with probability p3, else 4-bit, method uniform);
+- `fid_signal_to_noise` = S / σ (want ≥ 10);
+- `fid_retest_spearman` — Spearman ρ of the same configs' FIDs under two disjoint seed sets
+  (want ≥ 0.9: a predictor can only learn a ranking the score itself reproduces);
+- uniform configs (every layer the same option) → FID and accuracy per option;
+- `seconds_per_config_median` — apply + generate + score, at the default params.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quant.errors import QsensError
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """The `score:` section of params.yaml: how one config is scored."""
+
+    images: int = 500  # images per score (labels cycle 0..9)
+    seed: int = 0  # seed set: image i uses seed `seed * 1e6 + i`
+
+    @staticmethod
+    def from_yaml(path: str | Path = "params.yaml", section: str = "score") -> "ScoreParams":
+        return _section(ScoreParams, path, section)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    """The `noise:` section of params.yaml."""
+
+    fp_seed_sets: int = 5  # FP model scored on seed sets 0..fp_seed_sets-1 → σ
+    random_configs: int = 50  # random configs → S, and test–retest
+    config_seed: int = 4242  # random-config stream (distinct from the `sample` stage's)
+    seed_a: int = 0  # image seed set of the "test" scores
+    seed_b: int = 7  # image seed set of the "retest" scores (disjoint from seed_a)
+    grid_columns: int = 10  # images per row of the sample grid (one per class)
+
+    @staticmethod
+    def from_yaml(path: str | Path = "params.yaml", section: str = "noise") -> "NoiseParams":
+        p = _section(NoiseParams, path, section)
+        if p.seed_a == p.seed_b:
+            raise QsensError("noise.seed_a and noise.seed_b must differ (disjoint seed sets)")
+        if p.fp_seed_sets < 2 or p.random_configs < 3:
+            raise QsensError("noise needs fp_seed_sets >= 2 and random_configs >= 3")
+        return p
+
+
+def _section(cls, path: str | Path, section: str):
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        import yaml
+
+        data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
+    return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------
+def load_bank_for(denoiser, bank_dir: str | Path | None, data_dir: str | Path, model_name: str,
+                  progress: bool = True):
+    """The bank at `bank_dir` (default DATA/bank/MODEL), checked against the model; built in
+    memory when no bank exists there yet."""
+    from quant.bank import META_FILE, Bank, build_bank
+
+    path = Path(bank_dir) if bank_dir else Path(data_dir) / "bank" / Path(model_name).name
+    if (path / META_FILE).exists() or bank_dir:
+        bank = Bank.load(path)
+        bank.check_model(denoiser.model, where=str(path))
+        return bank
+    print(f"no bank at {path}: building one in memory (`qsens bank build` saves it)")
+    return build_bank(denoiser.model, model_name=Path(model_name).name, progress=progress)
+
+
+def _random_options(layer_names, options, seed: int, index: int) -> dict[str, str]:
+    from sampling.sampler import random_config
+
+    return random_config(layer_names, options, seed, index)
+
+
+def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
+                  score_params: ScoreParams | None = None, progress: bool = True,
+                  grid_path: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All noise figures (see module doc) and one record per random config."""
+    from scipy.stats import spearmanr
+    from tqdm import tqdm
+
+    from quant.apply import quantized
+    from quant.config import QuantConfig
+    from quant.options import parse_option
+    from sampling.scoring import evaluate
+
+    params = params or NoiseParams()
+    sp = score_params or ScoreParams()
+    n = sp.images
+    model_name = bank.model
+    layers = list(bank.layer_names)
+    bank.check_model(denoiser.model)  # once; the loops below skip the weight hash
+    total = params.fp_seed_sets + 2 * params.random_configs + len(bank.options)
+    bar = tqdm(total=total, desc="noise", unit="score", disable=not progress)
+
+    # 1. FP model over disjoint seed sets → σ
+    fp_scores = []
+    fp_images = None
+    for s in range(params.fp_seed_sets):
+        score, gen = evaluate(denoiser, scorer, n, seed=s)
+        fp_scores.append(score)
+        if s == 0:
+            fp_images = gen.images
+        bar.update()
+    fp_fids = np.array([x.fid for x in fp_scores])
+    fp_accs = np.array([x.content for x in fp_scores])
+
+    # 2. random configs under two disjoint seed sets → S, test–retest
+    records: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for i in range(params.random_configs):
+        options = _random_options(layers, bank.options, params.config_seed, i)
+        config = QuantConfig(model_name, options)
+        stats = bank.summarize(config)
+        t0 = time.perf_counter()
+        with quantized(denoiser.model, config, bank, verify=False):
+            sa, _ = evaluate(denoiser, scorer, n, seed=params.seed_a)
+            seconds.append(time.perf_counter() - t0)
+            bar.update()
+            sb, _ = evaluate(denoiser, scorer, n, seed=params.seed_b)
+            bar.update()
+        bits = np.array([parse_option(o).bits for o in options.values()])
+        records.append({
+            "index": i, "config_id": config.config_id, "avg_bits": stats.avg_bits,
+            "frac_3bit": float(np.mean(bits == min(bits.min(), 3))) if len(bits) else 0.0,
+            "fid_a": sa.fid, "fid_b": sb.fid, "accuracy_a": sa.content,
+            "accuracy_b": sb.content, "status": "ok" if sa.ok and sb.ok else "failed",
+            "reason": sa.reason or sb.reason})
+    ok = [r for r in records if r["status"] == "ok"]
+    fid_a = np.array([r["fid_a"] for r in ok])
+    fid_b = np.array([r["fid_b"] for r in ok])
+
+    # 3. uniform configs (every layer one option)
+    uniform: dict[str, dict[str, Any]] = {}
+    grid_rows: dict[str, np.ndarray] = {"fp": fp_images}
+    for opt in sorted(bank.options, key=lambda o: (-parse_option(o).bits, o)):
+        config = QuantConfig.uniform(model_name, layers, opt)
+        with quantized(denoiser.model, config, bank, verify=False):
+            s, gen = evaluate(denoiser, scorer, n, seed=params.seed_a)
+        bar.update()
+        uniform[opt] = {"fid": _num(s.fid), "accuracy": _num(s.content),
+                        "avg_bits": bank.summarize(config).avg_bits, "status": s.status}
+        grid_rows[opt] = gen.images
+    bar.close()
+
+    sigma = float(np.std(fp_fids, ddof=1))
+    big_s = float(np.std(fid_a, ddof=1)) if len(fid_a) > 1 else math.nan
+    rho = float(spearmanr(fid_a, fid_b).statistic) if len(fid_a) > 2 else math.nan
+    by_bits: dict[int, list[float]] = {}
+    for opt, u in uniform.items():
+        if u["fid"] is not None:
+            by_bits.setdefault(parse_option(opt).bits, []).append(u["fid"])
+    result = {
+        "model": model_name,
+        "images_per_score": n,
+        "classifier_test_accuracy": _num(_classifier_acc(scorer)),
+        "fp_generated_accuracy": float(fp_accs.mean()),
+        "fp_fid_mean": float(fp_fids.mean()),
+        "fp_fid_seed_std": sigma,
+        "fp_fids": [float(f) for f in fp_fids],
+        "random_configs": len(records),
+        "random_configs_failed": len(records) - len(ok),
+        "random_fid_mean": _num(float(fid_a.mean()) if len(fid_a) else math.nan),
+        "random_fid_min": _num(float(fid_a.min()) if len(fid_a) else math.nan),
+        "random_fid_max": _num(float(fid_a.max()) if len(fid_a) else math.nan),
+        "random_fid_std": _num(big_s),
+        "fid_signal_to_noise": _num(big_s / sigma if sigma > 0 else math.inf),
+        "fid_retest_spearman": _num(rho),
+        "uniform": uniform,
+        "uniform_fid_by_bits": {str(b): float(np.mean(v)) for b, v in sorted(by_bits.items())},
+        "seconds_per_config_median": float(np.median(seconds)) if seconds else None,
+        "seeds": {"fp": list(range(params.fp_seed_sets)), "a": params.seed_a, "b": params.seed_b,
+                  "config_seed": params.config_seed},
+    }
+    if grid_path:
+        sample_grid(grid_rows, grid_path, columns=params.grid_columns,
+                    titles={k: _row_title(k, uniform, fp_fids[0], fp_accs[0]) for k in grid_rows})
+    return result, records
+
+
+def _classifier_acc(scorer) -> float:
+    info = getattr(scorer, "info", {}) or {}
+    return float(info.get("classifier", {}).get("test_accuracy", math.nan))
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float) -> str:
+    if key == "fp":
+        return f"FP: FID {fp_fid:.1f}, acc {fp_acc:.2f}"
+    u = uniform[key]
+    if u["fid"] is None:
+        return f"uniform {key}: failed"
+    return f"uniform {key}: FID {u['fid']:.1f}, acc {u['accuracy']:.2f}"
+
+
+def sample_grid(rows: dict[str, np.ndarray], path: str | Path, columns: int = 10,
+                titles: dict[str, str] | None = None) -> Path:
+    """A PNG with one row per entry (first `columns` images each), labelled on the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(rows)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(columns * 0.55 + 3.2, len(keys) * 0.7 + 0.2),
+                             squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        imgs = rows[key][:columns]
+        if imgs.ndim == 4 and imgs.shape[-1] == 1:
+            imgs = imgs[..., 0]
+        pad = np.full((imgs.shape[1], 1) + imgs.shape[3:], 255, dtype=np.uint8)
+        strip = np.concatenate([x for img in imgs for x in (img, pad)][:-1], axis=1)
+        ax.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(-0.02, 0.5, (titles or {}).get(key, key), transform=ax.transAxes, ha="right",
+                va="center", fontsize=8)
+    fig.subplots_adjust(left=0.36, right=0.99, top=0.98, bottom=0.02, hspace=0.15)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_noise_outputs(result: dict[str, Any], records: list[dict[str, Any]],
+                        out: str | Path, configs_csv: str | Path | None = None) -> None:
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    if configs_csv:
+        import csv
+
+        configs_csv = Path(configs_csv)
+        configs_csv.parent.mkdir(parents=True, exist_ok=True)
+        cols = ["index", "config_id", "avg_bits", "frac_3bit", "fid_a", "fid_b", "accuracy_a",
+                "accuracy_b", "status", "reason"]
+        with configs_csv.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            for r in records:
+                w.writerow({k: r.get(k) for k in cols})
+
+
+__all__ = ["ScoreParams", "NoiseParams", "measure_noise", "sample_grid", "load_bank_for",
+           "write_noise_outputs"]

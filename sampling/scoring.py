@@ -1,0 +1,400 @@
+"""Scoring generated images: FID (through clean-fid) plus a content score.
+
+One interface, `Scorer.score(generation) -> Score`, for every model family:
+
+- `DigitsScorer` (the `digits` default): FID on the digits classifier's 64-d penultimate features,
+  passed to clean-fid as a custom feature extractor (no Inception download), against reference
+  statistics of the real digits computed once by `prepare`; content score = the classifier's
+  accuracy on the generated images against their conditioning class (the analogue of CLIP score).
+- `InceptionClipScorer` (real models): clean-fid's Inception features against stored statistics,
+  content = CLIP score of image vs prompt. Needs the Inception / CLIP weights locally.
+
+A scorer is loaded once and scores many generations (the sampling loop: apply config →
+generate → score → restore). Images with NaN/inf pixels give a `Score` with status "failed" and
+a reason, never an exception. Reference statistics are stored as safetensors (no pickles).
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from denoisers.base import Denoiser, Generation, ReferenceData
+from quant.errors import QsensError
+
+STATS_FILE = "stats.safetensors"
+STATS_INFO_FILE = "stats.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Score:
+    """One scored generation. `fid`/`content` are NaN when `status == "failed"`."""
+
+    status: str  # "ok" | "failed"
+    fid: float = math.nan
+    content: float = math.nan
+    content_metric: str = "accuracy"  # "accuracy" (digits) | "clip"
+    n_images: int = 0
+    n_nonfinite: int = 0
+    reason: str | None = None
+    seconds: float = 0.0  # scoring only
+    generate_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    # mapping-style access (`score["fid"]`, `score.get("content")`) for record-building code
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("fid", "content"):
+            if isinstance(d[k], float) and not math.isfinite(d[k]):
+                d[k] = None  # JSON has no NaN
+        return d
+
+    @staticmethod
+    def failed(reason: str, **kw: Any) -> "Score":
+        return Score(status="failed", reason=reason, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference statistics (safetensors, float64)
+# ----------------------------------------------------------------------------------------------
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) as clean-fid computes them (mean, unbiased covariance), float64."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def save_reference_stats(directory: str | Path, mu: np.ndarray, sigma: np.ndarray,
+                         info: dict[str, Any] | None = None) -> Path:
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({"mu": np.ascontiguousarray(mu, dtype=np.float64),
+               "sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, str(directory / STATS_FILE))
+    (directory / STATS_INFO_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
+    return directory / STATS_FILE
+
+
+def load_reference_stats(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    path = directory / STATS_FILE
+    if not path.exists():
+        raise QsensError(f"no reference statistics {path}: run `qsens prepare`")
+    t = load_file(str(path))
+    info_path = directory / STATS_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return t["mu"], t["sigma"], info
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """clean-fid's Fréchet distance, with its singular-product notice kept off stdout."""
+    import warnings
+
+    from cleanfid.fid import frechet_distance as _fd
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy sqrtm notices (deprecated disp=, singular)
+        return float(_fd(mu1, sigma1, mu2, sigma2))
+
+
+# ----------------------------------------------------------------------------------------------
+# the interface
+# ----------------------------------------------------------------------------------------------
+class Scorer(abc.ABC):
+    """Scores a `Generation` against fixed reference data. Load once, call `score` many times."""
+
+    name: str = "scorer"
+    content_metric: str = "content"
+    ref_mu: np.ndarray
+    ref_sigma: np.ndarray
+
+    @abc.abstractmethod
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) → float (N, D) FID features."""
+
+    @abc.abstractmethod
+    def content_score(self, generation: Generation) -> float:
+        """Higher is better (accuracy against the conditioning class, or CLIP score)."""
+
+    def fid(self, images: np.ndarray) -> float:
+        feats = self.features(images)
+        return self.fid_from_features(feats)
+
+    def fid_from_features(self, feats: np.ndarray) -> float:
+        mu, sigma = feature_stats(feats)
+        return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)
+
+    def score(self, generation: Generation) -> Score:
+        """FID + content score of one generation; failures are recorded, not raised."""
+        t0 = time.perf_counter()
+        n = len(generation)
+        common = dict(content_metric=self.content_metric, n_images=n,
+                      n_nonfinite=generation.n_nonfinite,
+                      generate_seconds=float(generation.seconds))
+        if generation.n_nonfinite:
+            return Score.failed(f"{generation.n_nonfinite} of {n} generated images contain "
+                                "NaN/inf values", **common)
+        if n < 2:
+            return Score.failed(f"FID needs at least 2 images, got {n}", **common)
+        try:
+            feats = self.features(generation.images)
+            if not np.isfinite(feats).all():
+                return Score.failed("non-finite features from the feature extractor", **common)
+            fid = self.fid_from_features(feats)
+            if not math.isfinite(fid):
+                return Score.failed(f"FID is not finite ({fid})", **common)
+            content = float(self.content_score(generation))
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. imaginary sqrtm component
+            return Score.failed(f"scoring failed: {exc}", **common)
+        return Score(status="ok", fid=fid, content=content,
+                     seconds=time.perf_counter() - t0, **common)
+
+
+# ----------------------------------------------------------------------------------------------
+# digits
+# ----------------------------------------------------------------------------------------------
+class ClassifierFeatureExtractor(nn.Module):
+    """clean-fid `custom_feat_extractor`: float (N, C, H, W) in [0, 255] → (N, 64) features.
+
+    Accepts clean-fid's RGB batches of any size (grey-averaged, area-downsampled to 8×8), so the
+    same module works with `cleanfid.fid.compute_fid(fdir1, fdir2, custom_feat_extractor=...)`.
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier.eval()
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.classifier.prepare_input(images)
+        return self.classifier.features(x)
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) or (N, H, W) → float (N, C, H, W) in [0, 255]."""
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[..., None]
+    if a.ndim != 4:
+        raise ValueError(f"images must be (N, H, W[, C]), got shape {a.shape}")
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
+
+
+class DigitsScorer(Scorer):
+    """FID on classifier features (clean-fid) + classification accuracy vs conditioning label."""
+
+    name = "digits"
+    content_metric = "accuracy"
+
+    def __init__(self, classifier: nn.Module, ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                 batch_size: int = 500, device: str | torch.device = "cpu",
+                 info: dict[str, Any] | None = None):
+        self.classifier = classifier.eval().requires_grad_(False).to(device)
+        self.extractor = ClassifierFeatureExtractor(self.classifier)
+        self.ref_mu = np.asarray(ref_mu, dtype=np.float64)
+        self.ref_sigma = np.asarray(ref_sigma, dtype=np.float64)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.info = dict(info or {})
+
+    @staticmethod
+    def load(reference_dir: str | Path, device: str | torch.device = "cpu") -> "DigitsScorer":
+        from denoisers.digits import DigitsClassifier
+
+        classifier, cls_info = DigitsClassifier.load(reference_dir)
+        mu, sigma, stats_info = load_reference_stats(reference_dir)
+        return DigitsScorer(classifier, mu, sigma, device=device,
+                            info={"classifier": cls_info, "stats": stats_info})
+
+    def _batches(self, images: np.ndarray):
+        for b0 in range(0, len(images), self.batch_size):
+            yield _to_nchw(images[b0:b0 + self.batch_size])
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        from cleanfid.fid import get_batch_features
+
+        if len(images) == 0:
+            return np.zeros((0, self.classifier.feature_dim), dtype=np.float32)
+        return np.concatenate([get_batch_features(b, self.extractor, self.device)
+                               for b in self._batches(images)])
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Predicted class per image (int64)."""
+        out = []
+        for b in self._batches(images):
+            x = self.classifier.prepare_input(b.to(self.device))
+            out.append(self.classifier(x).argmax(1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        labels = np.asarray(labels)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if len(labels) == 0:
+            return math.nan
+        return float(np.mean(self.predict(images) == labels))
+
+    def content_score(self, generation: Generation) -> float:
+        if generation.labels is None:
+            raise QsensError("the digits scorer needs class labels for the content score")
+        return self.accuracy(generation.images, generation.labels)
+
+    def compute_fid_folders(self, fdir1: str | Path, fdir2: str | Path) -> float:
+        """FID between two image folders through `cleanfid.fid.compute_fid` (same features)."""
+        from cleanfid import fid as cfid
+
+        def identity(x):  # clean-fid resizes to 299×299 by default; our extractor pools itself
+            return x
+
+        return float(cfid.compute_fid(str(fdir1), str(fdir2), mode="clean",
+                                      custom_feat_extractor=self.extractor,
+                                      custom_fn_resize=identity, num_workers=0,
+                                      batch_size=self.batch_size, device=self.device,
+                                      verbose=False))
+
+
+def compute_digits_reference(classifier: nn.Module, images_u8: np.ndarray | None = None,
+                             reference_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Reference (mu, sigma) of the real digits' classifier features; saved if a dir is given.
+
+    Default reference set: all 1,797 digits (the data distribution the model is asked to match).
+    """
+    from denoisers.digits import load_digit_images
+
+    if images_u8 is None:
+        images_u8, _ = load_digit_images()
+    scorer = DigitsScorer(classifier, np.zeros(1), np.zeros((1, 1)))
+    feats = scorer.features(np.asarray(images_u8)[..., None] if np.asarray(images_u8).ndim == 3
+                            else images_u8)
+    mu, sigma = feature_stats(feats)
+    info = {"source": "sklearn.datasets.load_digits (all images)", "n_images": int(len(feats)),
+            "feature_dim": int(feats.shape[1]),
+            "features": "digits classifier penultimate layer (fc1, pre-activation)"}
+    if reference_dir is not None:
+        save_reference_stats(reference_dir, mu, sigma, info)
+    return mu, sigma, info
+
+
+# ----------------------------------------------------------------------------------------------
+# real models: Inception FID + CLIP score (same interface; weights must be available locally)
+# ----------------------------------------------------------------------------------------------
+class InceptionClipScorer(Scorer):
+    """clean-fid Inception FID against stored statistics + CLIP score of image vs prompt.
+
+    `reference_dir` holds `stats.safetensors` (mu/sigma of clean-fid "clean" Inception features
+    of the real images, e.g. COCO val2017) and `stats.json`; `clip_model` is a local dir or hub
+    id for `transformers.CLIPModel` (content score = 100 · cos(image, text), as in CLIP score).
+    """
+
+    name = "inception"
+    content_metric = "clip"
+
+    def __init__(self, reference_dir: str | Path, device: str | torch.device = "cpu",
+                 clip_model: str | None = None, batch_size: int = 32):
+        from cleanfid.features import build_feature_extractor
+        from cleanfid.resize import build_resizer
+
+        self.device = torch.device(device)
+        self.ref_mu, self.ref_sigma, self.info = load_reference_stats(reference_dir)
+        self.batch_size = batch_size
+        try:
+            self.extractor = build_feature_extractor("clean", self.device, use_dataparallel=False)
+        except Exception as exc:  # offline without the cached Inception weights
+            raise QsensError(f"cannot load clean-fid's Inception weights: {exc}") from exc
+        self.resize = build_resizer("clean")
+        self.clip_model_id = clip_model or self.info.get("clip_model")
+        self._clip = None
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        from cleanfid.fid import get_batch_features
+
+        out = []
+        for b0 in range(0, len(images), self.batch_size):
+            chunk = images[b0:b0 + self.batch_size]
+            if chunk.shape[-1] == 1:
+                chunk = np.repeat(chunk, 3, axis=-1)
+            resized = np.stack([self.resize(img) for img in chunk])
+            batch = torch.from_numpy(resized.transpose(0, 3, 1, 2)).float()
+            out.append(get_batch_features(batch, self.extractor, self.device))
+        return np.concatenate(out)
+
+    def _load_clip(self):
+        if self._clip is None:
+            if not self.clip_model_id:
+                raise QsensError("no CLIP model given for the CLIP score (clip_model)")
+            try:
+                from transformers import CLIPModel, CLIPProcessor
+            except ImportError as exc:
+                raise QsensError("the CLIP score needs `transformers` installed") from exc
+            model = CLIPModel.from_pretrained(self.clip_model_id).eval().to(self.device)
+            self._clip = (model, CLIPProcessor.from_pretrained(self.clip_model_id))
+        return self._clip
+
+    @torch.inference_mode()
+    def content_score(self, generation: Generation) -> float:
+        if not generation.prompts:
+            raise QsensError("the CLIP score needs the generation's prompts")
+        model, proc = self._load_clip()
+        scores = []
+        for b0 in range(0, len(generation), self.batch_size):
+            imgs = list(generation.images[b0:b0 + self.batch_size])
+            txt = generation.prompts[b0:b0 + self.batch_size]
+            inp = proc(text=txt, images=imgs, return_tensors="pt", padding=True, truncation=True)
+            inp = {k: v.to(self.device) for k, v in inp.items()}
+            i = model.get_image_features(pixel_values=inp["pixel_values"])
+            t = model.get_text_features(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"])
+            cos = torch.nn.functional.cosine_similarity(i, t)
+            scores.append((100 * cos.clamp(min=0)).cpu().numpy())
+        return float(np.concatenate(scores).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+# ----------------------------------------------------------------------------------------------
+def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "cpu") -> Scorer:
+    """The scorer for a denoiser (its `reference()` kind decides which)."""
+    ref = source.reference() if isinstance(source, Denoiser) else source
+    if ref.kind == "digits":
+        return DigitsScorer.load(ref.path, device=device)
+    if ref.kind == "inception":
+        return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"))
+    raise QsensError(f"no scorer for reference kind {ref.kind!r}")
+
+
+def evaluate(denoiser: Denoiser, scorer: Scorer, n: int, seed: int, *, steps: int | None = None,
+             guidance: float | None = None, batch_size: int | None = None,
+             progress: bool = False) -> tuple[Score, Generation]:
+    """Generate `n` images from seed set `seed` with the model as it is now, and score them."""
+    gen = denoiser.generate(n, seed, steps=steps, guidance=guidance, batch_size=batch_size,
+                            progress=progress)
+    score = scorer.score(gen)
+    score.extra.update({"seed": int(seed), **gen.params})
+    return score, gen
