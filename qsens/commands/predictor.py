@@ -1,0 +1,143 @@
+"""`qsens predictor train|inspect`: the GNN sensitivity predictor (see predictor/)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(args.params)
+    if path.is_file():
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data.get("model"), str):
+            return data["model"]
+    return "digits"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predictor", help="train / inspect the GNN that predicts a config's FID",
+        description="Train a k-fold ensemble of graph neural networks that predict the FID of a "
+        "quantization config from the model's DAG, with baselines on the same splits, and write "
+        "per-layer / per-block sensitivity tables; or inspect a trained one.")
+    sub = p.add_subparsers(dest="predictor_command", metavar="SUBCOMMAND")
+
+    t = sub.add_parser("train", help="train the ensemble, score it and the baselines on held-out configs",
+                       description="Reads the `train:` section of params.yaml. Paths default to "
+                       "data/{quant_cache,graphs,bank,predictor}/<model>.")
+    _common(t)
+    t.add_argument("--cache", help="quant_cache parquet (default data/quant_cache/<model>.parquet)")
+    t.add_argument("--graph", help="graph JSON (default data/graphs/<model>.json)")
+    t.add_argument("--bank", help="bank directory (default data/bank/<model>)")
+    t.add_argument("--metrics", default="metrics/predictor.json", help="metrics JSON to write")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train param, e.g. --set epochs=50 (repeatable)")
+    t.add_argument("--no-inspect", action="store_true", help="skip the inspection report")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    i = sub.add_parser("inspect", help="sensitivity report of a trained predictor (PNGs, markdown, JSON)")
+    _common(i)
+    i.add_argument("--graph", help="graph JSON for the coloured DAG (default data/graphs/<model>.json)")
+    i.add_argument("--reference", metavar="CONFIG.json",
+                   help="re-linearise the sensitivity around this config (default: highest bits)")
+    i.add_argument("--top", type=int, default=10, help="top-k layers/blocks per option")
+    i.add_argument("--plots-dir", default="metrics", help="where the DVC-plot CSVs go")
+    i.set_defaults(func=run_inspect)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (default: `model` in params.yaml, else digits)")
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--data-dir", default="data", help="data directory (default data)")
+    p.add_argument("--out", help="predictor directory (default <data-dir>/predictor/<model>)")
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from predictor.metrics import format_table
+    from predictor.train import TrainParams, load_train_params, load_training_data, save_result, \
+        train_ensemble, write_metrics
+    from quant.errors import QsensError
+
+    model = _model_name(args)
+    data = Path(args.data_dir)
+    cache = Path(args.cache or data / "quant_cache" / f"{model}.parquet")
+    graph = Path(args.graph or data / "graphs" / f"{model}.json")
+    bank = Path(args.bank or data / "bank" / model)
+    out = Path(args.out or data / "predictor" / model)
+    params = load_train_params(args.params)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise QsensError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = _parse_value(v)
+    if overrides:
+        params = TrainParams.from_dict({**asdict(params), **overrides})
+    for path, what in ((cache, "quant_cache"), (graph, "graph"), (bank, "bank")):
+        if not path.exists():
+            raise QsensError(f"{path}: no {what} for model {model!r}")
+    template, configs = load_training_data(cache, graph, bank, model)
+    print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
+          f"options {', '.join(template.options[1:])}")
+    result = train_ensemble(template, configs, params, progress=not args.quiet)
+    save_result(result, out)
+    write_metrics(result.metrics, args.metrics)
+    from predictor.api import Ensemble
+    from predictor.sensitivity import write_tables
+
+    ens = Ensemble.load(out)
+    write_tables(ens, out)
+    info = result.metrics["info"]
+    print(f"trained {params.folds} members in {result.seconds:.1f} s; test split {info['n_test']} configs, "
+          f"~{info['n_train_per_fold']} train configs per member")
+    print(format_table({"gnn ensemble": result.metrics["ensemble"], **result.metrics["baselines"]}))
+    print(f"-> {out} (ensemble.json, member-*.safetensors, sensitivity.parquet, blocks.parquet); "
+          f"metrics -> {args.metrics}")
+    if not args.no_inspect:
+        from predictor.inspect import run_inspect
+
+        run_inspect(out, graph, plots_csv_dir=Path(args.metrics).parent)
+        print(f"inspection -> {out / 'plots'}")
+    sys.stdout.flush()
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from predictor.inspect import run_inspect as inspect
+    from quant.config import QuantConfig
+
+    model = _model_name(args)
+    data = Path(args.data_dir)
+    out = Path(args.out or data / "predictor" / model)
+    graph = Path(args.graph or data / "graphs" / f"{model}.json")
+    reference = QuantConfig.load(args.reference) if args.reference else None
+    report = inspect(out, graph if graph.is_file() else None, top_k=args.top, plots_csv_dir=args.plots_dir,
+                     reference=reference)
+    f = report["findings"]
+    print(f"{model}: report -> {out / 'plots' / 'report.md'}")
+    for key in ("time_embedding_ranks", "output_layer_ranks", "resnets_more_sensitive_than_attention",
+                "prefers_uaq_overall"):
+        if key in f:
+            print(f"  {key}: {f[key]}")
+    low_opt = min(report["top_layers"], key=lambda o: int(o[-1]))
+    print(f"  top layers at {low_opt}: " + ", ".join(r["layer"] for r in report["top_layers"][low_opt][:5]))
+    return 0
