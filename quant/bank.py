@@ -150,7 +150,7 @@ class Bank:
         directory.mkdir(parents=True, exist_ok=True)
         shards: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in self._tensors.items():
-            layer, option = key.rsplit("/", 2)[0], key.rsplit("/", 2)[1]
+            layer, option, _kind = key.rsplit("/", 2)  # "{layer}/{option}/codes|params"
             shards.setdefault(self.entries[layer][option].shard, {})[key] = tensor.contiguous()
         for old in directory.glob("bank-*.safetensors"):
             if old.name not in shards:

@@ -232,3 +232,16 @@ def test_activation_quant_per_token_and_per_channel(toy: Toy) -> None:
     with pytest.raises(ConfigError, match="activation bits"):
         with activation_quant(toy, 4):
             pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("option", ["uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4"])
+def test_quantizers_on_cuda_match_cpu(option: str) -> None:
+    w = laplace(64, 288)
+    cpu = quantize(w, option)
+    gpu = quantize(w.cuda(), option)
+    mse_cpu = float(((cpu.dequantize() - w) ** 2).mean())
+    mse_gpu = float(((gpu.dequantize().cpu() - w) ** 2).mean())
+    assert gpu.codes.is_cuda and int(gpu.codes.max()) < 2 ** gpu.option.bits
+    assert mse_gpu == pytest.approx(mse_cpu, rel=1e-3)  # float order of sums may differ on the GPU
