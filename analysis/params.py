@@ -1,11 +1,11 @@
 """The `analysis:` section of params.yaml (measured sensitivity), read into a dataclass."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from quant.errors import QsensError
+from quant.params import load_section
 
 # MixDQ's split (cross-attention `attn2`, FFN `ff`) plus where a class-conditional model's label
 # enters (UNet ResNet `time_emb_proj`, DiT AdaLN `norm1.linear`): the analogue of cross-attention.
@@ -40,15 +40,4 @@ class AnalysisParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "analysis") -> "AnalysisParams":
-        path = Path(path)
-        data: dict[str, Any] = {}
-        if path.exists():
-            import yaml
-
-            data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
-        known = {f.name for f in fields(AnalysisParams)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return AnalysisParams(**data)
+        return load_section(AnalysisParams, path, section, lists_as_tuples=True)

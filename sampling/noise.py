@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from quant.errors import QsensError
+from quant.params import load_section
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,7 @@ class NoiseParams:
 
 
 def _section(cls, path: str | Path, section: str):
-    path = Path(path)
-    data: dict[str, Any] = {}
-    if path.exists():
-        import yaml
-
-        data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
-    return cls(**data)
+    return load_section(cls, path, section)
 
 
 # ----------------------------------------------------------------------------------------------

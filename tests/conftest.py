@@ -23,6 +23,13 @@ def one_thread():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models: one thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture
 def tiny_digits_denoiser():
     """Untrained tiny `digits` (UNet2DModel, 8×8, 2 DPM-Solver++ steps, batch 8)."""
     from denoisers.digits import tiny_digits_denoiser as make

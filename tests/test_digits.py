@@ -13,13 +13,7 @@ from denoisers.digits import (DigitsClassifier, DigitsDenoiser, DigitsParams, lo
 from quant.errors import QsensError
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_image_seeds_are_disjoint_across_seed_sets():

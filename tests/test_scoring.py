@@ -13,13 +13,7 @@ from sampling.scoring import (DigitsScorer, feature_stats, load_reference_stats,
                               save_reference_stats)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(images, labels=None, nonfinite=None):
