@@ -112,7 +112,9 @@ def _greedy_init(sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, 
     """
     R, n = sorted_x.shape
     big = 1e30  # stands in for the missing neighbour of an end centroid
-    pos = torch.linspace(0, n - 1, min(n, GREEDY_CANDIDATES), device=sorted_x.device).round().long()
+    # float64: in float32 the last position of a row past 2^24 values rounds up to n (out of range)
+    pos = torch.linspace(0, n - 1, min(n, GREEDY_CANDIDATES), dtype=torch.float64,
+                         device=sorted_x.device).round().long().clamp_max(n - 1)
     cand = sorted_x[:, pos].to(torch.float64)  # (R, B)
     centroids = (csum[:, -1:] / n)  # (R, 1)
     for _ in range(k - 1):

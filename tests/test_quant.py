@@ -245,3 +245,11 @@ def test_quantizers_on_cuda_match_cpu(option: str) -> None:
     mse_gpu = float(((gpu.dequantize().cpu() - w) ** 2).mean())
     assert gpu.codes.is_cuda and int(gpu.codes.max()) < 2 ** gpu.option.bits
     assert mse_gpu == pytest.approx(mse_cpu, rel=1e-3)  # float order of sums may differ on the GPU
+
+
+def test_kmeans_on_a_tensor_larger_than_float32_integer_precision() -> None:
+    """K-Means-A on SD-size tensors (29.5 M weights) once indexed past the end in float32."""
+    n = (1 << 24) + 3
+    x = torch.linspace(-1.0, 1.0, n, dtype=torch.float32)[None]
+    res = kmeans_1d(x, 4)
+    assert res.centroids.shape == (1, 4) and torch.isfinite(res.centroids).all()
