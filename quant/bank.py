@@ -41,12 +41,14 @@ class BankEntry:
     """One (layer, option): what it costs and how far it is from the FP weight."""
     stored_bits: int  # payload + overhead, as accounted
     mse: float  # mean squared error per weight (the one normalisation for every method)
-    seconds: float
+    seconds: float  # build time, in memory only
     shard: str  # safetensors file holding its tensors
     params_shape: tuple[int, ...]
 
     def to_dict(self) -> dict:
-        return {"stored_bits": self.stored_bits, "mse": self.mse, "seconds": self.seconds,
+        # No timing on disk: the same model and options must give a byte-identical bank, so
+        # DVC sees an unchanged output and skips every stage after a rebuild.
+        return {"stored_bits": self.stored_bits, "mse": self.mse,
                 "shard": self.shard, "params_shape": list(self.params_shape)}
 
 
@@ -184,7 +186,7 @@ class Bank:
             raise BankFormatError(f"{meta_path}: format version {meta.get('format_version')!r}, "
                                   f"this qsens reads {FORMAT_VERSION}; rebuild the bank")
         layers = {d["name"]: LayerInfo.from_dict(d) for d in meta["layers"]}
-        entries = {l: {o: BankEntry(int(e["stored_bits"]), float(e["mse"]), float(e["seconds"]), e["shard"],
+        entries = {l: {o: BankEntry(int(e["stored_bits"]), float(e["mse"]), 0.0, e["shard"],
                                     tuple(e["params_shape"])) for o, e in opts.items()}
                    for l, opts in meta["entries"].items()}
         bank = Bank(meta["model"], list(meta["options"]), layers, entries, dict(meta["layer_fingerprints"]),

@@ -253,3 +253,10 @@ def test_kmeans_on_a_tensor_larger_than_float32_integer_precision() -> None:
     x = torch.linspace(-1.0, 1.0, n, dtype=torch.float32)[None]
     res = kmeans_1d(x, 4)
     assert res.centroids.shape == (1, 4) and torch.isfinite(res.centroids).all()
+
+
+def test_bank_files_are_byte_identical_across_builds(tmp_path, toy: Toy) -> None:
+    for name in ("a", "b"):
+        build_bank(toy, ["uaq3", "kmc4"], model_name="toy", progress=False).save(tmp_path / name)
+    for file in ("bank.json", "bank-00000.safetensors"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
