@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from quant.config import QuantConfig
 from quant.errors import QsensError
@@ -131,7 +132,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
         _atomic_json(metrics_path, rows)
 
     def image_file(tag: str) -> Path:
-        return out_dir / "images" / f"{tag}.npy"
+        return images_path(out_dir, tag)
 
     # the FP reference
     key = row_key(FP_STRATEGY, eval_part, input_digest(FP_STRATEGY) if input_digest else "")
@@ -141,7 +142,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
         log("fp16: done before, skipped")
     else:
         sc = real.score(None, ep.images, ep.image_seed)
-        np.save(image_file(FP_STRATEGY), sc["images"][:ep.grid_columns])
+        save_images(image_file(FP_STRATEGY), sc["images"][:ep.grid_columns])
         rows.append({"budget": None, "strategy": FP_STRATEGY, "avg_bits": 16.0, "fid": _num(sc["fid"]),
                      "content": _num(sc["content"]), "seconds": 0.0, "score_seconds": round(sc["seconds"], 3),
                      "status": sc["status"], "reason": sc["reason"], "config_id": None,
@@ -156,7 +157,8 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
             cfg_path = out_dir / "configs" / f"{tag}.json"
             key = row_key(strategy, float(budget), eval_part, search_part, digest)
             prev = old.get((strategy, float(budget)))
-            if prev and prev.get("key") == key and (cfg_path.exists() or prev.get("status") != "ok"):
+            if prev and prev.get("key") == key and (
+                    (cfg_path.exists() and image_file(tag).exists()) or prev.get("status") != "ok"):
                 rows.append(prev)
                 flush()
                 log(f"{tag}: done before, skipped")
@@ -176,7 +178,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
             result.config.save(cfg_path)
             _atomic_json(out_dir / "configs" / f"{tag}.report.json", result.to_report())
             sc = real.score(result.config, ep.images, ep.image_seed)
-            np.save(image_file(tag), sc["images"][:ep.grid_columns])
+            save_images(image_file(tag), sc["images"][:ep.grid_columns])
             row.update(avg_bits=result.config.avg_bits, fid=_num(sc["fid"]), content=_num(sc["content"]),
                        seconds=round(result.seconds, 3), score_seconds=round(sc["seconds"], 3),
                        status=sc["status"], reason=sc["reason"], config_id=result.config.config_id)
@@ -234,22 +236,36 @@ def plot_pareto(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def images_path(out_dir: Path, tag: str) -> Path:
+    return out_dir / "images" / f"{tag}.safetensors"
+
+
+def save_images(path: Path, images: np.ndarray) -> None:
+    """A few sample images (uint8 N,H,W,C) kept for the grids: safetensors, like every array we write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(images)}, str(path))
+
+
+def load_images(path: Path) -> np.ndarray:
+    return load_file(str(path))["images"]
+
+
 def write_grids(rows: list[dict], out_dir: Path, budgets: Sequence[float], strategies: Sequence[str]) -> list[Path]:
     from sampling.noise import sample_grid
 
     out = []
-    fp_file = out_dir / "images" / f"{FP_STRATEGY}.npy"
+    fp_file = images_path(out_dir, FP_STRATEGY)
     fp_row = next((r for r in rows if r["strategy"] == FP_STRATEGY), None)
     for budget in budgets:
         imgs, titles = {}, {}
         if fp_file.exists() and fp_row:
-            imgs["fp16"] = np.load(fp_file)
+            imgs["fp16"] = load_images(fp_file)
             titles["fp16"] = f"FP  FID {fp_row['fid']:.2f}" if fp_row.get("fid") is not None else "FP"
         for s in strategies:
-            f = out_dir / "images" / f"{s}-{budget_tag(budget)}.npy"
+            f = images_path(out_dir, f"{s}-{budget_tag(budget)}")
             r = next((r for r in rows if r["strategy"] == s and r["budget"] == float(budget)), None)
             if f.exists() and r is not None and r.get("avg_bits") is not None:
-                imgs[s] = np.load(f)
+                imgs[s] = load_images(f)
                 fid = "failed" if r.get("fid") is None else f"{r['fid']:.2f}"
                 titles[s] = f"{s} {r['avg_bits']:.3f}b FID {fid}"
         if len(imgs) > (1 if "fp16" in imgs else 0):
