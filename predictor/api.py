@@ -12,7 +12,6 @@ needs neither the bank nor the graph: the checkpoint carries the DAG tensors and
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ from safetensors.torch import load_file
 from predictor.dataset import GraphTemplate, TargetScaler, highest_bits_reference
 from predictor.model import ModelConfig, SensitivityGNN
 from quant.errors import QsensError
+from quant.jsonio import read_json
 
 
 class Ensemble:
@@ -61,10 +61,7 @@ class Ensemble:
         meta_path = directory / "ensemble.json"
         if not meta_path.is_file():
             raise QsensError(f"{directory}: no trained predictor (no ensemble.json); run `qsens predictor train`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise QsensError(f"{meta_path}: corrupt JSON (line {exc.lineno}: {exc.msg})") from None
+        meta = read_json(meta_path, "a qsens predictor checkpoint")
         if meta.get("format") != "qsens-predictor":
             raise QsensError(f"{meta_path}: not a qsens predictor checkpoint")
         tensors_path = directory / "template.safetensors"

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from quant.accounting import ConfigStats, layer_bits, summarize
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError
+from quant.jsonio import read_json
 from quant.layers import LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos, quantizable_layers
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
@@ -158,7 +159,9 @@ class Bank:
             if old.name not in shards:
                 old.unlink()
         for shard, tensors in shards.items():
-            save_file(tensors, str(directory / shard), metadata={"model": self.model, "format": str(FORMAT_VERSION)})
+            # One metadata key: safetensors writes the metadata map in hash order, so two keys could
+            # swap places between builds and break byte-identical banks (the model is in bank.json).
+            save_file(tensors, str(directory / shard), metadata={"format": f"qsens-bank/{FORMAT_VERSION}"})
         meta = {
             "format_version": FORMAT_VERSION,
             "model": self.model,
@@ -178,10 +181,7 @@ class Bank:
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise BankFormatError(f"{directory}: not a bank (no {META_FILE}); build one with `qsens bank build`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BankFormatError(f"{meta_path}: corrupt JSON (line {exc.lineno}: {exc.msg})") from None
+        meta = read_json(meta_path, "bank metadata (a JSON object)", error=BankFormatError)
         if meta.get("format_version") != FORMAT_VERSION:
             raise BankFormatError(f"{meta_path}: format version {meta.get('format_version')!r}, "
                                   f"this qsens reads {FORMAT_VERSION}; rebuild the bank")

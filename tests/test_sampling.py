@@ -147,7 +147,7 @@ def test_nan_images_are_recorded_as_failures_not_dropped(prepared: Path, tmp_pat
         for key in tensors:
             if key.endswith("/params"):
                 tensors[key] = tensors[key].clone().fill_(float("nan"))
-        save_file(tensors, shard, metadata={"model": "digits", "format": "1"})
+        save_file(tensors, shard, metadata={"format": "qsens-bank/1"})
     shards = tmp_path / "shards"
     out = qsens(*sample_args(prepared, shards, 2, "--bank", str(bank), "--max-attempts", "2"))
     assert "2/2 configs finished" in out.stdout
