@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import nn
 
 from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
 from quant.errors import QsensError
+from quant.params import read_section, reject_unknown
 
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES  # label used for "unconditional" (class dropout / guidance)
@@ -87,10 +88,7 @@ class DigitsParams:
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "DigitsParams":
         d = dict(d or {})
-        known = {f.name for f in fields(DigitsParams)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise QsensError(f"unknown digits params {unknown}; known: {sorted(known)}")
+        reject_unknown(DigitsParams, d, "digits")
         if "unet_channels" in d:
             d["unet_channels"] = tuple(int(c) for c in d["unet_channels"])
         p = DigitsParams(**d)
@@ -113,13 +111,7 @@ class DigitsParams:
 
 def load_params(path: str | Path = "params.yaml", section: str = "digits") -> DigitsParams:
     """`DigitsParams` from a params.yaml section; defaults when the file or section is absent."""
-    path = Path(path)
-    if not path.exists():
-        return DigitsParams()
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    return DigitsParams.from_dict(data.get(section))
+    return DigitsParams.from_dict(read_section(path, section))
 
 
 @contextlib.contextmanager
@@ -252,8 +244,6 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
                      test_idx: np.ndarray, params: DigitsParams,
                      progress: bool = False) -> tuple[DigitsClassifier, dict[str, Any]]:
     """Train on `train_idx`; report held-out accuracy on `test_idx`."""
-    from tqdm import tqdm
-
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed + 1)
     x_all = torch.from_numpy(images_u8).float()[:, None] / 255.0
@@ -265,7 +255,6 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
     steps_per_epoch = math.ceil(len(x_tr) / batch)
     total = params.classifier_epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.classifier_lr, total_steps=total)
-    t0 = time.perf_counter()
     model.train()
     with flush_denormal():
         _classifier_loop(model, opt, sched, x_tr, y_tr, gen, batch, steps_per_epoch, params, progress)
@@ -274,9 +263,10 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
         pred = model(x_all[test_idx]).argmax(1)
         acc = float((pred == y_all[test_idx]).float().mean())
         train_acc = float((model(x_tr).argmax(1) == y_tr).float().mean())
+    # No timing here: this is saved with the classifier, and the same params must give the same
+    # bytes (DVC would otherwise re-run every later stage). `prepare_digits` reports the times.
     info = {"test_accuracy": acc, "train_accuracy": train_acc, "n_train": int(len(train_idx)),
-            "n_test": int(len(test_idx)), "seconds": round(time.perf_counter() - t0, 2),
-            "epochs": params.classifier_epochs, "seed": params.seed,
+            "n_test": int(len(test_idx)), "epochs": params.classifier_epochs, "seed": params.seed,
             "test_fraction": params.test_fraction}
     return model, info
 
@@ -419,8 +409,7 @@ def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
             print(f"step {step} loss {np.mean(losses[-log_every:]):.4f} "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
     info = {"arch": arch, "train_steps": params.train_steps, "train_batch": params.train_batch,
-            "final_loss": float(np.mean(losses[-100:])) if losses else None,
-            "seconds": round(time.perf_counter() - t0, 2), "n_train": int(n),
+            "final_loss": float(np.mean(losses[-100:])) if losses else None, "n_train": int(n),
             "parameters": int(sum(p.numel() for p in ema.parameters()))}
     return ema, info
 

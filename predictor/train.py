@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from predictor.losses import RANK_LOSSES, total_loss
 from predictor.metrics import all_metrics
 from predictor.model import CONVS, DIRECTIONS, ModelConfig, SensitivityGNN, count_parameters
 from quant.errors import QsensError
+from quant.params import read_section, reject_unknown
 
 FORMAT_VERSION = 1
 
@@ -70,10 +71,7 @@ class TrainParams:
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":
         d = dict(d or {})
-        known = {f.name for f in fields(TrainParams)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise QsensError(f"unknown train params {unknown}; known: {sorted(known)}")
+        reject_unknown(TrainParams, d, "train")
         p = TrainParams(**d)
         p.validate()
         return p
@@ -105,13 +103,7 @@ class TrainParams:
 
 
 def load_train_params(path: str | Path = "params.yaml") -> TrainParams:
-    path = Path(path)
-    if not path.exists():
-        return TrainParams()
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    return TrainParams.from_dict(data.get("train"))
+    return TrainParams.from_dict(read_section(path, "train"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,16 +17,28 @@ def read_section(path: str | Path, section: str) -> dict[str, Any]:
         return {}
     import yaml
 
-    return (yaml.safe_load(path.read_text()) or {}).get(section) or {}
+    data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
+    if not isinstance(data, dict):
+        raise QsensError(f"{path}: `{section}` must be a mapping")
+    return data
+
+
+def reject_unknown(cls: type, data: dict[str, Any], section: str, where: str | Path | None = None) -> None:
+    """One QsensError naming every key of `data` that the dataclass `cls` does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        place = f" in {where}" if where else ""
+        raise QsensError(f"unknown {section} params {unknown}{place}; known: {sorted(known)}")
 
 
 def load_section(cls: type[T], path: str | Path, section: str, lists_as_tuples: bool = False) -> T:
     """`cls(**params[section])`, refusing keys the dataclass does not have (named in the error)."""
     data = read_section(path, section)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
+    reject_unknown(cls, data, section, path)
     if lists_as_tuples:
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**data)
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise QsensError(f"{path}: bad `{section}` params ({exc})") from None

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quant.errors import QsensError
 from sampling.shards import scan_shards
+
+if TYPE_CHECKING:  # pandas only for the annotation: importing the cache module stays light
+    import pandas as pd
 
 CACHE_SCHEMA = pa.schema([
     ("config_id", pa.string()),
@@ -95,7 +99,7 @@ def write_cache(table: pa.Table, out: Path) -> None:
     tmp.replace(out)
 
 
-def read_cache(path: Path, ok_only: bool = False) -> "pd.DataFrame":  # noqa: F821
+def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
     """Read and validate a quant_cache parquet file."""
     path = Path(path)
     if not path.is_file():

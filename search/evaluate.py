@@ -25,7 +25,6 @@ import csv
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -33,9 +32,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from quant.config import QuantConfig
 from quant.errors import QsensError
-from search.params import EvaluateParams, SearchParams
+from search.params import EvaluateParams
 from search.pareto import budget_tag
 
 FP_STRATEGY = "fp16"

@@ -1,11 +1,11 @@
 """The `search:` and `evaluate:` sections of params.yaml, read into dataclasses (unknown keys fail)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from quant.errors import QsensError
+from quant.params import load_section
 
 STRATEGIES = ("predictor", "layerwise", "mixdq", "error", "uniform", "random-best")
 
@@ -50,20 +50,4 @@ class EvaluateParams:
 
 def read_section(cls, path: str | Path, section: str):
     """`cls(**params[section])` with tuples for list values; unknown keys are one QsensError."""
-    path = Path(path)
-    data: dict[str, Any] = {}
-    if path.exists():
-        import yaml
-
-        data = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
-    if not isinstance(data, dict):
-        raise QsensError(f"{path}: `{section}` must be a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise QsensError(f"unknown {section} params {unknown} in {path}; known: {sorted(known)}")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise QsensError(f"{path}: bad `{section}` params ({exc})") from None
+    return load_section(cls, path, section, lists_as_tuples=True)

@@ -225,3 +225,17 @@ def test_cli_score_uniform_config_with_bank(tiny_prepared_data, tmp_path, capsys
     second = json.loads(capsys.readouterr().out)
     assert first["status"] == "ok" and first["avg_bits"] > 4.0
     assert first["fid"] == second["fid"] and first["content"] == second["content"]
+
+
+def test_prepare_writes_byte_identical_files_for_the_same_params(tmp_path):
+    """DVC skips every later stage after a re-run of `prepare` only if its outputs are the same bytes."""
+    from denoisers.digits import prepare_digits
+
+    params = DigitsParams(unet_channels=(8, 16), unet_head_dim=8, train_steps=3, train_batch=16,
+                          classifier_epochs=1, steps=2, gen_batch_size=16)
+    for run in ("a", "b"):
+        prepare_digits("digits", tmp_path / run, params, progress=False)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel

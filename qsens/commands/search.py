@@ -137,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
             if extra:
                 print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
     if many:
-        from search.pareto import pareto_front
-
         out_dir = Path(args.out or args.data_dir / "search" / short / "family" / args.strategy)
         (out_dir / "family.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         if not args.quiet:
