@@ -37,7 +37,9 @@ def main() -> int:
     data = Path(args.data_dir)
     cache, graph, bank = (data / "quant_cache" / f"{args.model}.parquet", data / "graphs" / f"{args.model}.json",
                           data / "bank" / args.model)
+    probe = data / "probe" / f"{args.model}.safetensors"
     source = f"{args.model} cache"
+    base = load_train_params(args.params)
     if args.synthetic or not cache.is_file():
         from predictor.synthetic import make_synthetic
 
@@ -45,8 +47,12 @@ def main() -> int:
         paths = make_synthetic(tmp, n_configs=300, channels=(32, 64), noise=0.5)
         cache, graph, bank = paths["cache"], paths["graph"], paths["bank"]
         source = "synthetic cache (digits-sized UNet, 300 configs)"
-    template, configs = load_training_data(cache, graph, bank)
-    base = load_train_params(args.params)
+        probe = None  # a synthetic cache has no generated images to probe
+        base = TrainParams.from_dict({**asdict(base), "probe": False,
+                                      "baselines": [b for b in base.baselines if b not in ("probe", "gbt_probe")]})
+    elif not (base.probe or {"probe", "gbt_probe"} & set(base.baselines)):
+        probe = None
+    template, configs = load_training_data(cache, graph, bank, probe=probe)
     rows = []
     print(f"predictor bench on the {source}: {len(configs)} configs, torch threads {base.threads}")
     for frac in [float(f) for f in args.fractions.split(",")]:

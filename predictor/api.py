@@ -95,8 +95,9 @@ class Ensemble:
         with torch.no_grad():
             for s in range(0, opt_idx.shape[0], chunk):
                 x = self.template.node_features(opt_idx[s:s + chunk])
+                rows = self.template.probe_rows(opt_idx[s:s + chunk])
                 for k, (m, sc) in enumerate(zip(self.members, self.scalers)):
-                    z = m.forward_dense(x, self.template.edge_index)[0].numpy()
+                    z = m.forward_dense(x, self.template.edge_index, rows)[0].numpy()
                     out[k, s:s + chunk] = sc.decode_fid(z, avg_bits[s:s + chunk])
         return out
 

@@ -9,7 +9,9 @@ once from the bank. Featurising a batch of configs is then a gather:
                                replaced by option_table[l, opt_idx[b, l]]
 
 The template is self-contained (tensors + a small JSON dict), so a saved predictor needs neither
-the bank nor the graph file to predict.
+the bank nor the graph file to predict. With a probe (predictor.probe) it also holds each
+(layer, option)'s measured feature shift `(L, O, D)`, gathered per config the same way:
+`probe_rows(opt_idx) -> (B, L, D)`.
 
 Targets. The model learns a *cost* (lower = better) `c = fid + lambda_bits * avg_bits`
 (`lambda_bits = 0`: plain FID; > 0: Qua2SeDiMo's −FID − λ·avg_bits, negated), optionally
@@ -63,10 +65,13 @@ class GraphTemplate:
     model: str = ""
     graph_fingerprint: str = ""
     bank_fingerprint: str = ""
+    probe_shift: torch.Tensor | None = None  # (L, O, D) float32, zero rows for fp16
+    probe_offset: torch.Tensor | None = None  # (D,) float32, μ_fp − μ_ref
 
     # ------------------------------------------------------------------ build
     @staticmethod
-    def build(graph: nx.DiGraph, bank: Any, model: str | None = None) -> "GraphTemplate":
+    def build(graph: nx.DiGraph, bank: Any, model: str | None = None, probe: Any = None) -> "GraphTemplate":
+        """`probe`: a predictor.probe.Probe measured on this bank, or None (no propagation readout)."""
         data = to_pyg(graph)
         bank_layers = list(bank.layers)
         missing = [n for n in data.layer_names if n not in bank.layers]
@@ -87,11 +92,19 @@ class GraphTemplate:
         errs = torch.tensor([[float(bank.error(l, o)) for o in options] for l in data.layer_names],
                             dtype=torch.float64)
         nw = torch.tensor([float(bank.layers[l].n_weights) for l in data.layer_names], dtype=torch.float64)
+        shift = offset = None
+        if probe is not None:
+            if str(probe.bank_fingerprint) != str(getattr(bank, "fingerprint", "")):
+                raise QsensError(f"the probe was measured on another bank (fingerprint {probe.bank_fingerprint} "
+                                 f"vs {getattr(bank, 'fingerprint', '?')}); re-run `qsens predictor probe`")
+            shift = torch.from_numpy(probe.rows(data.layer_names, options))  # (L, O, D)
+            offset = torch.from_numpy(np.asarray(probe.offset, dtype=np.float32))
         return GraphTemplate(list(data.node_names), list(data.layer_names), options, data.x.clone(),
                              data.edge_index.clone(), data.weight_index.clone(), table, bits, nw, errs,
                              model=model or getattr(bank, "model", ""),
                              graph_fingerprint=graph_fingerprint(graph),
-                             bank_fingerprint=str(getattr(bank, "fingerprint", "")))
+                             bank_fingerprint=str(getattr(bank, "fingerprint", "")),
+                             probe_shift=shift, probe_offset=offset)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -138,6 +151,23 @@ class GraphTemplate:
         x[:, self.weight_index, CONFIG_SLICE] = rows
         return x
 
+    @property
+    def probe_dim(self) -> int:
+        return 0 if self.probe_shift is None else int(self.probe_shift.shape[2])
+
+    def probe_rows(self, opt_idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) option indices -> (B, L, D) feature shifts of each config's layers (None: no probe)."""
+        if self.probe_shift is None:
+            return None
+        return self.probe_shift[torch.arange(self.num_layers).unsqueeze(0), opt_idx]
+
+    def linearised_mean_term(self, opt_idx: torch.Tensor) -> np.ndarray:
+        """(B, L) -> (B,) ‖offset + Σ_l shift_l‖²: the zero-training probe estimate (predictor.probe)."""
+        if self.probe_shift is None:
+            raise QsensError("no probe in this predictor template: run `qsens predictor probe` first")
+        total = self.probe_offset.double() + self.probe_rows(opt_idx).double().sum(1)  # (B, D)
+        return total.pow(2).sum(1).numpy()
+
     def avg_bits(self, opt_idx: torch.Tensor) -> np.ndarray:
         """(B, L) -> (B,) average stored bits per weight, overhead included (as `quant`)."""
         bits = self.stored_bits[torch.arange(self.num_layers).unsqueeze(0), opt_idx].sum(1)
@@ -150,10 +180,14 @@ class GraphTemplate:
 
     # ------------------------------------------------------------------ save / load
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"template.static_x": self.static_x, "template.edge_index": self.edge_index,
-                "template.weight_index": self.weight_index, "template.option_table": self.option_table,
-                "template.stored_bits": self.stored_bits, "template.n_weights": self.n_weights,
-                "template.option_error": self.option_error}
+        out = {"template.static_x": self.static_x, "template.edge_index": self.edge_index,
+               "template.weight_index": self.weight_index, "template.option_table": self.option_table,
+               "template.stored_bits": self.stored_bits, "template.n_weights": self.n_weights,
+               "template.option_error": self.option_error}
+        if self.probe_shift is not None:
+            out["template.probe_shift"] = self.probe_shift
+            out["template.probe_offset"] = self.probe_offset
+        return out
 
     def meta(self) -> dict[str, Any]:
         return {"model": self.model, "node_names": self.node_names, "layer_names": self.layer_names,
@@ -170,7 +204,8 @@ class GraphTemplate:
         return GraphTemplate(list(meta["node_names"]), list(meta["layer_names"]), list(meta["options"]),
                              t["static_x"], t["edge_index"], t["weight_index"], t["option_table"],
                              t["stored_bits"], t["n_weights"], t["option_error"], meta.get("model", ""),
-                             meta.get("graph_fingerprint", ""), meta.get("bank_fingerprint", ""))
+                             meta.get("graph_fingerprint", ""), meta.get("bank_fingerprint", ""),
+                             t.get("probe_shift"), t.get("probe_offset"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,13 @@
       │  graph: the hop-wise embeddings of Qua2SeDiMo, generalised from hand-picked module
       │  ends to every node. `direction=both` lets information also flow downstream -> upstream.
       ▼
-    y = MLP([r_0; …; r_L])  (B,)        hop_y[:, k] = Linear_k(r_k)  (B, L+1) (deep supervision)
+    propagation readout (when a probe is given, predictor.probe): every weight node v gets a gain
+      │  g_v = exp(Linear(h_L,v)) (1 at initialisation) on its layer's measured feature shift s_v
+      │  at the config's option; q = log ‖offset + Σ_v g_v·s_v‖² is the linearised FID mean term
+      │  with context-dependent gains (message passing decides how the rest of the config
+      │  amplifies or damps a layer's error), standardised on the training configs
+      ▼
+    y = MLP([r_0; …; r_L; q]) + a·q  (B,)   hop_y[:, k] = Linear_k(r_k)  (B, L+1) (deep supervision)
 
 Direction of message passing (`direction`): `forward` (edges u->v of the DAG), `backward`
 (reversed), `both` (the union; the edge attribute one-hot tells which way an edge runs).
@@ -52,6 +58,8 @@ class ModelConfig:
     direction: str = "both"
     node_emb: int = 8  # 0: no node-identity embedding
     norm: str = "layer"  # layer | none
+    probe_dim: int = 0  # D of the probe's feature shifts (0: no propagation readout)
+    probe_layers: int = 0  # L, the number of weight nodes carrying a shift
 
     def __post_init__(self) -> None:
         if self.conv not in CONVS:
@@ -133,8 +141,18 @@ class SensitivityGNN(nn.Module):
         self.norms = nn.ModuleList((nn.LayerNorm(h) if cfg.norm == "layer" else nn.Identity()) for _ in range(k))
         self.drop = nn.Dropout(cfg.dropout)
         self.hop_heads = nn.ModuleList(nn.Linear(2 * h, 1) for _ in range(k + 1))
-        self.head = nn.Sequential(nn.LayerNorm(2 * h * (k + 1)), nn.Linear(2 * h * (k + 1), h), nn.GELU(),
+        n_in = 2 * h * (k + 1) + (1 if cfg.probe_dim else 0)
+        self.head = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, h), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(h, 1))
+        if cfg.probe_dim:
+            self.gain = nn.Linear(h, 1)
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
+            self.probe_skip = nn.Parameter(torch.tensor(1.0))
+            self.register_buffer("probe_offset", torch.zeros(cfg.probe_dim))
+            self.register_buffer("probe_weight_index", torch.zeros(cfg.probe_layers, dtype=torch.long))
+            self.register_buffer("q_mean", torch.zeros(()))
+            self.register_buffer("q_std", torch.ones(()))
         self._edge_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set_feature_stats(self, x: torch.Tensor) -> None:
@@ -142,6 +160,20 @@ class SensitivityGNN(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         self.encoder.x_mean.copy_(flat.mean(0))
         self.encoder.x_std.copy_(flat.std(0).clamp_min(1e-2))
+
+    def set_probe(self, offset: torch.Tensor, weight_index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Probe constants: offset μ_fp − μ_ref (D,), the weight nodes' rows (L,), and the training
+        configs' shift rows (B, L, D), whose ungained mean term sets q's standardisation."""
+        self.probe_offset.copy_(offset)
+        self.probe_weight_index.copy_(weight_index)
+        q = self._mean_term(rows.sum(1))  # (B,)
+        self.q_mean.copy_(q.mean())
+        self.q_std.copy_(q.std().clamp_min(1e-3) if len(q) > 1 else torch.ones(()))
+
+    def _mean_term(self, shift_sum: torch.Tensor) -> torch.Tensor:
+        # shift_sum (B, D) -> log ‖offset + shift_sum‖² (B,)
+        total = self.probe_offset + shift_sum
+        return torch.log(total.pow(2).sum(1) + 1e-8)
 
     # ------------------------------------------------------------------ graph batches
     def directed(self, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,9 +187,11 @@ class SensitivityGNN(nn.Module):
         return torch.cat([edge_index, edge_index.flip(0)], 1), torch.cat([fwd, bwd], 0)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor,
-                node_id: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
+                node_id: torch.Tensor, num_graphs: int, shift_nodes: torch.Tensor | None = None,
+                shift_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (n, F), edge_index (2, e) DAG edges of the disjoint union, batch (n,) graph of each node,
-        node_id (n,) node's index in the DAG -> (prediction (B,), hop predictions (B, L+1))."""
+        node_id (n,) node's index in the DAG; with a probe, shift_nodes (m,) the weight nodes among
+        the n and shift_rows (m, D) their feature shifts -> (prediction (B,), hop predictions (B, L+1))."""
         ei, ea = self.directed(edge_index)
         h = self.encoder(x, node_id)  # (n, H)
         hops = [h]
@@ -166,12 +200,22 @@ class SensitivityGNN(nn.Module):
             hops.append(h)
         readouts = [torch.cat([scatter(hk, batch, 0, num_graphs, "mean"),
                                scatter(hk, batch, 0, num_graphs, "max")], 1) for hk in hops]  # (B, 2H) each
-        y = self.head(torch.cat(readouts, 1)).squeeze(1)  # (B,)
+        if self.cfg.probe_dim:
+            if shift_nodes is None or shift_rows is None:
+                raise ValueError("this predictor has a propagation readout: pass the probe's shift rows")
+            gain = torch.exp(self.gain(h[shift_nodes]).clamp(-4.0, 4.0))  # (m, 1)
+            shift_sum = scatter(gain * shift_rows, batch[shift_nodes], 0, num_graphs, "sum")  # (B, D)
+            q = ((self._mean_term(shift_sum) - self.q_mean) / self.q_std).unsqueeze(1)  # (B, 1)
+            y = self.head(torch.cat(readouts + [q], 1)).squeeze(1) + self.probe_skip * q.squeeze(1)  # (B,)
+        else:
+            y = self.head(torch.cat(readouts, 1)).squeeze(1)  # (B,)
         hop_y = torch.cat([head(r) for head, r in zip(self.hop_heads, readouts)], 1)  # (B, L+1)
         return y, hop_y
 
-    def forward_dense(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every graph is the same DAG: x (B, N, F), edge_index (2, E) -> (B,), (B, L+1)."""
+    def forward_dense(self, x: torch.Tensor, edge_index: torch.Tensor, probe_rows: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every graph is the same DAG: x (B, N, F), edge_index (2, E), probe_rows (B, L, D) the
+        feature shifts of each config's layers (models with a probe) -> (B,), (B, L+1)."""
         b, n, f = x.shape
         key = (b, n, edge_index.data_ptr(), edge_index.shape[1])
         if key not in self._edge_cache:
@@ -183,7 +227,11 @@ class SensitivityGNN(nn.Module):
             self._edge_cache[key] = (union, batch)
         union, batch = self._edge_cache[key]
         node_id = torch.arange(n).repeat(b)
-        return self(x.reshape(b * n, f), union, batch, node_id, b)
+        nodes = rows = None
+        if probe_rows is not None and self.cfg.probe_dim:
+            nodes = ((torch.arange(b) * n).unsqueeze(1) + self.probe_weight_index.unsqueeze(0)).reshape(-1)  # (B·L,)
+            rows = probe_rows.reshape(-1, probe_rows.shape[-1])  # (B·L, D)
+        return self(x.reshape(b * n, f), union, batch, node_id, b, nodes, rows)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -66,7 +66,8 @@ class TrainParams:
     train_fraction: float = 1.0  # learning curves: use this share of each fold's train configs
     seed: int = 0
     threads: int = 1  # 1 is as fast on these small kernels and robust to a shared CPU
-    baselines: list[str] = field(default_factory=lambda: list(bl.BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(bl.ONE_HOT_BASELINES))
+    probe: bool = False  # propagation readout on the probe's feature shifts (predictor.probe)
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":
@@ -95,7 +96,9 @@ class TrainParams:
         return ModelConfig.for_features(template.feature_names, template.num_nodes, conv=self.conv,
                                         layers=self.layers, hidden=self.hidden, heads=self.heads,
                                         dropout=self.dropout, direction=self.direction,
-                                        node_emb=self.node_emb)
+                                        node_emb=self.node_emb,
+                                        probe_dim=template.probe_dim if self.probe else 0,
+                                        probe_layers=template.num_layers if self.probe else 0)
 
     def scaler(self) -> TargetScaler:
         lam = self.lambda_bits if self.target == "reward" else 0.0
@@ -120,12 +123,14 @@ class Member:
     seconds: float
 
 
-def _predict_z(model: SensitivityGNN, x: torch.Tensor, edge_index: torch.Tensor, chunk: int = 128) -> np.ndarray:
+def _predict_z(model: SensitivityGNN, x: torch.Tensor, edge_index: torch.Tensor,
+               rows: torch.Tensor | None = None, chunk: int = 128) -> np.ndarray:
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, x.shape[0], chunk):
-            out.append(model.forward_dense(x[s:s + chunk], edge_index)[0])
+            out.append(model.forward_dense(x[s:s + chunk], edge_index,
+                                           None if rows is None else rows[s:s + chunk])[0])
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -137,7 +142,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, train_idx: np.ndarray,
-                 val_idx: np.ndarray, params: TrainParams, seed: int, bar: tqdm | None = None) -> Member:
+                 val_idx: np.ndarray, params: TrainParams, seed: int, bar: tqdm | None = None,
+                 rows_all: torch.Tensor | None = None) -> Member:
     """Train one GNN on `train_idx`, early-stopping on `val_idx` (Spearman, then MSE)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -146,6 +152,8 @@ def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, 
     y_all = torch.tensor(scaler.encode(data.fid, data.avg_bits), dtype=torch.float32)
     model = SensitivityGNN(params.model_config(template))
     model.set_feature_stats(x_all[torch.as_tensor(train_idx)])
+    if rows_all is not None:
+        model.set_probe(template.probe_offset, template.weight_index, rows_all[torch.as_tensor(train_idx)])
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / params.batch_size))
     total = params.epochs * steps_per_epoch
@@ -163,14 +171,14 @@ def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, 
             idx = torch.as_tensor(perm[s:s + params.batch_size])
             if len(idx) < 2:
                 continue
-            pred, hop = model.forward_dense(x_all[idx], ei)
+            pred, hop = model.forward_dense(x_all[idx], ei, None if rows_all is None else rows_all[idx])
             loss, _ = total_loss(pred, hop, y_all[idx], params.rank_loss, params.rank_weight, params.hop_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
-        z = _predict_z(model, x_all[torch.as_tensor(val_idx)], ei)
+        z = _predict_z(model, x_all[torch.as_tensor(val_idx)], ei, _take(rows_all, val_idx))
         score = (_spearman(z, y_val), float(((z - y_val) ** 2).mean()))
         if score[0] > best[0] + 1e-4 or (abs(score[0] - best[0]) <= 1e-4 and score[1] < best[1]):
             best, best_epoch = score, epoch
@@ -201,6 +209,10 @@ class TrainResult:
     seconds: float
 
 
+def _take(rows: torch.Tensor | None, idx: np.ndarray) -> torch.Tensor | None:
+    return None if rows is None else rows[torch.as_tensor(idx)]
+
+
 def _subsample(idx: np.ndarray, fraction: float, ids: list[str], seed: int) -> np.ndarray:
     if fraction >= 1.0:
         return idx
@@ -219,9 +231,15 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
     test_idx, folds = split_ids(data.config_ids, params.test_fraction, params.folds, params.seed)
     if len(test_idx) < 2:
         raise QsensError(f"test split has {len(test_idx)} configs: raise train.test_fraction or add configs")
+    if (params.probe or "probe" in params.baselines or "gbt_probe" in params.baselines) \
+            and template.probe_shift is None:
+        raise QsensError("train.probe / the probe baselines need a probe: run `qsens predictor probe` "
+                         "(the `probe` stage), or set train.probe: false and drop them from train.baselines")
     x_all = template.node_features(data.opt_idx)  # (B, N, F)
+    rows_all = template.probe_rows(data.opt_idx) if params.probe else None  # (B, L, D)
     cost = params.scaler().cost(data.fid, data.avg_bits)
     summed = template.summed_error(data.opt_idx)
+    mean_term = template.linearised_mean_term(data.opt_idx) if template.probe_shift is not None else None
     members: list[Member] = []
     test_preds, base_preds = [], {b: [] for b in params.baselines}
     fold_rows, pred_rows = [], []
@@ -229,10 +247,11 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
     for k, (train_idx, val_idx) in enumerate(folds):
         train_idx = _subsample(train_idx, params.train_fraction, data.config_ids, params.seed + k)
         bar.set_description(f"train predictor (fold {k + 1}/{params.folds})")
-        m = train_member(template, x_all, data, train_idx, val_idx, params, seed=params.seed * 1000 + k, bar=bar)
+        m = train_member(template, x_all, data, train_idx, val_idx, params, seed=params.seed * 1000 + k, bar=bar,
+                         rows_all=rows_all)
         members.append(m)
-        z_test = _predict_z(m.model, x_all[torch.as_tensor(test_idx)], template.edge_index)
-        z_val = _predict_z(m.model, x_all[torch.as_tensor(val_idx)], template.edge_index)
+        z_test = _predict_z(m.model, x_all[torch.as_tensor(test_idx)], template.edge_index, _take(rows_all, test_idx))
+        z_val = _predict_z(m.model, x_all[torch.as_tensor(val_idx)], template.edge_index, _take(rows_all, val_idx))
         p_test, p_val = m.scaler.decode_cost(z_test), m.scaler.decode_cost(z_val)
         test_preds.append(p_test)
         fm = all_metrics(cost[test_idx], p_test)
@@ -244,7 +263,7 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
         # baselines on the same train part, same target
         y_train = m.scaler.encode(data.fid[train_idx], data.avg_bits[train_idx])
         for b in params.baselines:
-            feats = bl.features(b, data.opt_idx, len(template.options), summed)
+            feats = bl.features(b, data.opt_idx, len(template.options), summed, mean_term)
             z = bl.fit_predict(b, feats[train_idx], y_train, feats[test_idx], seed=params.seed + k)
             base_preds[b].append(m.scaler.decode_cost(z))
     bar.close()
@@ -267,7 +286,8 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
                  "train_seconds": round(seconds, 1), "parameters": count_parameters(members[0].model),
                  "conv": params.conv, "layers": params.layers, "hidden": params.hidden,
                  "direction": params.direction, "rank_loss": params.rank_loss,
-                 "rank_weight": params.rank_weight, "train_fraction": params.train_fraction},
+                 "rank_weight": params.rank_weight, "train_fraction": params.train_fraction,
+                 "probe": params.probe},
     }
     return TrainResult(members, template, params, metrics, preds, seconds)
 
@@ -318,15 +338,18 @@ def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, model: str | None = None
-                       ) -> tuple[GraphTemplate, ConfigSet]:
+def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, model: str | None = None,
+                       probe: str | Path | None = None) -> tuple[GraphTemplate, ConfigSet]:
+    """`probe`: a probe file (predictor.probe) to carry in the template, or None."""
     from graphs.io import read_graph
+    from predictor.probe import Probe
     from quant.bank import Bank
     from sampling.cache import read_cache
 
     b = Bank.load(bank)
     g = read_graph(graph)
-    template = GraphTemplate.build(g, b, model=model or b.model)
+    template = GraphTemplate.build(g, b, model=model or b.model,
+                                   probe=None if probe is None else Probe.load(probe))
     df = read_cache(Path(cache), ok_only=True)
     data = configs_from_cache(df, template, model=None)
     return template, data

@@ -35,12 +35,28 @@ def register(subparsers) -> None:
     t.add_argument("--cache", help="quant_cache parquet (default data/quant_cache/<model>.parquet)")
     t.add_argument("--graph", help="graph JSON (default data/graphs/<model>.json)")
     t.add_argument("--bank", help="bank directory (default data/bank/<model>)")
+    t.add_argument("--probe", help="probe file (default data/probe/<model>.safetensors; read when "
+                   "train.probe is true or a probe baseline is listed)")
     t.add_argument("--metrics", default="metrics/predictor.json", help="metrics JSON to write")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train param, e.g. --set epochs=50 (repeatable)")
     t.add_argument("--no-inspect", action="store_true", help="skip the inspection report")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
+
+    pr = sub.add_parser(
+        "probe", help="measure each (layer, option)'s shift of the generated images' mean feature",
+        description="Quantize one layer at a time with every option, generate the `probe.images` images "
+        "of seed set `probe.seed`, and record how far the mean feature (the FID feature space) moves "
+        "from the FP model's. The sum of a config's shifts linearises FID's mean term; the predictor "
+        "uses it as its propagation readout (train.probe) and as a baseline.")
+    _common(pr)
+    pr.add_argument("--bank", help="bank directory (default data/bank/<model>)")
+    pr.add_argument("--images", type=int, help="images per pair (default: probe.images in params)")
+    pr.add_argument("--seed", type=int, help="image seed set (default: probe.seed in params)")
+    pr.add_argument("--threads", type=int, default=None, help="torch threads")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=run_probe)
 
     i = sub.add_parser("inspect", help="sensitivity report of a trained predictor (PNGs, markdown, JSON)")
     _common(i)
@@ -93,7 +109,9 @@ def run_train(args: argparse.Namespace) -> int:
     for path, what in ((cache, "quant_cache"), (graph, "graph"), (bank, "bank")):
         if not path.exists():
             raise QsensError(f"{path}: no {what} for model {model!r}")
-    template, configs = load_training_data(cache, graph, bank, model)
+    probe = Path(args.probe or data / "probe" / f"{model}.safetensors")
+    wants_probe = params.probe or any(b in ("probe", "gbt_probe") for b in params.baselines)
+    template, configs = load_training_data(cache, graph, bank, model, probe if wants_probe else None)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
     result = train_ensemble(template, configs, params, progress=not args.quiet)
@@ -116,6 +134,38 @@ def run_train(args: argparse.Namespace) -> int:
         run_inspect(out, graph, plots_csv_dir=Path(args.metrics).parent)
         print(f"inspection -> {out / 'plots'}")
     sys.stdout.flush()
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from denoisers.base import configure_torch
+    from denoisers.registry import load_denoiser
+    from predictor.probe import ProbeParams, measure_probe
+    from quant.bank import Bank
+    from quant.params import load_section
+    from sampling.scoring import make_scorer
+
+    configure_torch(args.threads)
+    model = _model_name(args)
+    data = Path(args.data_dir)
+    params = load_section(ProbeParams, args.params, "probe")
+    images = params.images if args.images is None else args.images
+    seed = params.seed if args.seed is None else args.seed
+    bank = Bank.load(args.bank or data / "bank" / Path(model).name)
+    den = load_denoiser(model, data_dir=data)
+    t0 = time.perf_counter()
+    probe = measure_probe(den, bank, make_scorer(den), images, seed, progress=not args.quiet)
+    out = Path(args.out or data / "probe" / f"{Path(model).name}.safetensors")
+    probe.save(out)
+    norms = (probe.shift ** 2).sum(2) ** 0.5  # (L, O)
+    top = sorted(((float(norms[i].max()), l) for i, l in enumerate(probe.layers)), reverse=True)[:5]
+    print(f"probe: {len(probe.layers)} layers × {len(probe.options)} options, {images} images each, in "
+          f"{time.perf_counter() - t0:.1f} s -> {out}; largest shifts: "
+          + ", ".join(f"{l} {n:.3f}" for n, l in top)
+          + (f"; non-finite images in {len(probe.nonfinite)} pair(s)" if probe.nonfinite else ""))
     return 0
 
 
