@@ -101,8 +101,12 @@ def _fmt(x: float) -> str:
 def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
           tolerance: float | None = None, *, time_limit_s: float = 10.0, workers: int = 1,
           resolution: int = DEFAULT_RESOLUTION, hint: Sequence[int] | None = None,
-          what: str = "") -> IPResult:
+          what: str = "", anchor: Sequence[int] | None = None, max_changes: int | None = None) -> IPResult:
     """Solve the IP for `scores` / `bits` of shape (L, K). See the module doc.
+
+    Trust region: with `anchor` (L,) option indices and `max_changes`, at most that many layers
+    may take another option than the anchor's (Σ_l (1 − x[l, anchor_l]) ≤ max_changes), so a
+    linearisation around the anchor is only trusted near it.
 
     Raises BudgetError (one line, naming the feasible range) for a budget no config meets, and
     when the window [budget − tolerance, budget] is empty although ≤ budget is feasible.
@@ -129,6 +133,11 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
     scale = resolution / span if span > 0 else 1.0
     coef = np.rint(shifted * scale).astype(np.int64)
 
+    trust = None
+    if anchor is not None and max_changes is not None:
+        trust = (np.asarray(anchor, dtype=np.int64), int(max_changes))
+        if hint is None:
+            hint = trust[0]
     start = greedy(s, b, cap) if hint is None else np.asarray(hint)
     # Phase 1 without the window's lower bound: a relaxation, so when its optimum already lies in
     # the window it is optimal for the windowed problem too (the usual case: scores improve with
@@ -137,15 +146,17 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
     # Phase 1 also drops dominated options (another option of the layer is no larger and scores
     # no lower): some optimum of the ≤-only problem never uses them.
     keep = allowed & ~dominated(s, b, allowed)
+    if trust is not None:  # a dominated anchor option can still be the best choice within the region
+        keep[np.arange(L), trust[0]] |= allowed[np.arange(L), trust[0]]
     if start is not None:
         start = np.array([k if keep[l, k] else _best_kept(l, k, s, b, keep) for l, k in enumerate(start)])
-    solver, x, status = _cp_sat(keep, b, coef, cap, None, start, time_limit_s, workers)
+    solver, x, status = _cp_sat(keep, b, coef, cap, None, start, time_limit_s, workers, trust=trust)
     phases = 1
     if floor_ is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         total = sum(int(b[l, k]) for l in range(L) for k in range(K) if solver.BooleanValue(x[l][k]))
         if total < floor_ or status != cp_model.OPTIMAL:
             left = max(0.1, time_limit_s - (time.perf_counter() - t0))
-            solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, start, left, workers)
+            solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, start, left, workers, trust=trust)
             phases = 2
     seconds = time.perf_counter() - t0
     if status == cp_model.INFEASIBLE:
@@ -191,7 +202,7 @@ def _best_kept(l: int, k: int, s: np.ndarray, b: np.ndarray, keep: np.ndarray) -
     return cands[0] if cands else int(np.flatnonzero(keep[l])[0])
 
 
-def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, linearization=None):
+def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, linearization=None, trust=None):
     from ortools.sat.python import cp_model
 
     L, K = allowed.shape
@@ -211,6 +222,9 @@ def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, lineari
     model.Add(size <= cap)
     if floor_ is not None:
         model.Add(size >= floor_)
+    if trust is not None:
+        anchor, max_changes = trust
+        model.Add(sum(x[l][int(anchor[l])] for l in range(L)) >= L - max_changes)
     objective = cp_model.LinearExpr.WeightedSum(flat, flat_coef)
     # The Lagrangian (= LP) bound of the ≤-only problem is valid for both phases; stating it as a
     # constraint saves CP-SAT most of the work of finding it (it cuts no feasible solution).
@@ -339,9 +353,11 @@ def bits_matrix(bank, layers: Sequence[str], options: Sequence[str]) -> tuple[np
 def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
                 tolerance: float | None = None, *, layers: Sequence[str] | None = None,
                 options: Sequence[str] | None = None, time_limit_s: float = 10.0, workers: int = 1,
-                resolution: int = DEFAULT_RESOLUTION, what: str = "") -> tuple[dict[str, str], IPResult]:
+                resolution: int = DEFAULT_RESOLUTION, what: str = "", anchor: Mapping[str, str] | None = None,
+                max_changes: int | None = None) -> tuple[dict[str, str], IPResult]:
     """The IP over named layers/options; a (layer, option) pair missing from `scores` is not
-    allowed. Returns ({layer: option}, result)."""
+    allowed. `anchor` ({layer: option}) and `max_changes`: the trust region of `solve`.
+    Returns ({layer: option}, result)."""
     layers = list(layers if layers is not None else bank.layer_names)
     options = list(options if options is not None else bank.options)
     s = np.array([[scores.get((l, o), np.nan) for o in options] for l in layers], dtype=np.float64)
@@ -350,6 +366,7 @@ def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
         raise QsensError(f"{len(missing)} layer(s) have no score for any option{f' ({what})' if what else ''} "
                          f"(first: {missing[0]}): the score table does not match the bank")
     b, n = bits_matrix(bank, layers, options)
+    anchor_idx = None if anchor is None else [options.index(anchor[l]) for l in layers]
     res = solve(s, b, n, budget, tolerance, time_limit_s=time_limit_s, workers=workers,
-                resolution=resolution, what=what)
+                resolution=resolution, what=what, anchor=anchor_idx, max_changes=max_changes)
     return {l: options[k] for l, k in zip(layers, res.choice)}, res

@@ -16,7 +16,9 @@ class SearchParams:
     tolerance: float = 0.05  # the IP keeps avg bits in [budget - tolerance, budget]
     strategies: tuple[str, ...] = STRATEGIES
     time_limit_s: float = 10.0  # per IP solve
-    relinearise_rounds: int = 4  # predictor: re-linearise around the solution at most this often
+    relinearise_rounds: int = 30  # predictor: trust-region re-linearisations at most
+    trust_region: float = 0.25  # predictor: share of layers the first re-linearised IP may change
+    cached_starts: int = 5  # predictor: best-predicted cached configs inside the window as starts
     candidates_scored: int = 3  # predictor / mixdq: top candidates scored for real (0: none)
     select_images: int = 100  # images per real score while selecting (not the evaluation)
     select_seed: int = 11  # image seed set for selection (disjoint from evaluate.image_seed)

@@ -59,6 +59,24 @@ def test_ip_matches_brute_force_on_random_small_instances() -> None:
     assert checked >= 25 and infeasible >= 1
 
 
+def test_trust_region_ip_is_the_optimum_within_the_region() -> None:
+    import itertools
+
+    rng = np.random.default_rng(5)
+    for trial in range(15):
+        L, K = 5, 3
+        s = rng.normal(size=(L, K))
+        b = rng.integers(2, 9, size=(L, K))
+        anchor = rng.integers(0, K, size=L)
+        budget = float(b[np.arange(L), anchor].sum()) + 1.0  # the anchor fits
+        for m in (0, 1, 2):
+            res = solve(s, b, 1, budget, None, anchor=anchor, max_changes=m)
+            assert int((res.choice != anchor).sum()) <= m
+            best = max(float(s[np.arange(L), c].sum()) for c in map(np.array, itertools.product(range(K), repeat=L))
+                       if (c != anchor).sum() <= m and b[np.arange(L), c].sum() <= budget)
+            assert res.objective == pytest.approx(best, abs=1e-4)
+
+
 def test_lagrangian_bounds_and_greedy_is_feasible() -> None:
     rng = np.random.default_rng(1)
     for _ in range(10):
@@ -201,10 +219,38 @@ def test_error_layerwise_mixdq_predictor_strategies(tiny_bank, tmp_path: Path) -
     # predictor: re-linearised (several sensitivity calls) and the top candidates were scored
     res = run_strategy(ctx, "predictor", budget)
     assert ens.calls >= 2 and res.report["rounds"]
-    assert res.report["chosen_by"].startswith("selection") or len(res.report["candidates"]) == 1
+    assert res.report["chosen_by"].startswith("selection") or res.report["path"] == [res.config.config_id]
     # mixdq: candidates over K, picked by MSE to FP
     res = run_strategy(ctx, "mixdq", budget)
     assert res.report["candidates"] and res.report["K"] in (0.8, 1.0, 1.2)
+
+
+class QuadraticEnsemble(FakeEnsemble):
+    """Non-additive: FID = (Σ_l w_l·badness)² / 100 — one IP on scores around one reference is
+    not its optimum; trust-region re-linearisation has to walk."""
+
+    def predict(self, configs):
+        return super().predict(configs) ** 2 / 100.0
+
+
+def test_predictor_trust_region_walk_only_accepts_improvements(tiny_bank) -> None:
+    bank, _ = tiny_bank
+    budget = _budget_mid(bank)
+    ens, sel = QuadraticEnsemble(bank), FakeSelector(bank)
+    sp = SearchParams(tolerance=0.1, relinearise_rounds=12, candidates_scored=3, trust_region=0.5, cached_starts=0)
+    ctx = SearchContext(bank, sp, ensemble_factory=lambda: ens, selector_factory=lambda: sel)
+    res = run_strategy(ctx, "predictor", budget)
+    _check_budget(bank, res.config, budget, sp.tolerance)
+    walk = [r for r in res.report["rounds"] if r["round"] > 0]
+    accepted = [r["predicted_fid"] for r in walk if r["accepted"]]
+    assert accepted == sorted(accepted, reverse=True) and len(set(accepted)) == len(accepted)
+    assert all(r["max_changes"] >= 1 for r in walk)
+    ks = [r["max_changes"] for r in walk]
+    assert all(b <= a for a, b in zip(ks, ks[1:]))  # the region only shrinks (on rejections)
+    path = res.report["path"]
+    assert res.config.config_id in path and len(set(sel.scored)) <= sp.candidates_scored
+    first = ens.predict([QuantConfig(bank.model, json.loads(json.dumps(res.config.options)))])[0]
+    assert first <= min(c["predicted_fid"] for c in res.report["candidates"] if c["config_id"] == path[0]) + 1e-9
 
 
 def test_uniform_and_random_best_use_the_cache(tiny_bank, tmp_path: Path) -> None:
