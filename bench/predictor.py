@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from predictor.baselines import PROBE_BASELINES  # noqa: E402
 from predictor.train import TrainParams, load_train_params, load_training_data, train_ensemble  # noqa: E402
 
 
@@ -49,8 +50,8 @@ def main() -> int:
         source = "synthetic cache (digits-sized UNet, 300 configs)"
         probe = None  # a synthetic cache has no generated images to probe
         base = TrainParams.from_dict({**asdict(base), "probe": False,
-                                      "baselines": [b for b in base.baselines if b not in ("probe", "gbt_probe")]})
-    elif not (base.probe or {"probe", "gbt_probe"} & set(base.baselines)):
+                                      "baselines": [b for b in base.baselines if b not in PROBE_BASELINES]})
+    elif not base.needs_probe:
         probe = None
     template, configs = load_training_data(cache, graph, bank, probe=probe)
     rows = []

@@ -100,6 +100,11 @@ class TrainParams:
                                         probe_dim=template.probe_dim if self.probe else 0,
                                         probe_layers=template.num_layers if self.probe else 0)
 
+    @property
+    def needs_probe(self) -> bool:
+        """The propagation readout or a probe baseline is asked for: a probe file must be loaded."""
+        return self.probe or any(b in bl.PROBE_BASELINES for b in self.baselines)
+
     def scaler(self) -> TargetScaler:
         lam = self.lambda_bits if self.target == "reward" else 0.0
         return TargetScaler(lambda_bits=lam, transform=self.target_transform)
@@ -171,7 +176,7 @@ def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, 
             idx = torch.as_tensor(perm[s:s + params.batch_size])
             if len(idx) < 2:
                 continue
-            pred, hop = model.forward_dense(x_all[idx], ei, None if rows_all is None else rows_all[idx])
+            pred, hop = model.forward_dense(x_all[idx], ei, _take(rows_all, idx))
             loss, _ = total_loss(pred, hop, y_all[idx], params.rank_loss, params.rank_weight, params.hop_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -209,7 +214,7 @@ class TrainResult:
     seconds: float
 
 
-def _take(rows: torch.Tensor | None, idx: np.ndarray) -> torch.Tensor | None:
+def _take(rows: torch.Tensor | None, idx: np.ndarray | torch.Tensor) -> torch.Tensor | None:
     return None if rows is None else rows[torch.as_tensor(idx)]
 
 
@@ -231,8 +236,7 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
     test_idx, folds = split_ids(data.config_ids, params.test_fraction, params.folds, params.seed)
     if len(test_idx) < 2:
         raise QsensError(f"test split has {len(test_idx)} configs: raise train.test_fraction or add configs")
-    if (params.probe or "probe" in params.baselines or "gbt_probe" in params.baselines) \
-            and template.probe_shift is None:
+    if params.needs_probe and template.probe_shift is None:
         raise QsensError("train.probe / the probe baselines need a probe: run `qsens predictor probe` "
                          "(the `probe` stage), or set train.probe: false and drop them from train.baselines")
     x_all = template.node_features(data.opt_idx)  # (B, N, F)

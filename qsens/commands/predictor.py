@@ -110,8 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not path.exists():
             raise QsensError(f"{path}: no {what} for model {model!r}")
     probe = Path(args.probe or data / "probe" / f"{model}.safetensors")
-    wants_probe = params.probe or any(b in ("probe", "gbt_probe") for b in params.baselines)
-    template, configs = load_training_data(cache, graph, bank, model, probe if wants_probe else None)
+    template, configs = load_training_data(cache, graph, bank, model, probe if params.needs_probe else None)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
     result = train_ensemble(template, configs, params, progress=not args.quiet)
