@@ -13,7 +13,8 @@ import sys
 from quant.errors import QsensError
 
 # Order = order in `qsens --help`. A module missing here is simply not offered.
-COMMAND_MODULES = ("prepare", "bank", "graph", "score", "noise", "sample", "cache", "predictor", "analyze", "search", "evaluate")
+COMMAND_MODULES = ("reference", "prepare", "bank", "graph", "score", "noise", "sample", "cache",
+                   "config", "predictor", "analyze", "search", "evaluate", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
