@@ -136,7 +136,8 @@ def test_diffusers_pipeline_adapter_with_tiny_dit_pipeline(tmp_path):
     """The real-model path: a tiny random DiTPipeline saved and reloaded from a local dir."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    from denoisers.registry import DiffusersPipelineDenoiser, load_denoiser
+    from denoisers.pipeline import DiffusersPipelineDenoiser
+    from denoisers.registry import load_denoiser
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
