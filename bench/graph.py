@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from denoisers.architectures import KNOWN_ARCHITECTURES, build_from_config  # noqa: E402
 from graphs.dag import build_dag, check_dag, skip_concat_consumers, skip_concats  # noqa: E402
 from graphs.export import export_denoiser  # noqa: E402
-from graphs.inputs import example_input_spec  # noqa: E402
+from denoisers.inputs import example_input_spec  # noqa: E402
 from quant.layers import quantizable_layers  # noqa: E402
 
 # Qua2SeDiMo (REFERENCE.md): quantizable weights and total graph nodes of their hand-built DAGs.

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from graphs.export import Traced, export_denoiser
-from graphs.inputs import STATIC_INPUTS
+from denoisers.inputs import STATIC_INPUTS
 from quant.layers import quantizable_layers
 
 FORMAT_VERSION = 1
@@ -618,7 +618,7 @@ def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | Non
     """Graph of a model spec (known name, registered name, diffusers dir or config JSON), built
     from its config on `device` (meta: no weights are read)."""
     from denoisers.architectures import resolve_model_source
-    from graphs.inputs import DEFAULT_TEXT_TOKENS, MAX_LATENT, example_input_spec
+    from denoisers.inputs import DEFAULT_TEXT_TOKENS, MAX_LATENT, example_input_spec
 
     source = resolve_model_source(spec)
     model = source.build(device)

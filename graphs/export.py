@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graphs.inputs import InputSpec, example_input_spec
+from denoisers.inputs import InputSpec, example_input_spec
 from quant.errors import QsensError
 
 

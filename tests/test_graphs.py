@@ -18,7 +18,7 @@ from graphs.dag import (build_dag, build_dag_for, check_dag, position_of, skip_c
                         skip_concats, weight_nodes)
 from graphs.draw import block_subgraph, draw_graph
 from graphs.features import CONFIG_COLUMNS, apply_config
-from graphs.inputs import example_input_spec
+from denoisers.inputs import example_input_spec
 from graphs.io import read_graph, write_graph
 from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, layer_scores, node_layer, set_config, to_pyg
 from qsens.cli import main
