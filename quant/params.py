@@ -1,9 +1,31 @@
-"""Reading one section of params.yaml into a dataclass, with one-line errors for unknown keys."""
+"""Reading one section of params.yaml into a dataclass: unknown keys and ill-typed values are one
+QsensError each, naming the key, the value and the expected type.
+
+Every value is checked against the dataclass field's declared type (`typing.get_type_hints`):
+
+| declared                     | accepted                                                   |
+| ---------------------------- | ---------------------------------------------------------- |
+| `bool`                       | true / false only (not 0 / 1)                              |
+| `int`                        | an integer; a float with an exact integer value (8.0 → 8)  |
+| `float`                      | a finite int or float (→ float), not a bool; also `1e-3`   |
+|                              | as a string (PyYAML reads exponents without a dot so)      |
+| `str`                        | a string                                                   |
+| `X | None`                   | null, or what X accepts                                    |
+| `tuple[X, ...]` / `list[X]`  | a list of what X accepts; one X alone is a one-element list |
+
+A scalar where a list is expected is accepted because `dvc exp run -S search.budgets=3.4` (one
+value per `-S`) writes exactly that. A string is never split into characters, nor on commas
+(no list-typed field is documented as comma-separated). Any other type (dicts, `Any`) passes as is.
+"""
 from __future__ import annotations
 
+import math
+import re
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from quant.errors import QsensError
 
@@ -24,21 +46,128 @@ def read_section(path: str | Path, section: str) -> dict[str, Any]:
 
 
 def reject_unknown(cls: type, data: dict[str, Any], section: str, where: str | Path | None = None) -> None:
-    """One QsensError naming every key of `data` that the dataclass `cls` does not have."""
+    """Check `data` (a params section) against the dataclass `cls`: one QsensError naming every
+    key `cls` does not have, or the first value whose type does not fit its field (see the module
+    doc). Accepted values are normalised **in place** (3.4 → [3.4] for a list field, 8.0 → 8 for
+    an int field, lists → tuples for tuple fields), so `cls(**data)` gets the declared types."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         place = f" in {where}" if where else ""
         raise QsensError(f"unknown {section} params {unknown}{place}; known: {sorted(known)}")
+    data.update(check_types(cls, data, section, where))
+
+
+def check_types(cls: type, data: dict[str, Any], section: str, where: str | Path | None = None) -> dict[str, Any]:
+    """`data` with every value converted to its field's declared type; QsensError
+    `"{where}: {section}.{key} = {value!r}: expected {type}"` for the first value that does not fit."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        hint = hints.get(key, Any)
+        try:
+            out[key] = _convert(value, hint)
+        except _Mismatch:
+            place = f"{where}: " if where else "params.yaml: "
+            raise QsensError(f"{place}{section}.{key} = {value!r}: expected {describe(hint)}") from None
+    return out
 
 
 def load_section(cls: type[T], path: str | Path, section: str, lists_as_tuples: bool = False) -> T:
-    """`cls(**params[section])`, refusing keys the dataclass does not have (named in the error)."""
-    data = read_section(path, section)
+    """`cls(**params[section])` with every key and value checked (`reject_unknown`).
+
+    `lists_as_tuples` is kept for callers; tuple-typed fields always get tuples now."""
+    data = dict(read_section(path, section))
     reject_unknown(cls, data, section, path)
-    if lists_as_tuples:
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     try:
         return cls(**data)
     except TypeError as exc:
         raise QsensError(f"{path}: bad `{section}` params ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+class _Mismatch(Exception):
+    pass
+
+
+# `1e-3`, `-2.5E+4`: numbers in exponent form without a dot, which YAML 1.1 leaves as strings
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+def _sequence_item(hint: Any) -> tuple[type, Any] | None:
+    """(list | tuple, item type) for `list[X]` / `tuple[X, ...]`; None for anything else."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return list, (args[0] if args else Any)
+    if origin is tuple and (not args or (len(args) == 2 and args[1] is Ellipsis)):
+        return tuple, (args[0] if args else Any)
+    return None
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    if hint is Any:
+        return value
+    if _is_union(hint):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    seq = _sequence_item(hint)
+    if seq is not None:
+        kind, item = seq
+        items = list(value) if isinstance(value, (list, tuple)) else [value]  # one value → one element
+        return kind(_convert(v, item) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        raise _Mismatch
+    if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads `1e-3` as a string
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise _Mismatch
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    return value  # dicts and other declared types: not checked here
+
+
+def describe(hint: Any) -> str:
+    """Plain words for a declared type: `tuple[float, ...]` → "a list of numbers"."""
+    if hint is Any:
+        return "any value"
+    if _is_union(hint):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        text = " or ".join(describe(a) for a in args)
+        return text + (" or null" if len(args) < len(typing.get_args(hint)) else "")
+    seq = _sequence_item(hint)
+    if seq is not None:
+        return "a list of " + _plural(seq[1])
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint: Any) -> str:
+    return {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}.get(
+        hint, describe(hint))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -82,20 +83,58 @@ def parse_budget(text: object) -> float:
 
 def check_budget(budget: float, bits: np.ndarray, n_total: int, allowed: np.ndarray | None = None,
                  what: str = "") -> None:
+    """BudgetError (one line, naming the range as `format_range` prints it) unless some config's
+    avg bits, computed as every report computes it (`total / n_total` in floats), are ≤ `budget`
+    and the budget is not above the largest config. Every bound `format_range` prints passes."""
     lo, hi = feasible_range(bits, n_total, allowed)
     where = f" for {what}" if what else ""
-    rng = f"feasible range{where}: {_fmt(lo)}..{_fmt(hi)} avg bits (overhead included)"
-    if budget < lo - 1e-12:
-        raise BudgetError(f"budget {budget:g} is below the smallest config (every layer at its smallest "
+    rng = f"feasible range{where}: {format_range(lo, hi)} avg bits (overhead included)"
+    if budget < lo:
+        raise BudgetError(f"budget {budget!r} is below the smallest config (every layer at its smallest "
                           f"option); {rng}")
-    if budget > hi + 1e-12:
-        raise BudgetError(f"budget {budget:g} is above the largest config (every layer at its largest "
+    if budget > hi:
+        raise BudgetError(f"budget {budget!r} is above the largest config (every layer at its largest "
                           f"option); {rng}")
 
 
-def _fmt(x: float) -> str:
-    # floor/ceil to 4 decimals so the printed range is inside the true one
-    return f"{x:.4f}"
+def format_range(lo: float, hi: float, decimals: int = 4) -> str:
+    """`lo..hi` rounded inward (lo up, hi down) so that both printed numbers are accepted as
+    budgets; when rounding would cross (lo, hi closer than 10^-decimals), the exact shortest reprs."""
+    a, b = _round_dir(lo, decimals, up=True), _round_dir(hi, decimals, up=False)
+    if float(a) > float(b):
+        return f"{lo!r}..{hi!r}"
+    return f"{a}..{b}"
+
+
+def _round_dir(x: float, decimals: int, up: bool) -> str:
+    # Decimal(x) is x exactly; rounding it outward-safe then parsing back cannot cross x, because
+    # float parsing is monotone and x itself is a float.
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    q = Decimal(1).scaleb(-decimals)
+    return str(Decimal(x).quantize(q, rounding=ROUND_CEILING if up else ROUND_FLOOR))
+
+
+def cap_bits(budget: float, n_total: int) -> int:
+    """The largest total T whose reported avg bits `T / n_total` (float division, as every report
+    computes it) are ≤ `budget`: a budget copied from any config's avg_bits admits that config.
+    Exact (rational arithmetic), whatever the magnitude of `budget · n_total`."""
+    t = math.floor(Fraction(budget) * n_total)
+    while (t + 1) / n_total <= budget:
+        t += 1
+    while t / n_total > budget:  # cannot happen (t/N ≤ budget exactly); kept as a guard
+        t -= 1
+    return t
+
+
+def floor_bits(lower: float, n_total: int) -> int:
+    """The smallest total T whose reported avg bits `T / n_total` are ≥ `lower` (see `cap_bits`)."""
+    t = math.ceil(Fraction(lower) * n_total)
+    while (t - 1) / n_total >= lower:
+        t -= 1
+    while t / n_total < lower:
+        t += 1
+    return t
 
 
 def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
@@ -125,8 +164,8 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
         raise QsensError(f"layer #{dead[0]} has no option with a finite score{f' ({what})' if what else ''}")
     check_budget(budget, b, n_total, allowed, what)
     L, K = s.shape
-    cap = int(math.floor(budget * n_total + 1e-9))
-    floor_ = None if tolerance is None else int(math.ceil((budget - tolerance) * n_total - 1e-9))
+    cap = cap_bits(budget, n_total)
+    floor_ = None if tolerance is None else floor_bits(budget - tolerance, n_total)
 
     shifted = np.where(allowed, s - np.where(allowed, s, -np.inf).max(axis=1, keepdims=True), 0.0)
     span = float(np.abs(shifted).max())
@@ -158,13 +197,20 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
             left = max(0.1, time_limit_s - (time.perf_counter() - t0))
             solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, start, left, workers, trust=trust)
             phases = 2
+    if status == cp_model.INFEASIBLE:
+        # The objective cut is valid by construction, but an "infeasible" that rests on it would be
+        # a wrong refusal: confirm it on the model without the cut (and without dropped options).
+        left = max(1.0, time_limit_s - (time.perf_counter() - t0))
+        solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, None, left, workers, trust=trust,
+                                    cut=False)
+        phases += 1
     seconds = time.perf_counter() - t0
     if status == cp_model.INFEASIBLE:
         lo, hi = feasible_range(b, n_total, allowed)
         raise BudgetError(
             f"no config has avg bits in [{budget - (tolerance or 0):g}, {budget:g}]"
             f"{f' for {what}' if what else ''}: the options' discrete sizes leave a gap there, although "
-            f"configs ≤ {budget:g} exist (feasible range {_fmt(lo)}..{_fmt(hi)}); widen the tolerance")
+            f"configs ≤ {budget:g} exist (feasible range {format_range(lo, hi)}); widen the tolerance")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise QsensError(f"the IP solver found no solution within {time_limit_s:g} s "
                          f"(status {solver.StatusName(status)}); raise search.time_limit_s")
@@ -202,7 +248,8 @@ def _best_kept(l: int, k: int, s: np.ndarray, b: np.ndarray, keep: np.ndarray) -
     return cands[0] if cands else int(np.flatnonzero(keep[l])[0])
 
 
-def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, linearization=None, trust=None):
+def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, linearization=None, trust=None,
+            cut: bool = True):
     from ortools.sat.python import cp_model
 
     L, K = allowed.shape
@@ -227,10 +274,11 @@ def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, lineari
         model.Add(sum(x[l][int(anchor[l])] for l in range(L)) >= L - max_changes)
     objective = cp_model.LinearExpr.WeightedSum(flat, flat_coef)
     # The Lagrangian (= LP) bound of the ≤-only problem is valid for both phases; stating it as a
-    # constraint saves CP-SAT most of the work of finding it (it cuts no feasible solution).
-    ub, _ = lagrangian(np.where(allowed, coef, np.nan).astype(np.float64), b, cap)
-    if math.isfinite(ub):
-        model.Add(objective <= int(math.floor(ub + 1e-6)))
+    # constraint saves CP-SAT most of the work of finding it. Evaluated in exact integer
+    # arithmetic (`lagrangian_bound`), so it cuts no feasible solution at any magnitude.
+    if cut:
+        _, _, lam = lagrangian(np.where(allowed, coef, np.nan).astype(np.float64), b, cap, with_lambda=True)
+        model.Add(objective <= lagrangian_bound(coef, b, cap, lam, allowed))
     model.Maximize(objective)
     if start is not None:
         for l in range(L):
@@ -252,9 +300,30 @@ def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, lineari
 # ------------------------------------------------------------------------------------------------
 # references: a greedy/Lagrangian heuristic (warm start, bench) and exhaustive search (tests)
 # ------------------------------------------------------------------------------------------------
-def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60) -> tuple[float, np.ndarray | None]:
+def lagrangian_bound(coef: np.ndarray, bits: np.ndarray, cap: int, lam: float,
+                     allowed: np.ndarray | None = None) -> int:
+    """⌊UB(λ)⌋ with UB(λ) = Σ_l max_k (coef[l,k] − λ·bits[l,k]) + λ·cap, in exact rational
+    arithmetic (λ as the exact value of its float). Weak duality: for every λ ≥ 0 and every
+    assignment with Σ bits ≤ cap, Σ coef ≤ UB(λ); with integer `coef` the objective is an integer,
+    so ⌊UB(λ)⌋ is a valid cut too. Exactness matters: on SDXL-sized instances λ·cap is ~10^9 and
+    a float evaluation can land below the integer optimum and cut off the only feasible config."""
+    frac = Fraction(max(float(lam), 0.0))
+    p, q = frac.numerator, frac.denominator
+    total = p * int(cap)
+    c = np.asarray(coef, dtype=np.int64)
+    b = np.asarray(bits, dtype=np.int64)
+    ok = np.ones(c.shape, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
+    for l in range(c.shape[0]):
+        total += max(q * int(c[l, k]) - p * int(b[l, k]) for k in range(c.shape[1]) if ok[l, k])
+    return total // q  # floor division of Python ints: exact ⌊total / q⌋
+
+
+def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60, with_lambda: bool = False):
     """Lagrangian relaxation of the ≤ constraint: (upper bound on the optimum, best feasible
-    primal found on the way or None). Bisection on the multiplier λ ≥ 0."""
+    primal found on the way or None[, the best multiplier λ]). Bisection on λ ≥ 0.
+
+    The bound is evaluated in floats (a heuristic's yardstick); for a cut that must never remove a
+    feasible solution use `lagrangian_bound` with the returned λ."""
     s = np.where(np.isfinite(scores), scores, -np.inf)
     b = np.asarray(bits, dtype=np.float64)
     L = s.shape[0]
@@ -264,11 +333,15 @@ def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60) 
         k = v.argmax(axis=1)
         return float(v[np.arange(L), k].sum() + lam * cap), k
 
-    best_ub, best_primal, best_val = math.inf, None, -math.inf
-    ub0, k0 = inner(0.0)
-    best_ub = ub0
+    best_primal, best_val = None, -math.inf
+    best_ub, k0 = inner(0.0)
+    best_lam = 0.0
+
+    def done(primal):
+        return (best_ub, primal, best_lam) if with_lambda else (best_ub, primal)
+
     if b[np.arange(L), k0].sum() <= cap:
-        return ub0, k0
+        return done(k0)
     lo, hi = 0.0, 1.0
     finite = s[np.isfinite(s)]
     span = float(finite.max() - finite.min()) if finite.size else 1.0
@@ -278,7 +351,8 @@ def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60) 
     for _ in range(iters):
         lam = 0.5 * (lo + hi)
         ub, k = inner(lam)
-        best_ub = min(best_ub, ub)
+        if ub < best_ub:
+            best_ub, best_lam = ub, lam
         if b[np.arange(L), k].sum() <= cap:
             hi = lam
             val = float(s[np.arange(L), k].sum())
@@ -287,10 +361,11 @@ def lagrangian(scores: np.ndarray, bits: np.ndarray, cap: int, iters: int = 60) 
         else:
             lo = lam
     ub, k = inner(hi)
-    best_ub = min(best_ub, ub)
+    if ub < best_ub:
+        best_ub, best_lam = ub, hi
     if b[np.arange(L), k].sum() <= cap and float(s[np.arange(L), k].sum()) > best_val:
         best_primal = k
-    return best_ub, best_primal
+    return done(best_primal)
 
 
 def greedy(scores: np.ndarray, bits: np.ndarray, cap: int) -> np.ndarray | None:
@@ -323,8 +398,8 @@ def brute_force(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: floa
 
     s = np.asarray(scores, dtype=np.float64)
     b = np.asarray(bits, dtype=np.int64)
-    cap = int(math.floor(budget * n_total + 1e-9))
-    floor_ = None if tolerance is None else int(math.ceil((budget - tolerance) * n_total - 1e-9))
+    cap = cap_bits(budget, n_total)
+    floor_ = None if tolerance is None else floor_bits(budget - tolerance, n_total)
     best: tuple[float, np.ndarray] | None = None
     L, K = s.shape
     for combo in itertools.product(range(K), repeat=L):

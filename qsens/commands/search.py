@@ -90,7 +90,7 @@ def make_context(args, sp=None):
 
 def parse_budget_list(text: str, ctx, many: bool) -> list[float]:
     """Budgets from the command line; a malformed one names the bank's feasible range."""
-    from search.ip import BudgetError, bits_matrix, check_budget, feasible_range, parse_budget
+    from search.ip import BudgetError, bits_matrix, check_budget, feasible_range, format_range, parse_budget
     from search.pareto import parse_budgets
 
     bits, n = bits_matrix(ctx.bank, ctx.bank.layer_names, ctx.bank.options)
@@ -98,7 +98,8 @@ def parse_budget_list(text: str, ctx, many: bool) -> list[float]:
     try:
         budgets = parse_budgets(text) if many else [parse_budget(text)]
     except BudgetError as exc:
-        raise BudgetError(f"{exc}; feasible range for this bank: {lo:.4f}..{hi:.4f} avg bits") from None
+        # rounded inward: both printed ends are accepted as budgets
+        raise BudgetError(f"{exc}; feasible range for this bank: {format_range(lo, hi)} avg bits") from None
     for b in budgets:
         check_budget(b, bits, n)
     return budgets
