@@ -41,8 +41,9 @@ import networkx as nx
 import torch
 from torch import nn
 
-from graphs.export import Traced, export_denoiser
 from denoisers.inputs import STATIC_INPUTS
+from graphs.export import Traced, export_denoiser
+from quant.errors import QsensError
 from quant.layers import quantizable_layers
 
 FORMAT_VERSION = 1
@@ -502,7 +503,12 @@ class BuildResult:
 
 
 def dag_from_program(traced: Traced, model: nn.Module) -> tuple[nx.DiGraph, CollapseStats]:
+    """Collapse + static features. Raises QsensError when a quantizable layer is not in the
+    graph: its sensitivity could never be learned, so the graph is refused, not warned about."""
     graph, stats = _collapse(traced.program, model)
+    if stats.unused_layers:
+        raise QsensError(missing_layers_message(type(model).__name__, stats.unused_layers,
+                                                len(quantizable_layers(model))))
     _add_static_features(graph, model)
     cfg = getattr(model, "config", {})
     graph.graph.update(
@@ -528,6 +534,14 @@ def build_dag(model: nn.Module, traced: Traced | None = None, name: str = "") ->
     return BuildResult(graph, traced.seconds, collapse_s, stats)
 
 
+def missing_layers_message(what: str, missing: list[str], total: int, show: int = 3) -> str:
+    """One line: `what: 4 of 120 quantizable layers are not in the graph: a, b, c, ... (...)`."""
+    more = ", ..." if len(missing) > show else ""
+    return (f"{what}: {len(missing)} of {total} quantizable layers are not in the graph: "
+            f"{', '.join(missing[:show])}{more} (forward never reaches them at the example inputs, "
+            f"or their output never reaches the model's output)")
+
+
 def weight_nodes(graph: nx.DiGraph) -> list[str]:
     """Weight node ids (= layer names) in graph order."""
     return [n for n, d in graph.nodes(data=True) if d["kind"] == "weight"]
@@ -543,7 +557,7 @@ def check_dag(graph: nx.DiGraph, layer_names: Iterable[str]) -> list[str]:
     missing = [n for n in expected if n not in set(got)]
     extra = [n for n in got if n not in set(expected)]
     if missing:
-        problems.append(f"{len(missing)} layers missing, e.g. {missing[:3]}")
+        problems.append(missing_layers_message("graph", missing, len(expected)))
     if extra:
         problems.append(f"{len(extra)} unknown weight nodes, e.g. {extra[:3]}")
     inputs = [n for n, d in graph.nodes(data=True) if d["kind"] == "input"]
@@ -616,15 +630,18 @@ def log10p(x: float) -> float:
 def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | None = None,
                   device: str = "meta") -> BuildResult:
     """Graph of a model spec (known name, registered name, diffusers dir or config JSON), built
-    from its config on `device` (meta: no weights are read)."""
+    from its config on `device` (meta: no weights are read). Raises QsensError when the graph
+    is not a valid DAG holding every quantizable layer exactly once (`check_dag`)."""
     from denoisers.architectures import resolve_model_source
-    from denoisers.inputs import DEFAULT_TEXT_TOKENS, MAX_LATENT, example_input_spec
+    from denoisers.inputs import MAX_LATENT, example_input_spec
 
     source = resolve_model_source(spec)
     model = source.build(device)
-    inputs = example_input_spec(model, max_side or MAX_LATENT, text_tokens or DEFAULT_TEXT_TOKENS)
+    inputs = example_input_spec(model, max_side or MAX_LATENT, text_tokens)
     result = build_dag(model, export_denoiser(model, inputs), name=source.name)
     result.graph.graph["source"] = str(source.spec)
     problems = check_dag(result.graph, quantizable_layers(model))
+    if problems:
+        raise QsensError(f"graph of {source.name}: {'; '.join(problems)}")
     result.graph.graph["problems"] = problems
     return result

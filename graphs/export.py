@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from denoisers.inputs import InputSpec, example_input_spec
+from denoisers.inputs import MAX_LATENT, InputSpec, example_input_spec
 from quant.errors import QsensError
 
 
@@ -26,9 +26,10 @@ class Traced:
 
 
 def export_denoiser(model: nn.Module, inputs: InputSpec | None = None) -> Traced:
-    """Export `model` (any device; `meta` recommended) at example inputs derived from its config."""
+    """Export `model` (any device; `meta` recommended) at example inputs derived from its config
+    (latent side capped at `MAX_LATENT` unless `inputs` says otherwise)."""
     model = model.eval()
-    inputs = inputs or example_input_spec(model)
+    inputs = inputs or example_input_spec(model, MAX_LATENT)
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(), torch.no_grad():
