@@ -127,6 +127,11 @@ class Denoiser(abc.ABC):
         """`n` images; image i uses seed `image_seeds(n, seed)[i]`; deterministic on CPU."""
 
     @abc.abstractmethod
+    def configure_generation(self, steps: int | None = None, guidance: float | None = None,
+                             batch_size: int | None = None) -> None:
+        """Change the defaults `generate` uses (None keeps the current value)."""
+
+    @abc.abstractmethod
     def reference(self) -> ReferenceData:
         """Where the metric reference data of this model lives."""
 

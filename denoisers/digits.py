@@ -474,6 +474,13 @@ class DigitsDenoiser(Denoiser):
             raise QsensError(f"{self.name}: unsupported sampling scheduler {name}")
         return classes[name].from_config(self.scheduler_config)
 
+    def configure_generation(self, steps: int | None = None, guidance: float | None = None,
+                             batch_size: int | None = None) -> None:
+        from dataclasses import replace
+
+        changes = {"steps": steps, "guidance": guidance, "gen_batch_size": batch_size}
+        self.params = replace(self.params, **{k: v for k, v in changes.items() if v is not None})
+
     def labels_for(self, n: int) -> np.ndarray:
         """Conditioning labels cycle 0..9 so every class is balanced."""
         return np.arange(n, dtype=np.int64) % NUM_CLASSES
@@ -598,18 +605,21 @@ class PrepareResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_digits(name: str, data_dir: str | Path = "data", params: DigitsParams | None = None,
-                   progress: bool = True, retrain_classifier: bool = False) -> PrepareResult:
+def prepare_digits(source: str, data_dir: str | Path = "data", params: DigitsParams | None = None,
+                   progress: bool = True, retrain_classifier: bool = False,
+                   name: str | None = None) -> PrepareResult:
     """Train the classifier (unless one with the same params exists) and the denoiser; save both.
 
-    Writes `data/reference/digits/classifier.*` and `data/models/<name>/`. The reference
-    statistics are written by the caller (`sampling.scoring.save_reference_stats`).
+    `source` is the architecture (`digits`: UNet2DModel, `digits-dit`: DiT); `name` (default:
+    `source`) names the outputs: `data/reference/<name>/classifier.*` and `data/models/<name>/`.
+    The reference statistics are written by the caller (`sampling.scoring.save_reference_stats`).
     """
-    if name not in ARCHS:
-        raise QsensError(f"unknown digits model {name!r}: expected one of {sorted(ARCHS)}")
+    if source not in ARCHS:
+        raise QsensError(f"unknown digits model {source!r}: expected one of {sorted(ARCHS)}")
     params = params or DigitsParams()
     data_dir = Path(data_dir)
-    ref_dir = data_dir / "reference" / REFERENCE_NAME
+    name = name or source
+    ref_dir = data_dir / "reference" / name
     model_dir = data_dir / "models" / name
     images, labels = load_digit_images()
     train_idx, test_idx = split_indices(labels, params.test_fraction, params.seed)
@@ -631,10 +641,10 @@ def prepare_digits(name: str, data_dir: str | Path = "data", params: DigitsParam
     seconds["classifier"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    model, train_info = train_denoiser(ARCHS[name], images[train_idx], labels[train_idx], params,
+    model, train_info = train_denoiser(ARCHS[source], images[train_idx], labels[train_idx], params,
                                        progress=progress)
     seconds["denoiser"] = round(time.perf_counter() - t0, 2)
-    den = DigitsDenoiser(model, ARCHS[name], params, name=name, reference_dir=ref_dir,
+    den = DigitsDenoiser(model, ARCHS[source], params, name=name, reference_dir=ref_dir,
                          info={"train": train_info, "classifier_test_accuracy": cls_info["test_accuracy"]})
     den.save(model_dir, ref_dir)
     return PrepareResult(den, classifier, cls_info, model_dir, ref_dir, seconds)

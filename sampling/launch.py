@@ -41,7 +41,8 @@ def _process_main(job_dict: dict, worker: int, num_workers: int) -> None:
 
 def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: str | None = None,
            progress: bool = True) -> dict:
-    """Score the planned configs with `workers` workers; returns {"finished", "planned", "failed_workers"}."""
+    """Score the planned configs with `workers` workers; returns {"finished", "ok", "planned",
+    "failed_workers"} (finished: ok or out of attempts; ok: scored)."""
     if backend not in BACKENDS:
         raise QsensError(f"unknown backend {backend!r} (choose {' or '.join(BACKENDS)})")
     if workers < 1:
@@ -58,7 +59,9 @@ def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: st
     bar.n = finished
     bar.refresh()
     bar.close()
-    return {"finished": finished, "planned": len(planned), "failed_workers": failed}
+    records = scan_shards(Path(job.shards)).records if Path(job.shards).is_dir() else []
+    ok = len({r["config_id"] for r in records if r["status"] == "ok"} & planned)
+    return {"finished": finished, "ok": ok, "planned": len(planned), "failed_workers": failed}
 
 
 def _launch_local(job: SampleJob, workers: int, bar: tqdm, planned: set[str]) -> list[str]:

@@ -65,19 +65,19 @@ def _section(cls, path: str | Path, section: str):
 
 
 # ----------------------------------------------------------------------------------------------
-def load_bank_for(denoiser, bank_dir: str | Path | None, data_dir: str | Path, model_name: str,
-                  progress: bool = True):
-    """The bank at `bank_dir` (default DATA/bank/MODEL), checked against the model; built in
-    memory when no bank exists there yet."""
+def load_bank_for(denoiser, path: str | Path, model_name: str, *, progress: bool = True,
+                  build_missing: bool = True):
+    """The bank at `path`, checked against the model's weights; built in memory (not saved)
+    when none exists there and `build_missing`, else one QsensError naming the path."""
     from quant.bank import META_FILE, Bank, build_bank
 
-    path = Path(bank_dir) if bank_dir else Path(data_dir) / "bank" / Path(model_name).name
-    if (path / META_FILE).exists() or bank_dir:
+    path = Path(path)
+    if (path / META_FILE).exists() or not build_missing:
         bank = Bank.load(path)
         bank.check_model(denoiser.model, where=str(path))
         return bank
     print(f"no bank at {path}: building one in memory (`qsens bank build` saves it)")
-    return build_bank(denoiser.model, model_name=Path(model_name).name, progress=progress)
+    return build_bank(denoiser.model, model_name=model_name, progress=progress)
 
 
 def _random_options(layer_names, options, seed: int, index: int) -> dict[str, str]:

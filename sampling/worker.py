@@ -35,7 +35,7 @@ def code_version() -> str:
 @dataclass
 class SampleJob:
     """Everything a worker needs; plain data, so it travels to processes and Ray tasks."""
-    model: str  # denoiser spec: digits | digits-dit | a diffusers directory
+    model: dict | str  # ModelSpec.to_dict() (or a bare source: digits, a pipeline dir, a hub id)
     bank: str  # bank directory
     shards: str  # shard directory
     num_configs: int
@@ -65,10 +65,17 @@ class Evaluator:
 
     @staticmethod
     def load(job: SampleJob) -> "Evaluator":
+        from dataclasses import replace
+
         from denoisers.registry import load_denoiser
+        from denoisers.spec import ModelSpec, default_name
         from sampling.scoring import make_scorer
 
-        denoiser = load_denoiser(job.model, data_dir=Path(job.data_dir)).to(job.device)
+        spec = (ModelSpec.from_dict(job.model, "SampleJob.model") if isinstance(job.model, dict)
+                else ModelSpec(source=job.model, name=default_name(job.model)))
+        denoiser = load_denoiser(replace(spec, device=job.device), data_dir=Path(job.data_dir))
+        if job.generate:
+            denoiser.configure_generation(**job.generate)
         bank = Bank.load(job.bank)
         bank.check_model(denoiser.model)  # once; the loop below skips the weight hash
         return Evaluator(denoiser, bank, make_scorer(denoiser.reference(), device=job.device))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +24,12 @@ class RealScorer:
     _checked: bool = False
 
     @staticmethod
-    def load(model: str, bank, data_dir: str | Path = "data", device: str = "cpu",
-             steps: int | None = None) -> "RealScorer":
-        from denoisers.registry import load_denoiser
+    def load(cli: Any, bank, steps: int | None = None) -> "RealScorer":
+        """From a `qsens.context.Context` (anything with `load_denoiser()` and `spec.device`)."""
         from sampling.scoring import make_scorer
 
-        den = load_denoiser(model, data_dir=data_dir).to(device)
-        return RealScorer(den, bank, make_scorer(den, device=device), steps)
+        den = cli.load_denoiser()
+        return RealScorer(den, bank, make_scorer(den, device=cli.spec.device), steps)
 
     def _gen_kw(self) -> dict:
         return {} if self.steps is None else {"steps": self.steps}

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
+from qsens.context import add_model_args, context
 from quant.bank import Bank, build_bank
-from quant.options import DEFAULT_OPTIONS
+from quant.errors import QsensError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,12 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="bank_command", metavar="ACTION")
 
     b = sub.add_parser("build", help="quantize every layer with every option and save the bank")
-    b.add_argument("model", help="a known model name (digits, digits-dit) or a diffusers model directory")
-    b.add_argument("--out", required=True, type=Path, help="bank directory to write")
-    b.add_argument("--options", default=",".join(DEFAULT_OPTIONS),
-                   help="comma-separated options, e.g. uaq3,uaq4,kmc3 (default: %(default)s)")
-    b.add_argument("--data-dir", type=Path, default=Path("data"), help="where trained default models live")
-    b.add_argument("--device", default="cpu", help="run the quantizers on this device (cpu, cuda)")
+    b.add_argument("source", nargs="?", default=None, metavar="SOURCE",
+                   help="same as --model (default: params model.source)")
+    add_model_args(b)
+    b.add_argument("--out", type=Path, default=None, help="bank directory to write (default: DATA/bank/NAME)")
+    b.add_argument("--options", default=None,
+                   help="comma-separated options, e.g. uaq3,uaq4,kmc3 (default: params bank.options)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run_build)
 
     s = sub.add_parser("show", help="print per-layer sizes and errors of a bank")
@@ -33,19 +36,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from denoisers.registry import load_denoiser
+    from quant.params import read_section
 
-    denoiser = load_denoiser(args.model, data_dir=args.data_dir)
+    if args.source is not None:
+        args.model = args.source
+    ctx = context(args)
+    out = args.out or ctx.layout.bank
+    check_writable_dir(out)
+    options = args.options or read_section(ctx.params, "bank").get("options")
+    if not options:
+        raise QsensError(f"no options: pass --options or set bank.options in {ctx.params}")
+    if isinstance(options, str):
+        options = options.split(",")
+    options = [str(o).strip() for o in options if str(o).strip()]
+    denoiser = ctx.load_denoiser()
     infos = {i.name: i.macs for i in denoiser.layer_infos(with_macs=True)}
     t0 = time.perf_counter()
-    bank = build_bank(denoiser.model, [o.strip() for o in args.options.split(",") if o.strip()],
-                      model_name=denoiser.name, macs=infos, device=args.device)
+    bank = build_bank(denoiser.model, options, model_name=ctx.spec.name, macs=infos,
+                      device=ctx.spec.device, progress=not args.quiet)
     seconds = time.perf_counter() - t0
-    bank.save(args.out)
+    bank.save(out)
+    args.out = out
     n = sum(i.n_weights for i in bank.layers.values())
     print(f"bank {args.out}: {len(bank.layers)} layers × {len(bank.options)} options, "
           f"{n:,} weights, {seconds:.1f}s ({n * len(bank.options) / seconds:,.0f} weight-options/s)")
     return 0
+
+
+def check_writable_dir(path: Path) -> None:
+    """Fail before any work when `path` cannot become a directory we write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise QsensError(f"--out {path} exists and is not a directory")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise QsensError(f"--out {path}: {parent} is not writable")
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--strategies", default=None, help="comma list (default: search.strategies)")
     p.add_argument("--budgets", default=None, help="A:B:STEP or comma list (default: search.budgets)")
     p.add_argument("--images", type=int, default=None, help="images per config (default: evaluate.images)")
-    p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/search/MODEL)")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/search/NAME)")
     p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"))
     p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"))
     add_common(p)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         ep = replace(ep, images=args.images)
     if ep.images < 2:
         raise QsensError(f"evaluate.images must be >= 2, got {ep.images}")
-    ctx, model, short = make_context(args)
+    ctx, cli = make_context(args)
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else list(ctx.params.strategies)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: no quant_cache at {ctx.cache_path}: cannot check the evaluation seeds against it")
     ap = AnalysisParams.from_yaml(args.params)
     used["the measured-sensitivity analysis"] = [ap.image_seed, ap.calib_seed, ap.ssim_seed]
-    real = RealScorer.load(model, ctx.bank, data_dir=args.data_dir, steps=ep.steps)
+    real = RealScorer.load(cli, ctx.bank, steps=ep.steps)
     ctx._selector = None if args.no_select else RealScorer(real.denoiser, ctx.bank, real.scorer, ctx.params.steps)
 
     def digest(strategy: str) -> str:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                             ctx.analysis_dir))
 
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
-                          out_dir=args.out or args.data_dir / "search" / short, metrics_path=args.metrics,
+                          out_dir=args.out or cli.layout.search, metrics_path=args.metrics,
                           pareto_csv=args.pareto_csv, used_seeds=used, input_digest=digest,
                           log=(lambda m: None) if args.quiet else print)
     failed = [r for r in rows if r["status"] != "ok"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from qsens.context import add_model_args, context
+
 NAME = "noise"
 
 KEYS = ("classifier_test_accuracy", "fp_generated_accuracy", "fp_fid_mean", "fp_fid_seed_std",
@@ -18,17 +20,14 @@ def register(subparsers) -> None:
         "configs on two disjoint seed sets (FID std S, test–retest Spearman), and every uniform "
         "config; write metrics/noise.json (S/σ should be ≥ 10, retest Spearman ≥ 0.9) and a "
         "sample grid PNG (FP vs uniform 4-bit vs uniform 3-bit).")
-    p.add_argument("--model", default="digits", help="digits, digits-dit or a model dir")
+    add_model_args(p)
     p.add_argument("--bank", default=None,
-                   help="bank dir (default: DATA/bank/MODEL; built in memory if missing)")
-    p.add_argument("--data-dir", default="data", help="data root (default: data)")
-    p.add_argument("--params", default="params.yaml",
-                   help="params file: `score:` and `noise:` sections (default: params.yaml)")
+                   help="bank dir (default: DATA/bank/NAME; built in memory if missing)")
     p.add_argument("--out", default="metrics/noise.json", help="metrics JSON to write")
     p.add_argument("--configs-csv", default="metrics/noise_configs.csv",
                    help="per-random-config FIDs (test and retest) for plots")
-    p.add_argument("--grid", default="docs/img/digits_samples.png",
-                   help="sample grid PNG to write ('' for none)")
+    p.add_argument("--grid", default=None,
+                   help="sample grid PNG to write (default: docs/img/NAME_samples.png; '' for none)")
     p.add_argument("--random-configs", type=int, default=None, help="override noise.random_configs")
     p.add_argument("--images", type=int, default=None, help="override score.images")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
@@ -40,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from denoisers.base import configure_torch
-    from denoisers.registry import load_denoiser
     from sampling.noise import (NoiseParams, ScoreParams, load_bank_for, measure_noise,
                                 write_noise_outputs)
     from sampling.scoring import make_scorer
@@ -52,9 +50,13 @@ def run(args: argparse.Namespace) -> int:
         params = dataclasses.replace(params, random_configs=args.random_configs)
     if args.images is not None:
         sp = dataclasses.replace(sp, images=args.images)
-    den = load_denoiser(args.model, data_dir=args.data_dir)
-    scorer = make_scorer(den)
-    bank = load_bank_for(den, args.bank, args.data_dir, args.model, progress=not args.quiet)
+    ctx = context(args)
+    den = ctx.load_denoiser()
+    scorer = make_scorer(den, device=ctx.spec.device)
+    bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, progress=not args.quiet,
+                         build_missing=args.bank is None)
+    if args.grid is None:
+        args.grid = f"docs/img/{ctx.spec.name}_samples.png"
     result, records = measure_noise(den, scorer, bank, params, sp, progress=not args.quiet,
                                     grid_path=args.grid or None)
     write_noise_outputs(result, records, args.out, args.configs_csv or None)

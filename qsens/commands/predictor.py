@@ -4,20 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _model_name(args: argparse.Namespace) -> str:
-    if args.model:
-        return args.model
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(args.params)
-    if path.is_file():
-        data = yaml.safe_load(path.read_text()) or {}
-        if isinstance(data.get("model"), str):
-            return data["model"]
-    return "digits"
+from qsens.context import add_model_args, context
 
 
 def register(subparsers) -> None:
@@ -50,7 +37,7 @@ def register(subparsers) -> None:
         "of seed set `probe.seed`, and record how far the mean feature (the FID feature space) moves "
         "from the FP model's. The sum of a config's shifts linearises FID's mean term; the predictor "
         "uses it as its propagation readout (train.probe) and as a baseline.")
-    _common(pr)
+    _common(pr, generation=True)
     pr.add_argument("--bank", help="bank directory (default data/bank/<model>)")
     pr.add_argument("--images", type=int, help="images per pair (default: probe.images in params)")
     pr.add_argument("--seed", type=int, help="image seed set (default: probe.seed in params)")
@@ -69,11 +56,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model name (default: `model` in params.yaml, else digits)")
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument("--data-dir", default="data", help="data directory (default data)")
-    p.add_argument("--out", help="predictor directory (default <data-dir>/predictor/<model>)")
+def _common(p: argparse.ArgumentParser, generation: bool = False) -> None:
+    add_model_args(p, generation=generation)
+    p.add_argument("--out", help="output (default: DATA/predictor/NAME; probe: DATA/probe/NAME.safetensors)")
 
 
 def _parse_value(text: str):
@@ -91,12 +76,12 @@ def run_train(args: argparse.Namespace) -> int:
         train_ensemble, write_metrics
     from quant.errors import QsensError
 
-    model = _model_name(args)
-    data = Path(args.data_dir)
-    cache = Path(args.cache or data / "quant_cache" / f"{model}.parquet")
-    graph = Path(args.graph or data / "graphs" / f"{model}.json")
-    bank = Path(args.bank or data / "bank" / model)
-    out = Path(args.out or data / "predictor" / model)
+    lay = context(args).layout
+    model = lay.name
+    cache = Path(args.cache or lay.cache)
+    graph = Path(args.graph or lay.graph)
+    bank = Path(args.bank or lay.bank)
+    out = Path(args.out or lay.predictor)
     params = load_train_params(args.params)
     overrides = {}
     for item in args.set:
@@ -109,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     for path, what in ((cache, "quant_cache"), (graph, "graph"), (bank, "bank")):
         if not path.exists():
             raise QsensError(f"{path}: no {what} for model {model!r}")
-    probe = Path(args.probe or data / "probe" / f"{model}.safetensors")
+    probe = Path(args.probe or lay.probe)
     template, configs = load_training_data(cache, graph, bank, model, probe if params.needs_probe else None)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
@@ -141,23 +126,22 @@ def run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from denoisers.base import configure_torch
-    from denoisers.registry import load_denoiser
     from predictor.probe import ProbeParams, measure_probe
-    from quant.bank import Bank
     from quant.params import load_section
+    from sampling.noise import load_bank_for
     from sampling.scoring import make_scorer
 
     configure_torch(args.threads)
-    model = _model_name(args)
-    data = Path(args.data_dir)
+    ctx = context(args)
     params = load_section(ProbeParams, args.params, "probe")
     images = params.images if args.images is None else args.images
     seed = params.seed if args.seed is None else args.seed
-    bank = Bank.load(args.bank or data / "bank" / Path(model).name)
-    den = load_denoiser(model, data_dir=data)
+    den = ctx.load_denoiser()
+    bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
     t0 = time.perf_counter()
-    probe = measure_probe(den, bank, make_scorer(den), images, seed, progress=not args.quiet)
-    out = Path(args.out or data / "probe" / f"{Path(model).name}.safetensors")
+    probe = measure_probe(den, bank, make_scorer(den, device=ctx.spec.device), images, seed,
+                          progress=not args.quiet)
+    out = Path(args.out or ctx.layout.probe)
     probe.save(out)
     norms = (probe.shift ** 2).sum(2) ** 0.5  # (L, O)
     top = sorted(((float(norms[i].max()), l) for i, l in enumerate(probe.layers)), reverse=True)[:5]
@@ -174,10 +158,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     from predictor.inspect import run_inspect as inspect
     from quant.config import QuantConfig
 
-    model = _model_name(args)
-    data = Path(args.data_dir)
-    out = Path(args.out or data / "predictor" / model)
-    graph = Path(args.graph or data / "graphs" / f"{model}.json")
+    lay = context(args).layout
+    model = lay.name
+    out = Path(args.out or lay.predictor)
+    graph = Path(args.graph or lay.graph)
     reference = QuantConfig.load(args.reference) if args.reference else None
     report = inspect(out, graph if graph.is_file() else None, top_k=args.top, plots_csv_dir=args.plots_dir,
                      reference=reference)

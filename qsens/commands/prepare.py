@@ -1,30 +1,37 @@
-"""`qsens prepare`: train the `digits` default (denoiser + classifier) and its FID reference."""
+"""`qsens prepare`: make the params model ready for the pipeline.
+
+- `digits` / `digits-dit`: train the denoiser, the digits classifier and its FID reference.
+- a real pipeline: load it once (every component must load), record its weight fingerprint in
+  `DATA/models/NAME/model.json`, and install the reference dir (`model.reference`, built by
+  `qsens reference build`) as `DATA/reference/NAME/`, checked against the model's resolution.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
+
+from qsens.context import add_model_args, context
+from quant.errors import QsensError
 
 NAME = "prepare"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        NAME, help="train the built-in digits denoiser, its classifier and FID reference stats",
-        description="Train the class-conditional digits denoiser (`digits`: UNet2DModel, "
-        "`digits-dit`: DiTTransformer2DModel) on scikit-learn's bundled digits, the digits "
-        "classifier (held-out accuracy reported), and the classifier-feature reference statistics "
-        "for FID. Writes DATA/models/MODEL/ and DATA/reference/digits/. CPU, a few minutes.")
-    p.add_argument("--model", default="digits", choices=["digits", "digits-dit"],
-                   help="which digits architecture to train (default: digits)")
-    p.add_argument("--data-dir", default="data", help="output root (default: data)")
-    p.add_argument("--params", default="params.yaml",
-                   help="params file; its `digits:` section is read (default: params.yaml)")
+        NAME, help="train the digits default, or check a real pipeline and install its reference",
+        description="digits / digits-dit: train the class-conditional denoiser on scikit-learn's "
+        "bundled digits, the digits classifier (held-out accuracy reported) and the classifier-"
+        "feature reference statistics for FID (CPU, a few minutes). A diffusers pipeline: load it "
+        "(one line names a component that cannot load), write DATA/models/NAME/model.json with its "
+        "weight fingerprint, and copy the reference dir (model.reference) to DATA/reference/NAME/.")
+    add_model_args(p)
     p.add_argument("--metrics", default=None,
                    help="also write the training figures to this JSON file")
     p.add_argument("--retrain-classifier", action="store_true",
-                   help="retrain the classifier even if one with the same params exists")
+                   help="digits: retrain the classifier even if one with the same params exists")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -32,20 +39,34 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
+
+    configure_torch(args.threads)
+    ctx = context(args, installed_reference=False)
+    t0 = time.perf_counter()
+    figures = prepare_builtin(ctx, args) if ctx.spec.is_builtin else prepare_pipeline(ctx)
+    figures["seconds_total"] = round(time.perf_counter() - t0, 1)
+    for k, v in figures.items():
+        print(f"{k:28s} {v}")
+    if args.metrics:
+        path = Path(args.metrics)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def prepare_builtin(ctx, args) -> dict:
     from denoisers.digits import load_params, prepare_digits
     from sampling.scoring import compute_digits_reference
 
-    configure_torch(args.threads)
-    params = load_params(args.params)
-    t0 = time.perf_counter()
-    res = prepare_digits(args.model, args.data_dir, params, progress=not args.quiet,
-                         retrain_classifier=args.retrain_classifier)
+    params = load_params(ctx.params)
+    res = prepare_digits(ctx.spec.source, ctx.layout.root, params, progress=not args.quiet,
+                         retrain_classifier=args.retrain_classifier, name=ctx.spec.name)
     t1 = time.perf_counter()
     compute_digits_reference(res.classifier, reference_dir=res.reference_dir)
-    total = time.perf_counter() - t0
     train = res.denoiser.info.get("train", {})
-    figures = {
-        "model": args.model,
+    print(f"wrote {res.model_dir} and {res.reference_dir}")
+    return {
+        "model": ctx.spec.name,
         "parameters": train.get("parameters"),
         "quantizable_layers": len(res.denoiser.layer_names()),
         "classifier_test_accuracy": round(res.classifier_info["test_accuracy"], 4),
@@ -53,13 +74,42 @@ def run(args: argparse.Namespace) -> int:
         "seconds_classifier": res.seconds.get("classifier"),
         "seconds_denoiser": res.seconds.get("denoiser"),
         "seconds_reference": round(time.perf_counter() - t1, 2),
-        "seconds_total": round(total, 1),
     }
-    for k, v in figures.items():
-        print(f"{k:28s} {v}")
-    print(f"wrote {res.model_dir} and {res.reference_dir}")
-    if args.metrics:
-        path = Path(args.metrics)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+
+
+def prepare_pipeline(ctx) -> dict:
+    """model.json (fingerprint) + the installed reference of a real pipeline."""
+    from quant.layers import combine_fingerprints, layer_fingerprints
+
+    spec = ctx.spec
+    installed = ctx.layout.root / "reference" / spec.name
+    if not spec.reference:
+        raise QsensError(f"{spec.name}: model.reference is not set: build FID statistics with "
+                         "`qsens reference build ... --out DIR` and set model.reference: DIR")
+    if Path(spec.reference).resolve() == installed.resolve():
+        raise QsensError(f"model.reference {spec.reference} is where prepare installs it; build "
+                         "it elsewhere (e.g. data/reference/coco512) and point model.reference there")
+    den = ctx.load_denoiser()  # checks the pipeline and the reference's resolution
+    prints = layer_fingerprints(den.model)
+    info = {
+        "family": "diffusers-pipeline", "name": spec.name, "source": spec.source,
+        "pipeline_class": type(den.pipe).__name__, "denoiser_class": type(den.model).__name__,
+        "fingerprint": combine_fingerprints(prints), "quantizable_layers": len(prints),
+        "parameters": den.num_parameters(), "resolution": den.resolution,
+        "steps": den.steps, "guidance": den.guidance, "dtype": spec.dtype,
+    }
+    _replace_dir(Path(spec.reference), installed)
+    ctx.layout.models.mkdir(parents=True, exist_ok=True)
+    (ctx.layout.models / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {ctx.layout.models / 'model.json'} and {installed}")
+    return {k: info[k] for k in ("name", "pipeline_class", "denoiser_class", "quantizable_layers",
+                                 "parameters", "resolution", "fingerprint")}
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Copy `src` over `dst` atomically (a half-copied reference never stays behind)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)

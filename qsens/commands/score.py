@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from qsens.context import add_model_args, context
+
 NAME = "score"
 
 
@@ -16,18 +18,14 @@ def register(subparsers) -> None:
         "per-image seeds, and print FID and the content score (digits: classifier accuracy "
         "against the conditioning class; real models: CLIP score). `--config fp16` scores the "
         "unquantized model. The model's weights are restored afterwards.")
-    p.add_argument("--model", default="digits",
-                   help="digits, digits-dit, a diffusers dir or hub id (default: digits)")
+    add_model_args(p)
     p.add_argument("--config", required=True, help="QuantConfig JSON file, or fp16")
     p.add_argument("--bank", default=None,
-                   help="bank dir (default: DATA/bank/MODEL; built in memory if missing)")
-    p.add_argument("--data-dir", default="data", help="data root (default: data)")
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+                   help="bank dir (default: DATA/bank/NAME; built in memory if missing)")
     p.add_argument("--images", type=int, default=None,
                    help="images to generate (default: params score.images, 500)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed set: image i uses seed SEED*1e6+i (default: params score.seed, 0)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--save-images", default=None, help="also write a PNG grid of the images here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
@@ -36,7 +34,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
-    from denoisers.registry import load_denoiser
     from quant.errors import QsensError
     from sampling.noise import ScoreParams, load_bank_for, sample_grid
     from sampling.scoring import evaluate, make_scorer
@@ -47,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else sp.seed
     if n < 2:
         raise QsensError(f"--images must be >= 2, got {n}")
-    den = load_denoiser(args.model, data_dir=args.data_dir)
-    scorer = make_scorer(den)
-    result: dict = {"model": args.model}
+    ctx = context(args)
+    den = ctx.load_denoiser()
+    scorer = make_scorer(den, device=ctx.spec.device)
+    result: dict = {"model": ctx.spec.name}
     t0 = time.perf_counter()
     if args.config == "fp16":
         result["config"] = "fp16"
-        score, gen = evaluate(den, scorer, n, seed, steps=args.steps)
+        score, gen = evaluate(den, scorer, n, seed)
     else:
         from quant.apply import quantized
         from quant.config import QuantConfig
@@ -62,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise QsensError(f"config file {path} not found")
         config = QuantConfig.load(path)
-        bank = load_bank_for(den, args.bank, args.data_dir, args.model)
+        bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name,
+                             build_missing=args.bank is None)
         result["config"] = str(path)
         stats = bank.summarize(config).to_dict()
         result.update({k: stats[k] for k in ("avg_bits", "quantized_bytes", "quantized_error",
                                              "bops") if k in stats})
         with quantized(den.model, config, bank):
-            score, gen = evaluate(den, scorer, n, seed, steps=args.steps)
+            score, gen = evaluate(den, scorer, n, seed)
     result.update(score.to_dict())
     result["total_seconds"] = round(time.perf_counter() - t0, 3)
     if args.save_images:

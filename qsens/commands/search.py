@@ -5,17 +5,17 @@ import argparse
 import json
 from pathlib import Path
 
+from qsens.context import add_model_args, context
+
 NAME = "search"
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="digits | digits-dit | a diffusers dir (default: params model)")
-    p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/MODEL)")
-    p.add_argument("--cache", type=Path, default=None, help="quant_cache parquet (default: DATA/quant_cache/MODEL.parquet)")
-    p.add_argument("--predictor", type=Path, default=None, help="predictor dir (default: DATA/predictor/MODEL)")
-    p.add_argument("--analysis", type=Path, default=None, help="measured sensitivity dir (default: DATA/analysis/MODEL)")
-    p.add_argument("--data-dir", type=Path, default=Path("data"))
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    add_model_args(p)
+    p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
+    p.add_argument("--cache", type=Path, default=None, help="quant_cache parquet (default: DATA/quant_cache/NAME.parquet)")
+    p.add_argument("--predictor", type=Path, default=None, help="predictor dir (default: DATA/predictor/NAME)")
+    p.add_argument("--analysis", type=Path, default=None, help="measured sensitivity dir (default: DATA/analysis/NAME)")
     p.add_argument("--tolerance", type=float, default=None, help="IP window below the budget (default: search.tolerance)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds per IP solve (default: search.time_limit_s)")
     p.add_argument("--no-select", action="store_true",
@@ -44,48 +44,36 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def model_name(args) -> str:
-    if args.model:
-        return args.model
-    import yaml
-
-    if Path(args.params).exists():
-        return str((yaml.safe_load(Path(args.params).read_text()) or {}).get("model") or "digits")
-    return "digits"
-
-
 def make_context(args, sp=None):
-    """(SearchContext, model spec, short model name) from the command-line arguments."""
+    """(SearchContext, qsens Context) from the command-line arguments."""
     from dataclasses import replace
 
     from quant.bank import Bank
     from search.params import SearchParams
     from search.strategies import SearchContext
 
-    model = model_name(args)
-    short = Path(model).name
+    cli = context(args)
+    lay = cli.layout
     sp = sp or SearchParams.from_yaml(args.params)
     if args.tolerance is not None:
         sp = replace(sp, tolerance=args.tolerance)
     if args.time_limit is not None:
         sp = replace(sp, time_limit_s=args.time_limit)
-    bank_dir = args.bank or args.data_dir / "bank" / short
+    bank_dir = args.bank or lay.bank
     bank = Bank.load(bank_dir)
-    selector = None
-    if not args.no_select:
-        def selector():
-            from denoisers.base import configure_torch
-            from search.realscore import RealScorer
 
-            configure_torch(args.threads)
-            return RealScorer.load(model, bank, data_dir=args.data_dir, steps=sp.steps)
+    def selector():
+        from denoisers.base import configure_torch
+        from search.realscore import RealScorer
+
+        configure_torch(args.threads)
+        return RealScorer.load(cli, bank, steps=sp.steps)
+
     ctx = SearchContext(
-        bank=bank, params=sp,
-        cache_path=args.cache or args.data_dir / "quant_cache" / f"{short}.parquet",
-        predictor_dir=args.predictor or args.data_dir / "predictor" / short,
-        analysis_dir=args.analysis or args.data_dir / "analysis" / short,
-        selector_factory=selector, log=(lambda m: None) if args.quiet else print, bank_dir=bank_dir)
-    return ctx, model, short
+        bank=bank, params=sp, cache_path=args.cache or lay.cache,
+        predictor_dir=args.predictor or lay.predictor, analysis_dir=args.analysis or lay.analysis,
+        selector_factory=None if args.no_select else selector, log=(lambda m: None) if args.quiet else print, bank_dir=bank_dir)
+    return ctx, cli
 
 
 def parse_budget_list(text: str, ctx, many: bool) -> list[float]:
@@ -112,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.strategy not in STRATEGY_FUNCS:
         raise QsensError(f"unknown strategy {args.strategy!r}; known: {', '.join(STRATEGY_FUNCS)}")
-    ctx, model, short = make_context(args)
+    ctx, cli = make_context(args)
     many = args.budgets is not None
     if many and args.budgets.strip() == "params":
         args.budgets = ",".join(str(b) for b in ctx.params.budgets)
@@ -121,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     for budget in budgets:
         res = run_strategy(ctx, args.strategy, budget)
         if many:
-            out_dir = args.out or args.data_dir / "search" / short / "family" / args.strategy
+            out_dir = args.out or cli.layout.search / "family" / args.strategy
             path = Path(out_dir) / f"{args.strategy}-{budget_tag(budget)}.json"
         else:
-            path = args.out or args.data_dir / "search" / short / f"{args.strategy}-{budget_tag(budget)}.json"
+            path = args.out or cli.layout.search / f"{args.strategy}-{budget_tag(budget)}.json"
         res.config.save(path)
         report = res.to_report() | {"config": str(path)}
         report_path = Path(path).with_suffix(".report.json")
@@ -138,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             if extra:
                 print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
     if many:
-        out_dir = Path(args.out or args.data_dir / "search" / short / "family" / args.strategy)
+        out_dir = Path(args.out or cli.layout.search / "family" / args.strategy)
         (out_dir / "family.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         if not args.quiet:
             print(f"{len(results)} configs in {out_dir} (family.json lists them)")

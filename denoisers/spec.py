@@ -1,0 +1,219 @@
+"""The model spec: which denoiser every command and stage works on, and how it generates.
+
+One `ModelSpec` comes from params.yaml's `model:` section, overridden by command-line flags
+(`--model`, `--reference`, `--device`, `--dtype`, `--steps`, `--guidance`, `--batch-size`), and
+is the only way a command gets a denoiser (`spec.load()`). Its `source` is one of
+
+- `digits` / `digits-dit` — the built-in default, trained by `qsens prepare` under
+  `DATA/models/<name>/`;
+- a directory: a digits model dir (`qsens_digits.json`) or a diffusers pipeline dir
+  (`model_index.json`), absolute or relative;
+- a hub id (`owner/name`), loaded by diffusers from the local hub cache (nothing is downloaded
+  when the machine is offline: a missing snapshot is one error line).
+
+`classify_source` is the one lookup of a source string; `denoisers.architectures` (graphs of
+weight-less architectures) and `denoisers.registry` (loading weights) both use it.
+
+`name` is the short name every data path uses (`data/bank/<name>`, `data/quant_cache/<name>.parquet`,
+...). It defaults to the source's own short name (a directory's name, a hub id's last part),
+never to a path string. Data products are tied to a model by its weight fingerprint (the bank
+records it), not by the path, so a moved directory keeps them valid.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from quant.errors import QsensError
+from quant.params import read_section, reject_unknown
+
+BUILTIN = ("digits", "digits-dit")
+DIGITS_META = "qsens_digits.json"
+PIPELINE_INDEX = "model_index.json"
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# ----------------------------------------------------------------------------------------------
+# what a source string is
+# ----------------------------------------------------------------------------------------------
+def classify_source(source: str | Path, *, architectures: tuple[str, ...] = ()) -> str:
+    """What `source` names: "builtin" | "digits-dir" | "pipeline-dir" | "model-dir" |
+    "config-json" | "architecture" | "hub-id".
+
+    `architectures` are extra names that count (the shipped weight-less architectures, for
+    graphs). Raises QsensError naming every accepted form when `source` is none of them.
+    """
+    text = str(source)
+    if text in BUILTIN:
+        return "builtin"
+    if text in architectures:
+        return "architecture"
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / DIGITS_META).is_file():
+            return "digits-dir"
+        if (path / PIPELINE_INDEX).is_file():
+            return "pipeline-dir"
+        if (path / "config.json").is_file() or any(
+                (path / sub / "config.json").is_file() for sub in ("unet", "transformer")):
+            return "model-dir"
+        raise QsensError(f"{text} is a directory but no model: no {PIPELINE_INDEX} (diffusers "
+                         f"pipeline), config.json (diffusers model) or {DIGITS_META} (digits)")
+    if path.is_file() and path.suffix == ".json":
+        return "config-json"
+    if _HUB_RE.match(text) and not text.startswith((".", "/", "~")):
+        return "hub-id"
+    known = ", ".join(BUILTIN + tuple(architectures))
+    raise QsensError(f"unknown model {text!r}: not a directory or file here, not a hub id "
+                     f"(owner/name), and not one of {known}")
+
+
+def default_name(source: str | Path) -> str:
+    """Short name of a source: the built-in name, a directory's or file's name, a hub id's last
+    part. Characters outside [A-Za-z0-9._-] become '-'."""
+    text = str(source).rstrip("/")
+    if text in BUILTIN:
+        return text
+    path = Path(text).expanduser()
+    base = path.stem if path.suffix == ".json" else (path.resolve().name if path.exists() else text.split("/")[-1])
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", base).strip("-.") or "model"
+    return name[:64]
+
+
+# ----------------------------------------------------------------------------------------------
+# the spec
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """params.yaml `model:` (see there for each field's meaning and default)."""
+
+    source: str = "digits"
+    name: str = "digits"
+    reference: str | None = None  # real models: a dir written by `qsens reference build`
+    steps: int = 20  # real models (digits: digits.steps)
+    guidance: float | None = None  # real models; None = the pipeline's own __call__ default
+    negative_prompt: str = ""
+    resolution: int | None = None  # real models: output side in px; None = the pipeline's
+    dtype: str = "fp32"
+    device: str = "cpu"
+    batch_size: int = 8  # real models (digits: digits.gen_batch_size)
+    scheduler: str | None = None  # a diffusers scheduler class name; None = the pipeline's
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(str(self.name)):
+            raise QsensError(f"model.name {self.name!r} is not a short name ([A-Za-z0-9._-], at "
+                             "most 64 characters): it names every data path")
+        if self.dtype not in DTYPES:
+            raise QsensError(f"model.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if int(self.steps) < 1:
+            raise QsensError(f"model.steps must be >= 1, got {self.steps}")
+        if int(self.batch_size) < 1:
+            raise QsensError(f"model.batch_size must be >= 1, got {self.batch_size}")
+        if self.guidance is not None and not float(self.guidance) >= 0:
+            raise QsensError(f"model.guidance must be >= 0, got {self.guidance}")
+        if self.resolution is not None and not (8 <= int(self.resolution) <= 8192):
+            raise QsensError(f"model.resolution must be in 8..8192 px, got {self.resolution}")
+        if not re.match(r"^(cpu|cuda(:\d+)?|mps)$", str(self.device)):
+            raise QsensError(f"model.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
+        if self.name in BUILTIN and self.source not in BUILTIN and not self.is_digits_dir:
+            raise QsensError(f"model.name {self.name!r} is the built-in model's; give "
+                             f"{self.source} its own model.name (e.g. {default_name(self.source)})")
+
+    @property
+    def kind(self) -> str:
+        return classify_source(self.source)
+
+    @property
+    def is_digits_dir(self) -> bool:
+        return Path(str(self.source)).is_dir() and (Path(str(self.source)) / DIGITS_META).is_file()
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source in BUILTIN
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], where: str = "model") -> "ModelSpec":
+        reject_unknown(ModelSpec, data, "model", where)
+        return ModelSpec(**data)
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, DTYPES[self.dtype])
+
+    def check_device(self) -> None:
+        """One line when the device cannot be used here (e.g. cuda without a GPU)."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise QsensError(f"model.device {self.device}: no CUDA device is visible here "
+                                 "(torch.cuda.is_available() is False); use --device cpu")
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            if index >= torch.cuda.device_count():
+                raise QsensError(f"model.device {self.device}: only {torch.cuda.device_count()} "
+                                 "CUDA devices are visible")
+
+    def load(self, data_dir: str | Path = "data"):
+        """The `Denoiser` this spec names, on its device, ready to generate."""
+        from denoisers.registry import load_denoiser
+
+        self.check_device()
+        return load_denoiser(self, data_dir=data_dir)
+
+
+def read_model_section(params: str | Path) -> dict[str, Any]:
+    """params.yaml's `model:` as a dict; a bare string (`model: digits`, the old form) is the
+    source. A params path that does not exist is an error (no silent built-in defaults)."""
+    path = Path(params)
+    if not path.is_file():
+        raise QsensError(f"params file {path} not found (pass --params PATH)")
+    import yaml
+
+    try:
+        raw = (yaml.safe_load(path.read_text()) or {}).get("model")
+    except yaml.YAMLError as exc:
+        raise QsensError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        return {"source": raw, "name": default_name(raw)}
+    if not isinstance(raw, dict):
+        raise QsensError(f"{path}: `model` must be a mapping (source, name, ...)")
+    return read_section(path, "model")
+
+
+def resolve_spec(params: str | Path = "params.yaml", *, model: str | None = None,
+                 name: str | None = None, **overrides: Any) -> ModelSpec:
+    """The model spec: params.yaml `model:`, then the command line.
+
+    `model` (the `--model` flag) replaces the source; it may also be the params model's own name
+    (then nothing changes). A new source gets its own default name unless `name` is given.
+    Other keyword arguments (`reference`, `device`, `dtype`, `steps`, `guidance`, `batch_size`,
+    `resolution`, `scheduler`, `negative_prompt`) override the params value when not None.
+    """
+    data = read_model_section(params)
+    reject_unknown(ModelSpec, data, "model", params)
+    known = {f.name for f in fields(ModelSpec)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise QsensError(f"unknown model settings {unknown}; known: {sorted(known)}")
+    try:
+        spec = ModelSpec(**data)
+    except TypeError as exc:
+        raise QsensError(f"{params}: bad `model` params ({exc})") from None
+    if model is not None and model not in (spec.source, spec.name):
+        classify_source(model)
+        spec = replace(spec, source=str(model), name=name or default_name(model),
+                       reference=None if model in BUILTIN else spec.reference)
+    elif name is not None:
+        spec = replace(spec, name=name)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(spec, **changes) if changes else spec

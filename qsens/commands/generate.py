@@ -1,0 +1,111 @@
+"""`qsens generate`: images from the FP or a quantized denoiser, as PNG files.
+
+The equivalent of the reference system's `*_infer.py` scripts: a config found by `qsens search`
+is applied from the bank (fake quantization: the dequantized weights are written into the
+model, and restored afterwards), optionally with dynamic activation quantization.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qsens.context import add_model_args, context
+from quant.errors import QsensError
+
+NAME = "generate"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        NAME, help="generate PNGs with the FP model or a quantized config",
+        description="Generate N images from fixed per-image seeds (image i uses seed "
+        "SEED*1e6+i) with the model as it is (no --config: FP) or with a QuantConfig applied from "
+        "the model's bank, and write them as PNGs plus a generate.json listing seeds, prompts "
+        "or classes and the settings.")
+    add_model_args(p)
+    p.add_argument("--config", default=None, metavar="CONFIG.json",
+                   help="QuantConfig to apply (default: none, the FP model)")
+    p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
+    p.add_argument("--act-bits", type=int, choices=[8, 6], default=None,
+                   help="also quantize activations dynamically (per token / per sample-channel)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                      help="text prompt (repeatable; images cycle through them)")
+    what.add_argument("--class-id", type=int, action="append", default=None, metavar="N",
+                      help="class label of a class-conditional model (repeatable)")
+    p.add_argument("--n-images", type=int, default=4, help="images to generate (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed set (default: 0)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the PNGs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import numpy as np
+    from PIL import Image
+
+    from denoisers.base import configure_torch
+    from quant.activations import activation_quant
+
+    if args.n_images < 1:
+        raise QsensError(f"--n-images must be at least 1, got {args.n_images}")
+    if args.seed < 0:
+        raise QsensError(f"--seed must be >= 0, got {args.seed}")
+    if args.out.exists() and not args.out.is_dir():
+        raise QsensError(f"--out {args.out} exists and is not a directory")
+    configure_torch(args.threads)
+    ctx = context(args)
+    den = ctx.load_denoiser()
+    labels = None
+    if args.prompt:
+        if getattr(den, "num_classes", None) is not None or not hasattr(den, "prompts"):
+            raise QsensError(f"{ctx.spec.name} is class-conditional: use --class-id, not --prompt")
+        den.prompts = list(args.prompt)
+    elif args.class_id:
+        n_classes = getattr(den, "num_classes", None) or _digits_classes(den)
+        if n_classes is None:
+            raise QsensError(f"{ctx.spec.name} is a text-to-image model: use --prompt")
+        bad = [c for c in args.class_id if not 0 <= c < n_classes]
+        if bad:
+            raise QsensError(f"--class-id {bad}: {ctx.spec.name} has classes 0..{n_classes - 1}")
+        labels = np.array([args.class_id[i % len(args.class_id)] for i in range(args.n_images)])
+
+    with contextlib.ExitStack() as stack:
+        applied = "fp"
+        if args.config:
+            from quant.apply import quantized
+            from quant.config import QuantConfig
+            from sampling.noise import load_bank_for
+
+            config = QuantConfig.load(args.config)
+            bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
+            stack.enter_context(quantized(den.model, config, bank))
+            applied = f"{args.config} ({bank.summarize(config).avg_bits:.3f} avg bits)"
+        if args.act_bits:
+            stack.enter_context(activation_quant(den.model, args.act_bits))
+            applied += f", A{args.act_bits}"
+        gen = den.generate(args.n_images, args.seed, **({} if labels is None else {"labels": labels}))
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, img in enumerate(gen.images):
+        path = args.out / f"{i:04d}_seed{int(gen.seeds[i])}.png"
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+        files.append(path.name)
+    meta = {"model": ctx.spec.name, "source": ctx.spec.source, "config": args.config,
+            "act_bits": args.act_bits, "seeds": [int(s) for s in gen.seeds], "files": files,
+            "prompts": gen.prompts, "labels": None if gen.labels is None else gen.labels.tolist(),
+            "nonfinite": int(gen.n_nonfinite), **gen.params}
+    (args.out / "generate.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"{len(files)} images ({applied}) in {gen.seconds:.1f} s -> {args.out}")
+    if gen.n_nonfinite:
+        print(f"warning: {gen.n_nonfinite} images had NaN/inf values (written black)")
+    return 0
+
+
+def _digits_classes(den) -> int | None:
+    from denoisers.digits import NUM_CLASSES, DigitsDenoiser
+
+    return NUM_CLASSES if isinstance(den, DigitsDenoiser) else None

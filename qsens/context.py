@@ -1,0 +1,148 @@
+"""What every command shares: the params file, the model spec and the data layout.
+
+Commands add the same model flags (`add_model_args`) and turn the parsed arguments into one
+`Context` (`context(args)`); none of them imports another command or defaults to `digits` on
+its own: the model is params.yaml's `model:` section unless `--model` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from denoisers.spec import ModelSpec, resolve_spec
+from quant.errors import QsensError
+
+
+def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
+    """--model/--name/--params/--data-dir, and (generation=True) the generation overrides."""
+    p.add_argument("--model", default=None, metavar="SOURCE",
+                   help="digits, digits-dit, a diffusers pipeline dir or a hub id "
+                   "(default: params model.source)")
+    p.add_argument("--name", default=None,
+                   help="short name for the data paths (default: params model.name, or the "
+                   "--model dir's name)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file (default: params.yaml)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="data root (default: data)")
+    if generation:
+        g = p.add_argument_group("generation (override params model.*)")
+        g.add_argument("--reference", default=None, metavar="DIR",
+                       help="reference dir from `qsens reference build` (real models)")
+        g.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+        g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+        g.add_argument("--steps", type=_positive_int, default=None, help="sampling steps")
+        g.add_argument("--guidance", type=_non_negative_float, default=None,
+                       help="classifier-free guidance scale (1 = off)")
+        g.add_argument("--batch-size", type=_positive_int, default=None,
+                       help="images per pipeline call")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's data products live under the data root (DESIGN.md: `data/`)."""
+
+    root: Path
+    name: str
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / self.name
+
+    @property
+    def bank(self) -> Path:
+        return self.root / "bank" / self.name
+
+    @property
+    def graph(self) -> Path:
+        return self.root / "graphs" / f"{self.name}.json"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards" / self.name
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "quant_cache" / f"{self.name}.parquet"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe" / f"{self.name}.safetensors"
+
+    @property
+    def predictor(self) -> Path:
+        return self.root / "predictor" / self.name
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis" / self.name
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search" / self.name
+
+
+@dataclass
+class Context:
+    """params path + model spec + data layout + the generation flags given on the command line."""
+
+    params: Path
+    spec: ModelSpec
+    layout: Layout
+    generation: dict[str, Any] = field(default_factory=dict)  # explicit --steps/--guidance/--batch-size
+
+    def load_denoiser(self):
+        """The spec's denoiser with the command line's generation overrides applied."""
+        den = self.spec.load(self.layout.root)
+        if self.generation:
+            den.configure_generation(**self.generation)
+        return den
+
+
+def context(args: argparse.Namespace, installed_reference: bool = True) -> Context:
+    """The Context of parsed arguments from a parser that had `add_model_args`.
+
+    A real model's reference is the copy `qsens prepare` installed under DATA/reference/NAME
+    when it exists (what the DVC stages depend on) unless --reference names one; `prepare`
+    itself passes `installed_reference=False` and reads model.reference.
+    """
+    params = Path(getattr(args, "params", "params.yaml"))
+    gen = {k: getattr(args, k, None) for k in ("steps", "guidance", "batch_size")}
+    gen = {k: v for k, v in gen.items() if v is not None}
+    overrides = {k: getattr(args, k, None) for k in ("reference", "device", "dtype")}
+    spec = resolve_spec(params, model=getattr(args, "model", None), name=getattr(args, "name", None),
+                        **overrides, **gen)
+    data_dir = Path(getattr(args, "data_dir", "data"))
+    if data_dir.exists() and not data_dir.is_dir():
+        raise QsensError(f"--data-dir {data_dir} is a file, not a directory")
+    installed = data_dir / "reference" / spec.name
+    if (installed_reference and not spec.is_builtin and args_reference(args) is None
+            and (installed / "reference.json").is_file()):
+        # `qsens prepare` installed the reference here: what the DVC stages depend on.
+        spec = replace(spec, reference=str(installed))
+    return Context(params, spec, Layout(data_dir, spec.name), gen)
+
+
+def args_reference(args: argparse.Namespace) -> str | None:
+    return getattr(args, "reference", None)
