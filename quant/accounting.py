@@ -5,11 +5,15 @@ Per layer with n weights and C_out output channels, at b bits:
     overhead = UAQ 2·16·C_out (scale + zero) | K-Means-C 2^b·16·C_out | K-Means-A 2^b·16
     fp16     = 16·n, no overhead
 avg_bits = Σ (payload + overhead) / Σ n over all quantizable weights (unlisted layers count as fp16).
+
+Tied layers (`tied`: groups of layers sharing one weight tensor, see quant.layers.tied_groups) are
+one stored tensor: its bits, weights and error count once (under the group's first layer). BOPs
+count every module, since each one computes with the shared weights.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from quant.layers import LayerInfo
 from quant.options import FP16, Option, parse_option
@@ -35,7 +39,15 @@ def layer_bits(option: Option | str, info: LayerInfo) -> int:
     return option.bits * info.n_weights + overhead_bits(option, info)
 
 
-def avg_bits(options: Mapping[str, str], infos: Mapping[str, LayerInfo]) -> float:
+def stored_layers(infos: Mapping[str, LayerInfo], tied: Sequence[Sequence[str]] = ()) -> dict[str, LayerInfo]:
+    """`infos` without the layers that only alias another layer's weight (each tied group keeps
+    its first layer): the tensors that are actually stored."""
+    followers = {name for group in tied for name in group[1:]}
+    return {n: i for n, i in infos.items() if n not in followers}
+
+
+def avg_bits(options: Mapping[str, str], infos: Mapping[str, LayerInfo], tied: Sequence[Sequence[str]] = ()) -> float:
+    infos = stored_layers(infos, tied)
     total = sum(layer_bits(options.get(name, FP16), info) for name, info in infos.items())
     return total / sum(info.n_weights for info in infos.values())
 
@@ -59,11 +71,15 @@ class ConfigStats:
 
 
 def summarize(options: Mapping[str, str], infos: Mapping[str, LayerInfo],
-              errors: Mapping[tuple[str, str], float], act_bits: int | None = None) -> ConfigStats:
-    """Stats of a config; `errors[(layer, option)]` is the bank's mean squared error per weight."""
-    bits = sum(layer_bits(options.get(n, FP16), i) for n, i in infos.items())
-    n_total = sum(i.n_weights for i in infos.values())
-    err = sum(i.n_weights * errors[(n, options[n])] for n, i in infos.items()
+              errors: Mapping[tuple[str, str], float], act_bits: int | None = None,
+              tied: Sequence[Sequence[str]] = ()) -> ConfigStats:
+    """Stats of a config; `errors[(layer, option)]` is the bank's mean squared error per weight.
+    A tied group's shared tensor counts once (its first layer's option; the config must give the
+    group one option, see quant.config.check_tied); BOPs count every module."""
+    stored = stored_layers(infos, tied)
+    bits = sum(layer_bits(options.get(n, FP16), i) for n, i in stored.items())
+    n_total = sum(i.n_weights for i in stored.values())
+    err = sum(i.n_weights * errors[(n, options[n])] for n, i in stored.items()
               if options.get(n, FP16) != FP16)
     return ConfigStats(bits / n_total, bits / 8, FLOAT_BITS * n_total // 8, float(err),
                        bops(options, infos, act_bits))

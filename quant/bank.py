@@ -8,6 +8,11 @@ On disk (a directory):
 
 Tensors are read lazily (one `safe_open` per shard), so using a few layers of a large bank
 reads only those. A bank refuses a model whose weights differ from the ones it was built from.
+
+Tied layers (one weight tensor shared by several modules, quant.layers.tied_groups) are stored
+once, under the group's first layer; bank.json lists the groups under `tied` (written only when
+there are any, so banks of untied models are byte-identical to those built before) and each
+follower's entries repeat the leader's. A config must give a group one option.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from quant.accounting import ConfigStats, layer_bits, summarize
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError
 from quant.jsonio import read_json
-from quant.layers import LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos, quantizable_layers
+from quant.layers import (LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos,
+                          quantizable_layers, tied_groups)
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
 from quant.quantizers import QuantizedTensor, quantize
@@ -63,6 +69,14 @@ class Bank:
     path: Path | None = None
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # in-memory (unsaved)
     _handles: dict[str, object] = field(default_factory=dict, repr=False)
+    tied: list[list[str]] = field(default_factory=list)  # groups of layers sharing one weight tensor
+
+    def unit(self, layer: str) -> str:
+        """The layer whose stored tensors `layer` uses: the first of its tied group, else itself."""
+        for group in self.tied:
+            if layer in group:
+                return group[0]
+        return layer
 
     # ------------------------------------------------------------------ queries
     @property
@@ -83,13 +97,15 @@ class Bank:
         return {(l, o): e.mse for l, opts in self.entries.items() for o, e in opts.items()}
 
     def summarize(self, config: QuantConfig) -> ConfigStats:
+        """Size, avg bits, error and BOPs of `config`; a tied group's tensor counts once."""
         self.validate(config)
-        return summarize(config.options, self.layers, self.errors(), config.act_bits)
+        return summarize(config.options, self.layers, self.errors(), config.act_bits, tied=self.tied)
 
     def validate(self, config: QuantConfig, where: str = "config") -> QuantConfig:
+        """ConfigError for another model, unknown layers or options, or different options on tied layers."""
         if config.model != self.model:
             raise ConfigError(f"{where} is for model {config.model!r} but the bank is for {self.model!r}")
-        return config.validate(self.layers, self.options, where=where)
+        return config.validate(self.layers, self.options, where=where, tied=self.tied)
 
     def check_model(self, model: nn.Module, where: str | None = None) -> None:
         """Raise BankMismatchError naming what differs between `model` and the bank's model."""
@@ -116,8 +132,9 @@ class Bank:
         if option not in self.entries[layer]:
             raise ConfigError(f"option {option!r} is not in the bank (has: {', '.join(self.options)})")
         info, entry, opt = self.layers[layer], self.entries[layer][option], parse_option(option)
-        packed = self._tensor(entry.shard, f"{layer}/{option}/codes")
-        params = self._tensor(entry.shard, f"{layer}/{option}/params").to(torch.float32)
+        unit = self.unit(layer)  # tied layers read their group's one stored tensor
+        packed = self._tensor(entry.shard, f"{unit}/{option}/codes")
+        params = self._tensor(entry.shard, f"{unit}/{option}/params").to(torch.float32)
         codes = unpack_codes(packed, opt.bits, info.n_weights).reshape(info.c_out, -1)
         return QuantizedTensor(opt, info.shape, codes, params.reshape(entry.params_shape))
 
@@ -171,6 +188,8 @@ class Bank:
             "layer_fingerprints": self.layer_fingerprints,
             "entries": {l: {o: e.to_dict() for o, e in opts.items()} for l, opts in self.entries.items()},
         }
+        if self.tied:  # absent for untied models: their bank.json stays byte-identical to before
+            meta["tied"] = [list(g) for g in self.tied]
         (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         self.path = directory
         return directory
@@ -189,8 +208,14 @@ class Bank:
         entries = {l: {o: BankEntry(int(e["stored_bits"]), float(e["mse"]), 0.0, e["shard"],
                                     tuple(e["params_shape"])) for o, e in opts.items()}
                    for l, opts in meta["entries"].items()}
+        tied = meta.get("tied", [])
+        if not (isinstance(tied, list) and all(isinstance(g, list) and len(g) > 1 and
+                                                all(isinstance(n, str) and n in layers and n in entries for n in g)
+                                                for g in tied)):
+            raise BankFormatError(f"{meta_path}: `tied` must list groups of ≥ 2 of the bank's layers; "
+                                  "rebuild the bank")
         bank = Bank(meta["model"], list(meta["options"]), layers, entries, dict(meta["layer_fingerprints"]),
-                    path=directory)
+                    path=directory, tied=[list(g) for g in tied])
         for shard in sorted({e.shard for opts in entries.values() for e in opts.values()}):
             if not (directory / shard).is_file():
                 raise BankFormatError(f"{directory / shard}: bank shard missing; rebuild with `qsens bank build`")
@@ -213,11 +238,16 @@ def build_bank(
     if not modules:
         raise ConfigError(f"model {model_name!r} has no Conv1d/Conv2d/Linear layer to quantize")
     infos = {i.name: i for i in layer_infos(model, macs)}
+    tied = tied_groups(modules)
+    leader = {name: group[0] for group in tied for name in group[1:]}
     entries: dict[str, dict[str, BankEntry]] = {}
     tensors: dict[str, torch.Tensor] = {}
     shard_index, shard_bytes = 0, 0
     bar = tqdm(modules.items(), desc=f"bank {model_name}", unit="layer", disable=not progress)
     for name, module in bar:
+        if name in leader:  # one shared tensor: quantized and stored once, under its first layer
+            entries[name] = dict(entries[leader[name]])
+            continue
         weight = module.weight.detach()
         if weight.device.type == "meta":
             raise ConfigError(f"layer {name} has no weights (meta device): load real weights to build a bank")
@@ -238,4 +268,4 @@ def build_bank(
             shard_bytes += packed.numel() + params.numel() * 2
             if shard_bytes > SHARD_BYTES:
                 shard_index, shard_bytes = shard_index + 1, 0
-    return Bank(model_name, option_names, infos, entries, layer_fingerprints(model), _tensors=tensors)
+    return Bank(model_name, option_names, infos, entries, layer_fingerprints(model), _tensors=tensors, tied=tied)

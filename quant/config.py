@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from quant.errors import ConfigError
 from quant.jsonio import read_json
@@ -48,8 +48,9 @@ class QuantConfig:
         return QuantConfig(model, {name: option for name in layers})
 
     def validate(self, layers: Iterable[str], allowed_options: Iterable[str] | None = None,
-                 where: str = "config") -> "QuantConfig":
-        """Raise one ConfigError that names every unknown layer and every bad option."""
+                 where: str = "config", tied: Sequence[Sequence[str]] = ()) -> "QuantConfig":
+        """Raise one ConfigError that names every unknown layer and every bad option, and the first
+        group of `tied` layers (one shared weight tensor) given different options."""
         known = set(layers)
         allowed = None if allowed_options is None else set(allowed_options) | {FP16}
         unknown_layers = [name for name in self.options if name not in known]
@@ -72,6 +73,7 @@ class QuantConfig:
             problems.append(f"act_bits={self.act_bits!r} (allowed: null, 8, 6)")
         if problems:
             raise ConfigError(f"{where} for model {self.model!r}: " + "; ".join(problems))
+        check_tied(self.options, tied, where)
         return self
 
     # --- JSON ---
@@ -113,6 +115,34 @@ class QuantConfig:
             raise ConfigError(f"{path}: no such config file")
         data = read_json(path, "a JSON object with 'model' and 'options'", error=ConfigError)
         return QuantConfig.from_dict(data, where=str(path))
+
+
+def check_tied(options: Mapping[str, str], tied: Sequence[Sequence[str]], where: str = "config") -> None:
+    """ConfigError naming two layers and their options when a group of layers sharing one weight
+    tensor is given different options (an unlisted layer is fp16). One tensor holds one set of
+    values, so such a config cannot be applied: give every layer of the group the same option
+    (`tie_options` does that from the group's first layer)."""
+    for group in tied:
+        first = group[0]
+        for other in group[1:]:
+            a, b = options.get(first, FP16), options.get(other, FP16)
+            if a != b:
+                raise ConfigError(f"{where}: layers {first} and {other} share one weight tensor but get "
+                                  f"different options ({first}={a}, {other}={b}); give them the same option")
+
+
+def tie_options(options: Mapping[str, str], tied: Sequence[Sequence[str]]) -> dict[str, str]:
+    """`options` with every layer of each tied group set to the option of the group's first layer
+    (fp16 when it is unlisted): for samplers that draw one option per layer."""
+    out = dict(options)
+    for group in tied:
+        option = out.get(group[0], FP16)
+        for name in group[1:]:
+            if option == FP16:
+                out.pop(name, None)
+            else:
+                out[name] = option
+    return out
 
 
 def _clip(items: list[str], limit: int = 8) -> str:

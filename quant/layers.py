@@ -44,6 +44,48 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def alias_key(weight: torch.Tensor) -> tuple:
+    """Identity of the memory a weight tensor reads: equal keys ⇔ the same values at the same
+    addresses (the same Parameter, or two views of one storage with the same offset, shape,
+    stride and dtype). Meta tensors have no storage; there the tensor object is the identity."""
+    ptr = 0 if weight.device.type == "meta" else weight.untyped_storage().data_ptr()
+    if ptr == 0:
+        return ("object", id(weight))
+    return ("storage", weight.device.type, weight.device.index, ptr, weight.storage_offset(),
+            tuple(weight.shape), tuple(weight.stride()), weight.dtype)
+
+
+def tied_groups(layers: dict[str, nn.Module] | nn.Module) -> list[list[str]]:
+    """Groups (≥ 2 names, module order; the first name leads) of quantizable layers whose weights
+    alias one tensor (`alias_key`). A group is one quantization unit: one option, stored and
+    counted once. Raises QsensError for layers whose weights overlap in one storage without being
+    the same view (e.g. one weight a slice of another): no option can be applied to each alone."""
+    from quant.errors import QsensError
+
+    modules = quantizable_layers(layers) if isinstance(layers, nn.Module) else layers
+    by_key: dict[tuple, list[str]] = {}
+    by_storage: dict[tuple, list[tuple[str, tuple, int, int]]] = {}
+    for name, module in modules.items():
+        w = module.weight
+        key = alias_key(w)
+        by_key.setdefault(key, []).append(name)
+        if key[0] == "storage" and len(by_key[key]) == 1:
+            start = w.storage_offset() * w.element_size()
+            extent = 1 + sum((s - 1) * st for s, st in zip(w.shape, w.stride()))
+            by_storage.setdefault(key[1:4], []).append((name, key, start, start + extent * w.element_size()))
+    for views in by_storage.values():
+        views.sort(key=lambda v: v[2])
+        reach = views[0]  # the view reaching furthest so far
+        for view in views[1:]:
+            if view[2] < reach[3]:
+                raise QsensError(f"layers {reach[0]} and {view[0]} have weights that overlap in one storage "
+                                 "without being the same tensor: they cannot be quantized independently; "
+                                 "untie them (clone one weight) first")
+            if view[3] > reach[3]:
+                reach = view
+    return [names for names in by_key.values() if len(names) > 1]
+
+
 def layer_info(name: str, module: nn.Module, macs: int = 0) -> LayerInfo:
     shape = tuple(int(s) for s in module.weight.shape)
     n = 1

@@ -419,10 +419,26 @@ def brute_force(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: floa
 # ------------------------------------------------------------------------------------------------
 # named-layer front end
 # ------------------------------------------------------------------------------------------------
+def _followers(bank, layers: Sequence[str]) -> dict[str, str]:
+    """{layer: the first layer of its tied group} for listed layers that only alias another listed
+    layer's weight (quant.bank.Bank.tied; banks without ties have none)."""
+    listed = set(layers)
+    out = {}
+    for group in getattr(bank, "tied", None) or []:
+        inside = [l for l in group if l in listed]
+        for l in inside[1:]:
+            out[l] = inside[0]
+    return out
+
+
 def bits_matrix(bank, layers: Sequence[str], options: Sequence[str]) -> tuple[np.ndarray, int]:
-    """(L, K) stored bits of every (layer, option) from a Bank, and N = Σ n_weights."""
-    b = np.array([[bank.quantized_bits(l, o) for o in options] for l in layers], dtype=np.int64)
-    return b, int(sum(bank.layers[l].n_weights for l in layers))
+    """(L, K) stored bits of every (layer, option) from a Bank, and N = Σ n_weights.
+
+    A tied group's shared tensor counts once: its later layers get 0 bits and no weights here."""
+    follow = _followers(bank, layers)
+    b = np.array([[0 if l in follow else bank.quantized_bits(l, o) for o in options] for l in layers],
+                 dtype=np.int64)
+    return b, int(sum(bank.layers[l].n_weights for l in layers if l not in follow))
 
 
 def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
@@ -432,6 +448,9 @@ def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
                 max_changes: int | None = None) -> tuple[dict[str, str], IPResult]:
     """The IP over named layers/options; a (layer, option) pair missing from `scores` is not
     allowed. `anchor` ({layer: option}) and `max_changes`: the trust region of `solve`.
+    Layers sharing one weight tensor (the bank's tied groups) are one IP variable: their scores
+    add up, the shared tensor's bits count once, and every layer of the group gets its option
+    (`result.choice` indexes the groups' first layers, in `layers` order).
     Returns ({layer: option}, result)."""
     layers = list(layers if layers is not None else bank.layer_names)
     options = list(options if options is not None else bank.options)
@@ -441,7 +460,19 @@ def solve_named(scores: Mapping[tuple[str, str], float], bank, budget: float,
         raise QsensError(f"{len(missing)} layer(s) have no score for any option{f' ({what})' if what else ''} "
                          f"(first: {missing[0]}): the score table does not match the bank")
     b, n = bits_matrix(bank, layers, options)
-    anchor_idx = None if anchor is None else [options.index(anchor[l]) for l in layers]
+    follow = _followers(bank, layers)
+    if follow:
+        index = {l: i for i, l in enumerate(layers)}
+        for l, lead in follow.items():
+            s[index[lead]] += s[index[l]]  # NaN (not allowed) for either layer → not allowed for both
+        keep = [i for i, l in enumerate(layers) if l not in follow]
+        units, s, b = [layers[i] for i in keep], s[keep], b[keep]
+        if not np.isfinite(s).any(axis=1).all():
+            raise QsensError(f"tied layers have no option scored for all of them{f' ({what})' if what else ''}")
+    else:
+        units = layers
+    anchor_idx = None if anchor is None else [options.index(anchor[l]) for l in units]
     res = solve(s, b, n, budget, tolerance, time_limit_s=time_limit_s, workers=workers,
                 resolution=resolution, what=what, anchor=anchor_idx, max_changes=max_changes)
-    return {l: options[k] for l, k in zip(layers, res.choice)}, res
+    chosen = {l: options[k] for l, k in zip(units, res.choice)}
+    return {l: chosen[follow.get(l, l)] for l in layers}, res
