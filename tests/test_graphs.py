@@ -14,14 +14,18 @@ import torch
 from diffusers import (DiTTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel,
                        UNet2DModel)
 
+import denoisers.inputs
+from denoisers.architectures import build_from_config
+from denoisers.inputs import example_input_spec, example_inputs
 from graphs.dag import (build_dag, build_dag_for, check_dag, position_of, skip_concat_consumers,
                         skip_concats, weight_nodes)
 from graphs.draw import block_subgraph, draw_graph
+from graphs.export import export_denoiser
 from graphs.features import CONFIG_COLUMNS, apply_config
-from denoisers.inputs import example_input_spec
 from graphs.io import read_graph, write_graph
 from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, layer_scores, node_layer, set_config, to_pyg
 from qsens.cli import main
+from quant.errors import QsensError
 from quant.layers import LayerInfo, count_macs, layer_info, quantizable_layers
 
 
@@ -54,6 +58,48 @@ UNET_VARIANT_CONFIG = {"_class_name": "UNet2DConditionModel", "sample_size": 16,
                        "class_embed_type": "timestep", "resnet_time_scale_shift": "scale_shift",
                        "transformer_layers_per_block": [2, 1]}
 
+# shaped like the kandinsky-2-2-decoder unet: image-conditioned, no text (encoder_hidden_states is
+# None; the image embedding feeds both the cross-attention and the time embedding)
+KANDINSKY22_CONFIG = {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 4,
+                      "out_channels": 8, "block_out_channels": [32, 64], "layers_per_block": 1,
+                      "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+                      "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+                      "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "cross_attention_dim": 32,
+                      "encoder_hid_dim": 48, "encoder_hid_dim_type": "image_proj",
+                      "addition_embed_type": "image", "attention_head_dim": 8,
+                      "resnet_time_scale_shift": "scale_shift", "norm_num_groups": 8}
+
+# UNet2DConditionModel config branches that switch extra inputs on (diffusers' forward,
+# get_aug_embed, process_encoder_hidden_states), each with the layers only that input reaches
+_UNET_BASE = {"_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4,
+              "out_channels": 4, "block_out_channels": [16, 32], "layers_per_block": 1,
+              "norm_num_groups": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 16,
+              "attention_head_dim": 4}
+_SIMPLE_ATTN = {"down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+                "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+                "mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}
+UNET_BRANCHES = {
+    "image_hint": ({**_SIMPLE_ATTN, "in_channels": 8, "encoder_hid_dim": 24,
+                    "encoder_hid_dim_type": "image_proj", "addition_embed_type": "image_hint"},
+                   ["add_embedding.input_hint_block.0", "encoder_hid_proj.image_embeds"]),
+    "text_image": ({**_SIMPLE_ATTN, "encoder_hid_dim": 24, "encoder_hid_dim_type": "text_image_proj",
+                    "addition_embed_type": "text_image"},
+                   ["add_embedding.text_proj", "add_embedding.image_proj",
+                    "encoder_hid_proj.image_embeds", "encoder_hid_proj.text_proj"]),
+    "text": ({"encoder_hid_dim": 24, "addition_embed_type": "text", "addition_embed_type_num_heads": 4},
+             ["add_embedding.pool.q_proj", "encoder_hid_proj"]),
+    "lcm_projection": ({"time_cond_proj_dim": 12, "class_embed_type": "projection",
+                        "projection_class_embeddings_input_dim": 8},
+                       ["time_embedding.cond_proj", "class_embedding.linear_1"]),
+    "simple_projection_fourier": ({"class_embed_type": "simple_projection", "time_embedding_type": "fourier",
+                                   "projection_class_embeddings_input_dim": 8}, ["class_embedding"]),
+    "gligen": ({"attention_type": "gated"},
+               ["position_net.linears.0", "down_blocks.0.attentions.0.transformer_blocks.0.fuser.linear"]),
+    "sdxl_text_time": ({"addition_embed_type": "text_time", "addition_time_embed_dim": 4,
+                        "projection_class_embeddings_input_dim": 8 + 6 * 4}, ["add_embedding.linear_1"]),
+}
+
 
 def _tiny(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -61,7 +107,8 @@ def _tiny(name: str) -> torch.nn.Module:
         return tiny_unet().eval()
     if name == "dit":
         return tiny_dit().eval()
-    cfg = {"sd3": SD3_CONFIG, "unet-variant": UNET_VARIANT_CONFIG}[name]
+    cfg = {"sd3": SD3_CONFIG, "unet-variant": UNET_VARIANT_CONFIG, "kandinsky22": KANDINSKY22_CONFIG,
+           **{k: {**_UNET_BASE, **v[0]} for k, v in UNET_BRANCHES.items()}}[name]
     from denoisers.architectures import build_from_config
     return build_from_config(cfg, device="cpu")
 
@@ -97,6 +144,76 @@ def test_dag_is_valid(built, name):
     assert_valid(graph, model)
     kinds = {d["op"] for _, d in graph.nodes(data=True) if d["kind"] == "combine"}
     assert {"add", "attention"} <= kinds
+
+
+@pytest.mark.parametrize("name", list(UNET_BRANCHES))
+def test_config_switched_inputs_reach_every_layer(built, name):
+    """Each config branch gets the inputs it needs, so the layers only they reach are traced."""
+    model, graph = built(name)
+    assert_valid(graph, model)
+    for layer in UNET_BRANCHES[name][1]:
+        assert layer in graph
+        assert nx.has_path(graph, layer, "output")
+
+
+def test_kandinsky22_image_conditioned_unet(built, tmp_path):
+    model, graph = built("kandinsky22")
+    assert_valid(graph, model)
+    inputs = {n for n, d in graph.nodes(data=True) if d["kind"] == "input"}
+    assert inputs == {"input/sample", "input/timestep", "input/added_cond_kwargs_image_embeds"}
+    # the image embedding drives both the cross-attention context and the time embedding
+    src = "input/added_cond_kwargs_image_embeds"
+    for layer in ("encoder_hid_proj.image_embeds", "add_embedding.image_proj",
+                  "down_blocks.1.attentions.0.to_k", "up_blocks.0.resnets.0.time_emb_proj"):
+        assert nx.has_path(graph, src, layer)
+    assert graph.graph["inputs"]["text_tokens"] is None
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps(KANDINSKY22_CONFIG))
+    assert main(["graph", str(path), "--out", str(tmp_path / "k_graph.json")]) == 0
+    assert sorted(weight_nodes(read_graph(tmp_path / "k_graph.json"))) == sorted(quantizable_layers(model))
+
+
+def test_missing_layer_is_an_error(tmp_path, capsys, monkeypatch):
+    """Without `timestep_cond`, time_embedding.cond_proj never runs: refused, naming the layer."""
+    model = _tiny("lcm_projection")
+    spec = example_input_spec(model, 8)
+    del spec.kwargs["timestep_cond"]
+    n = len(quantizable_layers(model))
+    with pytest.raises(QsensError, match=rf"1 of {n} quantizable layers are not in the graph: "
+                                         r"time_embedding\.cond_proj \("):
+        build_dag(model, export_denoiser(model, spec))
+    # the CLI: exit 2, one line, nothing written
+    monkeypatch.setattr(denoisers.inputs, "_SKIP", denoisers.inputs._SKIP | {"timestep_cond"})
+    path = tmp_path / "lcm.json"
+    path.write_text(json.dumps({**_UNET_BASE, **UNET_BRANCHES["lcm_projection"][0]}))
+    assert main(["graph", str(path), "--out", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "time_embedding.cond_proj" in err and "Traceback" not in err
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_example_inputs_size_batch_seed_dtype():
+    model = _tiny("kandinsky22")  # sample_size 16
+    args, kw = example_inputs(model, batch_size=3)
+    assert args[0].shape == (3, 4, 16, 16)  # real latent size by default
+    assert kw["added_cond_kwargs"]["image_embeds"].shape == (3, 48)  # encoder_hid_dim
+    assert kw["encoder_hidden_states"] is None and kw["timestep"].shape == (3,)
+    assert model(*args, **kw)[0].shape == (3, 8, 16, 16)
+    assert example_inputs(model, max_side=8)[0][0].shape == (1, 4, 8, 8)  # capped (graph tracing)
+    # seeded normals: same seed same values, another seed other values, not a constant
+    again = example_inputs(model, batch_size=3)[0][0]
+    assert torch.equal(args[0], again) and not torch.equal(args[0], example_inputs(model, 3, seed=1)[0][0])
+    assert 0.8 < args[0].std().item() < 1.2
+    # MACs at the real size: every layer of the spatial path sees 4x the positions of side 8
+    full = count_macs(model, *args, **kw)
+    half = count_macs(model, *example_inputs(model, batch_size=3, max_side=8)[0],
+                      **example_inputs(model, batch_size=3, max_side=8)[1])
+    assert full["conv_in"] == 4 * half["conv_in"] and full["add_embedding.image_proj"] == half["add_embedding.image_proj"]
+    # floats follow the model's dtype; time steps stay float32; meta models get meta inputs
+    meta = build_from_config(KANDINSKY22_CONFIG).to(torch.bfloat16)
+    args, kw = example_inputs(meta, batch_size=2)
+    assert args[0].device.type == "meta" and args[0].dtype == torch.bfloat16
+    assert kw["added_cond_kwargs"]["image_embeds"].dtype == torch.bfloat16 and kw["timestep"].dtype == torch.float32
 
 
 def test_unet_structure(built):
