@@ -6,8 +6,8 @@ One interface, `Scorer.score(generation) -> Score`, for every model family:
   passed to clean-fid as a custom feature extractor (no Inception download), against reference
   statistics of the real digits computed once by `prepare`; content score = the classifier's
   accuracy on the generated images against their conditioning class (the analogue of CLIP score).
-- `InceptionClipScorer` (real models): clean-fid's Inception features against stored statistics,
-  content = CLIP score of image vs prompt. Needs the Inception / CLIP weights locally.
+- `sampling.inception.InceptionClipScorer` (real models): clean-fid's Inception features against
+  a reference dir built by `qsens reference build`, content = CLIP score of image vs prompt.
 
 A scorer is loaded once and scores many generations (the sampling loop: apply config →
 generate → score → restore). Images with NaN/inf pixels give a `Score` with status "failed" and
@@ -304,79 +304,6 @@ def compute_digits_reference(classifier: nn.Module, images_u8: np.ndarray | None
 
 
 # ----------------------------------------------------------------------------------------------
-# real models: Inception FID + CLIP score (same interface; weights must be available locally)
-# ----------------------------------------------------------------------------------------------
-class InceptionClipScorer(Scorer):
-    """clean-fid Inception FID against stored statistics + CLIP score of image vs prompt.
-
-    `reference_dir` holds `stats.safetensors` (mu/sigma of clean-fid "clean" Inception features
-    of the real images, e.g. COCO val2017) and `stats.json`; `clip_model` is a local dir or hub
-    id for `transformers.CLIPModel` (content score = 100 · cos(image, text), as in CLIP score).
-    """
-
-    name = "inception"
-    content_metric = "clip"
-
-    def __init__(self, reference_dir: str | Path, device: str | torch.device = "cpu",
-                 clip_model: str | None = None, batch_size: int = 32):
-        from cleanfid.features import build_feature_extractor
-        from cleanfid.resize import build_resizer
-
-        self.device = torch.device(device)
-        self.ref_mu, self.ref_sigma, self.info = load_reference_stats(reference_dir)
-        self.batch_size = batch_size
-        try:
-            self.extractor = build_feature_extractor("clean", self.device, use_dataparallel=False)
-        except Exception as exc:  # offline without the cached Inception weights
-            raise QsensError(f"cannot load clean-fid's Inception weights: {exc}") from exc
-        self.resize = build_resizer("clean")
-        self.clip_model_id = clip_model or self.info.get("clip_model")
-        self._clip = None
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        from cleanfid.fid import get_batch_features
-
-        out = []
-        for b0 in range(0, len(images), self.batch_size):
-            chunk = images[b0:b0 + self.batch_size]
-            if chunk.shape[-1] == 1:
-                chunk = np.repeat(chunk, 3, axis=-1)
-            resized = np.stack([self.resize(img) for img in chunk])
-            batch = torch.from_numpy(resized.transpose(0, 3, 1, 2)).float()
-            out.append(get_batch_features(batch, self.extractor, self.device))
-        return np.concatenate(out)
-
-    def _load_clip(self):
-        if self._clip is None:
-            if not self.clip_model_id:
-                raise QsensError("no CLIP model given for the CLIP score (clip_model)")
-            try:
-                from transformers import CLIPModel, CLIPProcessor
-            except ImportError as exc:
-                raise QsensError("the CLIP score needs `transformers` installed") from exc
-            model = CLIPModel.from_pretrained(self.clip_model_id).eval().to(self.device)
-            self._clip = (model, CLIPProcessor.from_pretrained(self.clip_model_id))
-        return self._clip
-
-    @torch.inference_mode()
-    def content_score(self, generation: Generation) -> float:
-        if not generation.prompts:
-            raise QsensError("the CLIP score needs the generation's prompts")
-        model, proc = self._load_clip()
-        scores = []
-        for b0 in range(0, len(generation), self.batch_size):
-            imgs = list(generation.images[b0:b0 + self.batch_size])
-            txt = generation.prompts[b0:b0 + self.batch_size]
-            inp = proc(text=txt, images=imgs, return_tensors="pt", padding=True, truncation=True)
-            inp = {k: v.to(self.device) for k, v in inp.items()}
-            i = model.get_image_features(pixel_values=inp["pixel_values"])
-            t = model.get_text_features(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"])
-            cos = torch.nn.functional.cosine_similarity(i, t)
-            scores.append((100 * cos.clamp(min=0)).cpu().numpy())
-        return float(np.concatenate(scores).mean())
-
-
-# ----------------------------------------------------------------------------------------------
 # entry points
 # ----------------------------------------------------------------------------------------------
 def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "cpu") -> Scorer:
@@ -385,6 +312,8 @@ def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "
     if ref.kind == "digits":
         return DigitsScorer.load(ref.path, device=device)
     if ref.kind == "inception":
+        from sampling.inception import InceptionClipScorer  # lazy: needs transformers / the network
+
         return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"))
     raise QsensError(f"no scorer for reference kind {ref.kind!r}")
 

@@ -1,0 +1,344 @@
+"""Reference dirs for real models: FID statistics of real images, their prompts, their identity.
+
+Built once by `qsens reference build` from a folder of real images (e.g. COCO val2017) and read
+by `sampling.inception.InceptionClipScorer` and the model spec. A reference dir holds
+
+- `stats.safetensors`: `mu` (2048,), `sigma` (2048, 2048), float64: mean and unbiased covariance
+  of clean-fid "clean" Inception features of the images (as `sampling.scoring.feature_stats`);
+- `reference.json`: `format` (1), `kind` ("inception"), `resolution`, `n_images`,
+  `feature_network` {name, file (as given), file_abs, sha256, dim}, `mode` ("clean"),
+  `clip_model`, `images` (source dir), `captions` (file or null), `prompts_file`
+  ("prompts.txt" or null), `images_file` ("images.txt"), `preprocess` (words), and
+  `clip_score_real` (CLIP score of the images against their own captions, when a CLIP model and
+  captions are given; null otherwise);
+- `prompts.txt`: one prompt per line, image i ↔ line i (only with captions);
+- `images.txt`: the source file names, image i ↔ line i.
+
+Images: every `.jpg`/`.jpeg`/`.png` directly in the folder, sorted by file name, the first
+`num_images`. Each is converted to RGB as clean-fid does (`PIL.Image.convert("RGB")`: grey, CMYK,
+palette and RGBA alike; alpha is dropped), its shorter side resized to `resolution` (PIL
+bicubic), centre-cropped to resolution × resolution and rounded to uint8 — what the model
+outputs — then passed to `sampling.inception.inception_features` (clean-fid's "clean" resize to
+299 + the Inception network), the same function the scorer applies to generated images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from quant.errors import QsensError
+from sampling.scoring import STATS_FILE, feature_stats
+
+REFERENCE_FORMAT = 1
+REFERENCE_JSON = "reference.json"
+PROMPTS_FILE = "prompts.txt"
+IMAGES_FILE = "images.txt"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_OWN_FILES = {REFERENCE_JSON, PROMPTS_FILE, IMAGES_FILE, STATS_FILE}
+PREPROCESS = ("PIL convert('RGB'); shorter side to {r} px (PIL bicubic); centre crop {r}x{r}; "
+              "uint8; clean-fid 'clean' resize to 299x299 (PIL bicubic, float); Inception pool3")
+
+
+@dataclass
+class Reference:
+    """A loaded reference dir. `prompts[i]` / `images[i]` belong to image i (None if absent)."""
+
+    path: Path
+    mu: np.ndarray  # float64 (d,)
+    sigma: np.ndarray  # float64 (d, d)
+    info: dict[str, Any]
+    prompts: list[str] | None = None
+    images: list[str] | None = None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+def list_images(images_dir: str | Path) -> list[Path]:
+    """JPEG/PNG files directly in `images_dir`, sorted by name. Raises QsensError if none/missing."""
+    d = Path(images_dir)
+    if not d.is_dir():
+        raise QsensError(f"image folder {d} not found")
+    files = sorted((p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: p.name)
+    if not files:
+        raise QsensError(f"image folder {d} holds no .jpg/.jpeg/.png files")
+    return files
+
+
+def load_image(path: str | Path, resolution: int) -> np.ndarray:
+    """Any JPEG/PNG → uint8 (resolution, resolution, 3): RGB, shorter side resized (bicubic),
+    centre-cropped. Raises QsensError naming the file if PIL cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise QsensError(f"cannot read image {path}: {exc}") from exc
+    w, h = im.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    return np.asarray(im.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())  # prompts.txt holds one prompt per line
+
+
+def read_captions(captions: str | Path, names: Sequence[str], n_total: int | None = None) -> list[str]:
+    """One caption per image name, in the order of `names`.
+
+    - `.json`: COCO captions (`images[]` with `id`/`file_name`, `annotations[]` with
+      `image_id`/`caption`); an image's caption is its first annotation in file order.
+    - anything else: text, one caption per line, line i ↔ `names[i]` (the sorted images).
+
+    Whitespace runs (newlines included) become one space. Raises QsensError naming the file and
+    the first image without a (non-empty) caption.
+    """
+    path = Path(captions)
+    if not path.is_file():
+        raise QsensError(f"captions file {path} not found")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ids = {str(img["file_name"]): img["id"] for img in data["images"]}
+            first: dict[Any, str] = {}
+            for ann in data["annotations"]:
+                first.setdefault(ann["image_id"], ann["caption"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise QsensError(f"captions file {path} is not COCO captions JSON (images[].id/"
+                             f"file_name, annotations[].image_id/caption): {exc!r}") from exc
+        out = []
+        for name in names:
+            cap = _one_line(first.get(ids[name], "")) if name in ids else ""
+            if not cap:
+                where = "has no caption" if name in ids else "is not listed in its images[]"
+                raise QsensError(f"captions {path} do not match the images: image {name} {where}")
+            out.append(cap)
+        return out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, name in enumerate(names):
+        if i >= len(lines):
+            raise QsensError(f"captions {path} has {len(lines)} lines, fewer than the {len(names)} "
+                             f"images: no caption for image {name} (line {i + 1})")
+        cap = _one_line(lines[i])
+        if not cap:
+            raise QsensError(f"captions {path}: line {i + 1} (image {name}) is empty")
+        out.append(cap)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# build
+# ----------------------------------------------------------------------------------------------
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(p.name not in _OWN_FILES for p in out.iterdir())):
+        raise QsensError(f"{out} exists and is not a reference dir: choose another --out")
+
+
+def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write `files` into a temp dir beside `out`, then rename it to `out` (replacing an old one)."""
+    from safetensors.numpy import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, content in files.items():
+            if isinstance(content, tuple):
+                mu, sigma = content
+                save_file({"mu": np.ascontiguousarray(mu, dtype=np.float64),
+                           "sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, str(tmp / name))
+            else:
+                (tmp / name).write_bytes(content)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: int,
+                    num_images: int, inception_path: str | Path, captions: str | Path | None = None,
+                    clip_model: str | Path | None = None, batch_size: int = 32,
+                    device: str = "cpu", progress: bool = False, workers: int = 4) -> Reference:
+    """Compute and write a reference dir (module docstring: format and preprocessing).
+
+    Args:
+        images_dir: folder of real images; the first `num_images` in sorted name order are used.
+        out_dir: reference dir to write (created or replaced atomically).
+        resolution: the model's output size in pixels (square).
+        inception_path: local clean-fid `inception-2015-12-05.pt`; never downloaded.
+        captions: COCO captions JSON or a text file (see `read_captions`); None: no prompts.
+        clip_model: local CLIP dir recorded for the scorer; with captions, also scores the real
+            images against their captions (`clip_score_real`).
+        batch_size: images per network call; workers: image-decoding threads.
+
+    Returns the written `Reference`. Raises QsensError (one line) on bad input: missing folder or
+    files, fewer images than asked, captions that do not match the images, a missing Inception file.
+    """
+    from tqdm import tqdm
+
+    from sampling.inception import (FEATURE_DIM, ClipEmbedder, clip_scores, inception_features,
+                                    load_inception)
+
+    if int(resolution) < 1:
+        raise QsensError(f"--resolution must be a positive number of pixels, got {resolution}")
+    if int(num_images) < 2:
+        raise QsensError(f"--num-images must be at least 2 (a covariance), got {num_images}")
+    resolution, num_images, batch_size = int(resolution), int(num_images), max(1, int(batch_size))
+    out = Path(out_dir)
+    files = list_images(images_dir)
+    if len(files) < num_images:
+        raise QsensError(f"image folder {images_dir} holds {len(files)} .jpg/.jpeg/.png images, "
+                         f"fewer than the {num_images} asked (--num-images)")
+    files = files[:num_images]
+    names = [f.name for f in files]
+    prompts = read_captions(captions, names) if captions is not None else None
+    _check_out_dir(out)
+    net = load_inception(inception_path, device)
+    clip = ClipEmbedder(clip_model, device, batch_size) if clip_model else None
+
+    feats, clip_real = [], []
+    load = partial(load_image, resolution=resolution)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool, \
+            tqdm(total=num_images, unit="img", desc="reference", disable=not progress) as bar:
+        for b0 in range(0, num_images, batch_size):
+            images = np.stack(list(pool.map(load, files[b0:b0 + batch_size])))
+            feats.append(inception_features(net, images, batch_size=batch_size, device=device))
+            if clip is not None and prompts is not None:
+                clip_real.append(clip_scores(clip, images, prompts[b0:b0 + batch_size]))
+            bar.update(len(images))
+    mu, sigma = feature_stats(np.concatenate(feats))
+
+    info = {
+        "format": REFERENCE_FORMAT, "kind": "inception", "resolution": resolution,
+        "n_images": num_images,
+        "feature_network": {"name": net.name, "file": str(inception_path),
+                            "file_abs": os.path.abspath(str(inception_path)),
+                            "sha256": net.sha256, "dim": FEATURE_DIM},
+        "mode": "clean",
+        "clip_model": str(clip_model) if clip_model else None,
+        "images": str(images_dir),
+        "captions": str(captions) if captions is not None else None,
+        "prompts_file": PROMPTS_FILE if prompts is not None else None,
+        "images_file": IMAGES_FILE,
+        "preprocess": PREPROCESS.format(r=resolution),
+        "clip_score_real": float(np.concatenate(clip_real).mean()) if clip_real else None,
+    }
+    files_out: dict[str, Any] = {
+        STATS_FILE: (mu, sigma),
+        IMAGES_FILE: ("\n".join(names) + "\n").encode(),
+        REFERENCE_JSON: (json.dumps(info, indent=2) + "\n").encode(),
+    }
+    if prompts is not None:
+        files_out[PROMPTS_FILE] = ("\n".join(prompts) + "\n").encode("utf-8")
+    _write_atomic(out, files_out)
+    return Reference(out, mu, sigma, info, prompts, names)
+
+
+# ----------------------------------------------------------------------------------------------
+# load / check
+# ----------------------------------------------------------------------------------------------
+def _read_lines(path: Path, n: int, what: str) -> list[str]:
+    if not path.is_file():
+        raise QsensError(f"reference {path.parent}: {path.name} is missing")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != n:
+        raise QsensError(f"reference {path.parent}: {path.name} has {len(lines)} {what}, "
+                         f"reference.json says {n} images")
+    return lines
+
+
+def load_reference(directory: str | Path) -> Reference:
+    """Read a reference dir. Raises QsensError (one line) if it is missing, not a reference dir,
+    of another format, or its files disagree (stats shapes, prompt count)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise QsensError(f"reference dir {d} not found: build one with `qsens reference build`")
+    meta = d / REFERENCE_JSON
+    if not meta.is_file():
+        raise QsensError(f"{d} is not a reference dir (no {REFERENCE_JSON}): "
+                         "build one with `qsens reference build`")
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QsensError(f"reference {meta} is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict) or info.get("format") != REFERENCE_FORMAT:
+        got = info.get("format") if isinstance(info, dict) else None
+        raise QsensError(f"reference {meta}: format {got!r}, this qsens reads format {REFERENCE_FORMAT}")
+    if info.get("kind") != "inception":
+        raise QsensError(f"reference {meta}: kind {info.get('kind')!r}, expected 'inception'")
+    for key in ("resolution", "n_images", "feature_network"):
+        if key not in info:
+            raise QsensError(f"reference {meta} has no {key!r}")
+    if not (d / STATS_FILE).is_file():
+        raise QsensError(f"reference {d}: {STATS_FILE} is missing")
+    try:
+        t = load_file(str(d / STATS_FILE))
+        mu, sigma = t["mu"], t["sigma"]
+    except (SafetensorError, KeyError, OSError) as exc:
+        raise QsensError(f"reference {d / STATS_FILE} is corrupt or lacks mu/sigma: {exc}") from exc
+    dim = mu.shape[0] if mu.ndim == 1 else -1
+    if mu.ndim != 1 or sigma.shape != (dim, dim):
+        raise QsensError(f"reference {d / STATS_FILE}: mu {mu.shape} and sigma {sigma.shape} "
+                         "are not (d,) and (d, d)")
+    n = int(info["n_images"])
+    prompts = _read_lines(d / info["prompts_file"], n, "prompts") if info.get("prompts_file") else None
+    images = (_read_lines(d / info["images_file"], n, "image names")
+              if info.get("images_file") and (d / info["images_file"]).is_file() else None)
+    return Reference(d, mu, sigma, info, prompts, images)
+
+
+def recorded_inception_path(ref: Reference) -> str:
+    """The Inception file recorded in the reference: as given at build time if it exists from
+    here, else its absolute path at build time (the scorer checks its sha256 either way)."""
+    net = ref.info["feature_network"]
+    for p in (net.get("file"), net.get("file_abs")):
+        if p and os.path.isfile(p):
+            return p
+    return net.get("file") or net.get("file_abs") or "inception-2015-12-05.pt"
+
+
+def check_reference(info: dict[str, Any], *, resolution: int | tuple[int, int] | None = None,
+                    feature_sha256: str | None = None, feature_file: str | None = None) -> None:
+    """Refuse (QsensError, one line) a reference built at another resolution or with another
+    feature network than the scorer's. `resolution`: the model's output size, int or (h, w)."""
+    if resolution is not None:
+        h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        ref = int(info["resolution"])
+        if (int(h), int(w)) != (ref, ref):
+            size = f"{h} px" if h == w else f"{h}x{w} px"
+            raise QsensError(f"the reference was built at {ref} px, the model generates {size}: "
+                             f"build a reference with `qsens reference build --resolution {h}`")
+    if feature_sha256 is not None:
+        net = info.get("feature_network") or {}
+        rec = str(net.get("sha256", ""))
+        if rec != feature_sha256:
+            raise QsensError(f"the reference was built with feature network sha256 {rec[:16]} "
+                             f"({net.get('file')}), the scorer uses {feature_sha256[:16]} "
+                             f"({feature_file}): FIDs from different networks do not compare")
