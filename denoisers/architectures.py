@@ -157,16 +157,30 @@ def _source_from_path(name: str, path: Path) -> ModelSource:
 
 
 def resolve_model_source(spec: str | Path) -> ModelSource:
-    """Turn a model spec (registered name, known architecture, directory or config JSON) into a
-    ModelSource. Unknown specs raise QsensError listing the known names."""
+    """Turn a model spec (registered name, known architecture, directory, config JSON or hub id
+    in the local hub cache) into a ModelSource. The kinds of source are told apart by
+    `denoisers.spec.classify_source`, the one lookup `load_denoiser` uses too."""
+    from denoisers.spec import classify_source
+
     key = str(spec)
     if key in _REGISTERED:
         return _REGISTERED[key]()
-    if key in KNOWN_ARCHITECTURES:
+    kind = classify_source(key, architectures=tuple(known_names()))
+    if kind == "architecture":
         return ModelSource(spec=key, name=key, config=load_architecture_config(key))
+    if kind == "hub-id":
+        return _source_from_path(key.split("/")[-1], _local_snapshot(key))
     path = Path(spec)
-    if path.exists():
-        name = path.stem if path.is_file() else path.name
-        return _source_from_path(name, path)
-    raise QsensError(f"unknown model {key!r}: not a file or directory, and not one of "
-                     f"{', '.join(known_names())}")
+    name = path.stem if path.is_file() else path.resolve().name
+    return _source_from_path(name, path)
+
+
+def _local_snapshot(repo_id: str) -> Path:
+    """The hub cache's snapshot dir of `repo_id` (configs only; nothing is downloaded offline)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json"], local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one line for the user
+        raise QsensError(f"hub id {repo_id}: not in the local hub cache and nothing can be "
+                         f"downloaded here ({type(exc).__name__}); pass a local directory") from None

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
 from quant.errors import QsensError
@@ -114,7 +113,9 @@ class DiffusersPipelineDenoiser(Denoiser):
         return self._reference
 
     def example_inputs(self, batch_size: int = 1) -> tuple[tuple, dict]:
-        return example_inputs_for(self.model, batch_size, self.device)
+        from denoisers.inputs import example_inputs
+
+        return example_inputs(self.model, batch_size=batch_size, device=self.device)
 
     @torch.inference_mode()
     def generate(self, n: int, seed: int = 0, *, steps: int | None = None,
@@ -278,39 +279,3 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def example_inputs_for(model: nn.Module, batch_size: int = 1,
-                       device: str | torch.device = "cpu") -> tuple[tuple, dict]:
-    """One forward's inputs for the denoiser classes qsens knows (shapes from `model.config`)."""
-    cfg = model.config
-    cls = type(model).__name__
-    g = torch.Generator().manual_seed(0)
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    x = torch.randn((batch_size, cfg.in_channels, size, size), generator=g).to(device)
-    t = torch.full((batch_size,), 500, dtype=torch.long, device=device)
-    if cls == "UNet2DModel":
-        kw: dict[str, Any] = {"return_dict": False}
-        if cfg.num_class_embeds:
-            kw["class_labels"] = torch.zeros(batch_size, dtype=torch.long, device=device)
-        return (x, t), kw
-    if cls == "UNet2DConditionModel":
-        ehs = torch.randn((batch_size, 77, cfg.cross_attention_dim), generator=g).to(device)
-        kw = {"encoder_hidden_states": ehs, "return_dict": False}
-        if cfg.addition_embed_type == "text_time":  # SDXL
-            n_time = 6
-            text_dim = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
-            kw["added_cond_kwargs"] = {
-                "text_embeds": torch.randn((batch_size, text_dim), generator=g).to(device),
-                "time_ids": torch.zeros((batch_size, n_time), device=device)}
-        return (x, t), kw
-    if cls == "DiTTransformer2DModel":
-        y = torch.zeros(batch_size, dtype=torch.long, device=device)
-        return (x, t), {"class_labels": y, "return_dict": False}
-    if cls == "PixArtTransformer2DModel":
-        ehs = torch.randn((batch_size, 120, cfg.caption_channels), generator=g).to(device)
-        added = {"resolution": None, "aspect_ratio": None}
-        if cfg.sample_size == 128:  # PixArt-α 1024 uses resolution/aspect-ratio embeddings
-            added = {"resolution": torch.tensor([[1024.0, 1024.0]] * batch_size, device=device),
-                     "aspect_ratio": torch.tensor([[1.0]] * batch_size, device=device)}
-        return (x,), {"encoder_hidden_states": ehs, "timestep": t, "added_cond_kwargs": added,
-                      "return_dict": False}
-    raise QsensError(f"no example inputs known for {cls}; add it to denoisers.registry")

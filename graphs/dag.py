@@ -628,7 +628,7 @@ def log10p(x: float) -> float:
 
 
 def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | None = None,
-                  device: str = "meta") -> BuildResult:
+                  device: str = "meta", name: str | None = None) -> BuildResult:
     """Graph of a model spec (known name, registered name, diffusers dir or config JSON), built
     from its config on `device` (meta: no weights are read). Raises QsensError when the graph
     is not a valid DAG holding every quantizable layer exactly once (`check_dag`)."""
@@ -638,10 +638,10 @@ def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | Non
     source = resolve_model_source(spec)
     model = source.build(device)
     inputs = example_input_spec(model, max_side or MAX_LATENT, text_tokens)
-    result = build_dag(model, export_denoiser(model, inputs), name=source.name)
+    result = build_dag(model, export_denoiser(model, inputs), name=name or source.name)
     result.graph.graph["source"] = str(source.spec)
     problems = check_dag(result.graph, quantizable_layers(model))
     if problems:
-        raise QsensError(f"graph of {source.name}: {'; '.join(problems)}")
+        raise QsensError(f"graph of {name or source.name}: {'; '.join(problems)}")
     result.graph.graph["problems"] = problems
     return result

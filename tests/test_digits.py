@@ -117,7 +117,7 @@ def test_registry_errors(tmp_path):
         load_denoiser("digits", data_dir=tmp_path)
     with pytest.raises(QsensError, match="unknown model"):
         load_denoiser("nope")
-    with pytest.raises(QsensError, match="neither"):
+    with pytest.raises(QsensError, match="is a directory but no model"):
         load_denoiser(str(tmp_path))
 
 
@@ -147,7 +147,9 @@ def test_diffusers_pipeline_adapter_with_tiny_dit_pipeline(tmp_path):
                                out_channels=4, num_layers=1, sample_size=8, patch_size=2,
                                num_embeds_ada_norm=10)
     DiTPipeline(transformer=tr, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "p")
-    den = load_denoiser(str(tmp_path / "p"), steps=2, batch_size=2)
+    from denoisers.spec import ModelSpec
+
+    den = load_denoiser(ModelSpec(source=str(tmp_path / "p"), name="p", steps=2, batch_size=2))
     assert isinstance(den, DiffusersPipelineDenoiser) and den.model is den.pipe.transformer
     g1, g2 = den.generate(3, seed=0), den.generate(3, seed=0)
     assert g1.images.shape == (3, 8, 8, 3) and g1.images.dtype == np.uint8

@@ -5,6 +5,9 @@ import argparse
 import json
 import sys
 
+from qsens.context import add_model_args, context
+from quant.errors import QsensError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,8 +17,12 @@ def register(subparsers) -> None:
         "(add, attention, norm, concat, ...) between them, static node features. MODEL is a "
         "diffusers model or pipeline directory, a config.json, or a known name "
         "(sd15, sdxl, pixart-alpha, pixart-sigma, hunyuan-dit, dit-xl-2, ...).")
-    p.add_argument("model", metavar="MODEL", help="model directory, config JSON, or known name")
-    p.add_argument("--out", required=True, metavar="GRAPH.json", help="node-link JSON to write")
+    p.add_argument("source", nargs="?", default=None, metavar="MODEL",
+                   help="model or pipeline directory, config JSON, known name or hub id "
+                   "(default: the params model, or --model)")
+    add_model_args(p, generation=False)
+    p.add_argument("--out", default=None, metavar="GRAPH.json",
+                   help="node-link JSON to write (default: DATA/graphs/NAME.json)")
     p.add_argument("--draw", metavar="FILE.png", help="also draw the DAG (.png or .svg)")
     p.add_argument("--max-side", type=int, default=None,
                    help="latent side used for tracing (default: min(sample_size, 32)); "
@@ -30,8 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from graphs.draw import draw_graph
     from graphs.io import write_graph
 
+    name = None
+    if args.source is None:  # the params model (or --model): graph it under its own name
+        ctx = context(args)
+        name = ctx.spec.name
+        args.source = str(ctx.layout.models) if ctx.spec.is_builtin else ctx.spec.source
+        args.out = args.out or ctx.layout.graph
+    if args.out is None:
+        raise QsensError("--out GRAPH.json is needed when MODEL is given")
     # refuses (QsensError) a graph that misses a layer or is not a DAG: nothing is written
-    result = build_dag_for(args.model, max_side=args.max_side, text_tokens=args.text_tokens)
+    result = build_dag_for(args.source, max_side=args.max_side, text_tokens=args.text_tokens,
+                           name=name)
     graph = result.graph
     write_graph(graph, args.out)
     s = summary(graph)
