@@ -6,8 +6,10 @@ A layer missing from `options` stays unquantized (`fp16`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -82,9 +84,20 @@ class QuantConfig:
                 "avg_bits": self.avg_bits, "act_bits": self.act_bits}
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON atomically (a temporary file renamed over `path`): a failed write never
+        leaves a truncated config. ConfigError when `path` is a directory or cannot be written."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory; give a .json file path")
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
         return path
 
     @staticmethod

@@ -18,10 +18,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("show", help="summary: count, avg_bits and FID ranges, failures")
     s.add_argument("cache", type=Path)
     s.set_defaults(func=run_show)
-    i = sub.add_parser("import-legacy", help="read a Qua2SeDiMo quant_cache.pkl safely into our schema")
+    i = sub.add_parser(
+        "import-legacy", help="read a Qua2SeDiMo quant_cache.pkl safely into our schema",
+        description="Reads the reference system's quant_cache.pkl with a restricted unpickler (builtin "
+        "containers and numbers only). Keys `model.<module path>.weight_quantizer` become "
+        "`<module path>`, and every name must be a quantizable layer of --model, else nothing is "
+        "written. A split skip-concat layer (second half `..._0`) takes the option of its halves "
+        "when they agree, else the one with fewer bits (equal bits: the first half's); the summary "
+        "counts them. DiT timestep embedders take block 0's option, as the reference loads them. "
+        "avg_bits and quantized_bytes are recomputed with qsens' accounting.")
     i.add_argument("pkl", type=Path)
     i.add_argument("--out", type=Path, required=True)
-    i.add_argument("--model", required=True, help="model name to record (e.g. sd15, pixart-alpha)")
+    i.add_argument("--model", required=True,
+                   help="the model the configs are for: sd15, sdxl, pixart-alpha, pixart-sigma, "
+                   "hunyuan-dit, dit-xl-2, or a diffusers model/pipeline dir")
     i.set_defaults(func=run_import)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
@@ -46,6 +56,5 @@ def run_show(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from sampling.legacy import import_legacy
 
-    n = import_legacy(args.pkl, args.out, args.model)
-    print(f"{args.out}: imported {n} legacy configs")
+    print(import_legacy(args.pkl, args.out, args.model).summary())
     return 0
