@@ -24,6 +24,7 @@ Content score conventions:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -122,6 +123,22 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
     return InceptionNetwork(net, path, sha256_file(path)).eval().to(device)
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for cuDNN convolutions (on by default) and cuBLAS matmuls, then restored.
+
+    The feature networks then run in IEEE fp32 on every device, so a reference built on one
+    GPU / the CPU and features scored on another agree to fp32 rounding (with TF32 the stand-in's
+    features moved by ~2e-4 relative on an H200).
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 def clean_resize(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float32 (N, 3, 299, 299) in [0, 255], clean-fid "clean" resize."""
     from cleanfid.resize import build_resizer
@@ -153,8 +170,9 @@ def inception_features(net: nn.Module, images: np.ndarray, *, batch_size: int = 
     images = as_rgb_uint8(images)
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    out = [get_batch_features(clean_resize(images[b0:b0 + batch_size]), net, torch.device(device))
-           for b0 in range(0, len(images), batch_size)]
+    with full_fp32():
+        out = [get_batch_features(clean_resize(images[b0:b0 + batch_size]), net, torch.device(device))
+               for b0 in range(0, len(images), batch_size)]
     feats = np.concatenate(out).reshape(len(images), -1)
     if feats.shape[1] != FEATURE_DIM:
         raise QsensError(f"the feature network gives {feats.shape[1]} features, expected {FEATURE_DIM}")
@@ -199,6 +217,7 @@ class ClipEmbedder:
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     @torch.inference_mode()
+    @full_fp32()
     def image_embeds(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3|1) → float32 (N, D) unit vectors (CPU)."""
         images = as_rgb_uint8(images)
@@ -210,6 +229,7 @@ class ClipEmbedder:
         return nn.functional.normalize(torch.cat(out).float(), dim=-1).cpu()
 
     @torch.inference_mode()
+    @full_fp32()
     def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
         """N strings → float32 (N, D) unit vectors (CPU); texts past 77 tokens are truncated."""
         out = []
