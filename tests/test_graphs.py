@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import networkx as nx
 import pytest
 import torch
-from diffusers import (DiTTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel,
-                       UNet2DModel)
+from diffusers import DiTTransformer2DModel, UNet2DModel
 
 import denoisers.inputs
 from denoisers.architectures import build_from_config
