@@ -120,6 +120,15 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
     except (RuntimeError, ValueError) as exc:  # not a TorchScript archive
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QsensError(f"Inception network {path} is not a TorchScript file: {first}") from exc
+    try:  # one probe forward: a wrong network fails here, in one line, not mid-build
+        with torch.no_grad(), full_fp32():
+            dim = net(torch.zeros(1, 3, 299, 299)).reshape(1, -1).shape[1]
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QsensError(f"Inception network {path} does not map (1, 3, 299, 299) images to "
+                         f"{FEATURE_DIM} features: {first}") from exc
+    if dim != FEATURE_DIM:
+        raise QsensError(f"Inception network {path} gives {dim} features, expected {FEATURE_DIM}")
     return InceptionNetwork(net, path, sha256_file(path)).eval().to(device)
 
 

@@ -204,6 +204,42 @@ def test_not_torchscript_inception_file(assets, tmp_path, capsys):
     assert "inception.pt is not a TorchScript file" in err
 
 
+def test_network_without_clean_fid_interface(assets, tmp_path, capsys):
+    import warnings
+
+    class Wrong(torch.nn.Module):  # has `layers`, but 16 features instead of 2048
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 13, 13), torch.nn.AdaptiveAvgPool2d(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layers(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(Wrong()), str(tmp_path / "wrong.pt"))
+    err = run_error(build_args(assets, tmp_path / "r", **{"--inception": tmp_path / "wrong.pt"}), capsys)
+    assert "wrong.pt does not map (1, 3, 299, 299) images to 2048 features" in err
+
+
+def test_feature_extraction_leaves_tf32_flags_as_they_were(assets):
+    from sampling.inception import inception_features, load_inception
+
+    net = load_inception(assets["inception"])
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    seen = []
+    hook = net.register_forward_pre_hook(
+        lambda m, a: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        inception_features(net, np.zeros((2, RES, RES, 3), np.uint8))
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 == old[0] and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        hook.remove()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def test_fewer_images_than_asked(assets, tmp_path, capsys):
     err = run_error(build_args(assets, tmp_path / "r", **{"--num-images": 7}), capsys)
     assert "holds 6 .jpg/.jpeg/.png images, fewer than the 7 asked" in err
