@@ -89,25 +89,36 @@ def test_reader_rejects_foreign_parquet(tmp_path) -> None:
 
 
 def legacy_records() -> list[dict]:
-    # The reference system's record format: config {layer: [method-bit, fp_bytes, quant_bytes, error]}
+    # The reference system's record format: config {model.<layer>.weight_quantizer: [method-bit,
+    # fp_bytes, quant_bytes, error]}; layer names of DiT-XL/2 (a shipped architecture)
+    q, k = "model.pos_embed.proj.weight_quantizer", "model.transformer_blocks.0.attn1.to_q.weight_quantizer"
     return [
-        {"config": {"conv_in": ["mse-4", 1728, 460, 0.01], "down.0.attn.to_q": ["kmeans-3", 2048, 420, 0.03]},
+        {"config": {q: ["mse-4", 1728, 460, 0.01], k: ["kmeans-3", 2048, 420, 0.03]},
          "quantized_size": 880, "quantized_error": 0.04, "FID-GT-1k": 101.5, "avg_bits": 3.6, "bops": 12345},
-        {"config": {"conv_in": ["kmeans_all-3", 1728, 330, 0.05], "down.0.attn.to_q": ["mse-3", 2048, 390, 0.02]},
+        {"config": {q: ["kmeans_all-3", 1728, 330, 0.05], k: ["mse-3", 2048, 390, 0.02]},
          "quantized_size": 720, "quantized_error": 0.07, "FID-GT-1k": float("nan"), "avg_bits": 3.1, "bops": 999},
     ]
 
 
 def test_legacy_import_maps_methods_and_fields(tmp_path) -> None:
+    from quant.accounting import layer_bits
+    from sampling.legacy import model_layers
+
     pkl = tmp_path / "quant_cache.pkl"
     pkl.write_bytes(pickle.dumps(legacy_records()))
-    assert import_legacy(pkl, tmp_path / "legacy.parquet", "sd15") == 2
+    report = import_legacy(pkl, tmp_path / "legacy.parquet", "dit-xl-2")
+    assert (report.rows, report.ok, report.model) == (2, 1, "dit-xl-2")
     df = read_cache(tmp_path / "legacy.parquet").sort_values("index")
     first = df.iloc[0]
-    assert json.loads(first["options"]) == {"conv_in": "uaq4", "down.0.attn.to_q": "kmc3"}
-    assert first["fid"] == 101.5 and first["avg_bits"] == 3.6 and first["quantized_bytes"] == 880
+    assert json.loads(first["options"]) == {"pos_embed.proj": "uaq4", "transformer_blocks.0.attn1.to_q": "kmc3"}
+    assert first["fid"] == 101.5 and first["quantized_error"] == 0.04 and first["bops"] == 12345
+    # sizes by qsens' accounting of the translated config (every other layer fp16), not the record's
+    infos = model_layers("dit-xl-2").infos
+    bits = sum(layer_bits(json.loads(first["options"]).get(n, "fp16"), i) for n, i in infos.items())
+    assert first["quantized_bytes"] == bits / 8
+    assert first["avg_bits"] == bits / sum(i.n_weights for i in infos.values())
     second = df.iloc[1]
-    assert json.loads(second["options"]) == {"conv_in": "kma3", "down.0.attn.to_q": "uaq3"}
+    assert json.loads(second["options"]) == {"pos_embed.proj": "kma3", "transformer_blocks.0.attn1.to_q": "uaq3"}
     assert second["status"] == "failed" and "finite FID" in second["reason"]
 
 

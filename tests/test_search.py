@@ -296,8 +296,10 @@ def test_cli_bad_budgets_are_one_line_with_the_range(tiny_bank, tmp_path: Path, 
     bank_dir = tmp_path / "bank"
     if not bank_dir.exists():
         bank.save(bank_dir)
+    params = tmp_path / "params.yaml"  # a params file must exist; model only (search defaults)
+    params.write_text("model: digits\n")
     common = ["search", "--bank", str(bank_dir), "--strategy", "error", "--no-select",
-              "--data-dir", str(tmp_path / "data"), "--params", str(tmp_path / "none.yaml")]
+              "--data-dir", str(tmp_path / "data"), "--params", str(params)]
     for budget, words in (("1.5", "below the smallest"), ("20", "above the largest"),
                           ("abc", "not a number"), ("nan", "finite positive")):
         code, out, err = _cli(common + ["--budget", budget], capsys)
