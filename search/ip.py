@@ -20,7 +20,13 @@ score range on SDXL's 803 layers). NaN scores mark options that are not allowed 
 Speed (bench/ip.py): phase 1 solves without the window's lower bound and drops dominated options
 (when its optimum lies in the window it is optimal for the window too — the usual case); the
 Lagrangian (= LP) bound is added as a valid constraint on the objective, which is what lets CP-SAT
-close the gap in well under a second at SDXL size.
+close the gap in well under a second at SDXL size. The bound is evaluated in exact integer
+arithmetic (`lagrangian_bound`), and an "infeasible" status is re-checked without it.
+
+Budgets are exact too: the size limits are the integer totals whose reported avg bits
+(`total / N` in floats, as every report computes them) lie in [budget − tolerance, budget]
+(`cap_bits`, `floor_bits`), so a budget copied from any config's avg_bits admits that config at
+any magnitude; `format_range` prints the feasible range rounded inward, so both ends are accepted.
 """
 from __future__ import annotations
 

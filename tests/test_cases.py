@@ -598,8 +598,11 @@ def test_case4_every_default_fits_its_declared_type() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not CASES.is_dir(), reason="../shared/cases not present")
 def test_case_scripts_run_from_the_project_root(tmp_path) -> None:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = lambda *args: subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                                       text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+                                       text=True, timeout=600, env=env)
     ip = run(CASES / "ip_budget_exact.py")
     lines = ip.stdout.strip().splitlines()
     assert ip.returncode == 0 and len(lines) == 3 and all("-> solved" in l for l in lines), ip.stdout + ip.stderr
