@@ -263,8 +263,6 @@ def test_case2_legacy_sd15_cache_maps_every_name_to_an_sd15_layer(tmp_path, caps
 
 
 def test_case2_unmatched_names_are_one_error_line_and_nothing_written(tmp_path, capsys) -> None:
-    from sampling.legacy import _legacy_option  # noqa: F401  (import check)
-
     recs = _legacy_cache_records()
     recs[1]["config"]["model.down.0.attn.to_q.weight_quantizer"] = ["mse-4", 1, 1, 0.0]
     recs[1]["config"]["model.input_blocks.1.1.proj_in.weight_quantizer"] = ["mse-4", 1, 1, 0.0]
