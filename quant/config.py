@@ -118,8 +118,13 @@ class QuantConfig:
         avg_bits = data.get("avg_bits")
         if avg_bits is not None and not isinstance(avg_bits, (int, float)):
             raise ConfigError(f"{where}: 'avg_bits' must be a number or null")
+        act_bits = data.get("act_bits")
+        if isinstance(act_bits, float) and act_bits.is_integer():
+            act_bits = int(act_bits)  # 8.0 is 8 (as for params.yaml integers)
+        if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)):
+            raise ConfigError(f"{where}: 'act_bits' = {act_bits!r}: expected null, 8 or 6")
         return QuantConfig(str(data["model"]), dict(options),
-                           None if avg_bits is None else float(avg_bits), data.get("act_bits"))
+                           None if avg_bits is None else float(avg_bits), act_bits)
 
     @staticmethod
     def load(path: str | Path) -> "QuantConfig":

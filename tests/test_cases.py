@@ -614,3 +614,16 @@ def test_case_scripts_run_from_the_project_root(tmp_path) -> None:
     assert run(CASES / "legacy_quant_cache_sd15.py", pkl).returncode == 0
     imp = run("-m", "qsens", "cache", "import-legacy", pkl, "--out", tmp_path / "o.parquet", "--model", "sd15")
     assert imp.returncode == 0 and "split layers with different halves: 2 in 2" in imp.stdout, imp.stderr
+
+
+def test_case4_config_act_bits_follow_the_same_integer_rule(tmp_path) -> None:
+    """A QuantConfig's `act_bits: 8.0` is 8 (same id as 8); 8.5, true or "8" are one ConfigError."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "m", "options": {"x": "uaq4"}, "act_bits": 8.0}))
+    cfg = QuantConfig.load(path)
+    assert cfg.act_bits == 8 and isinstance(cfg.act_bits, int)
+    assert cfg.config_id == QuantConfig("m", {"x": "uaq4"}, act_bits=8).config_id
+    for bad in (8.5, True, "8"):
+        path.write_text(json.dumps({"model": "m", "options": {}, "act_bits": bad}))
+        with pytest.raises(ConfigError, match=r"'act_bits' = .*: expected null, 8 or 6"):
+            QuantConfig.load(path)
