@@ -174,11 +174,17 @@ class DiffusersPipelineDenoiser(Denoiser):
             self._embed_cache[cache_key] = {k: v for k, v in zip(keys, out) if v is not None}
         return dict(self._embed_cache[cache_key])
 
-    def _size_kwargs(self) -> dict[str, int]:
-        """height/width for pipelines that take them (DiT's size is fixed by the model)."""
-        if "height" in call_parameters(self.pipe) and self.resolution != native_resolution(self.pipe):
-            return {"height": self.resolution, "width": self.resolution}
-        return {}
+    def _size_kwargs(self) -> dict[str, Any]:
+        """height/width for pipelines that take them (DiT's size is fixed by the model). PixArt's
+        aspect-ratio binning is off: images are square at exactly `resolution` (binning maps a
+        native square size to itself, and refuses the sizes of small test models)."""
+        params = call_parameters(self.pipe)
+        kw: dict[str, Any] = {}
+        if "use_resolution_binning" in params:
+            kw["use_resolution_binning"] = False
+        if "height" in params and self.resolution != native_resolution(self.pipe):
+            kw.update(height=self.resolution, width=self.resolution)
+        return kw
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ class Score:
     status: str  # "ok" | "failed"
     fid: float = math.nan
     content: float = math.nan
-    content_metric: str = "accuracy"  # "accuracy" (digits) | "clip"
+    content_metric: str = "accuracy"  # "accuracy" (digits) | "clip" | "clip_zeroshot_accuracy" | "none"
     n_images: int = 0
     n_nonfinite: int = 0
     reason: str | None = None
@@ -314,7 +314,9 @@ def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "
     if ref.kind == "inception":
         from sampling.inception import InceptionClipScorer  # lazy: needs transformers / the network
 
-        return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"))
+        names = getattr(source, "class_names", None) if isinstance(source, Denoiser) else None
+        return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"),
+                                   label_names=names)
     raise QsensError(f"no scorer for reference kind {ref.kind!r}")
 
 

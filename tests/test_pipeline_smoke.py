@@ -83,3 +83,43 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     stale = dvc(tmp_path, "status")
     stale_stages = {line.strip().rstrip(":") for line in stale.splitlines() if line and not line.startswith(("\t", " "))}
     assert stale_stages == {"search", "evaluate"}, stale
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path) -> None:
+    """`dvc repro` with `model:` naming a tiny StableDiffusionPipeline directory outside the
+    repo copy (absolute path) and a reference built by `qsens reference build`."""
+    from tests.standins import write_standin_inception, write_test_images
+    from tests.tiny_pipelines import build_tiny_pipeline
+
+    repo = tmp_path / "repo"
+    tracked_copy(repo)
+    source = build_tiny_pipeline("sd", tmp_path / "models" / "tiny-sd")
+    inception = write_standin_inception(tmp_path / "standin-inception-random-weights.pt")
+    names = write_test_images(tmp_path / "images")
+    (tmp_path / "captions.txt").write_text("\n".join(f"a photo of thing {i}" for i in range(len(names))))
+    from qsens.cli import main
+
+    ref = tmp_path / "reference-16"
+    assert main(["reference", "build", "--images", str(tmp_path / "images"), "--captions",
+                 str(tmp_path / "captions.txt"), "--resolution", "16", "--num-images", str(len(names)),
+                 "--inception", str(inception), "--out", str(ref)]) == 0
+    micro = {k: v for k, v in MICRO.items() if k != "digits"}
+    micro["bank"] = {"options": "uaq4,kma3,kmc3"}
+    micro["analysis"] = {"images": 4, "calib_samples": 2, "calib_trajectories": 1, "ssim_images": 2}
+    micro["sample"] = {"num_configs": 10, "workers": 1, "images": 8}
+    micro["search"] = {**MICRO["search"], "budgets": [3.5, 4.5]}
+    micro["model"] = {"source": str(source), "name": "tiny-sd", "reference": str(ref), "steps": 2,
+                      "batch_size": 4}
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), micro)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+
+    out = dvc(repo, "repro")
+    assert "digits" not in "".join(p.name for p in (repo / "data").rglob("*")), "a digits path for a real model"
+    rows = json.loads((repo / "metrics" / "search.json").read_text())
+    assert {r["strategy"] for r in rows} >= set(MICRO["search"]["strategies"])
+    info = json.loads((repo / "data" / "models" / "tiny-sd" / "model.json").read_text())
+    assert info["pipeline_class"] == "StableDiffusionPipeline" and info["resolution"] == 16
+    assert (repo / "data" / "quant_cache" / "tiny-sd.parquet").is_file(), out
+    assert "Running stage" not in dvc(repo, "repro")
