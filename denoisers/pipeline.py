@@ -172,7 +172,10 @@ class DiffusersPipelineDenoiser(Denoiser):
                                           do_classifier_free_guidance=guidance > 1.0,
                                           negative_prompt=negative)
             self._embed_cache[cache_key] = {k: v for k, v in zip(keys, out) if v is not None}
-        return dict(self._embed_cache[cache_key])
+        kw = dict(self._embed_cache[cache_key])
+        if "negative_prompt" in call_parameters(self.pipe):  # PixArt defaults it to "": clashes with the embeds
+            kw["negative_prompt"] = None
+        return kw
 
     def _size_kwargs(self) -> dict[str, Any]:
         """height/width for pipelines that take them (DiT's size is fixed by the model). PixArt's
@@ -195,15 +198,30 @@ def load_pipeline(source: str, torch_dtype: torch.dtype | None = None, scheduler
     pipeline, a component whose library is missing, a hub id not in the local cache, an unknown
     scheduler class."""
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would flood stderr/logs
     sched_cls = scheduler_class(scheduler) if scheduler else None
+    local = Path(str(source)).expanduser().is_dir()
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # hub connection notices are not errors of ours
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=torch_dtype)
+        try:  # a hub id: the local hub cache first, so an offline machine never waits on the network
+            pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=torch_dtype,
+                                                     local_files_only=not local)
+        except OSError:
+            if local:
+                raise
+            pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=torch_dtype)
     except ImportError as exc:
         raise QsensError(f"cannot load pipeline {source}: a component needs a missing library "
                          f"({_first_line(exc)})") from None
     except (OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError) as exc:
-        raise QsensError(f"cannot load diffusers pipeline {source}: {_first_line(exc)}") from None
+        where = "" if local else " (hub id: not in the local hub cache, and the hub is unreachable or has no such repo)"
+        raise QsensError(f"cannot load diffusers pipeline {source}{where}: "
+                         f"{_first_line(exc).removesuffix('.')[:300]}") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
     if sched_cls is not None:
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
     return pipe

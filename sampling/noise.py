@@ -168,7 +168,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
         "model": model_name,
         "images_per_score": n,
         "classifier_test_accuracy": _num(_classifier_acc(scorer)),
-        "fp_generated_accuracy": float(fp_accs.mean()),
+        "fp_generated_accuracy": _num(float(fp_accs.mean())),
         "fp_fid_mean": float(fp_fids.mean()),
         "fp_fid_seed_std": sigma,
         "fp_fids": [float(f) for f in fp_fids],
@@ -201,13 +201,16 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float) -> str:
+def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float | None) -> str:
+    def content(x: float | None) -> str:  # real models without a CLIP model have no content score
+        return "" if x is None or not math.isfinite(x) else f", acc {x:.2f}"
+
     if key == "fp":
-        return f"FP: FID {fp_fid:.1f}, acc {fp_acc:.2f}"
+        return f"FP: FID {fp_fid:.1f}{content(fp_acc)}"
     u = uniform[key]
     if u["fid"] is None:
         return f"uniform {key}: failed"
-    return f"uniform {key}: FID {u['fid']:.1f}, acc {u['accuracy']:.2f}"
+    return f"uniform {key}: FID {u['fid']:.1f}{content(u['accuracy'])}"
 
 
 def sample_grid(rows: dict[str, np.ndarray], path: str | Path, columns: int = 10,

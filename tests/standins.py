@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.tiny_pipelines import byte_alphabet
+
 STANDIN_INCEPTION_NAME = "standin-inception-random-weights.pt"
 
 
@@ -71,20 +73,6 @@ def write_standin_inception(path: str | Path, seed: int = 0) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte → printable unicode map (the byte-level BPE alphabet)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """A tiny random `CLIPModel` + tokenizer + image processor saved as a local CLIP directory."""
     from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
@@ -93,7 +81,7 @@ def write_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 32) -> Pa
     path = Path(path)
     tok_dir = path.parent / f".{path.name}-tokenizer-files"
     tok_dir.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = byte_alphabet()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in alphabet:  # every byte, inside and at the end of a word: no merges needed
         vocab.setdefault(ch, len(vocab))

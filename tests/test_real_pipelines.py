@@ -35,14 +35,15 @@ def qsens(*argv: str) -> int:
     return qsens_main([str(a) for a in argv])
 
 
-def params_for(tmp: Path, source: Path, name: str, reference: Path | None, **model) -> Path:
+def params_for(tmp: Path, source: Path, name: str, reference: Path | None,
+               filename: str = "params.yaml", **model) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in MICRO.items():
         params[section].update(values)
     params["model"].update(source=str(source), name=name,
                            reference=str(reference) if reference else None,
                            steps=2, batch_size=2, **model)
-    path = tmp / "params.yaml"
+    path = tmp / filename
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -156,10 +157,11 @@ def test_bad_model_inputs_are_one_line(tmp_path, monkeypatch, capsys, scoring_fi
         (["score", "--model", "no/such-model-here", "--config", "fp16"], "cannot load"),
         (["score", "--model", "./missing-dir", "--config", "fp16"], "unknown model"),
     ]
-    params = params_for(tmp_path, source, "sd", None, scheduler="NoSuchScheduler")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"source": "digits"}}))
+    params = params_for(tmp_path, source, "sd", None, "p-sched.yaml", scheduler="NoSuchScheduler")
     cases.append((["score", "--params", params, "--config", "fp16"], "unknown scheduler"))
     ref = build_reference(scoring_files, tmp_path / "ref32", 32)
-    params2 = params_for(tmp_path, source, "sd", ref)
+    params2 = params_for(tmp_path, source, "sd", ref, "p-ref32.yaml")
     from denoisers.pipeline import load_pipeline, native_resolution
 
     if native_resolution(load_pipeline(source)) != 32:

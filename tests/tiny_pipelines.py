@@ -57,7 +57,7 @@ _CLIP_MERGES = ("t h", "th e</w>", "a n", "an d</w>", "i n", "in g</w>", "o f</w
                 "e r</w>", "r e", "e d</w>", "o r", "s t")
 
 
-def _bytes_to_unicode() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte -> printable unicode alphabet (the characters BPE runs on)."""
     bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
           + list(range(ord("®"), ord("ÿ") + 1)))
@@ -76,7 +76,7 @@ def tiny_clip_tokenizer():
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in _bytes_to_unicode():
+    for ch in byte_alphabet():
         vocab.setdefault(ch, len(vocab))
         vocab.setdefault(ch + "</w>", len(vocab))
     for merge in _CLIP_MERGES:
