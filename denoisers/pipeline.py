@@ -7,6 +7,7 @@ quantized; text encoders and the VAE stay in full precision.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,10 @@ def load_pipeline(source: str, torch_dtype: torch.dtype | None = None, scheduler
     local = Path(str(source)).expanduser().is_dir()
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # hub connection notices are not errors of ours
+    warn = warnings.catch_warnings()
+    warn.__enter__()
+    # `torch_dtype` is renamed `dtype` in new diffusers (a FutureWarning); the old name works in both
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
     try:
         try:  # a hub id: the local hub cache first, so an offline machine never waits on the network
             pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=torch_dtype,
@@ -222,6 +227,7 @@ def load_pipeline(source: str, torch_dtype: torch.dtype | None = None, scheduler
                          f"{_first_line(exc).removesuffix('.')[:300]}") from None
     finally:
         diffusers_logging.set_verbosity(level)
+        warn.__exit__(None, None, None)
     if sched_cls is not None:
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
     return pipe
