@@ -149,7 +149,9 @@ def test_diffusers_pipeline_adapter_with_tiny_dit_pipeline(tmp_path):
     DiTPipeline(transformer=tr, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "p")
     from denoisers.spec import ModelSpec
 
-    den = load_denoiser(ModelSpec(source=str(tmp_path / "p"), name="p", steps=2, batch_size=2))
+    # guidance 1: DiTPipeline's null class is id 1000, which a 10-class toy model does not have
+    den = load_denoiser(ModelSpec(source=str(tmp_path / "p"), name="p", steps=2, batch_size=2,
+                                  guidance=1.0))
     assert isinstance(den, DiffusersPipelineDenoiser) and den.model is den.pipe.transformer
     g1, g2 = den.generate(3, seed=0), den.generate(3, seed=0)
     assert g1.images.shape == (3, 8, 8, 3) and g1.images.dtype == np.uint8
