@@ -239,10 +239,13 @@ def scheduler_class(name: str) -> type:
 
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        import difflib
+
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler")
                        and isinstance(getattr(diffusers, n, None), type))
-        raise QsensError(f"unknown scheduler {name!r}: not a diffusers scheduler class; known: "
-                         f"{', '.join(known[:12])}, ...")
+        near = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(known)}"
+        raise QsensError(f"unknown scheduler {name!r}: not a diffusers scheduler class; {hint}")
     return cls
 
 

@@ -195,7 +195,8 @@ def resolve_spec(params: str | Path = "params.yaml", *, model: str | None = None
     """The model spec: params.yaml `model:`, then the command line.
 
     `model` (the `--model` flag) replaces the source; it may also be the params model's own name
-    (then nothing changes). A new source gets its own default name unless `name` is given.
+    (then nothing changes). A new source gets its own default name unless `name` is given, and
+    no reference (params' reference is the params model's).
     Other keyword arguments (`reference`, `device`, `dtype`, `steps`, `guidance`, `batch_size`,
     `resolution`, `scheduler`, `negative_prompt`) override the params value when not None.
     """
@@ -211,8 +212,9 @@ def resolve_spec(params: str | Path = "params.yaml", *, model: str | None = None
         raise QsensError(f"{params}: bad `model` params ({exc})") from None
     if model is not None and model not in (spec.source, spec.name):
         classify_source(model)
-        spec = replace(spec, source=str(model), name=name or default_name(model),
-                       reference=None if model in BUILTIN else spec.reference)
+        # params' reference belongs to params' model: a new source uses --reference, or the one
+        # `qsens prepare` installed under its own name
+        spec = replace(spec, source=str(model), name=name or default_name(model), reference=None)
     elif name is not None:
         spec = replace(spec, name=name)
     changes = {k: v for k, v in overrides.items() if v is not None}

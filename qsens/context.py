@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from denoisers.spec import ModelSpec, resolve_spec
+from denoisers.spec import ModelSpec, classify_source, resolve_spec
 from quant.errors import QsensError
 
 
@@ -120,19 +120,26 @@ class Context:
         return den
 
 
-def context(args: argparse.Namespace, installed_reference: bool = True) -> Context:
+def context(args: argparse.Namespace, installed_reference: bool = True,
+            loads_model: bool = True) -> Context:
     """The Context of parsed arguments from a parser that had `add_model_args`.
 
     A real model's reference is the copy `qsens prepare` installed under DATA/reference/NAME
     when it exists (what the DVC stages depend on) unless --reference names one; `prepare`
-    itself passes `installed_reference=False` and reads model.reference.
+    itself passes `installed_reference=False` and reads model.reference. Commands that only
+    read data products (`loads_model=False`: predictor train/inspect) also take `--model NAME`.
     """
     params = Path(getattr(args, "params", "params.yaml"))
     gen = {k: getattr(args, k, None) for k in ("steps", "guidance", "batch_size")}
     gen = {k: v for k, v in gen.items() if v is not None}
     overrides = {k: getattr(args, k, None) for k in ("reference", "device", "dtype")}
-    spec = resolve_spec(params, model=getattr(args, "model", None), name=getattr(args, "name", None),
-                        **overrides, **gen)
+    model, name = getattr(args, "model", None), getattr(args, "name", None)
+    if not loads_model and model is not None and name is None:
+        try:
+            classify_source(model)
+        except QsensError:  # not a source: the short name of a model whose data exists
+            model, name = None, model
+    spec = resolve_spec(params, model=model, name=name, **overrides, **gen)
     data_dir = Path(getattr(args, "data_dir", "data"))
     if data_dir.exists() and not data_dir.is_dir():
         raise QsensError(f"--data-dir {data_dir} is a file, not a directory")

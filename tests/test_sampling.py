@@ -149,8 +149,9 @@ def test_nan_images_are_recorded_as_failures_not_dropped(prepared: Path, tmp_pat
                 tensors[key] = tensors[key].clone().fill_(float("nan"))
         save_file(tensors, shard, metadata={"format": "qsens-bank/1"})
     shards = tmp_path / "shards"
-    out = qsens(*sample_args(prepared, shards, 2, "--bank", str(bank), "--max-attempts", "2"))
-    assert "2/2 configs finished" in out.stdout
+    out = qsens(*sample_args(prepared, shards, 2, "--bank", str(bank), "--max-attempts", "2"), check=False)
+    assert out.returncode == 1 and "2/2 configs finished" in out.stdout  # every config failed: not a success
+    assert out.stderr.strip().startswith("error: every config failed")
     records = scan_shards(shards).records
     assert len(records) == 4 and all(r["status"] == "failed" for r in records)  # 2 configs × 2 attempts
     assert "NaN" in records[0]["reason"]

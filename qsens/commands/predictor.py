@@ -76,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
         train_ensemble, write_metrics
     from quant.errors import QsensError
 
-    lay = context(args).layout
+    lay = context(args, loads_model=False).layout
     model = lay.name
     cache = Path(args.cache or lay.cache)
     graph = Path(args.graph or lay.graph)
@@ -158,7 +158,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from predictor.inspect import run_inspect as inspect
     from quant.config import QuantConfig
 
-    lay = context(args).layout
+    lay = context(args, loads_model=False).layout
     model = lay.name
     out = Path(args.out or lay.predictor)
     graph = Path(args.graph or lay.graph)

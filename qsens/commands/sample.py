@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from qsens.context import add_model_args, context
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for line in result["failed_workers"]:
         print(f"warning: {line}; run the same command again to resume")
     if result["planned"] and result.get("ok", result["finished"]) == 0:
-        print(f"error: every config failed; see the reasons with `qsens cache merge --shards {shards}`")
+        print(f"error: every config failed; see the reasons with `qsens cache merge --shards {shards}`",
+              file=sys.stderr)
         return 1
     return 0 if not result["failed_workers"] else 1
 

@@ -23,9 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--bank", default=None,
                    help="bank dir (default: DATA/bank/NAME; built in memory if missing)")
     p.add_argument("--images", type=int, default=None,
-                   help="images to generate (default: params score.images, 500)")
+                   help="images to generate (default: params score.images)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed set: image i uses seed SEED*1e6+i (default: params score.seed, 0)")
+                   help="seed set: image i uses seed SEED*1e6+i (default: params score.seed)")
     p.add_argument("--save-images", default=None, help="also write a PNG grid of the images here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     den = ctx.load_denoiser()
     scorer = make_scorer(den, device=ctx.spec.device)
-    result: dict = {"model": ctx.spec.name}
+    result: dict = {"model": ctx.spec.name, "reference": str(den.reference().path), "seed": seed}
     t0 = time.perf_counter()
     if args.config == "fp16":
         result["config"] = "fp16"
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        for k in ("model", "config", "avg_bits", "status", "reason", "fid", "content",
+        for k in ("model", "reference", "seed", "config", "avg_bits", "status", "reason", "fid", "content",
                   "content_metric", "n_images", "generate_seconds", "seconds", "total_seconds"):
             if k in result and result[k] is not None:
                 v = result[k]
