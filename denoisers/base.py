@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quant.errors import QsensError
 from quant.layers import LayerInfo, count_macs, layer_infos, quantizable_layers
 
 # Image i of seed set s is drawn from a generator seeded with s * SEED_STRIDE + i, so different
@@ -92,11 +93,58 @@ class ReferenceData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+REFERENCE_FORMAT = 1
+REFERENCE_JSON = "reference.json"
+
+
+def _read_lines(path: Path, n: int, what: str) -> list[str]:
+    if not path.is_file():
+        raise QsensError(f"reference {path.parent}: {path.name} is missing")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != n:
+        raise QsensError(f"reference {path.parent}: {path.name} has {len(lines)} {what}, "
+                         f"reference.json says {n} images")
+    return lines
+
+
+def read_reference_info(directory: str | Path) -> tuple[dict[str, Any], list[str] | None, list[str] | None]:
+    """`reference.json`, prompts and image names of a dir written by `qsens reference build`
+    (the statistics are read by `sampling.reference.load_reference`). Raises QsensError (one
+    line) when it is missing, of another format or kind, or its files disagree."""
+    import json
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise QsensError(f"reference dir {d} not found: build one with `qsens reference build`")
+    meta = d / REFERENCE_JSON
+    if not meta.is_file():
+        raise QsensError(f"{d} is not a reference dir (no {REFERENCE_JSON}): "
+                         "build one with `qsens reference build`")
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QsensError(f"reference {meta} is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict) or info.get("format") != REFERENCE_FORMAT:
+        got = info.get("format") if isinstance(info, dict) else None
+        raise QsensError(f"reference {meta}: format {got!r}, this qsens reads format {REFERENCE_FORMAT}")
+    if info.get("kind") != "inception":
+        raise QsensError(f"reference {meta}: kind {info.get('kind')!r}, expected 'inception'")
+    for key in ("resolution", "n_images", "feature_network"):
+        if key not in info:
+            raise QsensError(f"reference {meta} has no {key!r}")
+    n = int(info["n_images"])
+    prompts = _read_lines(d / info["prompts_file"], n, "prompts") if info.get("prompts_file") else None
+    images = (_read_lines(d / info["images_file"], n, "image names")
+              if info.get("images_file") and (d / info["images_file"]).is_file() else None)
+    return info, prompts, images
+
+
 class Denoiser(abc.ABC):
     """Base class of the adapters (`denoisers.digits.DigitsDenoiser`, pipeline adapters)."""
 
     name: str  # e.g. "digits", "digits-dit", or a directory / hub id
     model: nn.Module  # the quantizable denoiser (UNet / transformer)
+    num_classes: int | None = None  # class-conditional models: labels 0..num_classes-1; else None
     device: torch.device = torch.device("cpu")
 
     # --- layers -----------------------------------------------------------------------------

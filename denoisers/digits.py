@@ -428,6 +428,8 @@ def _disable_dit_random_label_dropout(model: nn.Module) -> None:
 class DigitsDenoiser(Denoiser):
     """A trained (or tiny random) digits model plus its sampling scheduler."""
 
+    num_classes = NUM_CLASSES
+
     def __init__(self, model: nn.Module, arch: str, params: DigitsParams, name: str = "digits",
                  model_dir: Path | None = None, reference_dir: Path | None = None,
                  scheduler_config: dict[str, Any] | None = None, info: dict[str, Any] | None = None):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
+from denoisers.base import (Denoiser, Generation, ReferenceData, image_seeds, read_reference_info,
+                            to_uint8)
 from quant.errors import QsensError
 
 # ----------------------------------------------------------------------------------------------
@@ -251,21 +252,8 @@ def scheduler_class(name: str) -> type:
 
 def read_reference(directory: str | Path) -> tuple[ReferenceData, list[str] | None]:
     """A reference dir written by `qsens reference build`: (ReferenceData, prompts or None)."""
-    from quant.jsonio import read_json
-
-    directory = Path(directory)
-    info_path = directory / "reference.json"
-    if not info_path.is_file():
-        raise QsensError(f"{directory} is not a reference dir (no reference.json): build one with "
-                         "`qsens reference build`")
-    info = read_json(info_path, "a reference.json")
-    prompts = None
-    if info.get("prompts_file"):
-        path = directory / info["prompts_file"]
-        if not path.is_file():
-            raise QsensError(f"{path} is missing (named by {info_path})")
-        prompts = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-    return ReferenceData(info.get("kind", "inception"), directory, info), prompts
+    info, prompts, _ = read_reference_info(directory)
+    return ReferenceData(info["kind"], Path(directory), info), prompts
 
 
 def call_parameters(pipe: Any) -> set[str]:

@@ -39,6 +39,8 @@ def load_denoiser(spec: ModelSpec | str | Path, data_dir: str | Path = "data") -
         spec = ModelSpec(source=str(spec), name=default_name(spec))
     kind = classify_source(spec.source)
     data_dir = Path(data_dir)
+    if kind in ("builtin", "digits-dir"):
+        _digits_only(spec)
     if kind == "builtin":
         model_dir = data_dir / "models" / spec.name
         if not (model_dir / META_FILE).exists():
@@ -48,10 +50,8 @@ def load_denoiser(spec: ModelSpec | str | Path, data_dir: str | Path = "data") -
         if den.arch != ARCHS[spec.source]:
             raise QsensError(f"{model_dir} holds a digits {den.arch} model but model.source is "
                              f"{spec.source}: give it its own model.name (e.g. {spec.source})")
-        _digits_only(spec)
         return den.to(spec.device)
     if kind == "digits-dir":
-        _digits_only(spec)
         return DigitsDenoiser.load(spec.source).to(spec.device)
     check_model_spec(spec.source)
     return DiffusersPipelineDenoiser.from_spec(spec)

@@ -124,10 +124,6 @@ class ModelSpec:
                              f"{self.source} its own model.name (e.g. {default_name(self.source)})")
 
     @property
-    def kind(self) -> str:
-        return classify_source(self.source)
-
-    @property
     def is_digits_dir(self) -> bool:
         return Path(str(self.source)).is_dir() and (Path(str(self.source)) / DIGITS_META).is_file()
 

@@ -144,12 +144,9 @@ def context(args: argparse.Namespace, installed_reference: bool = True,
     if data_dir.exists() and not data_dir.is_dir():
         raise QsensError(f"--data-dir {data_dir} is a file, not a directory")
     installed = data_dir / "reference" / spec.name
-    if (installed_reference and not spec.is_builtin and args_reference(args) is None
+    if (installed_reference and not spec.is_builtin and overrides["reference"] is None
             and (installed / "reference.json").is_file()):
         # `qsens prepare` installed the reference here: what the DVC stages depend on.
         spec = replace(spec, reference=str(installed))
     return Context(params, spec, Layout(data_dir, spec.name), gen)
 
-
-def args_reference(args: argparse.Namespace) -> str | None:
-    return getattr(args, "reference", None)

@@ -34,11 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from denoisers.base import REFERENCE_FORMAT, REFERENCE_JSON, read_reference_info
 from quant.errors import QsensError
 from sampling.scoring import STATS_FILE, feature_stats
 
-REFERENCE_FORMAT = 1
-REFERENCE_JSON = "reference.json"
 PROMPTS_FILE = "prompts.txt"
 IMAGES_FILE = "images.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -261,16 +260,6 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
 # ----------------------------------------------------------------------------------------------
 # load / check
 # ----------------------------------------------------------------------------------------------
-def _read_lines(path: Path, n: int, what: str) -> list[str]:
-    if not path.is_file():
-        raise QsensError(f"reference {path.parent}: {path.name} is missing")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if len(lines) != n:
-        raise QsensError(f"reference {path.parent}: {path.name} has {len(lines)} {what}, "
-                         f"reference.json says {n} images")
-    return lines
-
-
 def load_reference(directory: str | Path) -> Reference:
     """Read a reference dir. Raises QsensError (one line) if it is missing, not a reference dir,
     of another format, or its files disagree (stats shapes, prompt count)."""
@@ -278,24 +267,7 @@ def load_reference(directory: str | Path) -> Reference:
     from safetensors.numpy import load_file
 
     d = Path(directory)
-    if not d.is_dir():
-        raise QsensError(f"reference dir {d} not found: build one with `qsens reference build`")
-    meta = d / REFERENCE_JSON
-    if not meta.is_file():
-        raise QsensError(f"{d} is not a reference dir (no {REFERENCE_JSON}): "
-                         "build one with `qsens reference build`")
-    try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QsensError(f"reference {meta} is not valid JSON: {exc}") from exc
-    if not isinstance(info, dict) or info.get("format") != REFERENCE_FORMAT:
-        got = info.get("format") if isinstance(info, dict) else None
-        raise QsensError(f"reference {meta}: format {got!r}, this qsens reads format {REFERENCE_FORMAT}")
-    if info.get("kind") != "inception":
-        raise QsensError(f"reference {meta}: kind {info.get('kind')!r}, expected 'inception'")
-    for key in ("resolution", "n_images", "feature_network"):
-        if key not in info:
-            raise QsensError(f"reference {meta} has no {key!r}")
+    info, prompts, images = read_reference_info(d)
     if not (d / STATS_FILE).is_file():
         raise QsensError(f"reference {d}: {STATS_FILE} is missing")
     try:
@@ -307,10 +279,6 @@ def load_reference(directory: str | Path) -> Reference:
     if mu.ndim != 1 or sigma.shape != (dim, dim):
         raise QsensError(f"reference {d / STATS_FILE}: mu {mu.shape} and sigma {sigma.shape} "
                          "are not (d,) and (d, d)")
-    n = int(info["n_images"])
-    prompts = _read_lines(d / info["prompts_file"], n, "prompts") if info.get("prompts_file") else None
-    images = (_read_lines(d / info["images_file"], n, "image names")
-              if info.get("images_file") and (d / info["images_file"]).is_file() else None)
     return Reference(d, mu, sigma, info, prompts, images)
 
 

@@ -61,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
     den = ctx.load_denoiser()
     labels = None
     if args.prompt:
-        if getattr(den, "num_classes", None) is not None or not hasattr(den, "prompts"):
+        if den.num_classes is not None or not hasattr(den, "prompts"):
             raise QsensError(f"{ctx.spec.name} is class-conditional: use --class-id, not --prompt")
         den.prompts = list(args.prompt)
     elif args.class_id:
-        n_classes = getattr(den, "num_classes", None) or _digits_classes(den)
+        n_classes = den.num_classes
         if n_classes is None:
             raise QsensError(f"{ctx.spec.name} is a text-to-image model: use --prompt")
         bad = [c for c in args.class_id if not 0 <= c < n_classes]
@@ -104,8 +104,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {gen.n_nonfinite} images had NaN/inf values (written black)")
     return 0
 
-
-def _digits_classes(den) -> int | None:
-    from denoisers.digits import NUM_CLASSES, DigitsDenoiser
-
-    return NUM_CLASSES if isinstance(den, DigitsDenoiser) else None
