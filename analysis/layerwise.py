@@ -92,7 +92,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
                       layers: Sequence[str] | None = None, options: Sequence[str] | None = None,
                       progress: bool = True) -> pd.DataFrame:
     """Measure every (layer, option) (see module doc); resumable; returns the scored table."""
-    from tqdm.auto import tqdm
+    from quant.progress import progress_bar
 
     from quant.apply import quantized
 
@@ -120,7 +120,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
             prog.add({"layer": "", "option": "fp16", "fid": fid, "content": content, "status": status,
                       "seconds": secs})
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
-        for layer, option in tqdm(todo, desc="layerwise", unit="pair", disable=not progress):
+        for layer, option in progress_bar(todo, desc="layerwise", unit="pair", disable=not progress):
             with quantized(denoiser.model, one_layer(bank.model, layer, option), bank, verify=False):
                 fid, content, status, secs = measure()
             prog.add({"layer": layer, "option": option, "fid": fid if status == "ok" else None,

@@ -43,7 +43,7 @@ def split_groups(layers: Sequence[str], patterns: Sequence[str]) -> dict[str, st
 def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
                   layers: Sequence[str] | None = None, options: Sequence[str] | None = None,
                   progress: bool = True) -> pd.DataFrame:
-    from tqdm.auto import tqdm
+    from quant.progress import progress_bar
 
     from quant.apply import quantized
 
@@ -70,7 +70,7 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
         "steps": params.steps, "patterns": list(params.content_patterns)})
     with Progress(out_dir / "mixdq.progress.jsonl", key) as prog:
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
-        for layer, option in tqdm(todo, desc="mixdq", unit="pair", disable=not progress):
+        for layer, option in progress_bar(todo, desc="mixdq", unit="pair", disable=not progress):
             t1 = time.perf_counter()
             with quantized(denoiser.model, one_layer(bank.model, layer, option), bank, verify=False):
                 q = sqnr_db(y_fp, run_model(denoiser.model, calib))

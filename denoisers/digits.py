@@ -272,9 +272,9 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
 
 
 def _classifier_loop(model, opt, sched, x_tr, y_tr, gen, batch, steps_per_epoch, params, progress):
-    from tqdm import tqdm
+    from quant.progress import progress_bar
 
-    for _ in tqdm(range(params.classifier_epochs), desc="classifier", disable=not progress):
+    for _ in progress_bar(range(params.classifier_epochs), desc="classifier", disable=not progress):
         perm = torch.randperm(len(x_tr), generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch:(i + 1) * batch]
@@ -355,7 +355,7 @@ def train_denoiser(arch: str, images_u8: np.ndarray, labels: np.ndarray, params:
 
 
 def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
-    from tqdm import tqdm
+    from quant.progress import progress_bar
 
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed + 7)
@@ -381,7 +381,7 @@ def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
     losses: list[float] = []
     model.train()
     n = len(x0_all)
-    bar = tqdm(range(params.train_steps), desc=f"train {arch}", disable=not progress)
+    bar = progress_bar(range(params.train_steps), desc=f"train {arch}", disable=not progress)
     for step in bar:
         idx = torch.randint(0, n, (params.train_batch,), generator=gen)
         x0, y = x0_all[idx], y_all[idx].clone()
@@ -491,7 +491,7 @@ class DigitsDenoiser(Denoiser):
     def generate(self, n: int, seed: int = 0, *, steps: int | None = None,
                  guidance: float | None = None, batch_size: int | None = None,
                  progress: bool = False, labels: np.ndarray | None = None) -> Generation:
-        from tqdm import tqdm
+        from quant.progress import progress_bar
 
         steps = int(steps or self.params.steps)
         guidance = float(self.params.guidance if guidance is None else guidance)
@@ -506,7 +506,7 @@ class DigitsDenoiser(Denoiser):
                              for s in seeds]) if n else torch.zeros((0, *shape))
         out = []
         starts = range(0, n, batch_size)
-        for b0 in tqdm(starts, desc=f"generate {self.name}", disable=not progress):
+        for b0 in progress_bar(starts, desc=f"generate {self.name}", disable=not progress):
             x = noise[b0:b0 + batch_size].to(self.device)
             y = torch.from_numpy(labels[b0:b0 + batch_size]).to(self.device)
             with flush_denormal():

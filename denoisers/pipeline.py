@@ -124,7 +124,7 @@ class DiffusersPipelineDenoiser(Denoiser):
                  guidance: float | None = None, batch_size: int | None = None,
                  progress: bool = False, labels: np.ndarray | None = None) -> Generation:
         """`labels` (class-conditional models): int (n,) classes; default: 0, 1, ... cycling."""
-        from tqdm import tqdm
+        from quant.progress import progress_bar
 
         steps = int(steps or self.steps)
         guidance = float(self.guidance if guidance is None else guidance)
@@ -144,7 +144,7 @@ class DiffusersPipelineDenoiser(Denoiser):
                              "with prompts.txt (model.reference / --reference) or --prompt")
         gen_device = "cpu" if self.device.type == "mps" else self.device
         images, bad = [], []
-        for b0 in tqdm(range(0, n, batch_size), desc=f"generate {self.name}", disable=not progress):
+        for b0 in progress_bar(range(0, n, batch_size), desc=f"generate {self.name}", disable=not progress):
             b1 = min(n, b0 + batch_size)
             gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[b0:b1]]
             kw: dict[str, Any] = dict(num_inference_steps=steps, generator=gens, output_type="pt",

@@ -154,7 +154,7 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
     """One generation per (layer, option) with only that layer quantized; see the module docstring.
 
     Non-finite images are left out of that pair's mean and counted in `nonfinite`."""
-    from tqdm.auto import tqdm
+    from quant.progress import progress_bar
 
     from quant.apply import quantized
     from quant.config import QuantConfig
@@ -169,7 +169,7 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
         raise QsensError(f"the FP model produced {n_bad} non-finite probe image(s); check the model")
     shift = np.zeros((len(layers), len(options), fp_mean.shape[0]), dtype=np.float32)
     nonfinite: dict[str, int] = {}
-    bar = tqdm(total=len(layers) * len(options), desc="probe", unit="pair", disable=not progress)
+    bar = progress_bar(total=len(layers) * len(options), desc="probe", unit="pair", disable=not progress)
     for i, layer in enumerate(layers):
         for j, option in enumerate(options):
             cfg = QuantConfig(model=bank.model, options={layer: option})

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
+from quant.progress import progress_bar
 
 from predictor import baselines as bl
 from predictor.dataset import ConfigSet, GraphTemplate, TargetScaler, configs_from_cache, split_ids
@@ -147,7 +147,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, train_idx: np.ndarray,
-                 val_idx: np.ndarray, params: TrainParams, seed: int, bar: tqdm | None = None,
+                 val_idx: np.ndarray, params: TrainParams, seed: int, bar: Any | None = None,
                  rows_all: torch.Tensor | None = None) -> Member:
     """Train one GNN on `train_idx`, early-stopping on `val_idx` (Spearman, then MSE)."""
     start = time.perf_counter()
@@ -247,7 +247,7 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
     members: list[Member] = []
     test_preds, base_preds = [], {b: [] for b in params.baselines}
     fold_rows, pred_rows = [], []
-    bar = tqdm(total=params.folds * params.epochs, desc="train predictor", unit="epoch", disable=not progress)
+    bar = progress_bar(total=params.folds * params.epochs, desc="train predictor", unit="epoch", disable=not progress)
     for k, (train_idx, val_idx) in enumerate(folds):
         train_idx = _subsample(train_idx, params.train_fraction, data.config_ids, params.seed + k)
         bar.set_description(f"train predictor (fold {k + 1}/{params.folds})")

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
+from quant.progress import progress_bar
 
 from quant.accounting import ConfigStats, layer_bits, summarize
 from quant.config import QuantConfig
@@ -243,7 +243,7 @@ def build_bank(
     entries: dict[str, dict[str, BankEntry]] = {}
     tensors: dict[str, torch.Tensor] = {}
     shard_index, shard_bytes = 0, 0
-    bar = tqdm(modules.items(), desc=f"bank {model_name}", unit="layer", disable=not progress)
+    bar = progress_bar(modules.items(), desc=f"bank {model_name}", unit="layer", disable=not progress)
     for name, module in bar:
         if name in leader:  # one shared tensor: quantized and stored once, under its first layer
             entries[name] = dict(entries[leader[name]])

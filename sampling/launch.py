@@ -9,12 +9,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from quant.bank import Bank
 from quant.errors import QsensError
+from quant.progress import progress_bar
 from sampling.sampler import random_configs
 from sampling.shards import finished_ids, scan_shards
 from sampling.worker import SampleJob, run_worker
@@ -49,7 +50,7 @@ def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: st
         raise QsensError(f"--workers must be at least 1, got {workers}")
     planned = _planned_ids(job)
     start = _finished(job, planned)
-    bar = tqdm(total=len(planned), initial=start, desc="configs", unit="cfg", disable=not progress,
+    bar = progress_bar(total=len(planned), initial=start, desc="configs", unit="cfg", disable=not progress,
                smoothing=0.1)
     if backend == "local":
         failed = _launch_local(job, workers, bar, planned)
@@ -64,7 +65,7 @@ def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: st
     return {"finished": finished, "ok": ok, "planned": len(planned), "failed_workers": failed}
 
 
-def _launch_local(job: SampleJob, workers: int, bar: tqdm, planned: set[str]) -> list[str]:
+def _launch_local(job: SampleJob, workers: int, bar: Any, planned: set[str]) -> list[str]:
     if workers == 1:  # in-process: simplest to debug, and progress per record
         run_worker(job, 0, 1, on_record=lambda r: bar.update(1) if r["status"] == "ok" else None)
         return []
@@ -80,7 +81,7 @@ def _launch_local(job: SampleJob, workers: int, bar: tqdm, planned: set[str]) ->
     return [f"worker {w} exited with code {p.exitcode}" for w, p in enumerate(procs) if p.exitcode != 0]
 
 
-def _launch_ray(job: SampleJob, workers: int, address: str | None, bar: tqdm, planned: set[str]) -> list[str]:
+def _launch_ray(job: SampleJob, workers: int, address: str | None, bar: Any, planned: set[str]) -> list[str]:
     try:
         import ray
     except ImportError:

@@ -91,7 +91,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
                   grid_path: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All noise figures (see module doc) and one record per random config."""
     from scipy.stats import spearmanr
-    from tqdm import tqdm
+    from quant.progress import progress_bar
 
     from quant.apply import quantized
     from quant.config import QuantConfig
@@ -105,7 +105,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
     layers = list(bank.layer_names)
     bank.check_model(denoiser.model)  # once; the loops below skip the weight hash
     total = params.fp_seed_sets + 2 * params.random_configs + len(bank.options)
-    bar = tqdm(total=total, desc="noise", unit="score", disable=not progress)
+    bar = progress_bar(total=total, desc="noise", unit="score", disable=not progress)
 
     # 1. FP model over disjoint seed sets → σ
     fp_scores = []

@@ -197,7 +197,7 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
     Returns the written `Reference`. Raises QsensError (one line) on bad input: missing folder or
     files, fewer images than asked, captions that do not match the images, a missing Inception file.
     """
-    from tqdm import tqdm
+    from quant.progress import progress_bar
 
     from sampling.inception import (FEATURE_DIM, ClipEmbedder, clip_scores, inception_features,
                                     load_inception)
@@ -222,7 +222,7 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
     feats, clip_real = [], []
     load = partial(load_image, resolution=resolution)
     with ThreadPoolExecutor(max(1, int(workers))) as pool, \
-            tqdm(total=num_images, unit="img", desc="reference", disable=not progress) as bar:
+            progress_bar(total=num_images, unit="img", desc="reference", disable=not progress) as bar:
         for b0 in range(0, num_images, batch_size):
             images = np.stack(list(pool.map(load, files[b0:b0 + batch_size])))
             feats.append(inception_features(net, images, batch_size=batch_size, device=device))
