@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams
+from quant.provenance import bank_digest, code_digest
 
 BUCKETS = (  # (upper bound, name, the seed's advice mapped onto an option set)
     (0.2, "low", "safe at the lowest bit-width"),
@@ -103,7 +104,8 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
     bank.check_model(denoiser.model)  # once; the loop skips the weight hash
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     key = settings_key({"model": bank.model, "bank": bank.fingerprint, "images": params.images,
-                        "seed": params.image_seed, "steps": params.steps, "scorer": type(scorer).__name__})
+                        "seed": params.image_seed, "steps": params.steps, "scorer": type(scorer).__name__,
+                        "bank_contents": bank_digest(bank), "code": code_digest([__name__])})
 
     def measure() -> tuple[float, float, str, float]:
         t0 = time.perf_counter()

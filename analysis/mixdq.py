@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.calibration import collect_calibration, run_model, sqnr_db
+from quant.provenance import bank_digest, code_digest
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams
 from analysis.ssim import ssim
@@ -67,7 +68,8 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
     key = settings_key({"model": bank.model, "bank": bank.fingerprint, "calib": [
         params.calib_samples, params.calib_trajectories, params.calib_timesteps, params.calib_normal_mean,
         params.calib_normal_std, params.calib_seed], "ssim": [params.ssim_images, params.ssim_seed],
-        "steps": params.steps, "patterns": list(params.content_patterns)})
+        "steps": params.steps, "patterns": list(params.content_patterns),
+        "bank_contents": bank_digest(bank), "code": code_digest([__name__])})
     with Progress(out_dir / "mixdq.progress.jsonl", key) as prog:
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
         for layer, option in progress_bar(todo, desc="mixdq", unit="pair", disable=not progress):

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quant.errors import QsensError
-from sampling.shards import scan_shards
+from sampling.shards import SHARD_GLOB, scan_shards
 
 if TYPE_CHECKING:  # pandas only for the annotation: importing the cache module stays light
     import pandas as pd
@@ -40,7 +40,9 @@ CACHE_SCHEMA = pa.schema([
     ("seconds", pa.float64()),
     ("worker", pa.string()),
     ("code_version", pa.string()),
+    ("job_key", pa.string()),  # the scoring job (sampling.worker.job_key_for); null: synthetic/legacy
 ])
+OPTIONAL_COLUMNS = ("job_key",)  # absent in caches written before it existed: read as null
 _FIELDS = [f.name for f in CACHE_SCHEMA]
 
 
@@ -81,7 +83,25 @@ def merge_shards(shard_dir: Path, out: Path) -> MergeReport:
     shard_dir, out = Path(shard_dir), Path(out)
     if not shard_dir.is_dir():
         raise CacheError(f"{shard_dir}: no such shard directory (run `qsens sample` first)")
+    if out.is_dir():
+        raise CacheError(f"--out {out} is a directory; name the .parquet file to write")
+    if out.resolve().parent == shard_dir.resolve() and out.match(SHARD_GLOB):
+        raise CacheError(f"--out {out} is one of the shards it would be merged from; name a .parquet file")
     scan = scan_shards(shard_dir)
+    if not scan.records:
+        raise CacheError(f"{shard_dir}: no scored records to merge ({len(scan.problems)} unreadable); "
+                         f"nothing written{' over ' + str(out) if out.exists() else ''}")
+    jobs: dict[str, int] = {}
+    for record in scan.records:
+        jobs[str(record.get("job_key"))] = jobs.get(str(record.get("job_key")), 0) + 1
+    if len(jobs) > 1:
+        raise CacheError(f"{shard_dir}: records of {len(jobs)} scoring jobs ("
+                         + ", ".join(f"{k}: {n}" for k, n in sorted(jobs.items()))
+                         + "); merging them would mix settings. Run `qsens sample` on it (it moves the "
+                         "other jobs' shards to stale/) or move them yourself")
+    models = sorted({str(r.get("model")) for r in scan.records})
+    if len(models) > 1:
+        raise CacheError(f"{shard_dir}: records for several models ({', '.join(models)}); one cache per model")
     by_id: dict[str, list[dict]] = {}
     for record in scan.records:
         by_id.setdefault(record["config_id"], []).append(record)
@@ -93,10 +113,16 @@ def merge_shards(shard_dir: Path, out: Path) -> MergeReport:
 
 
 def write_cache(table: pa.Table, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".parquet.tmp")
-    pq.write_table(table.cast(CACHE_SCHEMA), tmp, compression="zstd", use_dictionary=True, write_statistics=False)
-    tmp.replace(out)
+    """Write atomically: a failed write (disk full, file size limit) leaves `out` as it was."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".parquet.tmp")
+        pq.write_table(table.cast(CACHE_SCHEMA), tmp, compression="zstd", use_dictionary=True,
+                       write_statistics=False)
+        tmp.replace(out)
+    except OSError as exc:
+        raise CacheError(f"{out}: cannot write ({exc.strerror or exc}); the previous file is unchanged") from None
 
 
 def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
@@ -108,6 +134,9 @@ def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise CacheError(f"{path}: unreadable parquet ({exc})") from None
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(name, pa.nulls(table.num_rows, CACHE_SCHEMA.field(name).type))
     missing = [f.name for f in CACHE_SCHEMA if f.name not in table.schema.names]
     wrong = [f"{f.name} ({table.schema.field(f.name).type}, expected {f.type})" for f in CACHE_SCHEMA
              if f.name in table.schema.names and not table.schema.field(f.name).type.equals(f.type)]

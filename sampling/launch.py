@@ -7,7 +7,11 @@ configs finished in the shard directory, so it covers every backend alike.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,8 @@ from quant.bank import Bank
 from quant.errors import QsensError
 from quant.progress import progress_bar
 from sampling.sampler import random_configs
-from sampling.shards import finished_ids, scan_shards
-from sampling.worker import SampleJob, run_worker
+from sampling.shards import ShardLock, claim_shard_dir, finished_ids, scan_shards
+from sampling.worker import SampleJob, job_key_for, run_worker
 
 BACKENDS = ("local", "ray")
 
@@ -33,11 +37,37 @@ def _finished(job: SampleJob, planned: set[str]) -> int:
     shards = Path(job.shards)
     if not shards.is_dir():
         return 0
-    return len(finished_ids(scan_shards(shards).records, job.max_attempts) & planned)
+    return len(finished_ids(scan_shards(shards, job.job_key).records, job.max_attempts) & planned)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker when its parent dies (even by SIGKILL),
+    so no orphaned worker keeps scoring and writing. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _process_main(job_dict: dict, worker: int, num_workers: int) -> None:
-    run_worker(SampleJob(**job_dict), worker, num_workers)
+    # The parent owns Ctrl-C (it stops every worker and says so once); a worker prints nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    try:
+        run_worker(SampleJob(**job_dict), worker, num_workers)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: str | None = None,
@@ -48,21 +78,34 @@ def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: st
         raise QsensError(f"unknown backend {backend!r} (choose {' or '.join(BACKENDS)})")
     if workers < 1:
         raise QsensError(f"--workers must be at least 1, got {workers}")
+    job = replace(job, job_key=job_key_for(job))
     planned = _planned_ids(job)
-    start = _finished(job, planned)
-    bar = progress_bar(total=len(planned), initial=start, desc="configs", unit="cfg", disable=not progress,
-               smoothing=0.1)
-    if backend == "local":
-        failed = _launch_local(job, workers, bar, planned)
-    else:
-        failed = _launch_ray(job, workers, address, bar, planned)
-    finished = _finished(job, planned)
-    bar.n = finished
-    bar.refresh()
-    bar.close()
-    records = scan_shards(Path(job.shards)).records if Path(job.shards).is_dir() else []
+    with ShardLock(Path(job.shards)):
+        moved = claim_shard_dir(Path(job.shards), job.job_key)
+        start = _finished(job, planned)
+        bar = progress_bar(total=len(planned), initial=start, desc="configs", unit="cfg",
+                           disable=not progress, smoothing=0.1)
+        main_thread = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+        try:
+            if backend == "local":
+                failed = _launch_local(job, workers, bar, planned)
+            else:
+                failed = _launch_ray(job, workers, address, bar, planned)
+        except _Terminated:
+            raise QsensError(f"terminated; every worker was stopped. Run the same command to resume "
+                             f"({Path(job.shards)})") from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, old)
+        finished = _finished(job, planned)
+        bar.n = finished
+        bar.refresh()
+        bar.close()
+    records = scan_shards(Path(job.shards), job.job_key).records
     ok = len({r["config_id"] for r in records if r["status"] == "ok"} & planned)
-    return {"finished": finished, "ok": ok, "planned": len(planned), "failed_workers": failed}
+    return {"finished": finished, "ok": ok, "planned": len(planned), "failed_workers": failed,
+            "moved": moved, "job_key": job.job_key}
 
 
 def _launch_local(job: SampleJob, workers: int, bar: Any, planned: set[str]) -> list[str]:
@@ -72,12 +115,20 @@ def _launch_local(job: SampleJob, workers: int, bar: Any, planned: set[str]) -> 
     ctx = mp.get_context("spawn")  # fork + torch threads is unsafe
     procs = [ctx.Process(target=_process_main, args=(job.to_dict(), w, workers), daemon=False)
              for w in range(workers)]
-    for p in procs:
-        p.start()
-    while any(p.is_alive() for p in procs):
-        time.sleep(1.0)
-        bar.n = _finished(job, planned)
-        bar.refresh()
+    try:
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            time.sleep(1.0)
+            bar.n = _finished(job, planned)
+            bar.refresh()
+    finally:  # Ctrl-C, SIGTERM or an error here: no worker outlives the launcher
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            if p.pid is not None:
+                p.join(timeout=10)
     return [f"worker {w} exited with code {p.exitcode}" for w, p in enumerate(procs) if p.exitcode != 0]
 
 

@@ -12,7 +12,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from quant.config import QuantConfig
+from quant.errors import QsensError
 from quant.options import parse_options
+
+MAX_CONFIGS = 1_000_000
+DUPLICATE_RUN = 10_000
 
 
 def _methods_by_bits(options: Iterable[str]) -> dict[int, list[str]]:
@@ -45,16 +49,28 @@ def random_config(layer_names: Sequence[str], options: Iterable[str], seed: int,
 
 def random_configs(model: str, layer_names: Sequence[str], options: Iterable[str], seed: int,
                    count: int, start: int = 0) -> Iterator[tuple[int, QuantConfig]]:
-    """Yield (index, config) for `count` distinct configs, skipping duplicates by config id."""
+    """Yield (index, config) for `count` distinct configs, skipping duplicates by config id.
+
+    Raises QsensError when `count` exceeds MAX_CONFIGS, or when DUPLICATE_RUN draws in a row bring
+    nothing new (the model's config space is smaller than `count`), instead of drawing forever."""
+    if count > MAX_CONFIGS:
+        raise QsensError(f"--num-configs {count} is more than {MAX_CONFIGS:,} configs; each config "
+                         "costs a full generate-and-score run")
     options = list(options)
     seen: set[str] = set()
     index = start
     produced = 0
+    misses = 0
     while produced < count:
         config = QuantConfig(model, random_config(layer_names, options, seed, index))
         index += 1
         if config.config_id in seen:
+            misses += 1
+            if misses >= DUPLICATE_RUN:
+                raise QsensError(f"only {produced} distinct configs exist for {len(layer_names)} layer(s) × "
+                                 f"{len(options)} option(s); asked for {count}")
             continue
+        misses = 0
         seen.add(config.config_id)
         produced += 1
         yield index - 1, config

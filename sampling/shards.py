@@ -2,17 +2,30 @@
 
 Each record is written with a single `write` of one line, then flushed and fsynced, so a killed
 worker leaves at most its in-flight line truncated. Reading reports a corrupt line by file and
-line number; such a config is simply not "done", so the next run scores it again.
+line number; such a config is simply not "done", so the next run scores it again. So is a record
+whose values cannot be right (an `ok` FID that is negative, NaN or infinite; see `check_record`).
+
+Every record carries the `job_key` of the run that wrote it (model, bank, reference, scoring
+settings and scoring code; `sampling.worker.job_key_for`). A config is finished only for the same
+job: `claim_shard_dir` moves the shard files of any other job to `DIR/stale/<key>/` (kept, never
+deleted) before a run starts, under an exclusive lock, so one directory holds one job.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from quant.errors import QsensError
+
 SHARD_GLOB = "*.jsonl"
+STALE_DIR = "stale"
+LOCK_FILE = ".lock"
 
 
 def shard_path(directory: Path, worker: int) -> Path:
@@ -67,6 +80,33 @@ class ShardScan:
 REQUIRED_KEYS = ("config_id", "status")
 
 
+def check_record(record: dict) -> str | None:
+    """Why a shard record cannot be trusted, or None. An `ok` record needs a finite FID >= 0, a
+    finite content score, avg_bits in (0, 32] and at least 2 images; any record a known status."""
+    status = record.get("status")
+    if status not in ("ok", "failed"):
+        return f"status {status!r} (expected ok or failed)"
+    if status != "ok":
+        return None
+
+    def finite(name: str) -> float | None:
+        v = record.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    fid, content, bits, n = finite("fid"), finite("content"), finite("avg_bits"), record.get("n_images")
+    if fid is None or fid < 0:
+        return f"ok record with FID {record.get('fid')!r} (expected a finite value >= 0)"
+    if content is None:
+        return f"ok record with content score {record.get('content')!r} (expected a finite value)"
+    if bits is None or not 0 < bits <= 32:
+        return f"ok record with avg_bits {record.get('avg_bits')!r} (expected 0 < bits <= 32)"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        return f"ok record with n_images {n!r} (expected an integer >= 2)"
+    return None
+
+
 def iter_shard(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, record or None, problem or None) for every non-empty line of a shard."""
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
@@ -83,18 +123,78 @@ def iter_shard(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
             if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
                 yield lineno, None, f"{path}:{lineno}: record without {'/'.join(REQUIRED_KEYS)} skipped"
                 continue
+            bad = check_record(record)
+            if bad:
+                yield lineno, None, f"{path}:{lineno}: {bad}: skipped; its config will be scored again"
+                continue
             yield lineno, record, None
 
 
-def scan_shards(directory: Path) -> ShardScan:
+def scan_shards(directory: Path, job_key: str | None = None) -> ShardScan:
+    """Every valid record in DIR/*.jsonl (not DIR/stale/); with `job_key`, only that job's."""
     scan = ShardScan()
     for path in sorted(Path(directory).glob(SHARD_GLOB)):
         for _, record, problem in iter_shard(path):
             if problem:
                 scan.problems.append(problem)
-            else:
+            elif job_key is None or record.get("job_key") == job_key:
                 scan.records.append(record)
     return scan
+
+
+class ShardLock:
+    """An exclusive, non-blocking lock on a shard directory (`DIR/.lock`, flock): two runs on one
+    directory would score every config twice. Released when the process exits, however it ends.
+
+    Raises QsensError naming the holder's pid when another process holds it."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._fh = None
+
+    def __enter__(self) -> "ShardLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fh = open(self.directory / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise QsensError(f"{self.directory}: another `qsens sample` (pid {holder}) is writing these "
+                             "shards; wait for it or use another --shards directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def claim_shard_dir(directory: Path, job_key: str) -> list[Path]:
+    """Move every shard file holding a record of another job to DIR/stale/<its key>/; returns the
+    new paths. Call under `ShardLock`. Records without a key (older qsens) count as another job."""
+    moved: list[Path] = []
+    directory = Path(directory)
+    for path in sorted(directory.glob(SHARD_GLOB)):
+        keys = {(r or {}).get("job_key") for _, r, _ in iter_shard(path) if r is not None}
+        if not keys or keys == {job_key}:
+            continue
+        other = sorted(str(k) for k in keys - {job_key})[0] if keys - {job_key} else "mixed"
+        dest_dir = directory / STALE_DIR / (other if other != "None" else "unkeyed")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / path.name
+        if dest.exists():
+            dest = dest_dir / f"{path.stem}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}{path.suffix}"
+        path.replace(dest)
+        moved.append(dest)
+    return moved
 
 
 def finished_ids(records: list[dict], max_attempts: int) -> set[str]:

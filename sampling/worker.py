@@ -2,8 +2,9 @@
 
 The plan (which configs, in which order) depends only on (model layers, options, seed,
 num_configs), so every worker computes the same plan and takes every `num_workers`-th config:
-disjoint ids without any coordination. A worker skips ids already finished in any shard, so a
-re-run resumes; a killed worker loses at most its in-flight config.
+disjoint ids without any coordination. A worker skips ids already finished in any shard *for
+the same job* (`job_key_for`: what can change a score), so a re-run resumes, a changed run
+re-scores, and a killed worker loses at most its in-flight config.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from quant.apply import quantized
 from quant.bank import Bank
 from quant.config import QuantConfig
+from quant.provenance import code_digest, job_key
 from sampling.sampler import random_configs
 from sampling.shards import ShardWriter, finished_ids, scan_shards, shard_path
 
@@ -47,9 +49,56 @@ class SampleJob:
     threads: int = 1  # torch threads per worker
     device: str = "cpu"
     generate: dict[str, Any] = field(default_factory=dict)  # steps, guidance, batch_size...
+    job_key: str = ""  # set by the launcher (`job_key_for`); records carry it
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings of a model spec that change its images (name/device/batch size do not).
+_SPEC_SCORE_FIELDS = ("source", "steps", "guidance", "negative_prompt", "resolution", "dtype", "scheduler")
+_DIGEST_SKIP = {".lock"}
+
+
+def _digest_dir(path: Path | None) -> str:
+    """sha256 prefix over a directory's files (names + bytes), or a file, or 'absent'."""
+    import hashlib
+
+    if path is None or not Path(path).exists():
+        return "absent"
+    path = Path(path)
+    files = sorted(q for q in path.rglob("*") if q.is_file() and q.name not in _DIGEST_SKIP) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def reference_dir_for(job: SampleJob) -> Path:
+    """The reference dir a worker scores against: model.reference, else DATA/reference/NAME."""
+    model = job.model if isinstance(job.model, dict) else {"source": job.model, "name": None}
+    if model.get("reference"):
+        return Path(model["reference"])
+    from denoisers.spec import default_name
+
+    return Path(job.data_dir) / "reference" / (model.get("name") or default_name(model["source"]))
+
+
+def job_key_for(job: SampleJob) -> str:
+    """What can change a score: the model spec's image settings, the bank (its metadata holds the
+    model's weight fingerprint and every option's error), the reference statistics, image count,
+    image seed, generation overrides, and the scoring code (import closure of this module)."""
+    model = job.model if isinstance(job.model, dict) else {"source": job.model}
+    return job_key(
+        model={k: model.get(k) for k in _SPEC_SCORE_FIELDS},
+        bank=_digest_dir(Path(job.bank) / "bank.json"),
+        reference=_digest_dir(reference_dir_for(job)),
+        n_images=job.n_images, image_seed=job.image_seed, generate=job.generate,
+        code=code_digest([__name__]),
+    )
 
 
 def plan_configs(job: SampleJob, bank: Bank) -> list[tuple[int, QuantConfig]]:
@@ -99,7 +148,7 @@ def score_record(evaluator: Evaluator, job: SampleJob, index: int, config: Quant
         "avg_bits": stats.avg_bits, "quantized_bytes": stats.quantized_bytes,
         "quantized_error": stats.quantized_error, "bops": float(stats.bops),
         "image_seed": job.image_seed, "sample_seed": job.seed, "attempts": attempt,
-        "worker": worker, "code_version": code_version(),
+        "worker": worker, "code_version": code_version(), "job_key": job.job_key,
     }
     t0 = time.perf_counter()
     try:
@@ -117,12 +166,14 @@ def run_worker(job: SampleJob, worker: int = 0, num_workers: int = 1,
                on_record: Callable[[dict], None] | None = None) -> dict:
     """Score this worker's share of the plan; returns counts. Safe to kill and re-run."""
     torch.set_num_threads(max(1, job.threads))
+    if not job.job_key:
+        job = SampleJob(**{**job.to_dict(), "job_key": job_key_for(job)})
     if job.device.startswith("cuda") and torch.cuda.is_available() and job.device == "cuda":
         job = SampleJob(**{**job.to_dict(), "device": f"cuda:{worker % torch.cuda.device_count()}"})
     evaluator = Evaluator.load(job)
     plan = plan_configs(job, evaluator.bank)[worker::num_workers]
     shards = Path(job.shards)
-    records = scan_shards(shards).records if shards.is_dir() else []
+    records = scan_shards(shards, job.job_key).records if shards.is_dir() else []
     done = finished_ids(records, job.max_attempts)
     failures: dict[str, int] = {}
     for r in records:

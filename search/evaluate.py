@@ -33,6 +33,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from quant.errors import QsensError
+from quant.provenance import code_digest
 from search.params import EvaluateParams
 from search.pareto import budget_tag
 
@@ -121,7 +122,9 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
     out_dir, metrics_path = Path(out_dir), Path(metrics_path)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    eval_part = {"images": ep.images, "image_seed": ep.image_seed, "steps": ep.steps, "model": ctx.model}
+    # the code that searches and scores is part of every row's key: a changed strategy re-scores
+    eval_part = {"images": ep.images, "image_seed": ep.image_seed, "steps": ep.steps, "model": ctx.model,
+                 "code": code_digest(["qsens.commands.evaluate"])}
     search_part = asdict(ctx.params)
     old = {(r.get("strategy"), r.get("budget")): r for r in read_rows(metrics_path)}
     rows: list[dict] = []

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
                     max_attempts=args.max_attempts, threads=threads, device=ctx.spec.device,
                     generate=ctx.generation)
     result = launch(job, workers=args.workers, backend=args.backend, address=args.address, progress=not args.quiet)
-    print(f"{result['finished']}/{result['planned']} configs finished in {shards}")
+    if result["moved"]:
+        print(f"note: {len(result['moved'])} shard file(s) of another scoring job (model, bank, reference, "
+              f"images, seed or scoring code changed) moved to {shards}/stale/; their configs are scored again")
+    print(f"{result['finished']}/{result['planned']} configs finished in {shards} (job {result['job_key']})")
     for line in result["failed_workers"]:
         print(f"warning: {line}; run the same command again to resume")
     if result["planned"] and result.get("ok", result["finished"]) == 0:

@@ -1,0 +1,135 @@
+"""What a stored result depends on: the code that computed it (its import closure) and a job key.
+
+Resumable outputs (sample shards, evaluation rows, analysis progress) and DVC stages must be
+invalidated by exactly what can change their result. Listing code by hand drifts (issue 12,
+case 7), so both come from one derivation here:
+
+  - `import_closure(module)`: every first-party source file a module can import, following
+    function-local (lazy) imports too, found by parsing the files (nothing is imported);
+  - `code_digest(modules)`: a hash of those files' tokens without comments and blank lines, so a
+    reworded comment does not force re-scoring but any change to code or strings does;
+  - `job_key(**parts)`: a short hash of a job's settings (JSON-canonical).
+
+`python -m quant.provenance STAGE_MODULE...` prints the closure as dvc.yaml `deps` entries.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import sys
+import tokenize
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
+
+
+def module_file(module: str, root: Path = ROOT) -> Path | None:
+    """The source file of a first-party module (`pkg.mod` → pkg/mod.py or pkg/mod/__init__.py)."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """First-party modules named by any import statement in `path` (top level or inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            # `from pkg import mod` names a submodule as often as an attribute
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return {m for m in found if m.split(".")[0] in PACKAGES}
+
+
+def import_closure(modules: Iterable[str], root: Path = ROOT) -> list[Path]:
+    """Sorted first-party source files reachable by imports from `modules` (dotted names).
+
+    Includes each parent package's `__init__.py` (Python runs it on import). Raises ValueError for
+    a start module that does not exist.
+    """
+    todo = list(modules)
+    for m in todo:
+        if module_file(m, root) is None:
+            raise ValueError(f"no first-party module {m!r} under {root}")
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        for i in range(1, len(parts)):  # parent packages' __init__
+            init = module_file(".".join(parts[:i]), root)
+            if init is not None:
+                files.add(init)
+        path = module_file(m, root)
+        if path is None:
+            continue
+        files.add(path)
+        todo.extend(_imported_modules(path, m) - seen)
+    return sorted(files)
+
+
+@lru_cache(maxsize=256)
+def _file_tokens_digest(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for tok in tokenize.tokenize(io.BytesIO(fh.read()).readline):
+            if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING):
+                continue
+            h.update(f"{tok.type}:{tok.string}\x00".encode())
+    return h.hexdigest()
+
+
+def code_digest(modules: Iterable[str], root: Path = ROOT) -> str:
+    """16 hex digits over the import closure of `modules`: file paths and their code tokens."""
+    h = hashlib.sha256()
+    for path in import_closure(modules, root):
+        st = path.stat()
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(_file_tokens_digest(str(path), st.st_mtime_ns, st.st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def job_key(**parts: Any) -> str:
+    """16 hex digits over JSON-canonical `parts` (sorted keys; non-JSON values by str())."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bank_digest(bank: Any) -> str:
+    """16 hex digits identifying a bank's contents: model, weight fingerprint, options and every
+    (layer, option) error, so a bank rebuilt with other quantizers gets another digest."""
+    errors = sorted((layer, option, float(mse)) for (layer, option), mse in bank.errors().items())
+    return job_key(model=bank.model, fingerprint=str(bank.fingerprint), options=list(bank.options),
+                   errors=errors)
+
+
+def dvc_deps(modules: Iterable[str], root: Path = ROOT) -> list[str]:
+    """The closure as repository-relative paths, the form dvc.yaml's `deps` lists use."""
+    return [p.relative_to(root).as_posix() for p in import_closure(modules, root)]
+
+
+if __name__ == "__main__":
+    for entry in dvc_deps(sys.argv[1:]):
+        print(f"      - {entry}")
