@@ -89,7 +89,8 @@ def merge_shards(shard_dir: Path, out: Path) -> MergeReport:
         raise CacheError(f"--out {out} is one of the shards it would be merged from; name a .parquet file")
     scan = scan_shards(shard_dir)
     if not scan.records:
-        raise CacheError(f"{shard_dir}: no scored records to merge ({len(scan.problems)} unreadable); "
+        first = f"; first: {scan.problems[0]}" if scan.problems else ""
+        raise CacheError(f"{shard_dir}: no scored records to merge ({len(scan.problems)} skipped{first}); "
                          f"nothing written{' over ' + str(out) if out.exists() else ''}")
     jobs: dict[str, int] = {}
     for record in scan.records:

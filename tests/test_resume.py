@@ -1,0 +1,154 @@
+"""Stale results are never reused (issue 12, case 5 and its kind): shards, merge, code digests."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qsens.cli import main
+from quant.provenance import code_digest, dvc_deps, import_closure
+from sampling.cache import read_cache
+from sampling.shards import ShardLock, scan_shards
+
+
+def qsens(*args: str) -> subprocess.CompletedProcess:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_prepared_data: Path) -> Path:
+    bank = tiny_prepared_data / "bank" / "digits"
+    if not (bank / "bank.json").exists():
+        assert qsens("bank", "build", "digits", "--data-dir", str(tiny_prepared_data), "--out", str(bank),
+                     "--quiet").returncode == 0
+    return tiny_prepared_data
+
+
+def sample(data: Path, shards: Path, *extra: str, n: int = 3) -> subprocess.CompletedProcess:
+    return qsens("sample", "--model", "digits", "--data-dir", str(data), "--num-configs", str(n),
+                 "--shards", str(shards), "--seed", "3", "--quiet", *extra)
+
+
+def merged(shards: Path, out: Path):
+    r = qsens("cache", "merge", "--shards", str(shards), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return read_cache(out)
+
+
+def test_changed_scoring_settings_rescore_every_config_and_keep_the_old_records(prepared: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    first = sample(prepared, shards, "--images", "8", "--image-seed", "0")
+    assert first.returncode == 0, first.stderr
+    old = merged(shards, tmp_path / "a.parquet")
+    assert set(old["n_images"]) == {8} and set(old["image_seed"]) == {0}
+
+    second = sample(prepared, shards, "--images", "16", "--image-seed", "5")
+    assert second.returncode == 0, second.stderr
+    assert "moved to" in second.stdout and "3/3 configs finished" in second.stdout
+    new = merged(shards, tmp_path / "b.parquet")
+    assert len(new) == 3
+    assert set(new["n_images"]) == {16} and set(new["image_seed"]) == {5}  # re-scored, not reused
+    assert (new["fid"].to_numpy() != old["fid"].to_numpy()).all()
+    stale = list((shards / "stale").rglob("*.jsonl"))  # nothing is lost
+    assert stale and sum(1 for f in stale for _ in f.open()) == 3
+
+    again = sample(prepared, shards, "--images", "16", "--image-seed", "5")
+    assert "moved" not in again.stdout  # the same job resumes: nothing re-scored, nothing moved
+    assert len(scan_shards(shards).records) == 3
+
+
+def test_scoring_code_change_rescores(prepared: Path, tmp_path: Path, monkeypatch):
+    shards = tmp_path / "shards"
+    assert sample(prepared, shards, "--images", "8", n=2).returncode == 0
+    keys = {r["job_key"] for r in scan_shards(shards).records}
+    monkeypatch.setattr("sampling.worker.code_digest", lambda modules: "a-changed-scorer")
+    r = sample(prepared, shards, "--images", "8", n=2)
+    assert r.returncode == 0 and "moved to" in r.stdout
+    new_keys = {r["job_key"] for r in scan_shards(shards).records}
+    assert len(new_keys) == 1 and new_keys.isdisjoint(keys)
+
+
+def test_code_digest_follows_lazy_imports_and_ignores_comments(tmp_path: Path):
+    pkg = tmp_path / "quant"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from quant.b import g  # lazy\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    return 1\n")
+    (pkg / "c.py").write_text("X = 1\n")
+    files = [p.name for p in import_closure(["quant.a"], root=tmp_path)]
+    assert files == ["__init__.py", "a.py", "b.py"]  # c.py is not imported by a
+    before = code_digest(["quant.a"], root=tmp_path)
+    (pkg / "b.py").write_text("def g():\n    # why: a comment changes nothing\n    return 1\n\n")
+    assert code_digest(["quant.a"], root=tmp_path) == before
+    (pkg / "b.py").write_text("def g():\n    return 2\n")
+    assert code_digest(["quant.a"], root=tmp_path) != before
+    (pkg / "c.py").write_text("X = 2\n")  # outside the closure
+    assert code_digest(["quant.a"], root=tmp_path) == code_digest(["quant.a"], root=tmp_path)
+
+
+def test_ok_records_with_impossible_values_are_not_trusted(prepared: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    assert sample(prepared, shards, "--images", "8").returncode == 0
+    shard = next(shards.glob("*.jsonl"))
+    records = [json.loads(line) for line in shard.read_text().splitlines()]
+    poisoned = []
+    for record, fid in zip(records, (-100.0, float("nan"), float("inf"))):
+        record["fid"] = fid
+        poisoned.append(json.dumps(record, allow_nan=True))
+    shard.write_text("\n".join(poisoned) + "\n")
+    r = qsens("cache", "merge", "--shards", str(shards), "--out", str(tmp_path / "c.parquet"))
+    assert r.returncode == 2 and "no scored records" in r.stderr  # none of the three is trusted
+    assert "3 skipped" in r.stderr and "ok record with FID -100.0" in r.stderr
+    assert sample(prepared, shards, "--images", "8").returncode == 0  # ...and they are scored again
+    df = merged(shards, tmp_path / "c.parquet")
+    assert len(df) == 3 and (df["fid"] >= 0).all() and df["fid"].notna().all()
+
+
+def test_merge_never_overwrites_with_nothing_or_eats_its_shards(prepared: Path, tmp_path: Path):
+    out = tmp_path / "cache.parquet"
+    out.write_bytes(b"previous cache")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = qsens("cache", "merge", "--shards", str(empty), "--out", str(out))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
+    assert out.read_bytes() == b"previous cache"
+    shards = tmp_path / "shards"
+    assert sample(prepared, shards, "--images", "8", n=1).returncode == 0
+    shard = next(shards.glob("*.jsonl"))
+    before = shard.read_bytes()
+    r = qsens("cache", "merge", "--shards", str(shards), "--out", str(shard))
+    assert r.returncode == 2 and "one of the shards" in r.stderr
+    assert shard.read_bytes() == before
+
+
+def test_merge_refuses_records_of_two_jobs(prepared: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    assert sample(prepared, shards, "--images", "8", n=1).returncode == 0
+    shard = next(shards.glob("*.jsonl"))
+    record = json.loads(shard.read_text().splitlines()[0])
+    record.update(job_key="0123456789abcdef", config_id="another")
+    (shards / "worker-009.jsonl").write_text(json.dumps(record) + "\n")  # copied in by hand
+    r = qsens("cache", "merge", "--shards", str(shards), "--out", str(tmp_path / "c.parquet"))
+    assert r.returncode == 2 and "2 scoring jobs" in r.stderr
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_a_second_sample_on_the_same_shards_is_refused(prepared: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    with ShardLock(shards):  # as if another `qsens sample` were running
+        r = sample(prepared, shards, "--images", "8", n=1)
+    assert r.returncode == 2 and "another `qsens sample`" in r.stderr
+    assert not list(shards.glob("*.jsonl"))
+    assert sample(prepared, shards, "--images", "8", n=1).returncode == 0  # released
+
+
+def test_evaluation_rows_are_keyed_with_the_search_code():
+    deps = dvc_deps(["qsens.commands.evaluate"])
+    assert "search/strategies.py" in deps and "search/evaluate.py" in deps and "sampling/scoring.py" in deps
