@@ -10,7 +10,8 @@ case 7), so both come from one derivation here:
     reworded comment does not force re-scoring but any change to code or strings does;
   - `job_key(**parts)`: a short hash of a job's settings (JSON-canonical).
 
-`python -m quant.provenance STAGE_MODULE...` prints the closure as dvc.yaml `deps` entries.
+`python -m quant.provenance --write-dvc dvc.yaml` rewrites every stage's code deps from the
+`qsens` commands in its `cmd` (`derive_dvc_deps`); tests/test_dvc_deps.py fails when they drift.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import ast
 import hashlib
 import io
 import json
+import re
 import sys
 import tokenize
 from functools import lru_cache
@@ -130,6 +132,51 @@ def dvc_deps(modules: Iterable[str], root: Path = ROOT) -> list[str]:
     return [p.relative_to(root).as_posix() for p in import_closure(modules, root)]
 
 
+_STAGE = re.compile(r"^  (\S[^:]*):\s*$")
+_COMMAND = re.compile(r"\bqsens\s+([a-z][a-z-]*)")
+
+
+def stage_modules(cmd: str) -> list[str]:
+    """The command modules a stage's `cmd` runs: `qsens bank build ... && qsens cache show` →
+    ["qsens.commands.bank", "qsens.commands.cache"]."""
+    return sorted({f"qsens.commands.{name.replace('-', '_')}" for name in _COMMAND.findall(cmd)})
+
+
+def derive_dvc_deps(text: str, root: Path = ROOT) -> str:
+    """dvc.yaml text with each stage's `.py` deps replaced by the import closure of its commands.
+
+    Data deps (anything not ending in .py) are kept in place; the code deps follow them, sorted.
+    Works on the text (keeps comments and layout); expects dvc.yaml's usual 2/4/6-space layout.
+    """
+    import yaml
+
+    stages = yaml.safe_load(text).get("stages", {})
+    out: list[str] = []
+    stage = None
+    in_deps = False
+    for line in text.splitlines():
+        m = _STAGE.match(line)
+        if m:
+            stage = m.group(1)
+        if in_deps and not line.startswith("      - "):
+            cmd = stages.get(stage, {}).get("cmd", "")
+            out.extend(f"      - {p}" for p in dvc_deps(stage_modules(cmd), root))
+            in_deps = False
+        if line.strip() == "deps:" and line.startswith("    ") and not line.startswith("     "):
+            in_deps = True
+            out.append(line)
+            continue
+        if in_deps and line.rstrip().endswith(".py"):
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
 if __name__ == "__main__":
-    for entry in dvc_deps(sys.argv[1:]):
-        print(f"      - {entry}")
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-dvc":
+        path = Path(sys.argv[2])
+        path.write_text(derive_dvc_deps(path.read_text()))
+        print(f"{path}: code deps derived from each stage's qsens commands")
+    else:
+        for entry in dvc_deps(sys.argv[1:]):
+            print(f"      - {entry}")

@@ -1,0 +1,44 @@
+"""dvc.yaml's code deps are derived, not hand-listed (issue 12, case 7): the test fails on drift."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from quant.provenance import ROOT, derive_dvc_deps, dvc_deps, stage_modules
+
+
+def test_every_stage_depends_on_exactly_the_code_its_commands_import():
+    text = (ROOT / "dvc.yaml").read_text()
+    derived = derive_dvc_deps(text)
+    if derived != text:
+        stages = yaml.safe_load(text)["stages"]
+        want = yaml.safe_load(derived)["stages"]
+        drift = {name: sorted(set(want[name].get("deps", [])) ^ set(stages[name].get("deps", [])))
+                 for name in stages if set(want[name].get("deps", [])) != set(stages[name].get("deps", []))}
+        raise AssertionError(f"dvc.yaml code deps drifted from the import closure: {drift}. "
+                             "Run `python -m quant.provenance --write-dvc dvc.yaml`.")
+
+
+def test_known_members_of_the_kind_are_listed():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "predictor/metrics.py" in stages["train"]["deps"]  # computes the reported Spearman
+    assert "sampling/cache.py" in stages["cache"]["deps"]  # the cache stage listed no code at all
+    assert "data/quant_cache/${model.name}.parquet" in stages["search"]["deps"]
+    for name, stage in stages.items():
+        assert stage_modules(stage["cmd"]), f"stage {name} runs no qsens command"
+
+
+def test_derivation_adds_a_new_import_and_drops_a_removed_one(tmp_path: Path):
+    for pkg in ("quant", "qsens", "qsens/commands"):
+        (tmp_path / pkg).mkdir(parents=True, exist_ok=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "quant" / "a.py").write_text("A = 1\n")
+    (tmp_path / "quant" / "b.py").write_text("B = 1\n")
+    (tmp_path / "qsens" / "commands" / "x.py").write_text("def run():\n    from quant.a import A\n")
+    text = ("stages:\n  x:\n    cmd: qsens x --out o\n    deps:\n      - data/in\n      - quant/b.py\n"
+            "    outs:\n      - o\n")
+    derived = derive_dvc_deps(text, root=tmp_path)
+    deps = yaml.safe_load(derived)["stages"]["x"]["deps"]
+    assert deps[0] == "data/in" and "quant/a.py" in deps and "quant/b.py" not in deps
+    assert deps[1:] == dvc_deps(["qsens.commands.x"], root=tmp_path)
