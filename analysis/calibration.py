@@ -154,3 +154,31 @@ def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
     if den == 0:
         return float("inf")
     return 10.0 * float(np.log10(num / den))
+
+
+def activation_ranges(model: torch.nn.Module, calib: CalibrationSet, chunk: int = 256,
+                      layers: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Static activation ranges {layer: (min, max)} of each quantizable layer's input over the
+    whole calibration set (`quant.activations.calibrate_ranges`), with the model as it is now
+    (call it on the FP model)."""
+    from quant.activations import calibrate_ranges
+
+    return calibrate_ranges(model, calib.chunks(chunk), layers)
+
+
+@torch.inference_mode()
+def activation_sqnr(model: torch.nn.Module, calib: CalibrationSet, layers: list[str], bits: int, *,
+                    ranges: dict[str, tuple[float, float]] | None = None, reference: torch.Tensor | None = None,
+                    chunk: int = 256) -> dict[str, float]:
+    """MixDQ's activation sensitivity: {layer: SQNR (dB) of the denoiser output with only that
+    layer's input quantized at `bits`} on the calibration set, against the FP output (`reference`,
+    computed when None). Dynamic quantization, or static when `ranges` is given. Higher = less
+    sensitive; inf = no change."""
+    from quant.activations import activation_quant
+
+    y_fp = run_model(model, calib, chunk) if reference is None else reference
+    out = {}
+    for layer in layers:
+        with activation_quant(model, {layer: bits}, ranges=None if ranges is None else {layer: ranges[layer]}):
+            out[layer] = sqnr_db(y_fp, run_model(model, calib, chunk))
+    return out

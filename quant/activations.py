@@ -1,29 +1,56 @@
-"""Dynamic activation fake-quantization on the inputs of quantizable layers.
+"""Activation fake-quantization on the inputs of quantizable layers: dynamic or static.
 
-Asymmetric min-max at 8 or 6 bits, computed on the fly for every input:
-  - Linear inputs (..., C_in): per token (min/max over the last dimension);
-  - Conv inputs (N, C, *spatial): per (sample, channel) (min/max over the spatial dims).
-Works with FP or quantized weights; `remove()` switches it off.
+Asymmetric min-max quantization, `q = clamp(round(x / s) + z, 0, 2^b − 1)`, `x̂ = (q − z)·s` with
+`s = (hi − lo) / (2^b − 1)`, `z = round(−lo / s)`. Where (lo, hi) comes from:
+
+- **dynamic** (default): computed on the fly for every input —
+  Linear inputs (..., C_in) per token (min/max over the last dimension),
+  Conv inputs (N, C, *spatial) per (sample, channel) (min/max over the spatial dims);
+- **static**: one (lo, hi) per layer, fixed before sampling: the min/max of the layer's input
+  over a calibration set (`calibrate_ranges`; the denoiser's own inputs along the FP sampling
+  trajectory, time steps drawn uniformly or normally — `analysis.calibration`, seed 003).
+  Values outside the range are clipped, as on an integer runtime.
+
+Bits are global (`bits=8`: the A8/A6 settings the reference system pairs with its weight
+configs) or per layer (`bits={layer: b}`, b in 2–8, what a search allocates; a QuantConfig's
+`act_options`, see `config_activation_bits`). Works with FP or quantized weights; the handle's
+`remove()` switches it off.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from quant.config import MIN_ACT_BITS, MAX_ACT_BITS
 from quant.errors import ConfigError
 from quant.layers import quantizable_layers
 
-ACT_BITS = (8, 6)
+ACT_BITS = (8, 6)  # the global setting (QuantConfig.act_bits, `--act-bits`)
+ACT_MODES = ("dynamic", "static")
 
 
 def fake_quantize_activation(x: torch.Tensor, bits: int, reduce_dims: tuple[int, ...]) -> torch.Tensor:
-    qmax = (1 << bits) - 1
+    """Dynamic asymmetric min-max fake-quantization of `x`, one range per slice left after
+    reducing `reduce_dims` (same shape and dtype as `x`)."""
     lo = x.amin(dim=reduce_dims, keepdim=True)
     hi = x.amax(dim=reduce_dims, keepdim=True)
+    return _fake_quantize(x, bits, lo, hi)
+
+
+def fake_quantize_static(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
+    """Static (per-tensor) fake-quantization of `x` on the fixed range [lo, hi]; values outside
+    are clipped to it."""
+    lo_t = torch.tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.tensor(hi, dtype=x.dtype, device=x.device)
+    return _fake_quantize(x, bits, lo_t, hi_t)
+
+
+def _fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    qmax = (1 << bits) - 1
     scale = (hi - lo) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant slice is exact anyway
     zero = torch.round(-lo / scale)
@@ -39,7 +66,9 @@ def _reduce_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
 
 @dataclass
 class ActivationQuantHandle:
-    bits: int
+    """Hooks installed by `enable_activation_quant`: `bits` per layer, `mode`, `remove()`."""
+    bits: dict[str, int]
+    mode: str = "dynamic"
     hooks: list = field(default_factory=list)
 
     def remove(self) -> None:
@@ -48,29 +77,147 @@ class ActivationQuantHandle:
         self.hooks.clear()
 
 
-def enable_activation_quant(model: nn.Module, bits: int, layers: Iterable[str] | None = None) -> ActivationQuantHandle:
-    if bits not in ACT_BITS:
-        raise ConfigError(f"activation bits {bits!r} not supported (choose 8 or 6)")
+def check_layer_bits(bits: Mapping[str, Any], known: Iterable[str] | None = None,
+                     where: str = "activation quantization") -> dict[str, int]:
+    """`bits` as {layer: int}; one ConfigError naming every unknown layer (when `known` is given)
+    and every value that is not an integer in 2–8 (8.0 counts as 8)."""
+    out: dict[str, int] = {}
+    bad = []
+    for name, b in bits.items():
+        if isinstance(b, float) and b.is_integer():
+            b = int(b)
+        if isinstance(b, bool) or not isinstance(b, int) or not MIN_ACT_BITS <= b <= MAX_ACT_BITS:
+            bad.append(f"{name}={b!r}")
+        else:
+            out[name] = b
+    problems = []
+    if known is not None:
+        known = set(known)
+        unknown = [n for n in bits if n not in known]
+        if unknown:
+            problems.append(f"{len(unknown)} unknown layer(s): {_clip(unknown)}")
+    if bad:
+        problems.append(f"{len(bad)} activation bit-width(s) outside {MIN_ACT_BITS}-{MAX_ACT_BITS}: {_clip(bad)}")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return out
+
+
+def enable_activation_quant(model: nn.Module, bits: int | Mapping[str, int], layers: Iterable[str] | None = None,
+                            *, ranges: Mapping[str, tuple[float, float]] | None = None) -> ActivationQuantHandle:
+    """Fake-quantize the inputs of quantizable layers of `model` until `.remove()`.
+
+    bits: one global bit-width (8 or 6) for `layers` (default: every quantizable layer), or a
+        {layer: bits} mapping (2–8 each; then `layers` must be None).
+    ranges: static mode — {layer: (lo, hi)} from `calibrate_ranges`, one for every quantized
+        layer; None = dynamic.
+    Raises ConfigError (nothing installed) for bits outside the allowed set, unknown layers or
+    layers without a static range.
+    """
     modules = quantizable_layers(model)
-    names = list(modules) if layers is None else list(layers)
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        raise ConfigError(f"activation quantization: unknown layer(s) {', '.join(unknown[:5])}")
-    handle = ActivationQuantHandle(bits)
+    if isinstance(bits, Mapping):
+        if layers is not None:
+            raise ConfigError("activation quantization: give per-layer bits or `layers`, not both")
+        per_layer = check_layer_bits(bits, modules)
+    else:
+        if isinstance(bits, bool) or bits not in ACT_BITS:
+            raise ConfigError(f"activation bits {bits!r} not supported (choose 8 or 6; per-layer bits: 2-8)")
+        names = list(modules) if layers is None else list(layers)
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ConfigError(f"activation quantization: unknown layer(s) {_clip(unknown, 5)}")
+        per_layer = {n: int(bits) for n in names}
+    if ranges is not None:
+        missing = [n for n in per_layer if n not in ranges]
+        if missing:
+            raise ConfigError(f"static activation quantization: no calibrated range for {len(missing)} "
+                              f"layer(s): {_clip(missing, 5)}")
+    handle = ActivationQuantHandle(per_layer, "dynamic" if ranges is None else "static")
 
-    def pre_hook(module: nn.Module, args: tuple):
-        x = args[0]
-        return (fake_quantize_activation(x, bits, _reduce_dims(module, x)),) + tuple(args[1:])
+    def make_hook(b: int, rng: tuple[float, float] | None):
+        def pre_hook(module: nn.Module, args: tuple):
+            x = args[0]
+            if rng is None:
+                xq = fake_quantize_activation(x, b, _reduce_dims(module, x))
+            else:
+                xq = fake_quantize_static(x, b, rng[0], rng[1])
+            return (xq,) + tuple(args[1:])
+        return pre_hook
 
-    for name in names:
-        handle.hooks.append(modules[name].register_forward_pre_hook(pre_hook))
+    for name, b in per_layer.items():
+        rng = None if ranges is None else (float(ranges[name][0]), float(ranges[name][1]))
+        handle.hooks.append(modules[name].register_forward_pre_hook(make_hook(b, rng)))
     return handle
 
 
 @contextmanager
-def activation_quant(model: nn.Module, bits: int, layers: Iterable[str] | None = None) -> Iterator[nn.Module]:
-    handle = enable_activation_quant(model, bits, layers)
+def activation_quant(model: nn.Module, bits: int | Mapping[str, int], layers: Iterable[str] | None = None,
+                     *, ranges: Mapping[str, tuple[float, float]] | None = None) -> Iterator[nn.Module]:
+    """Context manager form of `enable_activation_quant`."""
+    handle = enable_activation_quant(model, bits, layers, ranges=ranges)
     try:
         yield model
     finally:
         handle.remove()
+
+
+def config_activation_bits(config, layers: Iterable[str]) -> dict[str, int]:
+    """{layer: activation bits} a QuantConfig asks for over `layers`: its `act_options` entry,
+    else its global `act_bits`; layers with neither are left out (FP activations)."""
+    per_layer = dict(getattr(config, "act_options", None) or {})
+    out = {}
+    for name in layers:
+        b = per_layer.get(name, config.act_bits)
+        if b is not None:
+            out[name] = int(b)
+    return out
+
+
+def enable_config_activations(model: nn.Module, config, *,
+                              ranges: Mapping[str, tuple[float, float]] | None = None) -> ActivationQuantHandle | None:
+    """Install the activation quantization a QuantConfig asks for (`config_activation_bits`);
+    None when it asks for none. `ranges`: static mode, as in `enable_activation_quant`."""
+    modules = quantizable_layers(model)
+    unknown = [n for n in (getattr(config, "act_options", None) or {}) if n not in modules]
+    if unknown:
+        raise ConfigError(f"act_options: {len(unknown)} unknown layer(s): {_clip(unknown)}")
+    bits = config_activation_bits(config, modules)
+    return enable_activation_quant(model, bits, ranges=ranges) if bits else None
+
+
+@torch.no_grad()
+def calibrate_ranges(model: nn.Module, batches: Iterable[tuple[tuple, dict]],
+                     layers: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Static activation ranges: {layer: (min, max)} of each layer's input over every forward of
+    `model` on `batches` ((args, kwargs) pairs, e.g. `CalibrationSet.chunks(n)`), in float64.
+    A layer no batch reaches is left out. Any activation hooks already on the model apply (run it
+    in FP to calibrate FP ranges)."""
+    modules = quantizable_layers(model)
+    names = list(modules) if layers is None else list(layers)
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ConfigError(f"activation calibration: unknown layer(s) {_clip(unknown, 5)}")
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+
+    def make_hook(name: str):
+        def hook(_module, args):
+            x = args[0].detach()
+            a, b = float(x.amin()), float(x.amax())
+            lo[name] = min(lo.get(name, a), a)
+            hi[name] = max(hi.get(name, b), b)
+        return hook
+
+    hooks = [modules[n].register_forward_pre_hook(make_hook(n)) for n in names]
+    try:
+        for args, kwargs in batches:
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (lo[n], hi[n]) for n in names if n in lo}
+
+
+def _clip(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

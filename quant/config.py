@@ -1,8 +1,12 @@
 """QuantConfig: which option each layer takes. JSON on disk, validated against a model or bank.
 
-    {"model": "digits", "options": {"conv_in": "uaq4", ...}, "avg_bits": 3.52, "act_bits": null}
+    {"model": "digits", "options": {"conv_in": "uaq4", ...}, "avg_bits": 3.52, "act_bits": null,
+     "act_options": {"conv_in": 6, ...}}
 
-A layer missing from `options` stays unquantized (`fp16`).
+A layer missing from `options` stays unquantized (`fp16`). Activations: a layer in
+`act_options` has its inputs quantized at that many bits (2–8); a layer missing from it takes the
+global `act_bits` (null: FP activations). `act_options` is optional: files without it load as
+before, are written as before (no key when empty), and keep their config id.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from quant.errors import ConfigError
 from quant.jsonio import read_json
 from quant.options import FP16, parse_option
 
-ACT_BITS_ALLOWED = (None, 8, 6)
+ACT_BITS_ALLOWED = (None, 8, 6)  # the global setting (the reference system's A8 / A6)
+MIN_ACT_BITS, MAX_ACT_BITS = 2, 8  # per layer (act_options)
 
 
 @dataclass
@@ -27,6 +32,7 @@ class QuantConfig:
     options: dict[str, str] = field(default_factory=dict)
     avg_bits: float | None = None
     act_bits: int | None = None
+    act_options: dict[str, int] = field(default_factory=dict)  # per-layer activation bits
 
     def option(self, layer: str) -> str:
         return self.options.get(layer, FP16)
@@ -35,12 +41,19 @@ class QuantConfig:
         """Sorted options with fp16 entries dropped: equal configs have equal canonical forms."""
         return {k: self.options[k] for k in sorted(self.options) if self.options[k] != FP16}
 
+    def act_bits_of(self, layer: str) -> int | None:
+        """The activation bits of `layer`: its `act_options` entry, else the global `act_bits`."""
+        return self.act_options.get(layer, self.act_bits)
+
     @property
     def config_id(self) -> str:
-        """Stable 16-hex-digit hash of the canonical config (options, and act_bits when set)."""
+        """Stable 16-hex-digit hash of the canonical config (options, and act_bits / act_options
+        when set: a weight-only config keeps the id it had before act_options existed)."""
         payload: dict = {"options": self.canonical_options()}
         if self.act_bits is not None:
             payload["act_bits"] = self.act_bits
+        if self.act_options:
+            payload["act_options"] = {k: int(self.act_options[k]) for k in sorted(self.act_options)}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -73,6 +86,13 @@ class QuantConfig:
             problems.append(f"{len(bad_options)} unknown option(s): {_clip(bad_options)}{choice}")
         if self.act_bits not in ACT_BITS_ALLOWED:
             problems.append(f"act_bits={self.act_bits!r} (allowed: null, 8, 6)")
+        unknown_act = [name for name in self.act_options if name not in known]
+        if unknown_act:
+            problems.append(f"act_options: {len(unknown_act)} unknown layer(s): {_clip(unknown_act)}")
+        bad_act = [f"{name}={b!r}" for name, b in self.act_options.items() if not _act_bits_ok(b)]
+        if bad_act:
+            problems.append(f"act_options: {len(bad_act)} bit-width(s) outside "
+                            f"{MIN_ACT_BITS}-{MAX_ACT_BITS}: {_clip(bad_act)}")
         if problems:
             raise ConfigError(f"{where} for model {self.model!r}: " + "; ".join(problems))
         check_tied(self.options, tied, where)
@@ -80,8 +100,11 @@ class QuantConfig:
 
     # --- JSON ---
     def to_dict(self) -> dict:
-        return {"model": self.model, "options": dict(self.options),
-                "avg_bits": self.avg_bits, "act_bits": self.act_bits}
+        d = {"model": self.model, "options": dict(self.options),
+             "avg_bits": self.avg_bits, "act_bits": self.act_bits}
+        if self.act_options:  # absent when empty: weight-only files stay byte-identical
+            d["act_options"] = dict(self.act_options)
+        return d
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON atomically (a temporary file renamed over `path`): a failed write never
@@ -107,10 +130,10 @@ class QuantConfig:
         missing = [k for k in ("model", "options") if k not in data]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-        extra = sorted(set(data) - {"model", "options", "avg_bits", "act_bits"})
+        extra = sorted(set(data) - {"model", "options", "avg_bits", "act_bits", "act_options"})
         if extra:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} "
-                              "(expected model, options, avg_bits, act_bits)")
+                              "(expected model, options, avg_bits, act_bits, act_options)")
         options = data["options"]
         if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in options.items()):
@@ -123,8 +146,17 @@ class QuantConfig:
             act_bits = int(act_bits)  # 8.0 is 8 (as for params.yaml integers)
         if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)):
             raise ConfigError(f"{where}: 'act_bits' = {act_bits!r}: expected null, 8 or 6")
+        act_options = data.get("act_options") or {}
+        if not isinstance(act_options, dict) or not all(isinstance(k, str) for k in act_options):
+            raise ConfigError(f"{where}: 'act_options' must map layer names to activation bits (2-8)")
+        act_options = {k: int(v) if isinstance(v, float) and v.is_integer() else v
+                       for k, v in act_options.items()}
+        bad_act = [f"{k}={v!r}" for k, v in act_options.items() if not _act_bits_ok(v)]
+        if bad_act:
+            raise ConfigError(f"{where}: 'act_options' bit-width(s) outside {MIN_ACT_BITS}-{MAX_ACT_BITS}: "
+                              f"{_clip(bad_act)}")
         return QuantConfig(str(data["model"]), dict(options),
-                           None if avg_bits is None else float(avg_bits), act_bits)
+                           None if avg_bits is None else float(avg_bits), act_bits, act_options)
 
     @staticmethod
     def load(path: str | Path) -> "QuantConfig":
@@ -161,6 +193,10 @@ def tie_options(options: Mapping[str, str], tied: Sequence[Sequence[str]]) -> di
             else:
                 out[name] = option
     return out
+
+
+def _act_bits_ok(b: object) -> bool:
+    return isinstance(b, int) and not isinstance(b, bool) and MIN_ACT_BITS <= b <= MAX_ACT_BITS
 
 
 def _clip(items: list[str], limit: int = 8) -> str:

@@ -1,4 +1,5 @@
-"""`qsens analyze`: measured sensitivity, one layer quantized at a time (layerwise, mixdq)."""
+"""`qsens analyze`: measured sensitivity, one layer quantized at a time (layerwise, mixdq), and
+the AIMET-style QuantAnalyzer report (quant-analyzer)."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,23 @@ def register(subparsers) -> None:
         description="Quantize one layer at a time with every option and measure: `layerwise` — FID and "
         "content score of generated images (seed 000's min-max 0.6·ΔFID + 0.4·Δcontent, ranked JSON "
         "report with buckets); `mixdq` — SQNR of the denoiser output on calibration inputs from the FP "
-        "trajectory (quality group) and SSIM of images vs FP (content group). Resumable.")
-    p.add_argument("what", choices=["layerwise", "mixdq", "all"], nargs="?", default="all")
+        "trajectory (quality group) and SSIM of images vs FP (content group); `quant-analyzer` — AIMET's "
+        "QuantAnalyzer: FP vs weight-only vs activation-only vs both, per-layer enable-one / disable-one "
+        "sweeps for weight and activation quantizers, min/max ranges, histograms, per-layer MSE and "
+        "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`). `all` is layerwise + mixdq. "
+        "Resumable.")
+    p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer"], nargs="?", default="all")
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
-    p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/analysis/NAME)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output dir (default: DATA/analysis/NAME; quant-analyzer: DATA/analysis/NAME/quant_analyzer)")
+    q = p.add_argument_group("quant-analyzer (override params quant_analyzer.*)")
+    q.add_argument("--weight-option", default=None, help="weight quantizer option, e.g. uaq4")
+    q.add_argument("--act-bits", type=int, default=None, help="activation bits, 2-8")
+    q.add_argument("--act-mode", default=None, choices=["static", "dynamic"])
+    q.add_argument("--images", type=int, default=None, help="images per scored setting")
+    q.add_argument("--max-layers", type=int, default=None, help="layers swept (evenly spaced); 0 = all")
+    q.add_argument("--layers", default=None, metavar="REGEX", help="sweep only layers matching REGEX")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -34,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from sampling.noise import load_bank_for
 
     configure_torch(args.threads)
+    if args.what == "quant-analyzer":
+        return run_quant_analyzer_command(args)
     params = AnalysisParams.from_yaml(args.params)
     ctx = context(args)
     den = ctx.load_denoiser()
@@ -54,4 +69,31 @@ def run(args: argparse.Namespace) -> int:
         n_content = df.loc[df["group"] == "content", "layer"].nunique()
         print(f"mixdq: {len(df)} pairs ({n_content} content-group layers) in "
               f"{time.perf_counter() - t0:.1f} s → {out}/mixdq.parquet")
+    return 0
+
+
+def run_quant_analyzer_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from analysis.quant_analyzer import QuantAnalyzerParams, run_quant_analyzer
+    from quant.bank import META_FILE
+    from sampling.noise import load_bank_for
+    from sampling.scoring import make_scorer
+
+    params = QuantAnalyzerParams.from_yaml(args.params)
+    overrides = {"weight_option": args.weight_option, "act_bits": args.act_bits, "act_mode": args.act_mode,
+                 "images": args.images, "max_layers": args.max_layers, "layers": args.layers}
+    params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    ctx = context(args)
+    den = ctx.load_denoiser()
+    bank_dir = args.bank or ctx.layout.bank
+    # no bank: the weight option is quantized in memory (the analyzer needs only that one option)
+    bank = load_bank_for(den, bank_dir, ctx.spec.name, build_missing=False) if (bank_dir / META_FILE).exists() else None
+    out = args.out or ctx.layout.analysis / "quant_analyzer"
+    t0 = time.perf_counter()
+    res = run_quant_analyzer(den, bank, make_scorer(den, device=ctx.spec.device), params, out,
+                             progress=not args.quiet)
+    fid = {k: res[k]["fid"] for k in ("FP", "weights_only", "activations_only", "weights_and_activations")}
+    print(f"quant-analyzer: {len(res['swept'])} layers swept in {time.perf_counter() - t0:.1f} s → {out}/index.html; "
+          "FID " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} failed" for k, v in fid.items()))
     return 0
