@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from quant.config import QuantConfig
+from quant import jsonio
 from sampling.shards import ShardWriter
 
 
@@ -73,12 +74,7 @@ def pairs(layers: Iterable[str], options: Iterable[str]) -> list[tuple[str, str]
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_default) + "\n")
-    tmp.replace(path)
-    return path
+    return jsonio.write_json(path, data, default=_default)
 
 
 def _default(o: Any) -> Any:

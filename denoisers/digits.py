@@ -39,6 +39,7 @@ from torch import nn
 from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
 from quant.errors import QsensError
 from quant.params import read_section, reject_unknown
+from quant.jsonio import write_json
 
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES  # label used for "unconditional" (class dropout / guidance)
@@ -206,7 +207,7 @@ class DigitsClassifier(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / "classifier.safetensors"))
         cfg = {"config": self.config(), "info": info or {}}
-        (directory / "classifier.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_json(directory / "classifier.json", cfg, sort_keys=True)
 
     @staticmethod
     def load(directory: str | Path) -> tuple["DigitsClassifier", dict[str, Any]]:
@@ -549,7 +550,7 @@ class DigitsDenoiser(Denoiser):
         meta = {"family": "digits", "name": self.name, "arch": self.arch,
                 "params": self.params.to_dict(), "info": self.info,
                 "reference_dir": _relpath(Path(ref), model_dir) if ref else None}
-        (model_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(model_dir / META_FILE, meta, sort_keys=True)
         self.model_dir = model_dir
         return model_dir
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.sensitivity import block_of, unit_of, unit_type
+from quant.jsonio import atomic_write, write_json
 from quant.options import parse_option
 
 
@@ -212,8 +213,8 @@ def run_inspect(predictor_dir: str | Path, graph_path: str | Path | None = None,
     report = {"model": model, "reference": "highest bits" if reference is None else "given",
               "findings": findings, "top_layers": top_layers, "top_blocks": top_blocks,
               "method_preferences": {f"{t}/{b}": r.to_dict() for (t, b), r in prefs.iterrows()}}
-    (plots / "inspect.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (plots / "report.md").write_text(render_report(model, scores, prefs, blocks, findings, top_k))
+    write_json(plots / "inspect.json", report, indent=1, default=float)
+    atomic_write(plots / "report.md", render_report(model, scores, prefs, blocks, findings, top_k))
     return report
 
 

@@ -15,7 +15,6 @@ Checkpoint directory (no pickles):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from predictor.metrics import all_metrics
 from predictor.model import CONVS, DIRECTIONS, ModelConfig, SensitivityGNN, count_parameters
 from quant.errors import QsensError
 from quant.params import read_section, reject_unknown
+from quant.jsonio import write_json
 
 FORMAT_VERSION = 1
 
@@ -320,7 +320,7 @@ def save_result(result: TrainResult, out_dir: str | Path) -> Path:
         "metrics": {"ensemble": result.metrics["ensemble"], "baselines": result.metrics["baselines"]},
         "train_seconds": round(result.seconds, 1),
     }
-    (out / "ensemble.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_json(out / "ensemble.json", meta, indent=1)
     result.predictions.to_parquet(out / "predictions.parquet", index=False)
     return out
 
@@ -338,7 +338,7 @@ def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
             return round(v, 5) if math.isfinite(v) else None
         return v
 
-    path.write_text(json.dumps(clean(metrics), indent=2) + "\n")
+    write_json(path, clean(metrics))
     return path
 
 

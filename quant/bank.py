@@ -16,7 +16,6 @@ follower's entries repeat the leader's. A config must give a group one option.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from quant.layers import (LayerInfo, combine_fingerprints, layer_fingerprints, l
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
 from quant.quantizers import QuantizedTensor, quantize
+from quant.jsonio import write_json
 
 FORMAT_VERSION = 1
 META_FILE = "bank.json"
@@ -190,7 +190,7 @@ class Bank:
         }
         if self.tied:  # absent for untied models: their bank.json stays byte-identical to before
             meta["tied"] = [list(g) for g in self.tied]
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        write_json(directory / META_FILE, meta, indent=1)
         self.path = directory
         return directory
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from quant.errors import QsensError
 from quant.params import load_section
+from quant.jsonio import write_json
 
 
 @dataclass(frozen=True)
@@ -245,11 +246,9 @@ def sample_grid(rows: dict[str, np.ndarray], path: str | Path, columns: int = 10
 
 def write_noise_outputs(result: dict[str, Any], records: list[dict[str, Any]],
                         out: str | Path, configs_csv: str | Path | None = None) -> None:
-    import json
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    write_json(out, result)
     if configs_csv:
         import csv
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from denoisers.base import Denoiser, Generation, ReferenceData
 from quant.errors import QsensError
+from quant.jsonio import write_json
 
 STATS_FILE = "stats.safetensors"
 STATS_INFO_FILE = "stats.json"
@@ -96,7 +97,7 @@ def save_reference_stats(directory: str | Path, mu: np.ndarray, sigma: np.ndarra
     directory.mkdir(parents=True, exist_ok=True)
     save_file({"mu": np.ascontiguousarray(mu, dtype=np.float64),
                "sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, str(directory / STATS_FILE))
-    (directory / STATS_INFO_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
+    write_json(directory / STATS_INFO_FILE, info or {}, sort_keys=True)
     return directory / STATS_FILE
 
 

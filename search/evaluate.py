@@ -34,6 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from quant.errors import QsensError
 from quant.provenance import code_digest
+from quant.jsonio import write_json
 from search.params import EvaluateParams
 from search.pareto import budget_tag
 
@@ -81,10 +82,7 @@ def row_key(*parts: Any) -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_clean) + "\n")
-    tmp.replace(path)
+    write_json(path, data, default=_clean)
 
 
 def _clean(o: Any) -> Any:

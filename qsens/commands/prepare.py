@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
+from quant.jsonio import write_json
 
 NAME = "prepare"
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:
         path = Path(args.metrics)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(path, figures)
     return 0
 
 
@@ -100,7 +100,7 @@ def prepare_pipeline(ctx) -> dict:
     }
     _replace_dir(Path(spec.reference), installed)
     ctx.layout.models.mkdir(parents=True, exist_ok=True)
-    (ctx.layout.models / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_json(ctx.layout.models / "model.json", info, sort_keys=True)
     print(f"wrote {ctx.layout.models / 'model.json'} and {installed}")
     return {k: info[k] for k in ("name", "pipeline_class", "denoiser_class", "quantizable_layers",
                                  "parameters", "resolution", "fingerprint")}

@@ -1,8 +1,8 @@
 """`qsens search`: a per-layer config for a bit budget (or a Pareto family over a budget range)."""
 from __future__ import annotations
+from quant.jsonio import write_json
 
 import argparse
-import json
 from pathlib import Path
 
 from qsens.context import add_model_args, context
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         res.config.save(path)
         report = res.to_report() | {"config": str(path)}
         report_path = Path(path).with_suffix(".report.json")
-        report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(report_path, report, default=str)
         results.append(report)
         if not args.quiet:
             status = report.get("ip_status", "-")
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
     if many:
         out_dir = Path(args.out or cli.layout.search / "family" / args.strategy)
-        (out_dir / "family.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(out_dir / "family.json", results, default=str)
         if not args.quiet:
             print(f"{len(results)} configs in {out_dir} (family.json lists them)")
     return 0
