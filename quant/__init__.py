@@ -12,6 +12,7 @@ from quant.bank import Bank, build_bank
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError, QsensError
 from quant.layers import LayerInfo, count_macs, layer_infos, quantizable_layers
+from quant.pack import load_quantized, pack, save_quantized
 from quant.options import DEFAULT_OPTIONS, FP16, METHODS, Option, parse_option
 from quant.quantizers import QuantizedTensor, fake_quantize, quantize
 

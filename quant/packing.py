@@ -22,10 +22,27 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of `pack_codes`: (bytes,) uint8 -> (numel,) uint8 codes."""
+    """Inverse of `pack_codes`: (bytes,) uint8 -> (numel,) uint8 codes, on `packed`'s device.
+
+    Eight consecutive codes fill exactly `bits` bytes, so code j of every 8-code group sits at
+    the same bit offset j·bits of its group: one shift/or/mask per j over all groups at once
+    (uint8 temporaries only; this runs in every forward of a packed layer, quant.pack).
+    """
     if bits == 8:
         return packed[:numel].clone()
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    stream = ((packed[:, None] >> shifts) & 1).reshape(-1)[: numel * bits]
-    weights = (1 << torch.arange(bits, dtype=torch.int32, device=packed.device)).to(torch.uint8)
-    return (stream.reshape(numel, bits) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    groups = -(-numel // 8)
+    data = packed[: -(-numel * bits // 8)]
+    pad = groups * bits - data.numel()
+    if pad:
+        data = torch.cat([data, data.new_zeros(pad)])
+    g = data.reshape(groups, bits)
+    mask = (1 << bits) - 1
+    out = torch.empty(groups, 8, dtype=torch.uint8, device=packed.device)
+    for j in range(8):
+        start = j * bits
+        lo, off = start // 8, start % 8
+        v = g[:, lo] >> off
+        if off + bits > 8:  # the code continues in the next byte (uint8 shifts drop the overflow)
+            v = v | (g[:, lo + 1] << (8 - off))
+        out[:, j] = v & mask
+    return out.reshape(-1)[:numel]

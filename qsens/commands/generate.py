@@ -2,7 +2,9 @@
 
 The equivalent of the reference system's `*_infer.py` scripts: a config found by `qsens search`
 is applied from the bank (fake quantization: the dequantized weights are written into the
-model, and restored afterwards), optionally with dynamic activation quantization.
+model, and restored afterwards), or a packed checkpoint from `qsens export` is loaded
+(`--quantized DIR`: real low-bit weights dequantized in each forward, no bank needed; the same
+images as the fake-quant config), optionally with dynamic activation quantization.
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ def register(subparsers) -> None:
         "the model's bank, and write them as PNGs plus a generate.json listing seeds, prompts "
         "or classes and the settings.")
     add_model_args(p)
-    p.add_argument("--config", default=None, metavar="CONFIG.json",
-                   help="QuantConfig to apply (default: none, the FP model)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--config", default=None, metavar="CONFIG.json",
+                         help="QuantConfig to apply from the bank (default: none, the FP model)")
+    weights.add_argument("--quantized", type=Path, default=None, metavar="DIR",
+                         help="packed checkpoint from `qsens export` (no bank needed)")
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--act-bits", type=int, choices=[8, 6], default=None,
                    help="also quantize activations dynamically (per token / per sample-channel)")
@@ -84,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
             bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
             stack.enter_context(quantized(den.model, config, bank))
             applied = f"{args.config} ({bank.summarize(config).avg_bits:.3f} avg bits)"
+        elif args.quantized:
+            from quant.pack import load_quantized, read_manifest
+
+            manifest = read_manifest(args.quantized)
+            load_quantized(args.quantized, den.model)  # refuses another model's checkpoint
+            bits = (manifest.get("accounted") or {}).get("avg_bits")
+            applied = f"{args.quantized} (packed" + (f", {bits:.3f} avg bits)" if bits else ")")
         if args.act_bits:
             stack.enter_context(activation_quant(den.model, args.act_bits))
             applied += f", A{args.act_bits}"
@@ -95,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
         files.append(path.name)
     meta = {"model": ctx.spec.name, "source": ctx.spec.source, "config": args.config,
+            "quantized": None if args.quantized is None else str(args.quantized),
             "act_bits": args.act_bits, "seeds": [int(s) for s in gen.seeds], "files": files,
             "prompts": gen.prompts, "labels": None if gen.labels is None else gen.labels.tolist(),
             "nonfinite": int(gen.n_nonfinite), **gen.params}

@@ -1,0 +1,280 @@
+"""Export a found config to other tools: a torchao per-module config, and skip lists.
+
+torchao (`torchao_plan` -> `write_torchao_config` -> `apply_torchao_config`):
+    UAQ b-bit  -> `IntxWeightOnlyConfig(weight_dtype=torch.int{b}, granularity=PerAxis(0),
+                  mapping_type=ASYMMETRIC)`: integer weight-only, one scale/zero per output
+                  channel of a Linear; on a Conv2d torchao's blocks are (1, C_in, 1, 1), i.e. one
+                  scale/zero per output channel and kernel position (Conv1d: 3-D weights, and
+                  Conv2d with one input channel per group, are not supported by it)
+    K-Means-C/A b-bit -> torchao's codebook config (`torchao.prototype.quantization.codebook.
+                  CodebookWeightOnlyConfig(dtype=torch.uint{b}, block_size=(1, 1))`) on Linear
+                  weights: ONE codebook of 2^b scalars per tensor with a per-row max scale — so
+                  K-Means-A maps in kind, K-Means-C (a codebook per output channel) only
+                  approximately; conv weights are not supported by it
+    fp16       -> not listed (torchao leaves the module as it is)
+    anything else -> `unsupported`, by layer name, with the reason.
+torchao computes its own scales / codebooks from the FP weights when `quantize_` runs (min-max
+affine ranges; its own k-means), not ours (Lp-searched clipping ranges; our k-means), so the
+images differ from our fake-quant ones even where the formats agree (bench/export.py measures it).
+
+File (`torchao.json`): {"format": "qsens-torchao", "format_version", "torchao_version", "model",
+"fingerprint", "fqn_to_config": {fqn: torchao.core.config.config_to_dict(config)}, "options",
+"unsupported", "notes"}. Every entry reads back with torchao's `config_from_dict` except the
+codebook config (torchao 0.18 does not export it from a module `config_from_dict` searches);
+`read_torchao_config` builds that one itself and returns a `torchao.quantization.FqnToConfig`.
+
+Skip lists (`skip_list`): the K layers the predictor ranks most sensitive (its per-layer score at
+the lowest bit-width, `predictor.inspect.layer_scores`), as the keep-in-high-precision lists of
+bitsandbytes (`llm_int8_skip_modules`), diffusers (`modules_to_not_convert`) and quanto
+(`exclude`), with the layers each tool's name matching would keep in addition.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from torch import nn
+
+from quant.config import QuantConfig
+from quant.errors import QsensError
+from quant.jsonio import read_json
+from quant.layers import LayerInfo
+from quant.options import FP16, parse_option
+
+TORCHAO_FORMAT = "qsens-torchao"
+TORCHAO_FORMAT_VERSION = 1
+TORCHAO_FILE = "torchao.json"
+SKIP_FILE = "skip_list.json"
+_CODEBOOK = "CodebookWeightOnlyConfig"
+
+
+@dataclass
+class TorchaoPlan:
+    """What torchao can take of a config: `configs` {fqn: torchao config}, `unsupported`
+    {fqn: reason}, `options` {fqn: our option} for every quantized layer."""
+
+    model: str
+    configs: dict[str, Any] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def _torchao():
+    try:
+        import torchao  # noqa: F401
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerAxis
+    except ImportError as exc:
+        raise QsensError(f"torchao is not installed ({exc}); pip install torchao") from None
+    return IntxWeightOnlyConfig, MappingType, PerAxis
+
+
+def _codebook_class():
+    """torchao's codebook config class, or None where the installed version has none."""
+    try:
+        from torchao.prototype.quantization.codebook.codebook_quantized_tensor import CodebookWeightOnlyConfig
+    except ImportError:
+        return None
+    return CodebookWeightOnlyConfig
+
+
+def torchao_plan(config: QuantConfig, infos: Mapping[str, LayerInfo]) -> TorchaoPlan:
+    """Map each quantized layer of `config` to a torchao config (module doc). `infos`: the
+    layers' shapes and kinds (`bank.layers`). Raises QsensError for a layer not in `infos`."""
+    import torch
+
+    IntxWeightOnlyConfig, MappingType, PerAxis = _torchao()
+    codebook = _codebook_class()
+    plan = TorchaoPlan(config.model)
+    for name, option in config.options.items():
+        if option == FP16:
+            continue
+        if name not in infos:
+            raise QsensError(f"config layer {name} is not a layer of {config.model!r}")
+        opt, kind = parse_option(option), infos[name].kind
+        plan.options[name] = option
+        if opt.method == "uaq":
+            if kind not in ("Linear", "Conv2d"):
+                plan.unsupported[name] = f"{option} on a {kind}: torchao's IntxWeightOnlyConfig takes 2-D/4-D weights only"
+                continue
+            if kind == "Conv2d" and infos[name].shape[1] == 1:
+                plan.unsupported[name] = (f"{option} on a Conv2d with 1 input channel per group: torchao "
+                                          "0.18's IntxWeightOnlyConfig fails on its one-weight blocks")
+                continue
+            plan.configs[name] = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{opt.bits}"),
+                                                      granularity=PerAxis(0), mapping_type=MappingType.ASYMMETRIC)
+        elif codebook is None:
+            plan.unsupported[name] = f"{option}: this torchao has no codebook config"
+        elif kind != "Linear":
+            plan.unsupported[name] = f"{option} on a {kind}: torchao's codebook config takes Linear weights only"
+        else:
+            plan.configs[name] = codebook(dtype=getattr(torch, f"uint{opt.bits}"), block_size=(1, 1))
+    return plan
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    from torchao.core.config import config_to_dict
+
+    if type(cfg).__name__ == _CODEBOOK:  # tuples are refused by torchao's encoder: a list here
+        cfg = dataclasses.replace(cfg, block_size=list(cfg.block_size))
+    return config_to_dict(cfg)
+
+
+def write_torchao_config(plan: TorchaoPlan, path: str | Path, fingerprint: str | None = None) -> Path:
+    """Write `plan` as JSON (module doc) atomically; return the path."""
+    import torchao
+
+    path = Path(path)
+    data = {
+        "format": TORCHAO_FORMAT, "format_version": TORCHAO_FORMAT_VERSION,
+        "torchao_version": torchao.__version__, "model": plan.model, "fingerprint": fingerprint,
+        "fqn_to_config": {fqn: _to_dict(c) for fqn, c in plan.configs.items()},
+        "options": plan.options, "unsupported": plan.unsupported,
+        "notes": ("torchao computes its own scales (min-max affine per output channel; per output channel "
+                  "and kernel position on convs) and codebooks "
+                  "(one per tensor, per-row max scales) from the FP weights: not qsens' Lp-searched "
+                  "ranges or per-channel k-means codebooks. Load: search.export.apply_torchao_config."),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_torchao_config(path: str | Path):
+    """(torchao FqnToConfig, the file's dict). QsensError (one line) for a missing file, another
+    format, or an entry torchao cannot build."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TORCHAO_FILE
+    if not path.is_file():
+        raise QsensError(f"{path}: no torchao config (write one with `qsens export --format torchao`)")
+    data = read_json(path, "a qsens torchao config")
+    if data.get("format") != TORCHAO_FORMAT or data.get("format_version") != TORCHAO_FORMAT_VERSION:
+        raise QsensError(f"{path}: not a {TORCHAO_FORMAT}/{TORCHAO_FORMAT_VERSION} file")
+    _torchao()
+    from torchao.core.config import config_from_dict
+    from torchao.quantization import FqnToConfig
+
+    configs = {}
+    for fqn, entry in data.get("fqn_to_config", {}).items():
+        try:
+            if isinstance(entry, dict) and entry.get("_type") == _CODEBOOK:
+                cls = _codebook_class()
+                if cls is None:
+                    raise ValueError("this torchao has no codebook config")
+                d = entry["_data"]
+                configs[fqn] = cls(dtype=getattr(torch, d["dtype"]["_data"]), block_size=tuple(d["block_size"]),
+                                   scale_block_size=d.get("scale_block_size"))
+            else:
+                configs[fqn] = config_from_dict(entry)
+        except Exception as exc:  # torchao raises ValueError/TypeError/KeyError for foreign entries
+            raise QsensError(f"{path}: entry for {fqn} is not a config this torchao builds ({exc})") from None
+    return FqnToConfig(configs), data
+
+
+def apply_torchao_config(model: nn.Module, path: str | Path) -> nn.Module:
+    """`torchao.quantize_(model, FqnToConfig)` with the config at `path` (or a dir holding
+    torchao.json); returns `model` (changed in place). QsensError when a listed layer is not in
+    `model`."""
+    from torchao.quantization import quantize_
+
+    cfg, _ = read_torchao_config(path)
+    names = {n for n, _ in model.named_modules()}
+    absent = [fqn for fqn in cfg.fqn_to_config if fqn not in names]
+    if absent:
+        raise QsensError(f"{path}: {len(absent)} layer(s) not in this model (first: {absent[0]})")
+    quantize_(model, cfg, filter_fn=None)
+    return model
+
+
+# ------------------------------------------------------------------------------------ skip lists
+def sensitivity_ranking(predictor_dir: str | Path) -> pd.DataFrame:
+    """Layers ranked by the predictor, most sensitive first: `predictor.inspect.layer_scores`
+    of its `sensitivity.parquet` (written by `qsens predictor train`), or of the ensemble's
+    sensitivity when that table is absent. Columns: sens_low, sens_high, block, rank, ..."""
+    from predictor.inspect import layer_scores
+
+    pdir = Path(predictor_dir)
+    table_path = pdir / "sensitivity.parquet"
+    if table_path.is_file():
+        try:
+            table = pd.read_parquet(table_path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise QsensError(f"{table_path}: unreadable ({exc}); retrain with `qsens predictor train`") from None
+    else:
+        from predictor.api import Ensemble
+
+        table = Ensemble.load(pdir).sensitivity()
+    need = {"layer", "option", "delta_fid", "delta_fid_std"}
+    if not need <= set(table.columns):
+        raise QsensError(f"{pdir}: sensitivity table lacks {sorted(need - set(table.columns))}")
+    return layer_scores(table)
+
+
+def _diffusers_keeps(layer: str, keys: Sequence[str]) -> bool:
+    # diffusers.quantizers.bitsandbytes.utils._replace_with_bnb_linear (0.42)
+    return layer.rsplit(".", 1)[-1] in keys or any(k + "." in layer or k == layer for k in keys)
+
+
+def _transformers_keeps(layer: str, keys: Sequence[str]) -> bool:
+    # transformers.quantizers.quantizers_utils.should_convert_module (5.x)
+    boundary = r"(?:(?<=\.)|(?=\.|$))"
+    return any(re.match(rf"(?:{k}){boundary}", layer) or layer.endswith(k) for k in keys)
+
+
+def _quanto_keeps(layer: str, keys: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(layer, k) for k in keys)
+
+
+def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
+              tied: Sequence[Sequence[str]] = ()) -> dict[str, Any]:
+    """The `keep_top` most sensitive layers as each tool's keep-in-high-precision list.
+
+    ranking: `sensitivity_ranking` (index = layer names). layers: every quantizable layer of the
+    model (a ranked layer outside it is refused). A kept layer's tied partners are kept too
+    (one tensor). Per tool, `also_kept` lists the layers its name matching keeps beyond the list
+    (diffusers also matches a kept name as a module's last name part; transformers as a suffix).
+    Raises QsensError for keep_top < 1 or a ranking of another model.
+    """
+    if keep_top < 1:
+        raise QsensError(f"--keep-top must be at least 1, got {keep_top}")
+    layer_set = set(layers)
+    unknown = [n for n in ranking.index if n not in layer_set]
+    if unknown:
+        raise QsensError(f"the predictor ranks layer(s) this model lacks (first: {unknown[0]}): "
+                         "it was trained for another model")
+    ordered = list(ranking.index)
+    keep = ordered[:keep_top]
+    for group in tied:
+        if any(n in keep for n in group):
+            keep += [n for n in group if n not in keep]
+    tools = {"bitsandbytes": ("llm_int8_skip_modules", _diffusers_keeps),
+             "diffusers": ("modules_to_not_convert", _diffusers_keeps),
+             "transformers": ("llm_int8_skip_modules", _transformers_keeps),
+             "quanto": ("exclude", _quanto_keeps)}
+    out: dict[str, Any] = {"keep_top": keep_top, "keep": keep}
+    for tool, (key, rule) in tools.items():
+        out[tool] = {key: keep, "also_kept": [n for n in layers if n not in keep and rule(n, keep)]}
+    out["ranking"] = [{"layer": n, "rank": int(r.get("rank", i + 1)), "sens_low": float(r["sens_low"]),
+                       "sens_high": float(r["sens_high"])} for i, (n, r) in enumerate(ranking.iterrows())]
+    return out
+
+
+def write_skip_list(data: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
