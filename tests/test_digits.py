@@ -248,12 +248,25 @@ def test_cli_score_uniform_config_with_bank(tiny_prepared_data, tmp_path, capsys
     QuantConfig.uniform("digits", den.layer_names(), "uaq4").save(cfg)
     args = ["score", "--model", "digits", "--config", str(cfg), "--bank", str(bank_dir),
             "--data-dir", str(tiny_prepared_data), "--images", "20", "--json", "--threads", "1"]
-    assert main(args) == 0
+    assert main(args + ["--seed", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert main(args) == 0
+    assert main(args + ["--seed", "1"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert first["status"] == "ok" and first["avg_bits"] > 4.0
     assert first["fid"] == second["fid"] and first["content"] == second["content"]
+    # the printed scores are those of the quantized model, not of the FP one
+    from quant.apply import quantized
+    from sampling.scoring import evaluate, make_scorer
+
+    bank = build_bank(den.model, model_name="digits", progress=False)
+    scorer = make_scorer(den)
+    with quantized(den.model, QuantConfig.load(cfg), bank):
+        q_score, _ = evaluate(den, scorer, 20, seed=1)
+    fp_score, _ = evaluate(den, scorer, 20, seed=1)
+    assert first["fid"] == pytest.approx(q_score.fid, rel=1e-9)
+    assert first["content"] == pytest.approx(q_score.content, abs=1e-12)
+    assert abs(first["fid"] - fp_score.fid) > 1e-3 * fp_score.fid
+    assert first["avg_bits"] == pytest.approx(bank.summarize(QuantConfig.load(cfg)).avg_bits)
 
 
 def test_prepare_writes_byte_identical_files_for_the_same_params(tmp_path):
