@@ -409,15 +409,15 @@ def reading(model: str, params: QuantAnalyzerParams, base: dict[str, dict], enab
         vals = [(l, r["fid"]) for l, r in rows.items() if r["fid"] is not None]
         return sorted(vals, key=lambda t: (sign * t[1], t[0]))[:k]
 
-    for q, label in (("weight", "weights"), ("activation", "activations")):
+    for q, label, all_on in (("weight", "weights", w), ("activation", "activations", a)):
         en = top(enabled[q], -1.0)
         dis = top(disabled[q], 1.0)
-        if en:
-            parts.append(f"With only one layer's {label} quantized, FID is worst for "
-                         + ", ".join(f"{l} ({_fmt(v)})" for l, v in en) + ".")
-        if dis:
-            parts.append(f"With all {label} quantized but one layer's, FID recovers most when that layer is "
-                         + ", ".join(f"{l} ({_fmt(v)})" for l, v in dis) + ".")
+        if en and fp is not None:
+            parts.append(f"Quantizing one layer's {label} alone costs most at "
+                         + ", ".join(f"{l} (ΔFID {v - fp:+.2f})" for l, v in en) + ".")
+        if dis and all_on is not None:
+            parts.append(f"Keeping one layer's {label} in FP while all others are quantized helps most at "
+                         + ", ".join(f"{l} (ΔFID {v - all_on:+.2f})" for l, v in dis) + ".")
     rel = sorted(((l, r["both_relative"]) for l, r in mse.items() if r["both_relative"] is not None),
                  key=lambda t: (-t[1], t[0]))[:3]
     if rel:

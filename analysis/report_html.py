@@ -36,17 +36,19 @@ def sweep_figure(title: str, layers: Sequence[str], series: dict[str, dict[str, 
     """Layers on x, one row per metric (key, axis title), one line per series
     ({name: {layer: {metric: value}}}); dashed horizontal lines for `references`
     ({name: {metric: value}}: FP, all quantized...)."""
+    import plotly
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[label for _, label in metrics])
     dashes = ["dash", "dot", "dashdot", "longdash"]
+    colors = plotly.colors.qualitative.Plotly  # one colour per series in every row
     for row, (key, label) in enumerate(metrics, 1):
-        for name, rows in series.items():
+        for i, (name, rows) in enumerate(series.items()):
             fig.add_trace(go.Scatter(x=list(layers), y=[_num(rows.get(l, {}).get(key)) for l in layers],
                                      mode="lines+markers", name=name, legendgroup=name,
-                                     showlegend=row == 1), row=row, col=1)
+                                     line_color=colors[i % len(colors)], showlegend=row == 1), row=row, col=1)
         for i, (name, values) in enumerate(references.items()):
             v = _num(values.get(key))
             if v is not None:
@@ -116,18 +118,18 @@ def index_page(title: str, paragraph: str, table: list[dict[str, Any]], links: l
     """The report's index: a heading, the reading of the results, the FP / W / A / W+A table and
     links ([(href, name, what it shows)]). Plain HTML, no scripts, no external resources."""
     e = html.escape
-    head = ["setting", "FID", "content", "status"]
+    head = {"setting": "setting", "fid": "FID", "content": "content", "status": "status"}
     rows = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(k)))}</td>" for k in head) + "</tr>" for r in table)
     items = "".join(f'<li><a href="{e(href)}">{e(name)}</a> — {e(what)}</li>' for href, name, what in links)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.45}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}
-td:first-child{{text-align:left}}</style></head>
+td:first-child,th:first-child{{text-align:left}}</style></head>
 <body><h1>{e(title)}</h1>
 <p>{e(paragraph)}</p>
 <h2>Sensitivity to weight and activation quantization</h2>
-<table><tr>{''.join(f'<th>{e(h)}</th>' for h in head)}</tr>{rows}</table>
+<table><tr>{''.join(f'<th>{e(h)}</th>' for h in head.values())}</tr>{rows}</table>
 <h2>Analyses</h2><ul>{items}</ul>
 </body></html>
 """

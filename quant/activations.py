@@ -51,11 +51,12 @@ def fake_quantize_static(x: torch.Tensor, bits: int, lo: float, hi: float) -> to
 
 def _fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     qmax = (1 << bits) - 1
-    scale = (hi - lo) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant slice is exact anyway
+    degenerate = hi <= lo
+    scale = torch.where(degenerate, torch.ones_like(hi), (hi - lo) / qmax)
     zero = torch.round(-lo / scale)
     q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
-    return (q - zero) * scale
+    # a zero-width range holds one value: keep it exactly (the grid above would round it to an integer)
+    return torch.where(degenerate, torch.minimum(torch.maximum(x, lo), hi), (q - zero) * scale)
 
 
 def _reduce_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
