@@ -2,13 +2,22 @@
 
 Each subcommand lives in `qsens/commands/<name>.py` and exposes `register(subparsers)`, which adds
 its parser and sets `func` (a callable taking the parsed `argparse.Namespace`, returning an exit
-code or None). Bad input raises `quant.errors.QsensError`; it is printed as one line, exit code 2.
+code or None).
+
+The error boundary (`main`): every expected failure is one `error:` line on stderr and exit code 2
+— bad arguments (argparse), `QsensError` (bad input found by the packages), and the I/O and parse
+errors of the files a user points at (missing/unwritable paths, non-UTF-8 or damaged files). A
+closed stdout (`qsens ... | head`) ends quietly. Anything else is a bug: one line naming it, exit
+code 3, and the traceback only with QSENS_DEBUG=1.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
+import traceback
 
 from quant.errors import QsensError
 
@@ -17,8 +26,16 @@ COMMAND_MODULES = ("reference", "prepare", "bank", "graph", "score", "noise", "s
                    "config", "predictor", "analyze", "search", "evaluate", "generate", "export")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one `error:` line (exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="qsens",
         description="Learn where a diffusion denoiser is sensitive to weight quantization and "
         "emit per-layer mixed-precision configs under a bit budget.",
@@ -37,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_error(exc: BaseException) -> str | None:
+    """The one-line message for an expected failure, or None for a bug."""
+    if isinstance(exc, QsensError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"an input file is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    if isinstance(exc, RecursionError):
+        return "an input file is nested too deeply to read"
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else "a file"
+        return f"{where}: {exc.strerror or exc}"
+    kind = type(exc).__name__
+    if kind in ("SafetensorError", "HeaderTooLarge", "ArrowInvalid", "ArrowIOError", "YAMLError",
+                "ScannerError", "ParserError"):
+        return f"a damaged or unreadable input file ({kind}: {str(exc).splitlines()[0][:300]})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,12 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         code = args.func(args)
-    except QsensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qsens ... | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # the error boundary: see the module docstring
+        message = _expected_error(exc)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        if os.environ.get("QSENS_DEBUG"):
+            raise
+        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {os.path.basename(last.filename)}:{last.lineno}" if last else ""
+        print(f"error: internal error {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+              f"{where} (a bug: please report it; QSENS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
     return int(code or 0)
 
 

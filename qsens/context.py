@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from denoisers.spec import ModelSpec, classify_source, resolve_spec
+from qsens.argtypes import non_negative_float, positive_int
 from quant.errors import QsensError
 
 
@@ -32,31 +33,11 @@ def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
                        help="reference dir from `qsens reference build` (real models)")
         g.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
         g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
-        g.add_argument("--steps", type=_positive_int, default=None, help="sampling steps")
-        g.add_argument("--guidance", type=_non_negative_float, default=None,
+        g.add_argument("--steps", type=positive_int, default=None, help="sampling steps")
+        g.add_argument("--guidance", type=non_negative_float, default=None,
                        help="classifier-free guidance scale (1 = off)")
-        g.add_argument("--batch-size", type=_positive_int, default=None,
+        g.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per pipeline call")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ META_FILE = "bank.json"
 SHARD_BYTES = 1 << 30  # start a new safetensors shard past ~1 GiB
 
 
+AVG_BITS_TOLERANCE = 0.01  # bits
+
+
 @dataclass
 class BankEntry:
     """One (layer, option): what it costs and how far it is from the FP weight."""
@@ -102,10 +105,19 @@ class Bank:
         return summarize(config.options, self.layers, self.errors(), config.act_bits, tied=self.tied)
 
     def validate(self, config: QuantConfig, where: str = "config") -> QuantConfig:
-        """ConfigError for another model, unknown layers or options, or different options on tied layers."""
+        """ConfigError for another model, unknown layers or options, different options on tied
+        layers, or a stated `avg_bits` that this bank's accounting does not reproduce (within
+        AVG_BITS_TOLERANCE: files may round it)."""
         if config.model != self.model:
             raise ConfigError(f"{where} is for model {config.model!r} but the bank is for {self.model!r}")
-        return config.validate(self.layers, self.options, where=where, tied=self.tied)
+        config = config.validate(self.layers, self.options, where=where, tied=self.tied)
+        if config.avg_bits is not None:
+            actual = summarize(config.options, self.layers, self.errors(), config.act_bits, tied=self.tied).avg_bits
+            if abs(actual - config.avg_bits) > AVG_BITS_TOLERANCE:
+                raise ConfigError(f"{where}: avg_bits {config.avg_bits:g} does not match its options "
+                                  f"({actual:.4f} bits with this bank's accounting); the file was edited "
+                                  "or made for another bank")
+        return config
 
     def check_model(self, model: nn.Module, where: str | None = None) -> None:
         """Raise BankMismatchError naming what differs between `model` and the bank's model."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,13 @@ def check_output_path(path: str | Path, kind: str = "file") -> Path:
     parent = path if kind == "dir" and path.exists() else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise QsensError(f"{path}: cannot write there ({parent} is not a writable directory)")
+    if not parent.is_dir():
+        raise QsensError(f"{path}: cannot write there ({parent} is not a directory)")
+    try:  # os.access says yes to root everywhere (even /proc): try a real file instead
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".qsens-write-check-"):
+            pass
+    except OSError as exc:
+        raise QsensError(f"{path}: cannot write there ({parent}: {exc.strerror or exc})") from None
     return path
 
 

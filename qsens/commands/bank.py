@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
+from qsens.argtypes import non_negative_int
 from qsens.context import add_model_args, context
 from quant.bank import Bank, build_bank
 from quant.errors import QsensError
+from quant.jsonio import check_output_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("show", help="print per-layer sizes and errors of a bank")
     s.add_argument("bank", type=Path, help="bank directory")
-    s.add_argument("--top", type=int, default=0, help="only the N layers with the largest 3-bit error")
+    s.add_argument("--top", type=non_negative_int, default=0, help="only the N layers with the largest 3-bit error")
     s.set_defaults(func=run_show)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
@@ -42,7 +43,7 @@ def run_build(args: argparse.Namespace) -> int:
         args.model = args.source
     ctx = context(args)
     out = args.out or ctx.layout.bank
-    check_writable_dir(out)
+    check_output_path(out, kind="dir")
     options = args.options or read_section(ctx.params, "bank").get("options")
     if not options:
         raise QsensError(f"no options: pass --options or set bank.options in {ctx.params}")
@@ -61,16 +62,6 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"bank {args.out}: {len(bank.layers)} layers × {len(bank.options)} options, "
           f"{n:,} weights, {seconds:.1f}s ({n * len(bank.options) / seconds:,.0f} weight-options/s)")
     return 0
-
-
-def check_writable_dir(path: Path) -> None:
-    """Fail before any work when `path` cannot become a directory we write into."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise QsensError(f"--out {path} exists and is not a directory")
-    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise QsensError(f"--out {path}: {parent} is not writable")
 
 
 def run_show(args: argparse.Namespace) -> int:

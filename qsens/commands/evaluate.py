@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from qsens.argtypes import images_count
 
 NAME = "evaluate"
 
@@ -18,7 +19,7 @@ def register(subparsers) -> None:
         "finished rows), metrics/search_pareto.csv, a Pareto plot and sample grids.")
     p.add_argument("--strategies", default=None, help="comma list (default: search.strategies)")
     p.add_argument("--budgets", default=None, help="A:B:STEP or comma list (default: search.budgets)")
-    p.add_argument("--images", type=int, default=None, help="images per config (default: evaluate.images)")
+    p.add_argument("--images", type=images_count, default=None, help="images per config (default: evaluate.images)")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/search/NAME)")
     p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"))
     p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"))

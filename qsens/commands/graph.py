@@ -5,8 +5,10 @@ import argparse
 import json
 import sys
 
+from qsens.argtypes import positive_int
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
+from quant.jsonio import check_output_path
 
 
 def register(subparsers) -> None:
@@ -24,10 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="GRAPH.json",
                    help="node-link JSON to write (default: DATA/graphs/NAME.json)")
     p.add_argument("--draw", metavar="FILE.png", help="also draw the DAG (.png or .svg)")
-    p.add_argument("--max-side", type=int, default=None,
+    p.add_argument("--max-side", type=positive_int, default=None,
                    help="latent side used for tracing (default: min(sample_size, 32)); "
                    "changes MACs, not the graph")
-    p.add_argument("--text-tokens", type=int, default=None,
+    p.add_argument("--text-tokens", type=positive_int, default=None,
                    help="text tokens for cross-attention inputs (default 77, or the config's)")
     p.set_defaults(func=run)
 
@@ -45,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         args.out = args.out or ctx.layout.graph
     if args.out is None:
         raise QsensError("--out GRAPH.json is needed when MODEL is given")
+    check_output_path(args.out)
+    if args.draw:
+        check_output_path(args.draw)
     # refuses (QsensError) a graph that misses a layer or is not a DAG: nothing is written
     result = build_dag_for(args.source, max_side=args.max_side, text_tokens=args.text_tokens,
                            name=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from qsens.argtypes import images_count, non_negative_int, positive_int
 from qsens.context import add_model_args, context
 
 NAME = "noise"
@@ -28,9 +29,9 @@ def register(subparsers) -> None:
                    help="per-random-config FIDs (test and retest) for plots")
     p.add_argument("--grid", default=None,
                    help="sample grid PNG to write (default: docs/img/NAME_samples.png; '' for none)")
-    p.add_argument("--random-configs", type=int, default=None, help="override noise.random_configs")
-    p.add_argument("--images", type=int, default=None, help="override score.images")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
+    p.add_argument("--random-configs", type=positive_int, default=None, help="override noise.random_configs")
+    p.add_argument("--images", type=images_count, default=None, help="override score.images")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qsens.argtypes import images_count, non_negative_int, positive_int
 from qsens.context import add_model_args, context
 
 
@@ -39,9 +40,9 @@ def register(subparsers) -> None:
         "uses it as its propagation readout (train.probe) and as a baseline.")
     _common(pr, generation=True)
     pr.add_argument("--bank", help="bank directory (default data/bank/<model>)")
-    pr.add_argument("--images", type=int, help="images per pair (default: probe.images in params)")
-    pr.add_argument("--seed", type=int, help="image seed set (default: probe.seed in params)")
-    pr.add_argument("--threads", type=int, default=None, help="torch threads")
+    pr.add_argument("--images", type=images_count, help="images per pair (default: probe.images in params)")
+    pr.add_argument("--seed", type=non_negative_int, help="image seed set (default: probe.seed in params)")
+    pr.add_argument("--threads", type=non_negative_int, default=None, help="torch threads")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=run_probe)
 
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
     i.add_argument("--graph", help="graph JSON for the coloured DAG (default data/graphs/<model>.json)")
     i.add_argument("--reference", metavar="CONFIG.json",
                    help="re-linearise the sensitivity around this config (default: highest bits)")
-    i.add_argument("--top", type=int, default=10, help="top-k layers/blocks per option")
+    i.add_argument("--top", type=positive_int, default=10, help="top-k layers/blocks per option")
     i.add_argument("--plots-dir", default="metrics", help="where the DVC-plot CSVs go")
     i.set_defaults(func=run_inspect)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from qsens.argtypes import non_negative_int
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
 from quant.jsonio import write_json
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
                    help="also write the training figures to this JSON file")
     p.add_argument("--retrain-classifier", action="store_true",
                    help="digits: retrain the classifier even if one with the same params exists")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from qsens.argtypes import images_count, non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--captions", type=Path, default=None,
                    help="COCO captions JSON (first caption per image) or a text file with one "
                    "caption per line in sorted image order; they become prompts.txt")
-    b.add_argument("--resolution", required=True, type=int, help="the model's output size in px")
-    b.add_argument("--num-images", type=int, default=1000,
+    b.add_argument("--resolution", required=True, type=positive_int, help="the model's output size in px")
+    b.add_argument("--num-images", type=images_count, default=1000,
                    help="use the first N images in sorted order (default: %(default)s)")
     b.add_argument("--inception", required=True, type=Path,
                    help="local clean-fid Inception file inception-2015-12-05.pt")
@@ -34,14 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local CLIP model dir recorded for the CLIP score (also scores the real "
                    "images against their captions)")
     b.add_argument("--out", required=True, type=Path, help="reference dir to write")
-    b.add_argument("--batch-size", type=int, default=32, help="images per network call")
+    b.add_argument("--batch-size", type=positive_int, default=32, help="images per network call")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run_build)
 
     s = sub.add_parser("show", help="print what a reference dir holds")
     s.add_argument("dir", type=Path, help="reference dir")
-    s.add_argument("--prompts", type=int, default=3, help="print the first N prompts")
+    s.add_argument("--prompts", type=non_negative_int, default=3, help="print the first N prompts")
     s.set_defaults(func=run_show)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qsens.argtypes import images_count, non_negative_int, positive_int
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
 
@@ -17,16 +18,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Every outcome is appended to DIR/worker-NNN.jsonl; re-running with the same arguments resumes.")
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank directory (default: DATA/bank/NAME)")
-    p.add_argument("--num-configs", type=int, required=True, help="how many distinct random configs to score")
-    p.add_argument("--workers", type=int, default=1, help="parallel workers (default: %(default)s)")
+    p.add_argument("--num-configs", type=positive_int, required=True, help="how many distinct random configs to score")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel workers (default: %(default)s)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: a local instance)")
     p.add_argument("--shards", type=Path, default=None, help="shard directory (default: DATA/shards/NAME)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random config stream")
-    p.add_argument("--image-seed", type=int, default=0, help="seed set of the generated images")
-    p.add_argument("--images", type=int, default=200, help="images per config (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
-    p.add_argument("--max-attempts", type=int, default=2, help="tries per config before it is recorded failed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random config stream")
+    p.add_argument("--image-seed", type=non_negative_int, default=0, help="seed set of the generated images")
+    p.add_argument("--images", type=images_count, default=200, help="images per config (default: %(default)s)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per worker (0: cores / workers)")
+    p.add_argument("--max-attempts", type=positive_int, default=2, help="tries per config before it is recorded failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from qsens.argtypes import images_count, non_negative_int
 from qsens.context import add_model_args, context
 
 NAME = "score"
@@ -22,13 +23,13 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="QuantConfig JSON file, or fp16")
     p.add_argument("--bank", default=None,
                    help="bank dir (default: DATA/bank/NAME; built in memory if missing)")
-    p.add_argument("--images", type=int, default=None,
+    p.add_argument("--images", type=images_count, default=None,
                    help="images to generate (default: params score.images)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=non_negative_int, default=None,
                    help="seed set: image i uses seed SEED*1e6+i (default: params score.seed)")
     p.add_argument("--save-images", default=None, help="also write a PNG grid of the images here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ from quant.jsonio import write_json
 import argparse
 from pathlib import Path
 
+from qsens.argtypes import non_negative_float, non_negative_int, positive_float
 from qsens.context import add_model_args, context
 
 NAME = "search"
@@ -16,12 +17,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None, help="quant_cache parquet (default: DATA/quant_cache/NAME.parquet)")
     p.add_argument("--predictor", type=Path, default=None, help="predictor dir (default: DATA/predictor/NAME)")
     p.add_argument("--analysis", type=Path, default=None, help="measured sensitivity dir (default: DATA/analysis/NAME)")
-    p.add_argument("--tolerance", type=float, default=None, help="IP window below the budget (default: search.tolerance)")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds per IP solve (default: search.time_limit_s)")
+    p.add_argument("--tolerance", type=non_negative_float, default=None, help="IP window below the budget (default: search.tolerance)")
+    p.add_argument("--time-limit", type=positive_float, default=None, help="seconds per IP solve (default: search.time_limit_s)")
     p.add_argument("--no-select", action="store_true",
                    help="never generate images while searching (predictor keeps its best prediction, "
                    "mixdq the K closest to 1, uniform the least error)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores, at most 8)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores, at most 8)")
     p.add_argument("--quiet", action="store_true")
 
 

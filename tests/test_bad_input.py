@@ -1,0 +1,168 @@
+"""A careless user's bad inputs across the CLI (issue 12, case 10): each gets one `error:` line and
+exit code 2, and no file under the data dir changes. Rows are (id, argv, setup); `{data}`, `{tmp}`,
+`{bank}` and `{shards}` are filled in, and `setup(tmp)` writes the bad file a row needs."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from qsens.cli import main
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _write(name: str, data: bytes | str):
+    def setup(tmp: Path) -> None:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return setup
+
+
+def _config(name: str, **changes):
+    """A valid one-layer digits config (from the bank), then `changes` applied."""
+    def setup(tmp: Path) -> None:
+        bank = json.loads((tmp / "data" / "bank" / "digits" / "bank.json").read_text())
+        layer = bank["layers"][0]["name"]
+        cfg = {"model": "digits", "options": {layer: "uaq4"}, "avg_bits": None, "act_bits": None}
+        cfg.update(changes)
+        if "options" in changes and changes["options"] == "UNKNOWN_LAYER":
+            cfg["options"] = {"down_blocks.9.nothing": "uaq4"}
+        (tmp / name).write_text(json.dumps(cfg))
+    return setup
+
+
+def _params(text: str):
+    return _write("params.yaml", text)
+
+
+def _bank_option_without_entries(tmp: Path) -> None:
+    src = tmp / "data" / "bank" / "digits"
+    dst = tmp / "badbank"
+    dst.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((dst / "bank.json").read_text())
+    meta["options"] = list(meta["options"]) + ["uaq5"]  # listed, but no layer has it
+    (dst / "bank.json").write_text(json.dumps(meta))
+
+
+def _truncated_bank(tmp: Path) -> None:
+    _bank_copy(tmp)
+    st = next((tmp / "badbank").glob("*.safetensors"))
+    st.write_bytes(st.read_bytes()[:100])
+
+
+def _bank_copy(tmp: Path) -> None:
+    src = tmp / "data" / "bank" / "digits"
+    dst = tmp / "badbank"
+    dst.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+
+
+M = ["--model", "digits", "--data-dir", "{data}"]
+ROWS = [
+    # files that are not what they claim
+    ("config not UTF-8", ["score", *M, "--config", "{tmp}/b.json"], _write("b.json", b"\xff\xfe")),
+    ("config 100k deep", ["score", *M, "--config", "{tmp}/deep.json"], _write("deep.json", "[" * 100_000)),
+    ("config not JSON", ["score", *M, "--config", "{tmp}/t.json"], _write("t.json", "{'a': 1")),
+    ("config is a dir", ["score", *M, "--config", "{tmp}"], None),
+    ("config missing", ["score", *M, "--config", "{tmp}/none.json"], None),
+    ("config unknown layer", ["score", *M, "--config", "{tmp}/c.json"], _config("c.json", options="UNKNOWN_LAYER")),
+    ("config another model", ["score", *M, "--config", "{tmp}/c.json"], _config("c.json", model="sd15")),
+    ("config act_bits 7", ["score", *M, "--config", "{tmp}/c.json"], _config("c.json", act_bits=7)),
+    ("config act_bits text", ["score", *M, "--config", "{tmp}/c.json"], _config("c.json", act_bits="8")),
+    ("config avg_bits wrong", ["score", *M, "--config", "{tmp}/c.json"], _config("c.json", avg_bits=2.0)),
+    ("config show not JSON", ["config", "show", "{tmp}/t.json"], _write("t.json", "nope")),
+    ("params missing", ["score", *M, "--params", "{tmp}/nope.yaml"], None),
+    ("params not YAML", ["score", *M, "--params", "{tmp}/params.yaml"], _params("a: [1, 2\n")),
+    ("params wrong type", ["search", *M, "--params", "{tmp}/params.yaml", "--budgets", "params"],
+     _params("search:\n  budgets: {a: 1}\n")),
+    ("bank option without entries", ["score", *M, "--bank", "{tmp}/badbank"], _bank_option_without_entries),
+    ("bank truncated safetensors", ["score", *M, "--bank", "{tmp}/badbank", "--config", "{tmp}/c.json"],
+     lambda tmp: (_truncated_bank(tmp), _config("c.json")(tmp))),
+    ("bank missing", ["bank", "show", "{tmp}/nobank"], None),
+    ("cache not parquet", ["cache", "show", "{tmp}/x.parquet"], _write("x.parquet", b"PAR1 not really")),
+    ("cache merge empty", ["cache", "merge", "--shards", "{tmp}/empty", "--out", "{tmp}/c.parquet"],
+     lambda tmp: (tmp / "empty").mkdir()),
+    ("cache merge no dir", ["cache", "merge", "--shards", "{tmp}/nodir", "--out", "{tmp}/c.parquet"], None),
+    # outputs that cannot be written, found before any work
+    ("graph out is a dir", ["graph", *M, "--out", "{tmp}"], None),
+    ("bank out unwritable", ["bank", "build", *M, "--out", "/proc/qsens-bank"], None),
+    # arguments out of range or of the wrong type
+    ("sample workers 0", ["sample", *M, "--num-configs", "2", "--workers", "0"], None),
+    ("sample images 0", ["sample", *M, "--num-configs", "2", "--images", "0", "--shards", "{tmp}/s"], None),
+    ("sample max-attempts 0", ["sample", *M, "--num-configs", "2", "--max-attempts", "0"], None),
+    ("sample num-configs 1e12", ["sample", *M, "--num-configs", "1e12"], None),
+    ("sample num-configs huge", ["sample", *M, "--num-configs", "1000000000000", "--shards", "{tmp}/s"], None),
+    ("sample seed -1", ["sample", *M, "--num-configs", "2", "--seed", "-1"], None),
+    ("sample unknown backend", ["sample", *M, "--num-configs", "2", "--backend", "slurm"], None),
+    ("sample unknown flag", ["sample", *M, "--num-configs", "2", "--gpus", "8"], None),
+    ("score steps -3", ["score", *M, "--steps", "-3"], None),
+    ("score guidance nan", ["score", *M, "--guidance", "nan"], None),
+    ("score device cuda", ["score", *M, "--device", "cuda"], None),
+    ("score dtype fp8", ["score", *M, "--dtype", "fp8"], None),
+    ("score images 1", ["score", *M, "--images", "1"], None),
+    ("graph max-side -5", ["graph", *M, "--max-side", "-5"], None),
+    ("search tolerance nan", ["search", *M, "--tolerance", "nan"], None),
+    ("search time-limit 0", ["search", *M, "--time-limit", "0"], None),
+    ("search budgets text", ["search", *M, "--budgets", "three"], None),
+    ("evaluate images 1", ["evaluate", *M, "--images", "1"], None),
+    ("predictor inspect top 0", ["predictor", "inspect", *M, "--top", "0"], None),
+    ("reference show missing", ["reference", "show", "{tmp}/noref"], None),
+    ("unknown model", ["score", "--model", "sd99", "--data-dir", "{data}"], None),
+    ("data-dir is a file", ["score", "--model", "digits", "--data-dir", "{tmp}/f"], _write("f", "x")),
+    ("unknown command", ["quantise"], None),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_prepared_data: Path, tmp_path_factory) -> Path:
+    bank = tiny_prepared_data / "bank" / "digits"
+    if not (bank / "bank.json").exists():
+        code, _, err = run_cli(["bank", "build", "digits", "--data-dir", str(tiny_prepared_data),
+                                "--out", str(bank), "--quiet"])
+        assert code == 0, err
+    tmp = tmp_path_factory.mktemp("bad_input")
+    (tmp / "data").symlink_to(tiny_prepared_data)
+    return tmp
+
+
+@pytest.mark.parametrize("name,argv,setup", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_error_line_and_changes_nothing(workspace: Path, tmp_path: Path, name, argv, setup,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here unless the row writes one
+    (tmp_path / "data").symlink_to(workspace / "data")
+    default_params = Path(__file__).resolve().parent.parent / "params.yaml"
+    if setup is not None:
+        setup(tmp_path)
+    if not (tmp_path / "params.yaml").exists() and "--params" not in argv:
+        (tmp_path / "params.yaml").write_text(default_params.read_text())
+    fill = {"data": str(workspace / "data"), "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in argv]
+    before = snapshot(workspace / "data")
+    code, out, err = run_cli(argv)
+    lines = err.strip().splitlines()
+    assert code == 2, f"{name}: exit {code}\nstdout: {out[-500:]}\nstderr: {err[-1500:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {err[-1500:]}"
+    assert "Traceback" not in err and "internal error" not in err
+    assert snapshot(workspace / "data") == before, f"{name} changed files under data/"
