@@ -44,6 +44,36 @@ def test_ssim_matches_the_reference_formula_and_behaves() -> None:
     assert float(ssim(d, d[::-1].copy(), reduction="mean")) < 1
 
 
+def _ssim_small_reference(a: np.ndarray, b: np.ndarray, data_range=255.0) -> float:
+    """The 8×8 rule written out with scipy: 7 taps (σ 1.5, truncate 2 → radius 3), mirror
+    boundary (scipy's "mirror" is torch's "reflect": d c b | a b c d | c b a), mean of the
+    whole map."""
+    from scipy.ndimage import gaussian_filter
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    f = lambda x: gaussian_filter(x, sigma=1.5, truncate=2.0, mode="mirror")  # noqa: E731
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ma, mb = f(a), f(b)
+    saa, sbb, sab = f(a * a) - ma * ma, f(b * b) - mb * mb, f(a * b) - ma * mb
+    return float((((2 * ma * mb + c1) * (2 * sab + c2)) / ((ma ** 2 + mb ** 2 + c1) * (saa + sbb + c2))).mean())
+
+
+def test_ssim_on_8x8_matches_the_reflect_padded_formula() -> None:
+    from analysis.ssim import ssim
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, size=(3, 8, 8)).astype(np.uint8)
+    a[:, 2:6, 2:6] = 255  # a bright block: border pixels matter
+    b = np.clip(a + rng.normal(0, 30, size=a.shape), 0, 255).astype(np.uint8)
+    got = ssim(a[..., None], b[..., None])
+    want = [_ssim_small_reference(x, y) for x, y in zip(a, b)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
+    # colour: the mean over channels of the per-channel values
+    rgb_a = np.stack([a[0], a[1], a[2]], -1)[None]
+    rgb_b = np.stack([b[0], b[1], b[2]], -1)[None]
+    assert float(ssim(rgb_a, rgb_b)[0]) == pytest.approx(np.mean(want), abs=1e-10)
+
+
 # ---------------------------------------------------------------------------------- calibration
 def test_time_step_draws_uniform_and_normal() -> None:
     from analysis.calibration import draw_steps
@@ -56,6 +86,31 @@ def test_time_step_draws_uniform_and_normal() -> None:
     assert counts[4] + counts[5] > counts[0] + counts[9] + 300 and n.min() >= 0 and n.max() <= 9
     with pytest.raises(ValueError):
         draw_steps(10, 5, "bogus", rng)
+
+
+def test_calibration_samples_are_the_recorded_rows(tiny_digits_denoiser) -> None:
+    """Sample i is row `row[i]` of denoiser call `step_index[i]`, inputs and conditioning alike."""
+    from analysis.calibration import collect_calibration
+
+    den = tiny_digits_denoiser
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def spy(_module, args, kwargs):
+        seen.append((args[0].clone(), args[1].clone(), kwargs["class_labels"].clone()))
+
+    handle = den.model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        calib = collect_calibration(den, 16, trajectories=8, seed=3, how="uniform")
+    finally:
+        handle.remove()
+    assert len(seen) == calib.num_steps == 2
+    assert len(set(calib.row.tolist())) > 3  # rows are drawn, not all the same one
+    (x, t), kw = calib.args, calib.kwargs
+    for i, (s, r) in enumerate(zip(calib.step_index, calib.row)):
+        xs, ts, ys = seen[s]
+        assert torch.equal(x[i], xs[r]) and torch.equal(t[i], ts[r]) and torch.equal(kw["class_labels"][i], ys[r])
+    # 8 trajectories cycle the classes 0..7: the label of a sample is its row
+    assert kw["class_labels"].tolist() == calib.row.tolist()
 
 
 def test_calibration_collects_trajectory_inputs(tiny_digits_denoiser) -> None:
@@ -88,6 +143,27 @@ def small_bank(tiny_digits_denoiser):
 LAYERS = ["conv_in", "down_blocks.0.resnets.0.time_emb_proj", "conv_out"]
 
 
+def test_layerwise_score_table_by_hand() -> None:
+    """score = 0.6·minmax(FID − FID_fp) + 0.4·minmax(content_fp − content); failed pairs score 1."""
+    from analysis.layerwise import ranked_report, score_table
+
+    rows = [{"layer": "l1", "option": "uaq3", "fid": 12.0, "content": 0.9, "status": "ok"},
+            {"layer": "l1", "option": "uaq4", "fid": 10.0, "content": 0.5, "status": "ok"},
+            {"layer": "l2", "option": "uaq3", "fid": 14.0, "content": 0.7, "status": "ok"},
+            {"layer": "l2", "option": "uaq4", "fid": None, "content": None, "status": "failed"}]
+    df = score_table(rows, fp_fid=10.0, fp_content=0.9)
+    # ΔFID 2, 0, 4 → 0.5, 0, 1 ; Δcontent 0, 0.4, 0.2 → 0, 1, 0.5 (lost accuracy is damage)
+    np.testing.assert_allclose(df["delta_fid"][:3], [2.0, 0.0, 4.0])
+    np.testing.assert_allclose(df["delta_content"][:3], [0.0, 0.4, 0.2])
+    np.testing.assert_allclose(df["score"], [0.3, 0.4, 0.8, 1.0], atol=1e-12)
+    np.testing.assert_allclose(score_table(rows, 10.0, 0.9, fid_weight=1.0)["score"], [0.5, 0.0, 1.0, 1.0])
+    report = ranked_report(df, {})
+    assert [(r["layer"], r["rank"], r["bucket"], r["worst_option"]) for r in report["layers"]] == [
+        ("l2", 1, "critical", "uaq4"), ("l1", 2, "medium", "uaq4")]
+    assert report["layers"][1]["sensitivity"] == pytest.approx(0.4)
+    assert [b["layers"] for b in report["buckets"]] == [0, 1, 0, 1]
+
+
 def test_layerwise_scores_report_and_resume(tiny_digits_denoiser, tiny_digits_scorer, small_bank,
                                             tmp_path: Path, monkeypatch) -> None:
     from analysis.layerwise import bucket, measure_layerwise
@@ -104,6 +180,16 @@ def test_layerwise_scores_report_and_resume(tiny_digits_denoiser, tiny_digits_sc
     assert [b["name"] for b in report["buckets"]] == ["low", "medium", "high", "critical"]
     assert bucket(0.1) == "low" and bucket(0.3) == "medium" and bucket(0.6) == "high" and bucket(0.95) == "critical"
     assert report["weights"] == {"fid": 0.6, "content": 0.4}
+    # the scores are the documented formula of the measured columns (FP from the report)
+    def minmax(v):
+        return (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
+    d_fid = df["fid"].to_numpy() - report["fp"]["fid"]
+    d_content = report["fp"]["content"] - df["content"].to_numpy()
+    np.testing.assert_allclose(df["delta_fid"], d_fid)
+    np.testing.assert_allclose(df["delta_content"], d_content)
+    np.testing.assert_allclose(df["score"], 0.6 * minmax(d_fid) + 0.4 * minmax(d_content), atol=1e-12)
+    worst = df.groupby("layer")["score"].max()
+    assert {r["layer"]: r["sensitivity"] for r in report["layers"]} == pytest.approx(worst.to_dict())
     # resume: nothing is generated again, same table
     calls = []
     orig = tiny_digits_denoiser.generate
