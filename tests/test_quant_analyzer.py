@@ -18,20 +18,15 @@ PARAMS = QuantAnalyzerParams(weight_option="uaq4", act_bits=6, act_mode="static"
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, tiny_digits_scorer):
     """One analyzer run on the untrained tiny digits model: (denoiser, bank, scorer, out dir)."""
     from conftest import one_thread
-    from denoisers.digits import DigitsClassifier, load_digit_images
     from denoisers.digits import tiny_digits_denoiser as make
     from quant.bank import build_bank
-    from sampling.scoring import DigitsScorer, compute_digits_reference
 
+    scorer = tiny_digits_scorer
     with one_thread():
         den = make("unet", seed=0)
-        torch.manual_seed(0)
-        clf = DigitsClassifier().eval()
-        mu, sigma, _ = compute_digits_reference(clf, load_digit_images()[0])
-        scorer = DigitsScorer(clf, mu, sigma, batch_size=256)
         bank = build_bank(den.model, ["uaq4"], model_name="digits", progress=False)
         out = tmp_path_factory.mktemp("qa")
         run_quant_analyzer(den, bank, scorer, PARAMS, out, progress=False)
