@@ -199,3 +199,32 @@ def test_cli_quant_analyzer(tiny_prepared_data, tmp_path: Path, capsys, one_torc
     rc = main(["analyze", "quant-analyzer", "--params", str(params), "--data-dir", str(tiny_prepared_data),
                "--out", str(out), "--layers", "nothing_like_this", "--threads", "1", "--quiet"])
     assert rc == 2 and "error: quant_analyzer.layers 'nothing_like_this' matches no layer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["sd", "pixart-sigma"])
+def test_any_pipeline_family(kind, tmp_path: Path, one_torch_thread) -> None:
+    """Text-conditioned UNet (encoder_hidden_states) and DiT-style transformer (added_cond_kwargs):
+    calibration reaches every layer and every analysis runs (a stand-in scorer: mean pixel)."""
+    import numpy as np
+
+    from denoisers.pipeline import DiffusersPipelineDenoiser
+    from sampling.scoring import Score
+    from tests.tiny_pipelines import tiny_pipeline
+
+    class MeanPixel:
+        def score(self, gen):
+            m = float(gen.images.astype(np.float64).mean())
+            return Score("ok", fid=m, content=m / 255, n_images=len(gen))
+
+    den = DiffusersPipelineDenoiser(tiny_pipeline(kind), f"tiny-{kind}", prompts=["a cat", "a dog"], steps=2,
+                                    batch_size=2)
+    p = QuantAnalyzerParams(images=2, max_layers=2, sqnr_bits=(8,), sqnr_max_layers=2, calib_samples=4,
+                            calib_trajectories=2, hist_bins=8, chunk=4, steps=2)
+    res = run_quant_analyzer(den, None, MeanPixel(), p, tmp_path, progress=False)  # no bank: uaq4 in memory
+    layers = den.layer_names()
+    assert res["weights_only"]["fid"] != res["FP"]["fid"]
+    assert set(_json(tmp_path, "min_max_ranges/activations.json")["ranges"]) == set(layers)
+    mse = _json(tmp_path, "per_layer_mse_loss.json")["mse"]
+    assert set(mse) == set(layers) and all(v["both"] >= 0 for v in mse.values())
+    enabled = _json(tmp_path, "per_layer_quant_enabled.json")
+    assert list(enabled["weight"]) == [layers[0], layers[-1]]
