@@ -225,6 +225,52 @@ def test_error_layerwise_mixdq_predictor_strategies(tiny_bank, tmp_path: Path) -
     assert res.report["candidates"] and res.report["K"] in (0.8, 1.0, 1.2)
 
 
+def test_strategies_give_a_planted_sensitive_layer_more_bits(tiny_bank, tmp_path: Path) -> None:
+    """One layer (the largest) is made far more sensitive than the others in each strategy's own
+    scores; at a tight budget (most layers must take 3 bits) every strategy keeps it at 4 bits,
+    and its configuration is the best of the alternatives by its own objective."""
+    bank, _ = tiny_bank
+    sizes = {l: bank.layers[l].n_weights for l in bank.layer_names}
+    planted = max(sizes, key=sizes.get)
+    b, n = bits_matrix_of(bank)
+    lo, hi = feasible_range(b, n)
+    budget = round(lo + 0.06 * (hi - lo), 3)  # ≈ 3.45 bits: room for one large 4-bit layer
+    rng = np.random.default_rng(7)
+    w = {l: 100.0 if l == planted else float(rng.uniform(1, 2)) for l in bank.layer_names}
+    damage = lambda l, o: w[l] * (1.0 if o.endswith("3") else 0.3) * (1.2 if o.startswith("kma") else 1.0)  # noqa: E731
+    pairs = [(l, o) for l in bank.layer_names for o in OPTIONS]
+    pd.DataFrame({"layer": [l for l, _ in pairs], "option": [o for _, o in pairs],
+                  "score": [damage(l, o) for l, o in pairs]}).to_parquet(tmp_path / "layerwise.parquet")
+    # mixdq: SQNR (higher is better) for the quality group, SSIM for the content group
+    groups = ["content" if "time_emb_proj" in l else "quality" for l, _ in pairs]
+    pd.DataFrame({"layer": [l for l, _ in pairs], "option": [o for _, o in pairs], "group": groups,
+                  "score": [(40.0 - 10 * damage(l, o) / w[l]) * (w[l] if l == planted else 1.0)
+                            if g == "quality" else 1.0 - 0.01 * damage(l, o)
+                            for (l, o), g in zip(pairs, groups)]}).to_parquet(tmp_path / "mixdq.parquet")
+    ens = FakeEnsemble(bank)
+    ens.w = {l: w[l] for l in bank.layer_names}
+    sp = SearchParams(tolerance=0.1, relinearise_rounds=4, mixdq_k=(1.0,), cached_starts=0)
+    ctx = SearchContext(bank, sp, analysis_dir=tmp_path, ensemble_factory=lambda: ens)
+    total = lambda cfg: sum(damage(l, o) for l, o in cfg.options.items())  # noqa: E731
+    alternatives = [run_strategy(ctx, "error", budget).config]
+    alternatives += [QuantConfig("digits", {l: o for l in bank.layer_names}) for o in ("uaq3", "kmc3", "kma3")]
+    for strategy in ("layerwise", "mixdq", "predictor"):
+        cfg = run_strategy(ctx, strategy, budget).config
+        _check_budget(bank, cfg, budget, sp.tolerance)
+        assert cfg.options[planted].endswith("4"), (strategy, cfg.options[planted])
+        assert sum(o.endswith("4") for o in cfg.options.values()) < len(cfg.options) / 2  # the budget binds
+        if strategy == "layerwise":
+            assert total(cfg) <= min(total(a) for a in alternatives) + 1e-9
+        if strategy == "predictor":
+            assert ens.predict([cfg])[0] <= min(ens.predict(alternatives)) + 1e-9
+
+
+def bits_matrix_of(bank):
+    from search.ip import bits_matrix
+
+    return bits_matrix(bank, bank.layer_names, bank.options)
+
+
 class QuadraticEnsemble(FakeEnsemble):
     """Non-additive: FID = (Σ_l w_l·badness)² / 100 — one IP on scores around one reference is
     not its optimum; trust-region re-linearisation has to walk."""
