@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import sys
@@ -45,6 +44,8 @@ from cleanfid.fid import frechet_distance  # noqa: E402  (imports torch: not ins
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from sampling.fid import FrechetReference  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS")
@@ -179,16 +180,10 @@ def main() -> None:
                     "mu_cov_of_features_not_counted": t_stats,
                     "cpu_ours_per_score": cpu_ours, "cpu_cleanfid_frechet_distance": cpu_cf},
         "speedup": speedup, "speedup_cpu_time": cpu_cf / cpu_ours,
-        "machine": {"cpu_count": os.cpu_count(), "threads": args.threads,
-                    "platform": platform.platform(), "processor": _cpu_model(),
-                    "loadavg_start": load_start, "loadavg_end": load_end,
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "scipy": scipy.__version__, "blas": blas, "env": env},
+        "run": {"threads": args.threads, "loadavg_start": load_start, "loadavg_end": load_end,
+                "blas": blas, "env": env},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result("fid", result, out=args.out)  # + "command" and "machine" (bench/machine.py)
     print(f"fid speedup={speedup:.1f} rel_err={rel_err:.2e}")
 
 

@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from machine import command_line, machine_info  # noqa: E402  (bench/machine.py)
+
 OPTIONS = ("uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4")
 BANK_GROUPS = 16
 SCORED_IMAGES = 1000
@@ -502,7 +504,8 @@ def main() -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     results: dict[str, Any] = {"note": NOTE, "env": env, "budget_s": args.budget_s, "complete": False,
-                               "skipped": [], "options": args.options}
+                               "skipped": [], "options": args.options,
+                               "command": command_line(), "machine": machine_info()}  # bench/machine.py
 
     def save() -> None:
         results["elapsed_s"] = round(clock.elapsed(), 2)

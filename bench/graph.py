@@ -5,6 +5,8 @@ by a skip concat (which the reference splits in two), node/edge counts, and timi
 ratio (collapse time / export time; the export is the reference cost measured in the same run).
 
     python bench/graph.py [--only sd15,sdxl] [--max-side 32]
+
+Writes the rows, the command and the machine conditions to bench/results/graph.json.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from graphs.dag import build_dag, check_dag, skip_concat_consumers, skip_concats
 from graphs.export import export_denoiser  # noqa: E402
 from denoisers.inputs import example_input_spec  # noqa: E402
 from quant.layers import quantizable_layers  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 # Qua2SeDiMo (REFERENCE.md): quantizable weights and total graph nodes of their hand-built DAGs.
 REFERENCE = {"dit-xl-2": (201, 369), "sd15": (294, 432), "pixart-alpha": (287, 568),
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     ok_all = True
+    rows = []
     for name in names:
         t0 = time.perf_counter()
         model = build_from_config(name, device="meta")
@@ -63,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{build_s:7.2f} {result.export_s:8.2f} {result.collapse_s:10.3f} "
               f"{result.collapse_s / result.export_s:8.3f} {macs:7.1f}  "
               f"{'yes' if not problems else '; '.join(problems)}")
+        rows.append({"architecture": name, "class": type(model).__name__, "weight_nodes": g.graph["n_weight"],
+                     "reference_weights": ref_w, "skip_concats": cats, "concat_fed": fed,
+                     "nodes": g.number_of_nodes(), "reference_nodes": ref_n, "edges": g.number_of_edges(),
+                     "build_s": build_s, "export_s": result.export_s, "collapse_s": result.collapse_s,
+                     "total_s": build_s + result.export_s + result.collapse_s, "gmacs": macs,
+                     "problems": problems})
         if name == "sdxl":
             total = build_s + result.export_s + result.collapse_s
             print(f"{'':13s} sdxl total {total:.1f} s vs goal {SDXL_GOAL_S:.0f} s "
@@ -71,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batch 1, 77 text tokens unless the config fixes them; GMACs = quantizable layers only. "
           f"cats = skip concats; cat-fed = layers whose input is one (through norm/activation "
           f"only). The reference splits one layer per U-Net skip concat: weights + cats = ref.")
+    write_result("graph", {"max_side": args.max_side, "sdxl_goal_s": SDXL_GOAL_S, "all_ok": ok_all, "rows": rows})
     return 0 if ok_all else 1
 
 

@@ -13,6 +13,8 @@ same run:
 
     python bench/ip.py                      # budgets 3.25 3.5 3.75, 2 s target per solve
     python bench/ip.py --budgets 3.1 3.9 --no-scip
+
+Writes the rows, the command and the machine conditions to bench/results/ip.json.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quant.accounting import layer_bits  # noqa: E402
 from quant.options import DEFAULT_OPTIONS  # noqa: E402
 from search.ip import greedy, lagrangian, solve  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 
 def sdxl_instance(seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
@@ -104,6 +108,7 @@ def main() -> int:
     print(f"feasible avg bits {lo:.4f}..{hi:.4f}; tolerance window {args.tolerance}")
     worst = 0.0
     ok = True
+    rows = []
     for budget in args.budgets:
         res = solve(scores, bits, n_total, budget, args.tolerance, time_limit_s=args.time_limit)
         cap = int(math.floor(budget * n_total + 1e-9))
@@ -124,16 +129,27 @@ def main() -> int:
               f"(integer resolution ±{res.resolution:.1e})")
         print(f"  vs greedy/Lagrangian heuristic {g_obj:.6e} ({t_greedy:.3f} s): the IP's objective "
               f"is {(1 - res.objective / g_obj) * 1e6:.1f} ppm better")
+        row = {"budget": budget, "cpsat_status": res.status, "cpsat_s": res.seconds, "avg_bits": res.avg_bits,
+               "objective": res.objective, "lagrangian_bound": ub, "gap_to_bound_ppm": gap_ub * 1e6,
+               "resolution": res.resolution, "greedy_objective": g_obj, "greedy_s": t_greedy,
+               "better_than_greedy_ppm": (1 - res.objective / g_obj) * 1e6}
+        rows.append(row)
         if not args.no_scip:
             out = scip_solve(scores, bits, cap, floor_, args.time_limit * 6)
             if out is None:
                 print("  pywraplp SCIP: unavailable or no solution")
             else:
                 secs, obj, opt = out
+                row.update(scip_s=secs, scip_optimal=opt, scip_over_cpsat=secs / res.seconds,
+                           better_than_scip_ppm=(1 - res.objective / obj) * 1e6)
                 print(f"  vs pywraplp SCIP ({'optimal' if opt else 'time limit'}) {secs:.2f} s: "
                       f"CP-SAT is {secs / res.seconds:.1f}× faster; CP-SAT's objective is "
                       f"{(1 - res.objective / obj) * 1e6:.1f} ppm better")
     print(f"\nworst CP-SAT time {worst:.2f} s ({'all ≤' if ok else 'NOT all ≤'} {args.target:g} s)")
+    write_result("ip", {"instance": {"layers": int(scores.shape[0]), "options": int(scores.shape[1]),
+                                     "weights": n_total, "feasible_avg_bits": [lo, hi]},
+                        "tolerance": args.tolerance, "target_s": args.target, "worst_cpsat_s": worst,
+                        "all_within_target": ok, "rows": rows})
     return 0 if ok else 1
 
 

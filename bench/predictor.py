@@ -3,15 +3,16 @@ train configs), the GNN against the best baseline measured in the same run on th
 
     .venv/bin/python bench/predictor.py                       # data/ of the digits default if there
     .venv/bin/python bench/predictor.py --synthetic           # else a synthetic cache (known truth)
-    .venv/bin/python bench/predictor.py --fractions 1.0 --json metrics/predictor_bench.json
+    .venv/bin/python bench/predictor.py --fractions 1.0 --seed 1      # another test split
 
 Prints one row per fraction: test Spearman / Kendall of the GNN ensemble and of each baseline,
-the ratio GNN / best baseline, and the wall time of the ensemble training.
+the ratio GNN / best baseline, and the wall time of the ensemble training. Writes the rows with
+the command and the machine conditions to bench/results/predictor[_synthetic][_seed<N>].json
+(or --json PATH).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 from predictor.baselines import PROBE_BASELINES  # noqa: E402
 from predictor.train import TrainParams, load_train_params, load_training_data, train_ensemble  # noqa: E402
@@ -33,7 +36,9 @@ def main() -> int:
     ap.add_argument("--synthetic", action="store_true", help="use a synthetic cache (300 configs)")
     ap.add_argument("--fractions", default="0.25,0.5,1.0")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="train.seed override: another test split and fold assignment (default: params)")
+    ap.add_argument("--json", help="write the rows here (default bench/results/predictor*.json)")
     args = ap.parse_args()
     data = Path(args.data_dir)
     cache, graph, bank = (data / "quant_cache" / f"{args.model}.parquet", data / "graphs" / f"{args.model}.json",
@@ -53,6 +58,8 @@ def main() -> int:
                                       "baselines": [b for b in base.baselines if b not in PROBE_BASELINES]})
     elif not base.needs_probe:
         probe = None
+    if args.seed is not None:
+        base = TrainParams.from_dict({**asdict(base), "seed": args.seed})
     template, configs = load_training_data(cache, graph, bank, probe=probe)
     rows = []
     print(f"predictor bench on the {source}: {len(configs)} configs, torch threads {base.threads}")
@@ -77,9 +84,9 @@ def main() -> int:
         for b, bm in m["baselines"].items():
             print(f"        {b:>13}: Spearman {bm['spearman']:.3f} Kendall {bm['kendall']:.3f}")
         sys.stdout.flush()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"source": source, "rows": rows}, indent=1) + "\n")
+    name = "predictor" + ("_synthetic" if source.startswith("synthetic") else "") + (
+        f"_seed{args.seed}" if args.seed is not None else "")
+    write_result(name, {"source": source, "seed": base.seed, "threads": base.threads, "rows": rows}, out=args.json)
     torch.set_num_threads(1)
     return 0
 

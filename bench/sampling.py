@@ -5,6 +5,8 @@ Needs the trained default (`dvc repro prepare bank` or `make repro`). Each run s
 measured in the same run.
 
     python bench/sampling.py [--model digits] [--configs 12] [--images 200]
+
+Writes both rates, the command and the machine conditions to bench/results/sampling.json.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampling.launch import launch  # noqa: E402
 from sampling.worker import SampleJob  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 
 def configs_per_minute(args: argparse.Namespace, workers: int) -> float:
@@ -46,6 +50,11 @@ def main() -> None:
     two = configs_per_minute(args, 2)
     print(f"1 worker: {one:.1f} configs/min   2 workers: {two:.1f} configs/min   ({args.images} images/config)")
     print(f"sampling configs_per_min_1={one:.1f} configs_per_min_2={two:.1f} speedup_2_over_1={two / one:.2f}")
+    write_result("sampling", {"model": args.model, "configs": args.configs, "images": args.images,
+                              "configs_per_min_1_worker": one, "configs_per_min_2_workers": two,
+                              "speedup_2_over_1": two / one,
+                              "threads_per_worker": {"1": max(1, (os.cpu_count() or 2) // 1),
+                                                     "2": max(1, (os.cpu_count() or 2) // 2)}})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Uses the trained model under data/ when present, else an untrained model of the 
 architecture (same cost) with an untrained classifier. Budget: ≤ 3 s per config on 2 cores.
 
 Last line: `score seconds_per_config=<x> reference=<y> speedup=<y/x> within_budget=<bool>`.
+Writes the timings, the command and the machine conditions to bench/results/score.json.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from quant.config import QuantConfig  # noqa: E402
 from sampling.noise import ScoreParams  # noqa: E402
 from sampling.sampler import random_config  # noqa: E402
 from sampling.scoring import DigitsScorer, compute_digits_reference, evaluate, make_scorer  # noqa: E402
+
+from machine import write_result  # noqa: E402  (bench/machine.py)
 
 BUDGET_S = 3.0
 
@@ -93,6 +96,13 @@ def main() -> None:
     print(f"FIDs (ours): {np.round([f for _, f in ours], 1).tolist()}")
     print(f"score seconds_per_config={t_ours:.3f} reference={t_ref:.3f} "
           f"speedup={t_ref / t_ours:.2f} within_budget={t_ours <= BUDGET_S}")
+    write_result("score", {"model": which, "images": sp.images, "steps": den.params.steps,
+                           "scheduler": den.params.scheduler, "threads": threads,
+                           "seconds_per_config_median": t_ours, "seconds_per_config": [t for t, _ in ours],
+                           "fids": [f for _, f in ours],
+                           "reference_recipe": "DDIM 20 steps, classifier-free guidance 2 (doubled batch)",
+                           "reference_seconds_median": t_ref, "reference_seconds": [t for t, _ in ref],
+                           "speedup": t_ref / t_ours, "budget_s": BUDGET_S, "within_budget": t_ours <= BUDGET_S})
 
 
 if __name__ == "__main__":
