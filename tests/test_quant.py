@@ -234,6 +234,41 @@ def test_activation_quant_per_token_and_per_channel(toy: Toy) -> None:
             pass
 
 
+def _minmax_fake_quant(x: torch.Tensor, bits: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """Asymmetric min-max fake quantization written out: s = (hi − lo)/(2^b − 1), z = round(−lo/s)."""
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    s = (hi - lo) / (2 ** bits - 1)
+    z = torch.round(-lo / s)
+    return (torch.clamp(torch.round(x / s) + z, 0, 2 ** bits - 1) - z) * s
+
+
+def test_activation_quant_values_by_hand(toy: Toy) -> None:
+    # a grid of 256 levels 0.01 apart is exactly representable at 8 bits, and only there
+    x = (torch.arange(256, dtype=torch.float64) / 100).reshape(1, 256)
+    torch.testing.assert_close(fake_quantize_activation(x, 8, (-1,)), x, atol=1e-12, rtol=0)
+    assert (fake_quantize_activation(x, 6, (-1,)) - x).abs().max() > 0.01
+    # 2 bits on [-1, 2]: s = 1, z = 1, levels -1, 0, 1, 2
+    y = torch.tensor([[-1.0, -0.3, 0.2, 0.6, 2.0]])
+    assert fake_quantize_activation(y, 2, (-1,)).tolist() == [[-1.0, 0.0, 0.0, 1.0, 2.0]]
+    # per-token 8-bit error is at most half a step, s/2 = (hi − lo)/510
+    r = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(0))
+    err = (fake_quantize_activation(r, 8, (-1,)) - r).abs().amax(-1)
+    half_step = (r.amax(-1) - r.amin(-1)) / 510
+    assert (err <= half_step * (1 + 1e-5)).all() and (err > 0.2 * half_step).all()
+    # the hooks quantize exactly the inputs of every quantizable layer, each at its own ranges:
+    # conv per (sample, channel) over space, Linear per token
+    inp = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    for bits in (8, 6):
+        with torch.no_grad(), activation_quant(toy, bits):
+            got = toy(inp)
+            h = torch.relu(nn.functional.conv2d(_minmax_fake_quant(inp, bits, (2, 3)), toy.conv.weight,
+                                                toy.conv.bias, padding=1))
+            h = nn.functional.conv1d(_minmax_fake_quant(h.flatten(2), bits, (2,)), toy.mix.weight,
+                                     toy.mix.bias).mean(-1)
+            want = nn.functional.linear(_minmax_fake_quant(h, bits, (-1,)), toy.head.weight, toy.head.bias)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("option", ["uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4"])
