@@ -31,7 +31,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from machine import write_result  # noqa: E402  (bench/machine.py)

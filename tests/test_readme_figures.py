@@ -1,0 +1,270 @@
+"""Every figure README quotes comes from a stored file, and every bench stores its result.
+
+README marks sourced figures with an HTML comment (invisible when rendered):
+
+- on a line of its own, `<!-- source: FILE [FILE ...] [tol=R] -->` covers the block below it (up
+  to the next blank line: a paragraph or a whole table);
+- at the end of a line or inside a table cell, the same comment covers the text before it on that
+  line (in a table: its cell), and that text is not checked against an enclosing block marker.
+
+Each number in the covered text must equal, as printed (its decimals; 1,797 = 1797; 9.7e-7), a
+numeric value anywhere in one of the FILEs (JSON: nested values and list lengths; CSV: cells), up
+to the sign; a number followed by `%`, `M`, `min` or `h` may also be the stored value × 100,
+/ 1e6, / 60 or / 3600 (files store fractions, counts and seconds). `tol=R` accepts a relative
+difference up to R instead: only for timings of a file `dvc repro` or a bench rewrites. Numbers
+inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`) or in headings are not figures.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+MARKER = re.compile(r"<!--\s*source:\s*(?P<body>.*?)\s*-->")
+NUMBER = re.compile(
+    r"(?<![\w.\-^/])"                      # not glued to a word, a dot, a hyphen, a power or a path
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?:[eE](?P<exp>[-−+]?\d+))?"
+    r"(?P<unit>\s?(?:%|M\b|min\b|h\b))?"
+    r"(?![\w.]*[A-Za-z_]|-[A-Za-z])")      # not glued to letters after it (3-bit, 1024-MS, uaq4)
+SCALES = {"%": 0.01, "M": 1e6, "min": 60.0, "h": 3600.0}
+
+
+# ----------------------------------------------------------------------------- parsing README
+def parse_marker(body: str) -> tuple[list[str], float | None]:
+    files, tol = [], None
+    for word in body.split():
+        if word.startswith("tol="):
+            tol = float(word[4:])
+        else:
+            files.append(word.rstrip(","))
+    assert files, f"source marker without a file: {body!r}"
+    return files, tol
+
+
+def figures(text: str) -> list[tuple[str, float, int, str | None]]:
+    """(printed, value, decimals, unit) for every figure in `text` (code spans removed)."""
+    text = re.sub(r"`[^`]*`", " ", text)
+    out = []
+    for m in NUMBER.finditer(text):
+        printed = m.group("num")
+        mantissa = printed.replace(",", "")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        value = float(mantissa)
+        if m.group("exp"):
+            exp = int(m.group("exp").replace("−", "-"))
+            value *= 10.0 ** exp
+            decimals -= exp  # 9.7e-7: one mantissa decimal = 8 decimals
+        unit = (m.group("unit") or "").strip() or None
+        out.append((m.group(0).strip(), value, decimals, unit))
+    return out
+
+
+def claims(readme: str) -> list[tuple[int, str, list[str], float | None]]:
+    """(line number, covered text, files, tol) for every marker in README."""
+    lines = readme.splitlines()
+    out = []
+    block: tuple[list[str], float | None] | None = None
+    for no, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped:
+            block = None
+            continue
+        if stripped.startswith("#"):
+            block = None
+            continue
+        markers = list(MARKER.finditer(line))
+        if markers and MARKER.fullmatch(stripped):
+            block = parse_marker(markers[0].group("body"))
+            continue
+        rest, start = [], 0
+        for m in markers:
+            seg_start = start
+            if stripped.startswith("|"):  # a table cell: from the last | before the marker
+                seg_start = max(start, line.rfind("|", 0, m.start()) + 1)
+                rest.append(line[start:seg_start])
+            files, tol = parse_marker(m.group("body"))
+            out.append((no, line[seg_start:m.start()], files, tol))
+            start = m.end()
+        rest.append(line[start:])
+        if block is not None:
+            out.append((no, " ".join(rest), *block))
+    return out
+
+
+# ----------------------------------------------------------------------------- stored values
+def stored_values(path: Path) -> list[float]:
+    """Every number in a JSON (nested values and list lengths) or CSV file (cells)."""
+    values: list[float] = []
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            for row in csv.reader(f):
+                for cell in row:
+                    try:
+                        values.append(float(cell))
+                    except ValueError:
+                        pass
+        return values
+
+    def walk(x):
+        if isinstance(x, bool) or x is None:
+            return
+        if isinstance(x, (int, float)):
+            if math.isfinite(x):
+                values.append(float(x))
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            values.append(float(len(x)))
+            for v in x:
+                walk(v)
+    walk(json.loads(path.read_text()))
+    return values
+
+
+def matches(value: float, decimals: int, unit: str | None, stored: list[float], tol: float | None) -> bool:
+    scales = [1.0] + ([SCALES[unit]] if unit else [])
+    half = 0.5 * 10.0 ** (-decimals)
+    for v in stored:
+        for s in scales:
+            v_s = abs(v) / s
+            if tol is not None:
+                if abs(v_s - value) <= tol * max(abs(v_s), 1e-12):
+                    return True
+            elif abs(v_s - value) <= half * (1 + 1e-9) + 1e-12 * abs(value):
+                return True
+    return False
+
+
+def check(readme: str, root: Path) -> list[str]:
+    """One line per figure README quotes that its source files do not hold."""
+    problems, cache = [], {}
+    for no, text, files, tol in claims(readme):
+        stored = []
+        for f in files:
+            path = root / f
+            if not path.is_file():
+                problems.append(f"README.md:{no}: source {f} does not exist")
+                continue
+            if f not in cache:
+                cache[f] = stored_values(path)
+            stored += cache[f]
+        for printed, value, decimals, unit in figures(text):
+            if stored and not matches(value, decimals, unit, stored, tol):
+                problems.append(f"README.md:{no}: {printed!r} is in none of {', '.join(files)}"
+                                + (f" (tol {tol})" if tol else ""))
+    return problems
+
+
+# ----------------------------------------------------------------------------- the checker itself
+def write(tmp: Path, name: str, data) -> None:
+    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp / name).write_text(json.dumps(data))
+
+
+def test_checker_accepts_printed_roundings_and_rejects_wrong_figures(tmp_path):
+    write(tmp_path, "m.json", {"a": {"fid": 1.7471995, "s": 0.3251}, "n": 1797, "err": 9.724e-07,
+                               "sec": 1662.2, "frac": 0.25, "xs": [1, 2, 3], "neg": -0.358})
+    ok = ("<!-- source: m.json -->\n| fid | 1.75, 0.33 (1,797 digits) |\n"
+          "9.7e-7 and 27.7 min, 25 %, 3 items, −0.36, `uaq3` 4-bit v1.5\n\n")
+    assert check(ok, tmp_path) == []
+    # a wrong value, a wrong rounding, and a number after the block are told apart
+    bad = "<!-- source: m.json -->\nFID 1.76 and 0.326\n\n2.24 is outside any block\n"
+    assert check(bad, tmp_path) == ["README.md:2: '1.76' is in none of m.json",
+                                    "README.md:2: '0.326' is in none of m.json"]
+
+
+def test_checker_inline_markers_cover_their_cell_only_and_tolerance_is_relative(tmp_path):
+    write(tmp_path, "a.json", {"s": 1.4616})
+    write(tmp_path, "b.json", {"r": 12.74})
+    table = ("<!-- source: a.json -->\n| x | y |\n|---|---|\n"
+             "| per config 1.46 | 12.7 <!-- source: b.json --> |\n\n")
+    assert check(table, tmp_path) == []
+    # the cell's figure is checked against its own marker only, not the block's file
+    assert check(table.replace("12.7 <!--", "1.46 <!--"), tmp_path) == [
+        "README.md:4: '1.46' is in none of b.json"]
+    # tol: a timing within 25 % passes; the README's old 2.24 s against 1.46 does not
+    assert check("took 1.6 s <!-- source: a.json tol=0.25 -->\n", tmp_path) == []
+    assert check("took 2.24 s <!-- source: a.json tol=0.25 -->\n", tmp_path) == [
+        "README.md:1: '2.24' is in none of a.json (tol 0.25)"]
+    assert check("<!-- source: missing.json -->\n1.0\n", tmp_path) == [
+        "README.md:2: source missing.json does not exist"]
+
+
+# ----------------------------------------------------------------------------- the README
+def test_readme_figures_come_from_their_stored_files():
+    readme = README.read_text()
+    assert MARKER.search(readme), "README has no source markers"
+    problems = check(readme, ROOT)
+    assert not problems, "README figures not in their stored files:\n" + "\n".join(problems)
+
+
+def test_readme_sources_are_stored_results_with_machine_conditions():
+    """Sources live in metrics/ or bench/results/ (tracked), and bench results say where they ran."""
+    legacy = {  # measured on a lent GPU before bench/machine.py; `python bench/gpu.py` refreshes them
+        "bench/results/gpu_sd15.json", "bench/results/gpu_pixart_sigma.json"}
+    files = sorted({f for _, _, fs, _ in claims(README.read_text()) for f in fs})
+    assert files
+    for f in files:
+        assert f.startswith(("metrics/", "bench/results/")), f"{f}: README sources must be stored results"
+        if f.startswith("bench/results/") and f not in legacy:
+            data = json.loads((ROOT / f).read_text())
+            assert "machine" in data and "command" in data, f"{f}: no machine conditions or command"
+            assert data["command"].startswith("python bench/"), f"{f}: command {data['command']!r}"
+
+
+# ----------------------------------------------------------------------------- bench scripts
+BENCH_HELPERS = {"machine.py", "bench_reference.py", "sd15_shapes.py"}  # imported by benches, not run
+
+
+def _bench_scripts() -> list[Path]:
+    return sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in BENCH_HELPERS)
+
+
+@pytest.mark.parametrize("script", _bench_scripts(), ids=lambda p: p.name)
+def test_every_bench_script_stores_its_result_with_machine_info(script):
+    """Read, not run (benches take minutes): the script calls bench/machine.py's writer, puts
+    machine_info() into the JSON it writes, or writes a `"machine"` entry into bench/results/."""
+    source = script.read_text()
+    tree = ast.parse(source)
+    called = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", None)
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    keys = {k.value for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys
+            if isinstance(k, ast.Constant)}
+    keys |= {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript)
+             and isinstance(n.slice, ast.Constant)}
+    own_record = "machine" in keys and "bench/results" in source
+    assert "write_result" in called or "machine_info" in called or own_record, (
+        f"bench/{script.name} writes no bench/results/*.json with machine conditions "
+        f"(use bench/machine.py: write_result)")
+
+
+def test_write_result_records_command_and_machine(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import machine
+
+    out = machine.write_result("demo", {"speedup": 2.5}, out=tmp_path / "demo.json",
+                               argv=[str(ROOT / "bench" / "demo.py"), "--n", "a b"])
+    data = json.loads(out.read_text())
+    assert data["speedup"] == 2.5 and data["bench"] == "demo"
+    assert data["command"] == "python bench/demo.py --n 'a b'"
+    m = data["machine"]
+    import os
+
+    assert m["logical_cores"] == os.cpu_count()
+    assert m["affinity_cores"] == len(os.sched_getaffinity(0))
+    assert m["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert m["torch"].split("+")[0] == __import__("torch").__version__.split("+")[0]
+    assert m["utc"].endswith("+00:00")
+    assert any(p["api"] == "blas" and p["num_threads"] >= 1 for p in m["threadpools"])
