@@ -430,14 +430,19 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise QsensError(f"{path}: format version {manifest.get('format_version')!r}, this qsens reads "
                          f"{FORMAT_VERSION}; export it again")
-    for key in ("model", "fingerprint", "config", "dtype", "layers", "files"):
-        if key not in manifest:
-            raise QsensError(f"{path}: no {key!r}; export it again")
+    for key, kind in (("model", str), ("fingerprint", str), ("config", dict), ("dtype", str),
+                      ("layers", dict), ("files", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise QsensError(f"{path}: no valid {key!r}; export it again")
+    bad = [n for n, l in manifest["layers"].items()
+           if not (isinstance(l, dict) and {"kind", "shape", "option", "format"} <= set(l))]
+    if bad:
+        raise QsensError(f"{path}: layer entry {bad[0]!r} lacks kind/shape/option/format; export it again")
     for name in (WEIGHTS_FILE, REST_FILE):
         file = directory / name
         if not file.is_file():
             raise QsensError(f"{file}: missing from the quantized checkpoint; export it again")
-        want = manifest["files"].get(name, {}).get("bytes")
+        want = (manifest["files"].get(name) or {}).get("bytes")
         have = file.stat().st_size
         if want is not None and have != want:
             raise QsensError(f"{file}: {have} bytes, the manifest says {want} (truncated or replaced "

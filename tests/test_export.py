@@ -286,6 +286,11 @@ def test_truncated_and_missing_files_are_one_line(toy_checkpoint: Path, toy: Toy
     with pytest.raises(QsensError) as exc:
         load_quantized(toy_checkpoint, copy.deepcopy(toy))
     assert "unreadable safetensors" in one_line(exc)
+    (toy_checkpoint / "manifest.json").write_text(json.dumps(manifest | {"format": "gguf"}))
+    with pytest.raises(QsensError) as exc:
+        load_quantized(toy_checkpoint, copy.deepcopy(toy))
+    assert "format 'gguf'" in one_line(exc)
+    (toy_checkpoint / "manifest.json").write_text(json.dumps(manifest))
     (toy_checkpoint / REST_FILE).unlink()
     with pytest.raises(QsensError, match="missing"):
         load_quantized(toy_checkpoint, copy.deepcopy(toy))
