@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     result["stage_seconds"] = stage_seconds(data, metrics, model, result["cache"])
     inspect = data / "predictor" / model / "plots" / "inspect.json"
     result["inspection"] = _json(inspect)["findings"] if inspect.is_file() else None
+    if result["inspection"] is not None:  # block type × bits cells that voted for a method
+        result["inspection"]["preference_cells"] = sum(result["inspection"].get("preferred_method_votes", {}).values())
     layers_csv = metrics / "predictor_layers.csv"
     if result["inspection"] is not None and layers_csv.is_file():
         import pandas as pd

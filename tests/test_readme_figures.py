@@ -12,7 +12,8 @@ numeric value anywhere in one of the FILEs (JSON: nested values and list lengths
 to the sign; a number followed by `%`, `M`, `min` or `h` may also be the stored value × 100,
 / 1e6, / 60 or / 3600 (files store fractions, counts and seconds). `tol=R` accepts a relative
 difference up to R instead: only for timings of a file `dvc repro` or a bench rewrites. Numbers
-inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`) or in headings are not figures.
+inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`), in headings or in a table's
+header row (column names) are not figures.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ README = ROOT / "README.md"
 MARKER = re.compile(r"<!--\s*source:\s*(?P<body>.*?)\s*-->")
 NUMBER = re.compile(
     r"(?<![\w.\-^/])"                      # not glued to a word, a dot, a hyphen, a power or a path
-    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?!\.?\d)"   # whole numbers only
     r"(?:[eE](?P<exp>[-−+]?\d+))?"
     r"(?P<unit>\s?(?:%|M\b|min\b|h\b))?"
     r"(?![\w.]*[A-Za-z_]|-[A-Za-z])")      # not glued to letters after it (3-bit, 1024-MS, uaq4)
@@ -80,6 +81,10 @@ def claims(readme: str) -> list[tuple[int, str, list[str], float | None]]:
             continue
         if stripped.startswith("#"):
             block = None
+            continue
+        if stripped.startswith("|") and (
+                re.fullmatch(r"[|:\-\s]+", stripped)  # a table's delimiter row
+                or (no < len(lines) and re.fullmatch(r"\|[|:\-\s]+", lines[no].strip()))):  # its header
             continue
         markers = list(MARKER.finditer(line))
         if markers and MARKER.fullmatch(stripped):
@@ -175,7 +180,7 @@ def test_checker_accepts_printed_roundings_and_rejects_wrong_figures(tmp_path):
     write(tmp_path, "m.json", {"a": {"fid": 1.7471995, "s": 0.3251}, "n": 1797, "err": 9.724e-07,
                                "sec": 1662.2, "frac": 0.25, "xs": [1, 2, 3], "neg": -0.358})
     ok = ("<!-- source: m.json -->\n| fid | 1.75, 0.33 (1,797 digits) |\n"
-          "9.7e-7 and 27.7 min, 25 %, 3 items, −0.36, `uaq3` 4-bit v1.5\n\n")
+          "9.7e-7 and 27.7 min, 25 %, 3 items, −0.36, `uaq3` 4-bit v1.5 64-d\n\n")
     assert check(ok, tmp_path) == []
     # a wrong value, a wrong rounding, and a number after the block are told apart
     bad = "<!-- source: m.json -->\nFID 1.76 and 0.326\n\n2.24 is outside any block\n"
@@ -186,7 +191,7 @@ def test_checker_accepts_printed_roundings_and_rejects_wrong_figures(tmp_path):
 def test_checker_inline_markers_cover_their_cell_only_and_tolerance_is_relative(tmp_path):
     write(tmp_path, "a.json", {"s": 1.4616})
     write(tmp_path, "b.json", {"r": 12.74})
-    table = ("<!-- source: a.json -->\n| x | y |\n|---|---|\n"
+    table = ("<!-- source: a.json -->\n| x (99 units) | y |\n|---|---|\n"
              "| per config 1.46 | 12.7 <!-- source: b.json --> |\n\n")
     assert check(table, tmp_path) == []
     # the cell's figure is checked against its own marker only, not the block's file
@@ -210,16 +215,22 @@ def test_readme_figures_come_from_their_stored_files():
 
 def test_readme_sources_are_stored_results_with_machine_conditions():
     """Sources live in metrics/ or bench/results/ (tracked), and bench results say where they ran."""
-    legacy = {  # measured on a lent GPU before bench/machine.py; `python bench/gpu.py` refreshes them
-        "bench/results/gpu_sd15.json", "bench/results/gpu_pixart_sigma.json"}
+    # Written before bench/machine.py, with what they lack; re-running the bench refreshes them.
+    legacy = {"bench/results/gpu_sd15.json": {"machine", "command"},  # `python bench/gpu.py` (a GPU)
+              "bench/results/gpu_pixart_sigma.json": {"machine", "command"},
+              "bench/results/fid.json": {"command"}}  # its own machine block; `python bench/fid.py`
     files = sorted({f for _, _, fs, _ in claims(README.read_text()) for f in fs})
     assert files
     for f in files:
         assert f.startswith(("metrics/", "bench/results/")), f"{f}: README sources must be stored results"
-        if f.startswith("bench/results/") and f not in legacy:
+        if f.startswith("bench/results/"):
             data = json.loads((ROOT / f).read_text())
-            assert "machine" in data and "command" in data, f"{f}: no machine conditions or command"
-            assert data["command"].startswith("python bench/"), f"{f}: command {data['command']!r}"
+            missing = {"machine", "command"} - legacy.get(f, set()) - set(data)
+            assert not missing, f"{f}: no {', '.join(sorted(missing))}"
+            if "command" in data:
+                assert data["command"].startswith("python bench/"), f"{f}: command {data['command']!r}"
+            if "machine" in data and f not in legacy:
+                assert {"cpu_model", "logical_cores", "threadpools", "utc"} <= set(data["machine"]), f
 
 
 # ----------------------------------------------------------------------------- bench scripts
