@@ -145,15 +145,30 @@ def build_from_config(config_or_path: dict | str | Path, device: str = "meta") -
     return model.to(device).eval()
 
 
+_DENOISER_MARKS = ("UNet", "Transformer", "DiT", "UVit")
+_NOT_DENOISER_MARKS = ("Autoencoder", "VQModel", "ControlNet", "TextModel", "EncoderModel")
+
+
+def check_denoiser_class(class_name: str, where: str) -> None:
+    """QsensError unless `class_name` is a diffusion denoiser class (a UNet or a diffusion
+    transformer), e.g. for a VAE or text-encoder dir given by mistake."""
+    if not any(m in class_name for m in _DENOISER_MARKS) or any(m in class_name for m in _NOT_DENOISER_MARKS):
+        raise QsensError(f"{where}: {class_name} is not a denoiser (a UNet or a diffusion transformer); "
+                         "point at the pipeline dir or its unet/ or transformer/ folder")
+
+
 def _source_from_path(name: str, path: Path) -> ModelSource:
     if path.is_dir():
         found = find_denoiser_dir(path)
         if found is None:
             raise QsensError(f"{path}: no config.json with `_class_name` (nor a unet/ or "
                              f"transformer/ subfolder with one)")
-        return ModelSource(spec=str(path), name=name, config=_read_json(found / "config.json"),
-                           path=found)
-    return ModelSource(spec=str(path), name=name, config=load_architecture_config(path))
+        config = _read_json(found / "config.json")
+        check_denoiser_class(str(config.get("_class_name")), str(found))
+        return ModelSource(spec=str(path), name=name, config=config, path=found)
+    config = load_architecture_config(path)
+    check_denoiser_class(str(config.get("_class_name")), str(path))
+    return ModelSource(spec=str(path), name=name, config=config)
 
 
 def resolve_model_source(spec: str | Path) -> ModelSource:

@@ -81,11 +81,16 @@ class Ensemble:
         return Ensemble(template, members, scalers, meta, directory)
 
     def check_bank(self, bank: Any) -> None:
-        """Raise if `bank` is not the one the predictor was trained with."""
+        """QsensError if `bank` is not the one the predictor was trained with: its node features
+        hold that bank's per-option errors, so another bank's configs would be scored wrongly.
+        Identity = `quant.provenance.bank_digest` (model weights, options and every error)."""
+        from quant.provenance import bank_digest
+
         fp = self.template.bank_fingerprint
-        if fp and getattr(bank, "fingerprint", fp) != fp:
+        if fp and bank_digest(bank) != fp:
             raise QsensError(f"the predictor in {self.path} was trained with another bank "
-                             f"(fingerprint {fp}, this bank {bank.fingerprint}); retrain it")
+                             f"(bank digest {fp}, this bank {bank_digest(bank)}); retrain it with "
+                             "`qsens predictor train`")
 
     # ------------------------------------------------------------------ predict
     def predict_idx_members(self, opt_idx: torch.Tensor, chunk: int = 128) -> np.ndarray:

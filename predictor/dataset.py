@@ -36,6 +36,7 @@ from graphs.features import CONFIG_COLUMNS, ConfigFeaturizer, config_options
 from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, STATIC_COLUMNS, to_pyg
 from quant.errors import QsensError
 from quant.options import FP16, parse_option
+from quant.provenance import bank_digest
 
 
 def _sha(text: str) -> str:
@@ -94,16 +95,16 @@ class GraphTemplate:
         nw = torch.tensor([float(bank.layers[l].n_weights) for l in data.layer_names], dtype=torch.float64)
         shift = offset = None
         if probe is not None:
-            if str(probe.bank_fingerprint) != str(getattr(bank, "fingerprint", "")):
-                raise QsensError(f"the probe was measured on another bank (fingerprint {probe.bank_fingerprint} "
-                                 f"vs {getattr(bank, 'fingerprint', '?')}); re-run `qsens predictor probe`")
+            if str(probe.bank_fingerprint) != bank_digest(bank):
+                raise QsensError(f"the probe was measured on another bank (bank digest {probe.bank_fingerprint} "
+                                 f"vs {bank_digest(bank)}); re-run `qsens predictor probe`")
             shift = torch.from_numpy(probe.rows(data.layer_names, options))  # (L, O, D)
             offset = torch.from_numpy(np.asarray(probe.offset, dtype=np.float32))
         return GraphTemplate(list(data.node_names), list(data.layer_names), options, data.x.clone(),
                              data.edge_index.clone(), data.weight_index.clone(), table, bits, nw, errs,
                              model=model or getattr(bank, "model", ""),
                              graph_fingerprint=graph_fingerprint(graph),
-                             bank_fingerprint=str(getattr(bank, "fingerprint", "")),
+                             bank_fingerprint=bank_digest(bank),
                              probe_shift=shift, probe_offset=offset)
 
     # ------------------------------------------------------------------ sizes

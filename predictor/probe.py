@@ -157,6 +157,7 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
     from quant.progress import progress_bar
 
     from quant.apply import quantized
+    from quant.provenance import bank_digest
     from quant.config import QuantConfig
 
     if images < 2:
@@ -180,5 +181,5 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
                 nonfinite[f"{layer}|{option}"] = n_bad
             bar.update(1)
     bar.close()
-    return Probe(bank.model, str(bank.fingerprint), layers, options, shift, fp_mean,
+    return Probe(bank.model, bank_digest(bank), layers, options, shift, fp_mean,
                  np.asarray(scorer.ref_mu, dtype=np.float64), int(images), int(seed), nonfinite)

@@ -75,6 +75,9 @@ def _expected_error(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # diffusers logs warnings on import that are about its own integrations (e.g. "Unable to import
+    # `torchao` Tensor objects" with a newer torchao); keep a command's stderr to its own messages.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -70,6 +70,7 @@ class SearchContext:
                 if not Path(self.predictor_dir).exists():
                     return None
                 self._ensemble = Ensemble.load(self.predictor_dir)
+                self._ensemble.check_bank(self.bank)
         return self._ensemble
 
     def solve(self, scores: dict[tuple[str, str], float], budget: float, **kw) -> tuple[dict[str, str], IPResult]:

@@ -79,6 +79,14 @@ def _bank_copy(tmp: Path) -> None:
         (dst / f.name).write_bytes(f.read_bytes())
 
 
+def _vae_dir(tmp: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                  up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4,
+                  layers_per_block=1).save_pretrained(tmp / "vae")
+
+
 M = ["--model", "digits", "--data-dir", "{data}"]
 ROWS = [
     # files that are not what they claim
@@ -132,6 +140,7 @@ ROWS = [
     ("unknown model", ["score", "--model", "sd99", "--data-dir", "{data}"], None),
     ("data-dir is a file", ["score", "--model", "digits", "--data-dir", "{tmp}/f"], _write("f", "x")),
     ("unknown command", ["quantise"], None),
+    ("graph of a VAE", ["graph", "{tmp}/vae", "--out", "{tmp}/g.json"], _vae_dir),
 ]
 
 
@@ -166,3 +175,44 @@ def test_bad_input_is_one_error_line_and_changes_nothing(workspace: Path, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {err[-1500:]}"
     assert "Traceback" not in err and "internal error" not in err
     assert snapshot(workspace / "data") == before, f"{name} changed files under data/"
+
+
+def test_closed_stdout_ends_quietly(workspace: Path):
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m qsens bank show {workspace / 'data' / 'bank' / 'digits'} | head -1"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert r.stdout.count("\n") == 1 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+def test_sigterm_to_the_launcher_stops_its_workers(workspace: Path, tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shards = tmp_path / "shards"
+    proc = subprocess.Popen([sys.executable, "-m", "qsens", "sample", "--model", "digits", "--data-dir",
+                             str(workspace / "data"), "--num-configs", "400", "--images", "8", "--workers", "2",
+                             "--threads", "1", "--shards", str(shards), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(shards.glob("*.jsonl")):
+        time.sleep(0.5)
+    kids = children()
+    assert kids, "the launcher started no worker processes"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("error: terminated")
+    time.sleep(1.0)
+    alive = [k for k in kids if os.path.exists(f"/proc/{k}") and
+             open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert not alive, f"workers {alive} outlived the launcher"
+    assert "Traceback" not in err

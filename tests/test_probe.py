@@ -117,7 +117,9 @@ def synthetic_with_probe(tmp_path_factory):
     bank = Bank.load(paths["bank"])
     rng = np.random.default_rng(0)
     layers, options = list(bank.layer_names), list(bank.options)
-    fake = Probe("tiny", str(bank.fingerprint), layers, options,
+    from quant.provenance import bank_digest
+
+    fake = Probe("tiny", bank_digest(bank), layers, options,
                  rng.normal(size=(len(layers), len(options), 6)).astype(np.float32),
                  rng.normal(size=6), np.zeros(6), images=4, seed=0)
     template = GraphTemplate.build(read_graph(paths["graph"]), bank, probe=fake)

@@ -152,3 +152,28 @@ def test_a_second_sample_on_the_same_shards_is_refused(prepared: Path, tmp_path:
 def test_evaluation_rows_are_keyed_with_the_search_code():
     deps = dvc_deps(["qsens.commands.evaluate"])
     assert "search/strategies.py" in deps and "search/evaluate.py" in deps and "sampling/scoring.py" in deps
+
+
+def test_a_predictor_trained_on_another_bank_is_refused(tmp_path: Path):
+    import dataclasses
+
+    from graphs.io import read_graph
+    from predictor.api import Ensemble
+    from predictor.dataset import GraphTemplate
+    from predictor.synthetic import make_synthetic
+    from quant.bank import Bank
+    from quant.errors import QsensError
+
+    paths = make_synthetic(tmp_path, n_configs=8, channels=(8, 16), model_name="tiny", seed=0,
+                           options=("uaq3", "uaq4"))
+    bank = Bank.load(paths["bank"])
+    template = GraphTemplate.build(read_graph(paths["graph"]), bank)
+    ens = Ensemble(template, [], [], {}, tmp_path / "predictor")
+    ens.check_bank(bank)  # the bank it was built with
+    layer = bank.layer_names[0]
+    entry = bank.entries[layer]["uaq3"]
+    rebuilt = dataclasses.replace(bank, entries={**bank.entries, layer: {
+        **bank.entries[layer], "uaq3": dataclasses.replace(entry, mse=entry.mse * 2)}})
+    assert rebuilt.fingerprint == bank.fingerprint  # same model weights, other quantizers
+    with pytest.raises(QsensError, match="trained with another bank"):
+        ens.check_bank(rebuilt)
