@@ -279,3 +279,80 @@ def test_write_result_records_command_and_machine(tmp_path, monkeypatch):
     assert m["torch"].split("+")[0] == __import__("torch").__version__.split("+")[0]
     assert m["utc"].endswith("+00:00")
     assert any(p["api"] == "blas" and p["num_threads"] >= 1 for p in m["threadpools"])
+
+
+# ----------------------------------------------------------------------------- bench/figures.py
+def _figures_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import importlib
+
+    return importlib.import_module("figures")
+
+
+def _cache(tmp: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+
+    from sampling.cache import CACHE_SCHEMA, write_cache
+
+    full = [{"model": "m", "index": i, "act_bits": None, "quantized_bytes": 1.0, "quantized_error": 1.0,
+             "bops": 1.0, "content": 0.5, "n_images": 10, "image_seed": 0, "sample_seed": 0, "reason": "",
+             "attempts": 1, "code_version": "t", "status": "ok", **r} for i, r in enumerate(rows)]
+    write_cache(pa.Table.from_pylist(full, schema=CACHE_SCHEMA), tmp / "cache.parquet")
+    return tmp / "cache.parquet"
+
+
+def test_figures_cache_and_probe_spearman_against_hand_values(tmp_path, monkeypatch):
+    """Cache ranges/timings by hand; the probe's zero-training Spearman is +1 when FID is the
+    linearised mean term itself and -1 when it is reversed, over all configs and on the test split."""
+    import numpy as np
+
+    from predictor.probe import Probe
+
+    fig = _figures_module(monkeypatch)
+    layers, options = ["a", "b"], ["uaq3", "uaq4"]
+    shift = np.array([[[1.0, 0.0], [0.5, 0.0]], [[0.0, 2.0], [0.0, 0.25]]], dtype=np.float32)  # (L, O, D)
+    probe = Probe("m", "fp", layers, options, shift, np.array([0.1, 0.0]), np.zeros(2), 7, 31)
+    probe.save(tmp_path / "probe.safetensors")
+    combos = [{"a": oa, "b": ob} for oa in options + ["fp16"] for ob in options + ["fp16"]]
+    term = probe.linearised_mean_term(combos)  # (0.1 + shift_a)² + shift_b², all distinct here
+    assert len(set(np.round(term, 9))) == len(combos)
+    rows = [{"config_id": f"c{i}", "options": json.dumps(c), "avg_bits": 3.0 + i / 10, "fid": float(t),
+             "seconds": 1.0 + i, "worker": f"w{i % 2}"} for i, (c, t) in enumerate(zip(combos, term))]
+    rows.append({"config_id": "bad", "options": "{}", "avg_bits": 9.0, "fid": None, "seconds": 50.0,
+                 "worker": "w0", "status": "failed"})
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  test_fraction: 0.34\n  folds: 2\n  seed: 0\n")
+
+    cache = _cache(tmp_path, rows)
+    c = fig.cache_figures(cache)
+    assert (c["configs"], c["ok"], c["failed"], c["workers"]) == (10, 9, 1, 2)
+    assert c["fid_min"] == pytest.approx(term.min()) and c["fid_max"] == pytest.approx(term.max())
+    assert (c["avg_bits_min"], c["avg_bits_max"]) == pytest.approx((3.0, 3.8))  # the failed row is left out
+    assert c["worker_scoring_seconds"] == {"w0": 1 + 3 + 5 + 7 + 9, "w1": 2 + 4 + 6 + 8}
+    assert c["seconds_per_config_median"] == 5.0
+
+    p = fig.probe_figures(tmp_path / "probe.safetensors", cache, params)
+    assert (p["configs"], p["test_configs"], p["images"]) == (9, 3, 7)
+    assert p["spearman_all_configs"] == pytest.approx(1.0) and p["spearman_test_split"] == pytest.approx(1.0)
+    for r in rows[:-1]:
+        r["fid"] = -r["fid"]
+    p = fig.probe_figures(tmp_path / "probe.safetensors", _cache(tmp_path, rows), params)
+    assert p["spearman_all_configs"] == pytest.approx(-1.0)
+
+
+def test_figures_search_path_start_chosen_and_others(tmp_path, monkeypatch):
+    fig = _figures_module(monkeypatch)
+    d = tmp_path / "data" / "search" / "m" / "configs"
+    d.mkdir(parents=True)
+    report = {"budget": 3.5, "config_id": "mid", "seconds": 12.5, "starts": 3,
+              "rounds": [{"config_id": "ip0"}, {"config_id": "x"}],
+              "path": ["start", "mid", "end"],
+              "candidates": [{"config_id": "ip0", "predicted_fid": 15.6, "selection_fid": None},
+                             {"config_id": "start", "predicted_fid": 4.0, "selection_fid": 4.3},
+                             {"config_id": "mid", "predicted_fid": 1.0, "selection_fid": 2.4},
+                             {"config_id": "end", "predicted_fid": 0.7, "selection_fid": 3.1}]}
+    (d / "predictor-3.5.report.json").write_text(json.dumps(report))
+    s = fig.search_figures(tmp_path / "data", "m")["3.5"]
+    assert s == {"seconds": 12.5, "rounds": 2, "starts": 3, "first_ip_predicted_fid": 15.6,
+                 "path_predicted_fid_min": 0.7, "start_selection_fid": 4.3, "chosen_selection_fid": 2.4,
+                 "chosen_is_start": False, "other_selection_fid_min": 3.1, "other_selection_fid_max": 4.3}
