@@ -194,6 +194,19 @@ class Quantizers:
         raise ValueError(kind)
 
 
+def generation_settings(denoiser) -> dict[str, Any]:
+    """What else decides a denoiser's images (guidance, batch size, resolution, prompts...), as
+    far as its adapter exposes it: part of the sweeps' resume key, so `--guidance 2` redoes them."""
+    from dataclasses import is_dataclass
+
+    out = {k: getattr(denoiser, k) for k in ("steps", "guidance", "batch_size", "resolution", "negative_prompt",
+                                             "prompts", "num_classes") if hasattr(denoiser, k)}
+    params = getattr(denoiser, "params", None)  # digits: DigitsParams
+    if is_dataclass(params):
+        out["params"] = asdict(params)
+    return out
+
+
 def weight_bank(denoiser, bank, option: str, progress: bool = False):
     """`bank` when it holds `option`, else a one-option bank built in memory from the model."""
     if bank is not None and option in bank.options:
@@ -330,7 +343,8 @@ def per_layer_mse(quantizers: Quantizers, calib, chunk: int) -> dict[str, dict[s
     """{layer: {weight, activation, both, both_relative}}: mean squared error of each layer's
     output, the model with weights / activations / both quantized (errors accumulate through the
     model, as in AIMET) against the FP model, over the calibration set; `both_relative` divides
-    by the FP output's mean square."""
+    by the FP output's mean square. Holds every layer's FP output for one chunk of calibration
+    inputs at a time: lower `chunk` for large models."""
     from quant.layers import quantizable_layers
 
     model = quantizers.model
@@ -481,7 +495,7 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
     # --- scored: FP / W / A / W+A and the per-layer sweeps
     t0 = time.perf_counter()
     key = settings_key({**common, "images": params.images, "seed": params.image_seed,
-                        "scorer": type(scorer).__name__})
+                        "scorer": type(scorer).__name__, "generation": generation_settings(denoiser)})
     rows = scored_sweeps(denoiser, scorer, quantizers, params, swept, out_dir / "sweeps.progress.jsonl", key,
                          progress)
     timings["sweeps"] = time.perf_counter() - t0

@@ -147,6 +147,14 @@ def test_resume_and_same_json(report, monkeypatch, tmp_path: Path, one_torch_thr
     monkeypatch.setattr(scorer, "score", boom)
     run_quant_analyzer(den, bank, scorer, PARAMS, out, progress=False)
     assert {p: p.read_bytes() for p in before} == before  # resumed; the rest recomputed identically
+    # other generation settings (here the batch size) are another key: nothing is reused
+    # (the run stops at its first scoring; the JSON files stay as they were)
+    den.configure_generation(batch_size=4)
+    try:
+        with pytest.raises(AssertionError, match="scored again"):
+            run_quant_analyzer(den, bank, scorer, PARAMS, out, progress=False)
+    finally:
+        den.configure_generation(batch_size=8)
     # another setting is a new key: the old rows are not reused
     monkeypatch.undo()
     calls = []
