@@ -52,8 +52,13 @@ def avg_bits(options: Mapping[str, str], infos: Mapping[str, LayerInfo], tied: S
     return total / sum(info.n_weights for info in infos.values())
 
 
-def bops(options: Mapping[str, str], infos: Mapping[str, LayerInfo], act_bits: int | None = None) -> int:
-    """Bit operations: Σ MACs · weight bits · activation bits (16 when activations are not quantized)."""
+def bops(options: Mapping[str, str], infos: Mapping[str, LayerInfo],
+         act_bits: int | Mapping[str, int] | None = None) -> int:
+    """Bit operations: Σ MACs · weight bits · activation bits (16 when activations are not
+    quantized). `act_bits`: one width for every layer, or {layer: bits} (layers not listed: 16)."""
+    if isinstance(act_bits, Mapping):
+        return sum(info.macs * parse_option(options.get(name, FP16)).bits * act_bits.get(name, FLOAT_BITS)
+                   for name, info in infos.items())
     a = act_bits or FLOAT_BITS
     return sum(info.macs * parse_option(options.get(name, FP16)).bits * a for name, info in infos.items())
 
@@ -71,7 +76,7 @@ class ConfigStats:
 
 
 def summarize(options: Mapping[str, str], infos: Mapping[str, LayerInfo],
-              errors: Mapping[tuple[str, str], float], act_bits: int | None = None,
+              errors: Mapping[tuple[str, str], float], act_bits: int | Mapping[str, int] | None = None,
               tied: Sequence[Sequence[str]] = ()) -> ConfigStats:
     """Stats of a config; `errors[(layer, option)]` is the bank's mean squared error per weight.
     A tied group's shared tensor counts once (its first layer's option; the config must give the

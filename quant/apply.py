@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
 
-from quant.activations import ActivationQuantHandle, enable_activation_quant
+from quant.activations import ActivationQuantHandle, enable_config_activations
 from quant.bank import Bank
 from quant.config import QuantConfig, check_tied
 from quant.layers import quantizable_layers, tied_groups
@@ -49,11 +49,14 @@ class AppliedConfig:
 
 
 @torch.no_grad()
-def apply_config(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True) -> AppliedConfig:
+def apply_config(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True,
+                 act_ranges: Mapping[str, tuple[float, float]] | None = None) -> AppliedConfig:
     """Quantize `model` in place as `config` says; return the handle that restores it.
 
     verify: check the model's weights against the bank's fingerprint first (skip it in loops
     that already checked once — it hashes every weight).
+    Activations: `config.act_bits` for every layer, `config.act_options` per layer (dynamic
+    ranges; `act_ranges` {layer: (min, max)} from `calibrate_ranges` makes them static).
     Raises ConfigError (nothing changed) when layers sharing one weight tensor in `model` get
     different options, and QsensError for weights that partially overlap another layer's.
     """
@@ -75,8 +78,7 @@ def apply_config(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool
             applied.saved[unit] = weight.clone()
             applied.targets[unit] = weight
             weight.copy_(bank.dequantize(unit, option, dtype=weight.dtype, device=weight.device))
-        if config.act_bits is not None:
-            applied.act_handle = enable_activation_quant(model, config.act_bits)
+        applied.act_handle = enable_config_activations(model, config, ranges=act_ranges)
     except BaseException:
         applied.restore()
         raise
@@ -84,9 +86,10 @@ def apply_config(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool
 
 
 @contextmanager
-def quantized(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True) -> Iterator[nn.Module]:
+def quantized(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True,
+              act_ranges: Mapping[str, tuple[float, float]] | None = None) -> Iterator[nn.Module]:
     """Context manager: the model runs with `config` inside, with its FP weights after."""
-    handle = apply_config(model, config, bank, verify=verify)
+    handle = apply_config(model, config, bank, verify=verify, act_ranges=act_ranges)
     try:
         yield model
     finally:

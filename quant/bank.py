@@ -25,18 +25,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from quant.progress import progress_bar
 
 from quant.accounting import ConfigStats, layer_bits, summarize
+from quant.activations import config_activation_bits
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError
-from quant.jsonio import read_json
+from quant.jsonio import read_json, write_json
 from quant.layers import (LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos,
                           quantizable_layers, tied_groups)
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
+from quant.progress import progress_bar
 from quant.quantizers import QuantizedTensor, quantize
-from quant.jsonio import write_json
 
 FORMAT_VERSION = 1
 META_FILE = "bank.json"
@@ -102,7 +102,9 @@ class Bank:
     def summarize(self, config: QuantConfig) -> ConfigStats:
         """Size, avg bits, error and BOPs of `config`; a tied group's tensor counts once."""
         self.validate(config)
-        return summarize(config.options, self.layers, self.errors(), config.act_bits, tied=self.tied)
+        act = (config_activation_bits(config, self.layers) if getattr(config, "act_options", None)
+               else config.act_bits)
+        return summarize(config.options, self.layers, self.errors(), act, tied=self.tied)
 
     def validate(self, config: QuantConfig, where: str = "config") -> QuantConfig:
         """ConfigError for another model, unknown layers or options, different options on tied

@@ -26,6 +26,8 @@ MICRO = {
     "sample": {"num_configs": 14, "workers": 1, "images": 16},
     "analysis": {"images": 8, "calib_samples": 4, "calib_trajectories": 2, "ssim_images": 4},
     "probe": {"images": 8},
+    "quant_analyzer": {"images": 8, "max_layers": 2, "sqnr_bits": [8], "sqnr_max_layers": 2, "calib_samples": 4,
+                       "calib_trajectories": 2, "hist_bins": 8},
     "train": {"folds": 2, "epochs": 3, "patience": 3, "hidden": 8, "layers": 1, "heads": 1,
               "baselines": ["summed_error", "ridge", "probe"]},
     "search": {"budgets": [3.5, 4.0], "strategies": ["predictor", "error", "uniform", "random-best"],
