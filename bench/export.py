@@ -122,6 +122,14 @@ def main() -> None:
             gens[key], w, c = timed(lambda: den.generate(n, seed), 1, args.device)
             wall[key], cpu[key] = min(wall[key], w), min(cpu[key], c)
     den.model = fp_model
+    # one denoiser forward at batch 1: the worst case for dequantizing on the fly (no batch to
+    # amortise it over)
+    fwd = {k: float("inf") for k in ("fp", "packed")}
+    fargs, fkwargs = den.example_inputs(batch_size=1)
+    with torch.no_grad():
+        for _ in range(10 * args.runs):
+            for key in fwd:
+                fwd[key] = min(fwd[key], timed(lambda: models[key](*fargs, **fkwargs), 1, args.device)[1])
     fp_gen, fake_gen, packed_gen = gens["fp"], gens["fake_quant"], gens["packed"]
     t_fp, t_fake, t_packed = wall["fp"], wall["fake_quant"], wall["packed"]
     c_fp, c_fake, c_packed = cpu["fp"], cpu["fake_quant"], cpu["packed"]
@@ -143,11 +151,15 @@ def main() -> None:
           f"{t_fake:.3f} s (+ {t_apply:.3f} s to apply), packed {t_packed:.3f} s -> packed/FP "
           f"{t_packed / t_fp:.3f}x, fake/FP {t_fake / t_fp:.3f}x (CPU time: packed/FP {c_packed / c_fp:.3f}x, "
           f"fake/FP {c_fake / c_fp:.3f}x); packed images == fake-quant images: {exact}")
+    print(f"one forward at batch 1: FP {1e3 * fwd['fp']:.2f} ms, packed {1e3 * fwd['packed']:.2f} ms "
+          f"({fwd['packed'] / fwd['fp']:.2f}x)")
     result = {"bench": "export", "model": args.model, "config": args.config, "avg_bits": stats.avg_bits,
               "images": n, "seed": seed, "runs": args.runs, "device": args.device, "sizes": sizes,
               "seconds": {"fp": t_fp, "fake_quant": t_fake, "fake_quant_apply": t_apply, "packed": t_packed,
                           "cpu_fp": c_fp, "cpu_fake_quant": c_fake, "cpu_packed": c_packed,
-                          "export": t_export, "load": t_load},
+                          "export": t_export, "load": t_load,
+                          "forward_batch1_fp": fwd["fp"], "forward_batch1_packed": fwd["packed"]},
+              "packed_vs_fp_forward_batch1": fwd["packed"] / fwd["fp"],
               "packed_vs_fp_time": t_packed / t_fp, "fake_vs_fp_time": t_fake / t_fp,
               "packed_vs_fp_cpu_time": c_packed / c_fp, "fake_vs_fp_cpu_time": c_fake / c_fp, "packed_images_equal_fake_quant": exact}
 

@@ -93,16 +93,13 @@ class PackedLayer:
 
         The float32 arithmetic is `QuantizedTensor.dequantize`'s, op for op, so the result is
         bit-identical to the bank's dequantized weight."""
-        opt = parse_option(self.option)
-        numel = 1
-        for s in self.weight_shape:
-            numel *= s
+        method, bits, numel = self._format
         src = self._source()
-        codes = unpack_codes(src.codes, opt.bits, numel).reshape(self.weight_shape[0], -1)
+        codes = unpack_codes(src.codes, bits, numel).reshape(self.weight_shape[0], -1)
         p = self.params.to(torch.float32)
-        if opt.method == "uaq":
+        if method == "uaq":
             w = (codes.to(torch.float32) - p[:, 1:2]) * p[:, 0:1]
-        elif opt.method == "kmc":
+        elif method == "kmc":
             w = p.gather(1, codes.long())
         else:  # kma
             w = p[0][codes.long()]
@@ -153,6 +150,7 @@ def packed_module(module: nn.Module, option: str, codes: torch.Tensor | None, pa
     new._modules.update(module._modules)
     new.option = str(opt)
     new.weight_shape = shape
+    new._format = (opt.method, opt.bits, int(torch.Size(shape).numel()))  # parsed once, read per forward
     device = torch.device(device) if device is not None else weight.device
     new.register_buffer("_wdtype", torch.empty(0, dtype=dtype or weight.dtype, device=device), persistent=False)
     if tied_to is not None:
