@@ -130,7 +130,7 @@ def main() -> None:
         for _ in range(10 * args.runs):
             for key in fwd:
                 fwd[key] = min(fwd[key], timed(lambda: models[key](*fargs, **fkwargs), 1, args.device)[1])
-    fp_gen, fake_gen, packed_gen = gens["fp"], gens["fake_quant"], gens["packed"]
+    fake_gen, packed_gen = gens["fake_quant"], gens["packed"]
     t_fp, t_fake, t_packed = wall["fp"], wall["fake_quant"], wall["packed"]
     c_fp, c_fake, c_packed = cpu["fp"], cpu["fake_quant"], cpu["packed"]
     accounted = manifest["packed_accounted_bytes"]

@@ -27,7 +27,6 @@ Checkpoint directory (DESIGN.md "Quantized checkpoint"):
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import os
@@ -139,10 +138,10 @@ def packed_module(module: nn.Module, option: str, codes: torch.Tensor | None, pa
     cls = packed_class(type(module))
     new = cls.__new__(cls)
     nn.Module.__init__(new)
+    # attributes and hook dicts are shared, not copied: the module is replaced, and handles to
+    # hooks registered on it (activation quantization, ...) keep working
     skip = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
-    for key, value in module.__dict__.items():
-        if key not in skip:
-            new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set, list)) else value
+    new.__dict__.update((k, v) for k, v in module.__dict__.items() if k not in skip)
     new.training = module.training
     new._parameters.update((k, v) for k, v in module._parameters.items() if k != "weight")
     new._buffers.update(module._buffers)
@@ -183,13 +182,13 @@ def packed_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in quantizable_layers(model).items() if isinstance(m, PackedLayer)}
 
 
-def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put `new` wherever `old` is a child (a module reachable under several names is swapped
-    under all of them)."""
-    for _, parent in model.named_modules(remove_duplicate=False):
+def _replace(model: nn.Module, swaps: dict[int, nn.Module]) -> None:
+    """Put `swaps[id(old)]` wherever `old` is a child (a module reachable under several names is
+    swapped under all of them)."""
+    for parent in list(model.modules()):
         for child_name, child in list(parent._modules.items()):
-            if child is old:
-                parent._modules[child_name] = new
+            if child is not None and id(child) in swaps:
+                parent._modules[child_name] = swaps[id(child)]
 
 
 def _check_unpacked(modules: dict[str, nn.Module], names) -> None:
@@ -227,8 +226,8 @@ def pack(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True)
             swaps[unit] = packed_module(modules[unit], option, codes, params)
         if name != unit:
             swaps[name] = packed_module(modules[name], option, None, None, tied_to=swaps[unit])
-    for name, new in swaps.items():  # all built first: a bad tensor leaves the model unchanged
-        _replace(model, modules[name], new)
+    # all built first: a bad tensor leaves the model unchanged
+    _replace(model, {id(modules[name]): new for name, new in swaps.items()})
     if config.act_bits is not None:
         from quant.activations import enable_activation_quant
 
@@ -518,8 +517,7 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
                 raise QsensError(f"{directory / MANIFEST}: layer {name} is tied to {info['tied_to']!r}, "
                                  "which holds no packed tensors")
             swaps[name] = packed_module(modules[name], info["option"], None, None, tied_to=lead, **where)
-    for name, new in swaps.items():
-        _replace(model, modules[name], new)
+    _replace(model, {id(modules[name]): new for name, new in swaps.items()})
     state = dict(rest)
     for key, target in manifest.get("rest_aliases", {}).items():
         if target not in state:

@@ -132,6 +132,22 @@ def test_mixed_config_fp16_layers_and_dtype_casts(toy: Toy, toy_bank: Bank) -> N
     assert got.dtype == torch.float64 and torch.equal(got, want)
 
 
+def test_activation_bits_and_earlier_hooks_go_with_the_packed_model(toy: Toy, toy_bank: Bank) -> None:
+    from quant.activations import enable_activation_quant
+
+    config = QuantConfig.uniform("toy", toy_bank.layer_names, "uaq3")
+    config.act_bits = 6
+    x = toy_input()
+    with torch.no_grad(), quantized(toy, config, toy_bank):
+        want = toy(x)
+    model = copy.deepcopy(toy)
+    handle = enable_activation_quant(model, 8)  # installed before packing, removed after
+    pack(model, config, toy_bank)
+    handle.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x), want)  # A6 from the config, and the A8 hooks are gone
+
+
 def test_tied_layers_stay_one_packed_tensor(toy: Toy, toy_bank: Bank, tmp_path: Path) -> None:
     config = QuantConfig.uniform("toy", toy_bank.layer_names, "kmc3")
     packed = pack(copy.deepcopy(toy), config, toy_bank)
