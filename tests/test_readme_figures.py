@@ -12,8 +12,9 @@ numeric value anywhere in one of the FILEs (JSON: nested values and list lengths
 to the sign; a number followed by `%`, `M`, `min` or `h` may also be the stored value × 100,
 / 1e6, / 60 or / 3600 (files store fractions, counts and seconds). `tol=R` accepts a relative
 difference up to R instead: only for timings of a file `dvc repro` or a bench rewrites. Numbers
-inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`), in headings or in a table's
-header row (column names) are not figures.
+inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`), in headings, in a table's
+header row (column names) or in the first cell of a row without a marker (its label) are not
+figures.
 """
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def claims(readme: str) -> list[tuple[int, str, list[str], float | None]]:
             out.append((no, line[seg_start:m.start()], files, tol))
             start = m.end()
         rest.append(line[start:])
+        if stripped.startswith("|") and not markers:  # a row's first cell is its label, not a figure
+            rest = ["|" + line.strip()[1:].split("|", 1)[-1]]
         if block is not None:
             out.append((no, " ".join(rest), *block))
     return out
@@ -191,12 +194,14 @@ def test_checker_accepts_printed_roundings_and_rejects_wrong_figures(tmp_path):
 def test_checker_inline_markers_cover_their_cell_only_and_tolerance_is_relative(tmp_path):
     write(tmp_path, "a.json", {"s": 1.4616})
     write(tmp_path, "b.json", {"r": 12.74})
-    table = ("<!-- source: a.json -->\n| x (99 units) | y |\n|---|---|\n"
-             "| per config 1.46 | 12.7 <!-- source: b.json --> |\n\n")
+    table = ("<!-- source: a.json -->\n| x (99 units) | y | z |\n|---|---|---|\n"
+             "| label 256 | 1.46 | 1.46 |\n| per config | 1.46 | 12.7 <!-- source: b.json --> |\n\n")
     assert check(table, tmp_path) == []
     # the cell's figure is checked against its own marker only, not the block's file
     assert check(table.replace("12.7 <!--", "1.46 <!--"), tmp_path) == [
-        "README.md:4: '1.46' is in none of b.json"]
+        "README.md:5: '1.46' is in none of b.json"]
+    assert check(table.replace("| 1.46 | 1.46 |", "| 1.46 | 1.47 |"), tmp_path) == [
+        "README.md:4: '1.47' is in none of a.json"]
     # tol: a timing within 25 % passes; the README's old 2.24 s against 1.46 does not
     assert check("took 1.6 s <!-- source: a.json tol=0.25 -->\n", tmp_path) == []
     assert check("took 2.24 s <!-- source: a.json tol=0.25 -->\n", tmp_path) == [
