@@ -203,7 +203,8 @@ def pack(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True)
 
     verify: check the FP weights against the bank's fingerprint first (hashes every weight).
     The packed model computes what `quantized(model, config, bank)` computes, bit for bit; with
-    `config.act_bits` the same dynamic activation quantization is installed (permanently).
+    `config.act_bits` / `act_options` the same dynamic activation quantization is installed
+    (permanently; static ranges are not part of a packed model).
     Raises ConfigError (nothing changed) for a config that does not fit the bank or gives tied
     layers different options, BankMismatchError for another model's weights, QsensError for a
     model that is already packed.
@@ -228,10 +229,9 @@ def pack(model: nn.Module, config: QuantConfig, bank: Bank, verify: bool = True)
             swaps[name] = packed_module(modules[name], option, None, None, tied_to=swaps[unit])
     # all built first: a bad tensor leaves the model unchanged
     _replace(model, {id(modules[name]): new for name, new in swaps.items()})
-    if config.act_bits is not None:
-        from quant.activations import enable_activation_quant
+    from quant.activations import enable_config_activations
 
-        enable_activation_quant(model, config.act_bits)
+    enable_config_activations(model, config)  # act_bits / act_options, dynamic ranges
     return model
 
 
@@ -541,11 +541,9 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
         if device is not None:
             model.to(device)
         model.eval().requires_grad_(False)
-    act_bits = manifest["config"].get("act_bits")
-    if act_bits is not None:
-        from quant.activations import enable_activation_quant
+    from quant.activations import enable_config_activations
 
-        enable_activation_quant(model, int(act_bits))
+    enable_config_activations(model, QuantConfig.from_dict(manifest["config"], where=str(directory / MANIFEST)))
     return model
 
 

@@ -132,11 +132,11 @@ def test_mixed_config_fp16_layers_and_dtype_casts(toy: Toy, toy_bank: Bank) -> N
     assert got.dtype == torch.float64 and torch.equal(got, want)
 
 
-def test_activation_bits_and_earlier_hooks_go_with_the_packed_model(toy: Toy, toy_bank: Bank) -> None:
+def test_activation_bits_and_earlier_hooks_go_with_the_packed_model(toy: Toy, toy_bank: Bank, tmp_path: Path) -> None:
     from quant.activations import enable_activation_quant
 
     config = QuantConfig.uniform("toy", toy_bank.layer_names, "uaq3")
-    config.act_bits = 6
+    config.act_bits, config.act_options = 6, {"head": 3, "mix": 4}
     x = toy_input()
     with torch.no_grad(), quantized(toy, config, toy_bank):
         want = toy(x)
@@ -145,7 +145,11 @@ def test_activation_bits_and_earlier_hooks_go_with_the_packed_model(toy: Toy, to
     pack(model, config, toy_bank)
     handle.remove()
     with torch.no_grad():
-        assert torch.equal(model(x), want)  # A6 from the config, and the A8 hooks are gone
+        assert torch.equal(model(x), want)  # the config's A6 / A3 / A4, and the A8 hooks are gone
+    save_quantized(model, tmp_path / "q", config, fingerprint=toy_bank.fingerprint)
+    assert read_manifest(tmp_path / "q")["config"]["act_options"] == {"head": 3, "mix": 4}
+    with torch.no_grad():
+        assert torch.equal(load_quantized(tmp_path / "q", copy.deepcopy(toy))(x), want)
 
 
 def test_tied_layers_stay_one_packed_tensor(toy: Toy, toy_bank: Bank, tmp_path: Path) -> None:
