@@ -141,6 +141,15 @@ ROWS = [
     ("data-dir is a file", ["score", "--model", "digits", "--data-dir", "{tmp}/f"], _write("f", "x")),
     ("unknown command", ["quantise"], None),
     ("graph of a VAE", ["graph", "{tmp}/vae", "--out", "{tmp}/g.json"], _vae_dir),
+    ("generate n-images 0", ["generate", *M, "--n-images", "0", "--out", "{tmp}/g"], None),
+    ("generate class-id -1", ["generate", *M, "--class-id", "-1", "--out", "{tmp}/g"], None),
+    ("export unknown format", ["export", *M, "--config", "{tmp}/c.json", "--out", "{tmp}/e", "--format", "zip"],
+     _config("c.json")),
+    ("export keep-top 0", ["export", *M, "--format", "skip-list", "--keep-top", "0", "--out", "{tmp}/e"], None),
+    ("generate quantized truncated", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
+     _write("q/manifest.json", '{"format": "qsens-packed"')),
+    ("quant-analyzer act-bits 9", ["analyze", "quant-analyzer", *M, "--act-bits", "9"], None),
+    ("quant-analyzer images 1", ["analyze", "quant-analyzer", *M, "--images", "1"], None),
 ]
 
 

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from qsens.argtypes import images_count, non_negative_int
 from qsens.context import add_model_args, context
 
 NAME = "analyze"
@@ -29,12 +30,12 @@ def register(subparsers) -> None:
                    help="output dir (default: DATA/analysis/NAME; quant-analyzer: DATA/analysis/NAME/quant_analyzer)")
     q = p.add_argument_group("quant-analyzer (override params quant_analyzer.*)")
     q.add_argument("--weight-option", default=None, help="weight quantizer option, e.g. uaq4")
-    q.add_argument("--act-bits", type=int, default=None, help="activation bits, 2-8")
+    q.add_argument("--act-bits", type=int, choices=range(2, 9), metavar="{2..8}", default=None, help="activation bits, 2-8")
     q.add_argument("--act-mode", default=None, choices=["static", "dynamic"])
-    q.add_argument("--images", type=int, default=None, help="images per scored setting")
-    q.add_argument("--max-layers", type=int, default=None, help="layers swept (evenly spaced); 0 = all")
+    q.add_argument("--images", type=images_count, default=None, help="images per scored setting")
+    q.add_argument("--max-layers", type=non_negative_int, default=None, help="layers swept (evenly spaced); 0 = all")
     q.add_argument("--layers", default=None, metavar="REGEX", help="sweep only layers matching REGEX")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=non_negative_int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qsens.argtypes import positive_int
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
 
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--predictor", type=Path, default=None,
                    help="predictor dir for skip-list (default: DATA/predictor/NAME)")
-    p.add_argument("--keep-top", type=int, default=None, metavar="K",
+    p.add_argument("--keep-top", type=positive_int, default=None, metavar="K",
                    help="skip-list: keep the K most sensitive layers in high precision")
     p.set_defaults(func=run)
 

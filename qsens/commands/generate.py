@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from qsens.argtypes import non_negative_int, positive_int
 from qsens.context import add_model_args, context
 from quant.errors import QsensError
 
@@ -37,12 +38,12 @@ def register(subparsers) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                       help="text prompt (repeatable; images cycle through them)")
-    what.add_argument("--class-id", type=int, action="append", default=None, metavar="N",
+    what.add_argument("--class-id", type=non_negative_int, action="append", default=None, metavar="N",
                       help="class label of a class-conditional model (repeatable)")
-    p.add_argument("--n-images", type=int, default=4, help="images to generate (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed set (default: 0)")
+    p.add_argument("--n-images", type=positive_int, default=4, help="images to generate (default: 4)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed set (default: 0)")
     p.add_argument("--out", type=Path, required=True, help="directory for the PNGs")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.set_defaults(func=run)
 
 
