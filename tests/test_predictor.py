@@ -103,6 +103,16 @@ def test_target_scaler_roundtrip():
         z = s.encode(fid, bits)
         assert abs(z.mean()) < 1e-9
         np.testing.assert_allclose(s.decode_fid(z, bits), fid)
+    # by hand: cost = fid + 2·bits = 17, 27.4, 38; z = (t − mean) / population std of t
+    cost = np.array([17.0, 27.4, 38.0])
+    for transform, t in (("none", cost), ("log", np.log(cost))):
+        s = TargetScaler(lambda_bits=2.0, transform=transform).fit(fid, bits)
+        assert (s.mean, s.std) == pytest.approx((t.mean(), np.sqrt(((t - t.mean()) ** 2).mean())))
+        np.testing.assert_allclose(s.encode(fid, bits), (t - t.mean()) / t.std(ddof=0), rtol=1e-12)
+        np.testing.assert_allclose(s.decode_cost(np.array([0.0, 1.0])),
+                                   s._inv(np.array([t.mean(), t.mean() + t.std()])), rtol=1e-12)
+    assert TargetScaler(transform="log").fit(fid, bits).decode_cost(np.zeros(1))[0] == pytest.approx(
+        np.exp(np.log(fid).mean()))  # the geometric mean FID
 
 
 # ---------------------------------------------------------------- model
@@ -255,8 +265,27 @@ def test_sensitivity_tables(trained, synthetic):
     changed[row.layer] = row.option
     p = ens.predict([ref, changed])
     assert row.delta_fid == pytest.approx(p[1] - p[0], abs=1e-4)
+    # every row: the members' mean and spread of predict(changed) − predict(reference)
+    changed = []
+    for layer, option in zip(table.layer, table.option):
+        c = dict(ref)
+        c[layer] = option
+        changed.append(c)
+    member_delta = ens.predict_members(changed) - ens.predict_members([ref])  # (M, rows)
+    np.testing.assert_allclose(table.delta_fid, member_delta.mean(0), atol=1e-4)
+    np.testing.assert_allclose(table.delta_fid_std, member_delta.std(0), atol=1e-4)
     blocks = ens.block_sensitivity()
     assert {"level", "name", "option", "delta_fid", "delta_fid_std", "delta_fid_sum"} <= set(blocks.columns)
+    # a block row changes every layer of the block jointly; its additive guess sums the layer rows
+    per_layer = table.set_index(["layer", "option"]).delta_fid
+    for _, b in blocks.sample(n=6, random_state=0).iterrows():
+        members = [n for n in ens.layer_names
+                   if (block_of(n) == b["name"] if b.level == "block" else n.startswith(b["name"] + "."))]
+        assert len(members) == b.n_layers
+        joint = {**ref, **{n: b.option for n in members}}
+        p = ens.predict([ref, joint])
+        assert b.delta_fid == pytest.approx(p[1] - p[0], abs=1e-4)
+        assert b.delta_fid_sum == pytest.approx(sum(per_layer[(n, b.option)] for n in members), abs=1e-6)
     assert set(blocks[blocks.level == "block"].name) == {block_of(n) for n in ens.layer_names}
     assert block_of("down_blocks.1.attentions.0.to_q") == "down_blocks.1"
     assert block_of("mid_block.resnets.0.conv1") == "mid_block"
