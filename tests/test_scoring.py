@@ -74,6 +74,13 @@ def test_score_ok_record(tiny_digits_scorer, digit_images):
     assert s.ok and s.reason is None and s.n_images == 300
     assert math.isfinite(s.fid) and 0.0 <= s.content <= 1.0
     json.dumps(s.to_dict())
+    # the record's values: FID of these images, accuracy against each image's own label
+    assert s.fid == pytest.approx(tiny_digits_scorer.fid(images[:300]), rel=1e-12)
+    assert s.content == tiny_digits_scorer.accuracy(images[:300], labels[:300])
+    pred = tiny_digits_scorer.predict(images[:300])
+    assert tiny_digits_scorer.score(_gen(images[:300], pred)).content == 1.0
+    wrong = (pred + np.arange(300) % 9 + 1) % 10  # every label differs from the prediction
+    assert tiny_digits_scorer.score(_gen(images[:300], wrong)).content == 0.0
 
 
 def test_nonfinite_images_give_a_failure_record(tiny_digits_scorer):
@@ -180,6 +187,29 @@ def test_noise_measurement_on_a_tiny_model(tiny_digits_denoiser, tiny_digits_sco
         assert key in result
     assert result["fid_signal_to_noise"] == pytest.approx(
         result["random_fid_std"] / result["fp_fid_seed_std"])
+    # the figures are those of the seed sets they name
+    from quant.apply import quantized
+    from quant.config import QuantConfig
+    from sampling.scoring import evaluate
+
+    den, scorer = tiny_digits_denoiser, tiny_digits_scorer
+    fp = [evaluate(den, scorer, 20, seed=s)[0].fid for s in (0, 1)]
+    assert result["fp_fids"] == pytest.approx(fp, rel=1e-9)
+    assert result["fp_fid_seed_std"] == pytest.approx(np.std(fp, ddof=1), rel=1e-9)
+    fid_a = [r["fid_a"] for r in records]
+    assert result["random_fid_std"] == pytest.approx(np.std(fid_a, ddof=1), rel=1e-9)
+    from sampling.sampler import random_config
+
+    r0 = records[0]  # random config 0 of the config stream
+    config = QuantConfig("digits", random_config(tiny_bank.layer_names, tiny_bank.options, params.config_seed, 0))
+    assert config.config_id == r0["config_id"]
+    with quantized(den.model, config, tiny_bank):
+        a, _ = evaluate(den, scorer, 20, seed=params.seed_a)
+        b, _ = evaluate(den, scorer, 20, seed=params.seed_b)
+    assert (r0["fid_a"], r0["fid_b"]) == pytest.approx((a.fid, b.fid), rel=1e-9)
+    with quantized(den.model, QuantConfig.uniform("digits", tiny_bank.layer_names, "uaq4"), tiny_bank):
+        u, _ = evaluate(den, scorer, 20, seed=params.seed_a)
+    assert result["uniform"]["uaq4"]["fid"] == pytest.approx(u.fid, rel=1e-9)
     assert len(records) == 3 and set(result["uniform"]) == set(tiny_bank.options)
     assert (tmp_path / "grid.png").stat().st_size > 1000
     write_noise_outputs(result, records, tmp_path / "noise.json", tmp_path / "c.csv")
