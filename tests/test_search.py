@@ -223,6 +223,13 @@ def test_error_layerwise_mixdq_predictor_strategies(tiny_bank, tmp_path: Path) -
     # mixdq: candidates over K, picked by MSE to FP
     res = run_strategy(ctx, "mixdq", budget)
     assert res.report["candidates"] and res.report["K"] in (0.8, 1.0, 1.2)
+    # picked: the candidate whose images are closest to the FP images (FakeSelector's MSE)
+    cands = res.report["candidates"]
+    assert len(cands) >= 2 and res.report["chosen_by"] == "lowest MSE to FP images"
+    best = min(cands, key=lambda c: c["mse_to_fp"])
+    assert res.config.config_id == best["config"] and res.report["K"] == best["K"]
+    fp = sel.generate(None, sp.mixdq_pick_images, sp.select_seed).images
+    assert best["mse_to_fp"] == sel.image_mse(res.config, fp, sp.select_seed)
 
 
 def test_strategies_give_a_planted_sensitive_layer_more_bits(tiny_bank, tmp_path: Path) -> None:
@@ -324,8 +331,16 @@ def test_uniform_and_random_best_use_the_cache(tiny_bank, tmp_path: Path) -> Non
     assert best.report["cache_fid"] == min(r["fid"] for r in inside)
     with pytest.raises(BudgetError, match="no measured random config"):
         run_strategy(ctx, "random-best", min(r["avg_bits"] for r in rows) - 1e-3)
+    assert best.config.options == json.loads(min(inside, key=lambda r: r["fid"])["options"])
     uni = run_strategy(ctx, "uniform", 8.0)
     assert uni.config.avg_bits <= 8.0 and len(set(uni.config.options.values())) == 1
+    # no uniform config is in the cache and there is no selector: the least total weight error
+    # among those that fit (kmc4 needs 8.28 bits with its codebooks)
+    stats = {o: bank.summarize(QuantConfig("digits", {l: o for l in bank.layer_names})) for o in OPTIONS}
+    fits = [o for o in OPTIONS if stats[o].avg_bits <= 8.0]
+    want = min(fits, key=lambda o: stats[o].quantized_error)
+    assert "kmc4" not in fits and uni.report["chosen_by"] == "error" and uni.report["option"] == want
+    assert uni.config.options == {l: want for l in bank.layer_names}
 
 
 # ----------------------------------------------------------------------------------------- CLI
