@@ -405,6 +405,13 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
     assert (tmp_path / "out" / "pareto.png").exists() and list((tmp_path / "out" / "grids").glob("*.png"))
     assert (tmp_path / "out" / "configs" / f"error-{b:g}.json").exists()
     assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,avg_bits,fid")
+    # each row's scores are its config's on the evaluation seed set (not the selection one)
+    assert rows[0]["fid"] == pytest.approx(real.score(None, 10, 23)["fid"], rel=1e-9)
+    cfg = QuantConfig.load(tmp_path / "out" / "configs" / f"error-{b:g}.json")
+    assert rows[1]["fid"] == pytest.approx(real.score(cfg, 10, 23)["fid"], rel=1e-9)
+    assert rows[1]["content"] == pytest.approx(real.score(cfg, 10, 23)["content"], abs=1e-12)
+    assert rows[1]["avg_bits"] == pytest.approx(bank.summarize(cfg).avg_bits)
+    assert rows[1]["fid"] != pytest.approx(real.score(cfg, 10, 11)["fid"], rel=1e-6)
     # a re-run skips every finished row and gives the same table
     logs2: list[str] = []
     again = run_evaluation(ctx, real, log=logs2.append, **kw)
