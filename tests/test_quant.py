@@ -120,6 +120,12 @@ def test_apply_and_restore_is_bit_exact(toy: Toy, toy_bank: Bank) -> None:
     config = QuantConfig("toy", {"conv": "kmc3", "head": "uaq3", "mix": "kma4"})
     with quantized(toy, config, toy_bank):
         assert not torch.equal(toy.conv.weight, before["conv.weight"])
+        # each layer holds its own option's dequantized tensor: the quantizer's output on its FP weight
+        for layer, option in config.options.items():
+            w = getattr(toy, layer).weight
+            assert torch.equal(w, toy_bank.dequantize(layer, option))
+            assert torch.equal(w, quantize(before[f"{layer}.weight"], option).dequantize())
+        assert torch.equal(toy.conv.bias, before["conv.bias"])  # biases stay FP
         y_q = toy(x)
     assert not torch.equal(y_fp, y_q)
     for k, v in toy.state_dict().items():
