@@ -1,5 +1,6 @@
-"""`qsens analyze`: measured sensitivity, one layer quantized at a time (layerwise, mixdq), and
-the AIMET-style QuantAnalyzer report (quant-analyzer)."""
+"""`qsens analyze`: measured sensitivity, one layer quantized at a time (layerwise, mixdq), the
+AIMET-style QuantAnalyzer report (quant-analyzer), and seed 003's static activation calibration
+with uniform vs normal time steps (act-calibration)."""
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,27 @@ def register(subparsers) -> None:
         "trajectory (quality group) and SSIM of images vs FP (content group); `quant-analyzer` — AIMET's "
         "QuantAnalyzer: FP vs weight-only vs activation-only vs both, per-layer enable-one / disable-one "
         "sweeps for weight and activation quantizers, min/max ranges, histograms, per-layer MSE and "
-        "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`). `all` is layerwise + mixdq. "
-        "Resumable.")
-    p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer"], nargs="?", default="all")
+        "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`); `act-calibration` — seed 003: "
+        "static activation ranges calibrated on FP-trajectory time steps drawn uniform vs normal, FID + "
+        "content at each activation bit-width on several fresh seed sets with the FP seed noise beside "
+        "(params `act_calibration:`, JSON to --out, default metrics/act_calibration.json). `all` is "
+        "layerwise + mixdq. Resumable (layerwise, mixdq, quant-analyzer).")
+    p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer", "act-calibration"], nargs="?",
+                   default="all")
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output dir (default: DATA/analysis/NAME; quant-analyzer: DATA/analysis/NAME/quant_analyzer)")
+                   help="output dir (default: DATA/analysis/NAME; quant-analyzer: DATA/analysis/NAME/quant_analyzer); "
+                   "act-calibration: the JSON file (default: metrics/act_calibration.json)")
+    p.add_argument("--noise", type=Path, default=Path("metrics/noise.json"),
+                   help="act-calibration: the noise stage's JSON, whose FP seed σ is quoted beside this run's "
+                   "(default: metrics/noise.json; skipped when absent)")
     q = p.add_argument_group("quant-analyzer (override params quant_analyzer.*)")
     q.add_argument("--weight-option", default=None, help="weight quantizer option, e.g. uaq4")
     q.add_argument("--act-bits", type=int, choices=range(2, 9), metavar="{2..8}", default=None, help="activation bits, 2-8")
     q.add_argument("--act-mode", default=None, choices=["static", "dynamic"])
-    q.add_argument("--images", type=images_count, default=None, help="images per scored setting")
+    q.add_argument("--images", type=images_count, default=None,
+                   help="images per scored setting (also act-calibration: act_calibration.images)")
     q.add_argument("--max-layers", type=non_negative_int, default=None, help="layers swept (evenly spaced); 0 = all")
     q.add_argument("--layers", default=None, metavar="REGEX", help="sweep only layers matching REGEX")
     p.add_argument("--threads", type=non_negative_int, default=None)
@@ -50,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     configure_torch(args.threads)
     if args.what == "quant-analyzer":
         return run_quant_analyzer_command(args)
+    if args.what == "act-calibration":
+        return run_act_calibration_command(args)
     params = AnalysisParams.from_yaml(args.params)
     ctx = context(args)
     den = ctx.load_denoiser()
@@ -97,4 +109,35 @@ def run_quant_analyzer_command(args: argparse.Namespace) -> int:
     fid = {k: res[k]["fid"] for k in ("FP", "weights_only", "activations_only", "weights_and_activations")}
     print(f"quant-analyzer: {len(res['swept'])} layers swept in {time.perf_counter() - t0:.1f} s → {out}/index.html; "
           "FID " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} failed" for k, v in fid.items()))
+    return 0
+
+
+def run_act_calibration_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from analysis.act_calibration import ActCalibrationParams, measure_act_calibration
+    from quant.jsonio import check_output_path
+    from sampling.scoring import make_scorer
+
+    params = ActCalibrationParams.from_yaml(args.params)
+    if args.images is not None:
+        params = replace(params, images=args.images)
+    out = check_output_path(args.out or Path("metrics/act_calibration.json"))
+    ctx = context(args)
+    den = ctx.load_denoiser()
+    t0 = time.perf_counter()
+    res = measure_act_calibration(den, make_scorer(den, device=ctx.spec.device), params, out,
+                                  noise_path=args.noise, progress=not args.quiet)
+
+    def fmt(m, se):
+        return "failed" if m is None else f"{m:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+    fp = res["fp"]
+    print(f"act-calibration: {len(res['settings']['image_seeds'])} seed sets × {params.images} images in "
+          f"{time.perf_counter() - t0:.1f} s → {out}; FP FID {fmt(fp['fid_mean'], fp['fid_sem'])} "
+          f"(seed σ {fp['fid_seed_std'] if fp['fid_seed_std'] is None else round(fp['fid_seed_std'], 3)})")
+    for a, c in res["comparison"].items():
+        u, n = res["results"]["uniform"][a], res["results"]["normal"][a]
+        print(f"  {a}: uniform {fmt(u['fid_mean'], u['fid_sem'])}, normal {fmt(n['fid_mean'], n['fid_sem'])}, "
+              f"paired uniform − normal {fmt(c['fid_diff_mean'], c['fid_diff_sem'])}: {c['verdict']}")
     return 0

@@ -16,13 +16,17 @@ def register(subparsers) -> None:
         description="For each strategy and budget (params search.strategies / search.budgets), search a "
         "config and score it for real on the evaluation seed set (evaluate.image_seed, refused if the "
         "cache or the selection used it). Writes metrics/search.json row by row (a re-run skips "
-        "finished rows), metrics/search_pareto.csv, a Pareto plot and sample grids.")
+        "finished rows), metrics/search_pareto.csv, a Pareto plot and sample grids. W/A rows (params "
+        "evaluate.act_*): the configs of act_strategies scored again at A8 and A6 (dynamic activation "
+        "quantization, every layer), and act_mixed_strategies' with per-layer activation bits from an "
+        "integer program at an average of act_mixed_bits (MAC-weighted), in rows with `act` set.")
     p.add_argument("--strategies", default=None, help="comma list (default: search.strategies)")
     p.add_argument("--budgets", default=None, help="A:B:STEP or comma list (default: search.budgets)")
     p.add_argument("--images", type=images_count, default=None, help="images per config (default: evaluate.images)")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/search/NAME)")
     p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"))
     p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"))
+    p.add_argument("--no-act", action="store_true", help="weight-only rows (skip the W/A rows of evaluate.act_*)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -34,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
     from qsens.commands.search import make_context, parse_budget_list
     from quant.errors import QsensError
+    from search.activation import evaluate_params
     from search.evaluate import digest_paths, run_evaluation, strategy_inputs
-    from search.params import STRATEGIES, EvaluateParams
+    from search.params import STRATEGIES
     from search.realscore import RealScorer
 
     configure_torch(args.threads)
-    ep = EvaluateParams.from_yaml(args.params)
+    ep, act = evaluate_params(args.params)
     if args.images is not None:
         ep = replace(ep, images=args.images)
     if ep.images < 2:
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
                           out_dir=args.out or cli.layout.search, metrics_path=args.metrics,
                           pareto_csv=args.pareto_csv, used_seeds=used, input_digest=digest,
-                          log=(lambda m: None) if args.quiet else print)
+                          log=(lambda m: None) if args.quiet else print, act=None if args.no_act else act)
     failed = [r for r in rows if r["status"] != "ok"]
     if not args.quiet:
         print(f"{len(rows) - len(failed)}/{len(rows)} rows scored → {args.metrics}")
