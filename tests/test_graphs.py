@@ -253,6 +253,15 @@ def test_static_features_match_modules(built):
         assert d["params"] >= info.n_weights
         assert 0.0 <= d["depth_norm"] <= 1.0
     assert graph.graph["inputs"]["resolution"] == [16, 16]
+    # depth: the longest path from an input, in nodes; depth_norm divides by the deepest node
+    longest = {}
+    for n in nx.topological_sort(graph):
+        longest[n] = max((longest[p] + 1 for p in graph.predecessors(n)), default=0)
+    deepest = max(longest.values())
+    assert longest["output"] == deepest and graph.nodes["output"]["depth_norm"] == 1.0
+    for n, d in graph.nodes(data=True):
+        assert d["depth"] == longest[n] and d["depth_norm"] == pytest.approx(longest[n] / deepest), n
+    assert graph.nodes["conv_in"]["depth"] < graph.nodes["conv_out"]["depth"]
 
 
 def test_position_parsing():
