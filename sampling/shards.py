@@ -82,7 +82,8 @@ REQUIRED_KEYS = ("config_id", "status")
 
 def check_record(record: dict) -> str | None:
     """Why a shard record cannot be trusted, or None. An `ok` record needs a finite FID >= 0, a
-    finite content score, avg_bits in (0, 32] and at least 2 images; any record a known status."""
+    finite content score (or NaN/null: no content metric), avg_bits in (0, 32] and at least 2
+    images; any record a known status."""
     status = record.get("status")
     if status not in ("ok", "failed"):
         return f"status {status!r} (expected ok or failed)"
@@ -98,8 +99,9 @@ def check_record(record: dict) -> str | None:
     fid, content, bits, n = finite("fid"), finite("content"), finite("avg_bits"), record.get("n_images")
     if fid is None or fid < 0:
         return f"ok record with FID {record.get('fid')!r} (expected a finite value >= 0)"
-    if content is None:
-        return f"ok record with content score {record.get('content')!r} (expected a finite value)"
+    raw = record.get("content")  # NaN / null: the reference has no content metric (content_metric: none)
+    if content is None and not (raw is None or (isinstance(raw, float) and math.isnan(raw))):
+        return f"ok record with content score {raw!r} (expected a finite value, or NaN when there is none)"
     if bits is None or not 0 < bits <= 32:
         return f"ok record with avg_bits {record.get('avg_bits')!r} (expected 0 < bits <= 32)"
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:

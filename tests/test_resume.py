@@ -177,3 +177,18 @@ def test_a_predictor_trained_on_another_bank_is_refused(tmp_path: Path):
     assert rebuilt.fingerprint == bank.fingerprint  # same model weights, other quantizers
     with pytest.raises(QsensError, match="trained with another bank"):
         ens.check_bank(rebuilt)
+
+
+def test_record_checks_accept_a_missing_content_metric_but_not_impossible_values():
+    from sampling.shards import check_record
+
+    ok = {"config_id": "x", "status": "ok", "fid": 3.0, "content": 0.9, "avg_bits": 3.5, "n_images": 8}
+    assert check_record(ok) is None
+    assert check_record({**ok, "content": float("nan")}) is None  # content_metric: none
+    assert check_record({**ok, "content": None}) is None
+    assert "content" in check_record({**ok, "content": float("inf")})
+    assert "FID" in check_record({**ok, "fid": -0.1})
+    assert "avg_bits" in check_record({**ok, "avg_bits": 0.0})
+    assert "n_images" in check_record({**ok, "n_images": 1})
+    assert check_record({"config_id": "x", "status": "failed", "fid": None}) is None
+    assert "status" in check_record({**ok, "status": "done"})
