@@ -218,5 +218,30 @@ def test_mixdq_groups_sqnr_and_ssim(tiny_digits_denoiser, small_bank, tmp_path: 
     # 4-bit is closer to FP than 3-bit for the same layer (SQNR higher)
     q = quality.set_index(["layer", "option"])["sqnr_db"]
     assert q[("conv_in", "uaq4")] > q[("conv_in", "uaq3")]
+    # the values by hand: SQNR of the output on the same calibration draw, SSIM of the images of
+    # that one layer quantized against the FP images of the same seeds
+    from analysis.calibration import collect_calibration, run_model, sqnr_db
+    from analysis.ssim import ssim
+    from quant.apply import quantized
+    from quant.config import QuantConfig
+
+    den = tiny_digits_denoiser
+    calib = collect_calibration(den, p.calib_samples, trajectories=p.calib_trajectories, seed=p.calib_seed,
+                                how=p.calib_timesteps, mean=p.calib_normal_mean, std=p.calib_normal_std,
+                                steps=p.steps)
+    y_fp = run_model(den.model, calib)
+    fp_images = den.generate(p.ssim_images, p.ssim_seed).images
+    with quantized(den.model, QuantConfig("digits", {"conv_in": "uaq3"}), small_bank):
+        assert q[("conv_in", "uaq3")] == pytest.approx(sqnr_db(y_fp, run_model(den.model, calib)), rel=1e-9)
+    # (time_emb_proj at 3 bits leaves this untrained model's images unchanged: SSIM 1; conv_out,
+    # made a content layer here, changes them)
+    p2 = AnalysisParams(calib_samples=8, calib_trajectories=4, ssim_images=10,
+                        content_patterns=(*p.content_patterns, "^conv_out$"))
+    df2 = measure_mixdq(den, small_bank, p2, tmp_path / "conv_out", layers=["conv_out"], options=["uaq3"],
+                        progress=False)
+    with quantized(den.model, QuantConfig("digits", {"conv_out": "uaq3"}), small_bank):
+        want = float(ssim(den.generate(p.ssim_images, p.ssim_seed).images, fp_images, reduction="mean"))
+    assert df2["group"].tolist() == ["content"] and want < 0.99
+    assert df2["ssim"][0] == pytest.approx(want, abs=1e-12) and df2["score"][0] == df2["ssim"][0]
     info = json.loads((tmp_path / "mixdq.json").read_text())
     assert info["calibration"]["timesteps"] == "uniform" and sum(info["calibration"]["step_histogram"]) == 8
