@@ -127,6 +127,31 @@ def test_same_scores_twice_and_with_two_processes(prepared: Path, tmp_path: Path
     assert len(list((tmp_path / "two").glob("worker-*.jsonl"))) == 2
 
 
+def test_cache_rows_are_the_scores_of_their_configs(prepared: Path, one_local_worker) -> None:
+    """A row's FID/content are its config's, applied from the bank, on the image seed set
+    (`--image-seed`, 0 here; `--seed 3` is the config stream), and its size the bank's."""
+    import json
+
+    from denoisers.registry import load_denoiser
+    from quant.apply import quantized
+    from quant.bank import Bank
+    from quant.config import QuantConfig
+    from sampling.scoring import evaluate, make_scorer
+
+    den = load_denoiser("digits", data_dir=prepared)
+    bank = Bank.load(prepared / "bank" / "digits")
+    scorer = make_scorer(den)
+    config_id, fid, content, avg_bits, options = one_local_worker[0]
+    config = QuantConfig("digits", json.loads(options))
+    assert config.config_id == config_id
+    with quantized(den.model, config, bank):
+        score, _ = evaluate(den, scorer, 8, seed=0)
+    assert fid == pytest.approx(score.fid, rel=1e-9) and content == pytest.approx(score.content, abs=1e-12)
+    assert avg_bits == pytest.approx(bank.summarize(config).avg_bits, rel=1e-12)
+    fp, _ = evaluate(den, scorer, 8, seed=0)
+    assert abs(fid - fp.fid) > 1e-6 * fp.fid
+
+
 def test_ray_two_workers_match_one_local_worker(prepared: Path, tmp_path: Path, one_local_worker) -> None:
     pytest.importorskip("ray")
     qsens(*sample_args(prepared, tmp_path / "ray", 4, "--backend", "ray", "--workers", "2", "--threads", "1"))
