@@ -331,6 +331,16 @@ def test_cli_train_and_inspect(synthetic, tmp_path):
     assert set(m) >= {"ensemble", "folds", "baselines"} and "ridge" in m["baselines"]
     table = pd.read_parquet(out / "sensitivity.parquet")
     assert list(table.columns) == ["layer", "option", "delta_fid", "delta_fid_std", "block"]
+    # the stage's table is the saved ensemble's, around the highest-bits reference
+    from predictor.api import Ensemble
+
+    ens = Ensemble.load(out)
+    pd.testing.assert_frame_equal(table, ens.sensitivity(), check_exact=False, atol=1e-6)
+    ref = highest_bits_reference(ens.template)
+    assert (table[[ref[l] == o for l, o in zip(table.layer, table.option)]].delta_fid == 0).all()
+    test = pd.read_parquet(out / "predictions.parquet").query("split == 'test'")
+    assert m["ensemble"]["spearman"] == pytest.approx(
+        all_metrics(test.cost.to_numpy(), test.pred.to_numpy())["spearman"], abs=1e-5)
     assert (out / "blocks.parquet").is_file() and (out / "plots" / "scatter.png").is_file()
     assert (out / "plots" / "report.md").is_file()
     scatter = pd.read_csv(metrics.parent / "predictor_scatter.csv")
