@@ -232,6 +232,14 @@ def test_cli_prepare_with_tiny_params(tmp_path, capsys):
     assert 0 <= figures["classifier_test_accuracy"] <= 1 and figures["quantizable_layers"] > 10
     ref = tmp_path / "data" / "reference" / "digits"
     assert (ref / "stats.safetensors").exists() and (ref / "classifier.safetensors").exists()
+    # the reported accuracy is the saved classifier's on the held-out split
+    clf, _ = DigitsClassifier.load(ref)
+    images, labels = load_digit_images()
+    p = DigitsParams()
+    _, test = split_indices(labels, p.test_fraction, p.seed)
+    with torch.inference_mode():
+        pred = clf(torch.from_numpy(images[test]).float()[:, None] / 255.0).argmax(1).numpy()
+    assert figures["classifier_test_accuracy"] == pytest.approx(float((pred == labels[test]).mean()), abs=1e-4)
     assert (tmp_path / "data" / "models" / "digits" / "unet" / "config.json").exists()
 
 
