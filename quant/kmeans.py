@@ -1,26 +1,29 @@
-"""Batched 1-D k-means over the rows of a matrix, exact Lloyd iterations on sorted data.
+"""Batched 1-D k-means over the rows of a matrix: near-optimal clusters, O(n) per row, no sort
+of long rows, no random numbers.
 
-Why it is fast: in one dimension a cluster is a contiguous run of the sorted values, so after
-sorting each row once every Lloyd step is only
-  1. boundaries  = searchsorted(sorted_row, midpoints between neighbouring centroids)  O(k log n)
-  2. cluster sum = prefix_sum[end] - prefix_sum[start]                                O(k)
-  3. centroid    = cluster sum / cluster count
-and the within-cluster squared error comes from prefix sums of squares in O(k) too. A step
-costs O(R·k·log n) instead of O(R·n·k), so we can afford several initialisations and run Lloyd
-to convergence; the sort (done once) dominates.
+In one dimension a cluster is a contiguous run of the sorted values, so k-means is a partition
+of the sorted row into k runs, and its optimum comes from dynamic programming over the split
+positions (Wang & Song, "Ckmeans.1d.dp", R Journal 3(2), 2011). Minimising the within-cluster
+sum of squares SSE = Σx² - Σ_c S_c²/N_c is maximising Σ_c S_c²/N_c (S_c, N_c: sum and count of
+cluster c); with prefix counts and sums, each S_c²/N_c costs O(1).
 
-Initialisations (deterministic; with several, the best is kept per row). Default: greedy only,
-which on Laplace rows matches or beats sklearn's k-means++ (bench/kmeans.py); the others are
-kept for experiments:
-  - "greedy": global-k-means-style growth: start from the mean; add the centroid (among up to
-    `GREEDY_CANDIDATES` quantile positions) whose insertion lowers the SSE most, computed exactly
-    from prefix sums; a few Lloyd steps; repeat until k. This is what escapes the local optima
-    that quantile seeding falls into on heavy-tailed weights (few centroids in the tails);
-  - "quantile": centroids at the centres of k equal-mass bins;
-  - "cuberoot": centroids at equal-mass bins of p(x)^(1/3), the high-resolution optimum for
-    MSE quantizers (Panter–Dite), estimated from a histogram; it puts more centroids in the tails
-    of heavy-tailed weights, where quantile init converges slowly;
-  - "uniform": equally spaced between min and max.
+Per row:
+  1. atoms: the row itself, sorted (rows of at most `SORT_MAX` values), else an equal-width
+     histogram (count and exact float64 sum of the values in each bin: one O(n) pass). Every
+     later step sees only prefix counts and sums over the atoms.
+  2. a dynamic programme over candidate split positions, in two stages:
+       a. coarse, shared by all boundaries: `CELL_SPLITS`·k quantiles of the cube-root density
+          (the Panter-Dite rule, optimal cells are equal in it) plus the `TAIL` most extreme
+          values at each end one by one (a heavy tail's few outliers often own clusters that the
+          density rule does not foresee); a cluster spans at most `BAND` candidates;
+       b. fine: each split gets `WINDOW` candidates spread by count between the coarse
+          candidates either side of it.
+     Each stage is an exact maximum over its candidates. With at most `EXACT_ATOMS` atoms every
+     position is a candidate: the exact optimum (for a sorted row, the global k-means optimum).
+  3. Lloyd iterations on the atoms (O(k log m) each), until no boundary moves or `max_iter`.
+
+The same input gives the same centroids bit for bit on a CPU. `assign` gives nearest-centroid
+codes; a value at a midpoint goes to the right-hand centroid.
 """
 from __future__ import annotations
 
@@ -28,188 +31,354 @@ from dataclasses import dataclass
 
 import torch
 
-INITS: tuple[str, ...] = ("greedy",)
-LARGE_K_INITS: tuple[str, ...] = ("cuberoot",)  # k > GREEDY_MAX_K: k greedy steps cost too much
-GREEDY_MAX_K = 32
-GREEDY_CANDIDATES = 64
-GREEDY_LLOYD_STEPS = 2
+from quant.errors import QsensError
+
+SORT_MAX = 64  # rows up to this long (or up to k) are sorted; longer ones are histogrammed
+ROW_BINS = 1024  # histogram bins per row (K-Means-C rows longer than SORT_MAX)
+FLAT_BINS = 1 << 14  # histogram bins of a single row (K-Means-A: the whole tensor in one row)
+DENSITY_BINS = 512  # equal-width bins of the density estimate that places coarse candidates
+EXACT_ATOMS = SORT_MAX + 1  # rows of fewer atoms get the exact optimum
+CELL_SPLITS, TAIL, BAND, WINDOW = 4, 12, 16, 16  # candidates of the two DP stages (many rows)
+FLAT_CELL_SPLITS, FLAT_TAIL, FLAT_BAND, FLAT_WINDOW = 16, 16, 64, 64  # one row: afford more
+MAX_ITER = 5  # Lloyd iterations after the dynamic programme (more change nothing measurable)
+_BLOCK = 1 << 18  # elements per block of the O(n) passes: stays in a CPU cache
+_CUDA_BLOCK = 1 << 26
+_DP_BLOCK = 1 << 20  # elements per block of the DP's (rows, candidates, candidates) tensors
+_NEG = float("-inf")
 
 
 @dataclass
 class KMeansResult:
     centroids: torch.Tensor  # (R, k), ascending per row, float32
-    sse: torch.Tensor  # (R,) within-cluster sum of squares, float64
-    iterations: int
+    sse: torch.Tensor  # (R,) float64: within-cluster sum of squares of the final partition of the atoms
+    iterations: int  # Lloyd iterations after the dynamic programme
 
 
-def _segment_stats(
-    csum: torch.Tensor, csq: torch.Tensor, bounds: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-cluster count, sum and sum of squares from prefix sums.
+@dataclass
+class _Atoms:
+    """Rows of weighted points, ascending, centred on the row mean: all k-means needs of a row.
+    Atoms are either the sorted values (pos) or the bins of an equal-width histogram."""
 
-    csum, csq: (R, n+1) prefix sums (leading zero); bounds: (R, k-1) split positions in [0, n].
-    Returns count, sum, sumsq, each (R, k).
-    """
-    R = csum.shape[0]
-    zeros = torch.zeros(R, 1, dtype=bounds.dtype, device=bounds.device)
-    ends = torch.full((R, 1), n, dtype=bounds.dtype, device=bounds.device)
-    edges = torch.cat([zeros, bounds, ends], dim=1)  # (R, k+1)
-    s = csum.gather(1, edges)
-    q = csq.gather(1, edges)
-    count = (edges[:, 1:] - edges[:, :-1]).to(csum.dtype)
-    return count, s[:, 1:] - s[:, :-1], q[:, 1:] - q[:, :-1]
+    cnt: torch.Tensor  # (R, m+1) float64 prefix counts, leading zero
+    sum: torch.Tensor  # (R, m+1) float64 prefix sums of the centred values, leading zero
+    sumsq: torch.Tensor  # (R,) float64: Σ (x - mean)² over the row
+    mean: torch.Tensor  # (R, 1) float64 row mean
+    density: torch.Tensor  # (R, H) float64 counts in H equal-width bins over [lo, lo + width]
+    lo: torch.Tensor  # (R, 1) float64 centred row minimum
+    width: torch.Tensor  # (R, 1) float64 max - min (> 0)
+    pos: torch.Tensor | None = None  # (R, m) sorted centred values; None for histogram atoms
 
+    @property
+    def m(self) -> int:
+        return self.cnt.shape[1] - 1
 
-def _bounds(sorted_x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Split positions of each cluster in the sorted rows: values < midpoint go left."""
-    mid = (centroids[:, 1:] + centroids[:, :-1]) * 0.5  # (R, k-1)
-    return torch.searchsorted(sorted_x, mid.to(sorted_x.dtype).contiguous())
-
-
-def _init_centroids(sorted_x: torch.Tensor, k: int, how: str) -> torch.Tensor:
-    """(R, n) sorted rows -> (R, k) ascending initial centroids (float64)."""
-    R, n = sorted_x.shape
-    x = sorted_x.to(torch.float64)
-    if how == "quantile":
-        pos = ((torch.arange(k, device=x.device, dtype=torch.float64) + 0.5) / k * (n - 1)).round().long()
-        return x[:, pos]
-    lo, hi = x[:, :1], x[:, -1:]
-    if how == "uniform":
-        t = (torch.arange(k, device=x.device, dtype=torch.float64) + 0.5) / k
-        return lo + (hi - lo) * t
-    if how == "cuberoot":
-        bins = 256
-        width = (hi - lo).clamp_min(1e-30)
-        edges = lo + width * torch.linspace(0, 1, bins + 1, device=x.device, dtype=torch.float64)
-        counts = torch.diff(torch.searchsorted(sorted_x.to(torch.float64), edges.contiguous()), dim=1)
-        density = counts.to(torch.float64).pow(1.0 / 3.0)  # (R, bins)
-        cdf = torch.cumsum(density, dim=1)
-        cdf = cdf / cdf[:, -1:].clamp_min(1e-30)
-        targets = ((torch.arange(k, device=x.device, dtype=torch.float64) + 0.5) / k).expand(R, k)
-        idx = torch.searchsorted(cdf, targets.contiguous()).clamp_max(bins - 1)
-        prev = torch.where(idx > 0, cdf.gather(1, (idx - 1).clamp_min(0)), torch.zeros_like(targets))
-        cur = cdf.gather(1, idx)
-        frac = ((targets - prev) / (cur - prev).clamp_min(1e-30)).clamp(0, 1)
-        return lo + width * (idx.to(torch.float64) + frac) / bins
-    raise ValueError(f"unknown k-means init {how!r}; expected greedy, quantile, cuberoot or uniform")
+    def split(self, v: torch.Tensor) -> torch.Tensor:
+        """Atom index where centred values v (R, q) split each row: atoms (values, or bin
+        centres) below v go left, the rest right."""
+        if self.pos is not None:
+            return torch.searchsorted(self.pos, v.contiguous())
+        t = torch.ceil((v - self.lo) * (self.m / self.width) - 0.5)
+        return t.clamp_(0, self.m).long()
 
 
-def _range_stats(sorted_x: torch.Tensor, csum: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Count and sum of the values of each row in [lo, hi) (lo, hi: (R, m) float64)."""
-    a = torch.searchsorted(sorted_x, lo.to(sorted_x.dtype).contiguous())
-    b = torch.searchsorted(sorted_x, hi.to(sorted_x.dtype).contiguous())
-    b = torch.maximum(a, b)
-    return (b - a).to(csum.dtype), csum.gather(1, b) - csum.gather(1, a)
+def _blocks(R: int, n: int, block: int):
+    """(rows, cols) slices tiling an (R, n) matrix, each of about `block` elements at most."""
+    if n >= block:
+        for r in range(R):
+            for c in range(0, n, block):
+                yield slice(r, r + 1), slice(c, min(n, c + block))
+    else:
+        step = max(1, block // n)
+        for r in range(0, R, step):
+            yield slice(r, min(R, r + step)), slice(0, n)
 
 
-def _greedy_init(sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, k: int) -> torch.Tensor:
-    """Grow from 1 to k centroids, each time inserting the candidate with the largest SSE drop.
-
-    Inserting v between neighbours c_l <= v <= c_r takes over [(c_l+v)/2, (v+c_r)/2); a point x
-    there moving from c to v lowers its cost by (v-c)(2x-c-v), so the drop of a segment is
-    (v-c)(2·Σx - (c+v)·N): two segments (from c_l, from c_r), O(1) each with prefix sums.
-    """
-    R, n = sorted_x.shape
-    big = 1e30  # stands in for the missing neighbour of an end centroid
-    # float64: in float32 the last position of a row past 2^24 values rounds up to n (out of range)
-    pos = torch.linspace(0, n - 1, min(n, GREEDY_CANDIDATES), dtype=torch.float64,
-                         device=sorted_x.device).round().long().clamp_max(n - 1)
-    cand = sorted_x[:, pos].to(torch.float64)  # (R, B)
-    centroids = (csum[:, -1:] / n)  # (R, 1)
-    for _ in range(k - 1):
-        m = centroids.shape[1]
-        idx = torch.searchsorted(centroids.contiguous(), cand.contiguous())  # (R, B) in [0, m]
-        c_l = torch.where(idx > 0, centroids.gather(1, (idx - 1).clamp_min(0)), torch.full_like(cand, -big))
-        c_r = torch.where(idx < m, centroids.gather(1, idx.clamp_max(m - 1)), torch.full_like(cand, big))
-        split = (c_l + c_r) * 0.5
-        n_l, s_l = _range_stats(sorted_x, csum, (c_l + cand) * 0.5, split)
-        n_r, s_r = _range_stats(sorted_x, csum, split, (cand + c_r) * 0.5)
-        # A missing neighbour owns no points (N = S = 0), so its huge c cancels to zero.
-        gain = torch.where(n_l > 0, (cand - c_l) * (2 * s_l - (c_l + cand) * n_l), torch.zeros_like(cand))
-        gain = gain + torch.where(n_r > 0, (cand - c_r) * (2 * s_r - (c_r + cand) * n_r), torch.zeros_like(cand))
-        best = gain.argmax(dim=1, keepdim=True)
-        centroids, _ = torch.sort(torch.cat([centroids, cand.gather(1, best)], dim=1), dim=1)
-        centroids, _, _ = _lloyd(sorted_x, csum, csq, centroids, GREEDY_LLOYD_STEPS)
-    return centroids
+def _block_size(device: torch.device) -> int:
+    return _CUDA_BLOCK if device.type == "cuda" else _BLOCK
 
 
-def _lloyd(
-    sorted_x: torch.Tensor, csum: torch.Tensor, csq: torch.Tensor, centroids: torch.Tensor, max_iter: int,
-    tol: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Lloyd until no boundary moves, or (tol > 0) until every row's summed squared centroid
-    shift is at most tol × its variance (sklearn's rule). Empty clusters keep their centroid."""
-    R, n = sorted_x.shape
-    limit = tol * (csq[:, -1] / n - (csum[:, -1] / n) ** 2)  # (R,) tol × variance
-    first = torch.zeros(R, 1, dtype=torch.long, device=sorted_x.device)
-    last = torch.full((R, 1), n, dtype=torch.long, device=sorted_x.device)
-    bounds = _bounds(sorted_x, centroids)
+def _prefix(v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(v[:, :1]), torch.cumsum(v, dim=1)], dim=1)
+
+
+def _histogram(x: torch.Tensor, bins: int, with_sums: bool):
+    """Equal-width bins of each row between its min and max: counts (float64), and with_sums the
+    sums of the values in each bin (float64) and Σx² of each row. Returns lo, hi (R, 1) float64,
+    counts (R, bins), sums (R, bins) or None, sumsq (R,) or None."""
+    R, n = x.shape
+    dev = x.device
+    lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise QsensError("k-means input has non-finite values (nan or inf): check the model's weights")
+    scale = (bins / (hi.double() - lo.double()).clamp_min(1e-300)).to(torch.float32)
+    cnt = torch.zeros(R, bins, dtype=torch.float64, device=dev)
+    sums = torch.zeros(R, bins, dtype=torch.float64, device=dev) if with_sums else None
+    sq = torch.zeros(R, dtype=torch.float64, device=dev) if with_sums else None
+    for rows, cols in _blocks(R, n, _block_size(dev)):
+        xb = x[rows, cols]
+        r = xb.shape[0]
+        idx = torch.sub(xb, lo[rows]).mul_(scale[rows]).to(torch.int32).clamp_(0, bins - 1)
+        if r > 1:
+            idx += torch.arange(0, r * bins, bins, dtype=torch.int32, device=dev)[:, None]
+        idx = idx.reshape(-1)
+        cnt[rows] += torch.bincount(idx, minlength=r * bins).reshape(r, bins)
+        if with_sums:
+            # float32 sums of values that share a bin lose nothing that fp16 centroids keep
+            sums[rows] += torch.bincount(idx, weights=xb.reshape(-1), minlength=r * bins).reshape(r, bins)
+            sq[rows] += torch.sum(xb * xb, dim=1, dtype=torch.float64)
+    return lo.double(), hi.double(), cnt, sums, sq
+
+
+def _coarsen(counts: torch.Tensor, bins: int) -> torch.Tensor:
+    R, m = counts.shape
+    return counts.reshape(R, bins, m // bins).sum(dim=2) if m > bins and m % bins == 0 else counts
+
+
+def _sorted_atoms(x: torch.Tensor) -> _Atoms:
+    R, n = x.shape
+    lo, hi, density, _, _ = _histogram(x, min(DENSITY_BINS, n), with_sums=False)
+    xs = torch.sort(x, dim=1).values.to(torch.float64)
+    mean = xs.mean(dim=1, keepdim=True)
+    pos = xs - mean
+    cnt = torch.arange(n + 1, dtype=torch.float64, device=x.device).expand(R, n + 1).contiguous()
+    return _Atoms(cnt, _prefix(pos), (pos * pos).sum(dim=1), mean, density, lo - mean,
+                  (hi - lo).clamp_min(1e-300), pos)
+
+
+def _histogram_atoms(x: torch.Tensor, bins: int) -> _Atoms:
+    R, n = x.shape
+    lo, hi, cnt, sums, sq = _histogram(x, bins, with_sums=True)
+    mean = sums.sum(dim=1, keepdim=True) / n
+    sums -= cnt * mean  # centred: the DP's S²/N then works on small numbers
+    sumsq = (sq - n * mean[:, 0] ** 2).clamp_min(0)
+    return _Atoms(_prefix(cnt), _prefix(sums), sumsq, mean, _coarsen(cnt, DENSITY_BINS), lo - mean,
+                  (hi - lo).clamp_min(1e-300))
+
+
+def _coarse_candidates(a: _Atoms, k: int, cell_splits: int, tail: int) -> torch.Tensor:
+    """(R, M) ascending split positions in [0, m], first 0 and last m, shared by all boundaries."""
+    R, m = a.cnt.shape[0], a.m
+    dev = a.cnt.device
+    H = a.density.shape[1]
+    g = _prefix(a.density.pow(1.0 / 3.0))
+    g = g / g[:, -1:].clamp_min(1e-300)  # (R, H+1) cube-root cdf at the bin edges
+    B = cell_splits * k
+    u = (torch.arange(1, B, dtype=torch.float64, device=dev) / B).expand(R, B - 1).contiguous()
+    b = torch.searchsorted(g, u).clamp(1, H)
+    g0, g1 = g.gather(1, b - 1), g.gather(1, b)
+    t = (b - 1).to(torch.float64) + ((u - g0) / (g1 - g0).clamp_min(1e-300)).clamp(0, 1)
+    core = a.split(a.lo + a.width * t / H)
+    e = torch.arange(1, tail + 1, dtype=torch.float64, device=dev)
+    n = a.cnt[:, -1:]
+    tails = torch.searchsorted(a.cnt, torch.cat([e.expand(R, tail), n - e.flip(0)], dim=1).contiguous())
+    ends = torch.tensor([0, m], device=dev).expand(R, 2)
+    return torch.sort(torch.cat([ends, core, tails], dim=1).clamp(0, m), dim=1).values
+
+
+def _value(n: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """S²/N of clusters with count n and centred sum s; 0 when empty, -inf when n < 0."""
+    v = s * s / n.clamp_min(1e-30)
+    return v.masked_fill_(n < 0, _NEG)
+
+
+def _maxplus(f: torch.Tensor, prev: torch.Tensor, width: int) -> torch.Tensor:
+    """out[:, b] = max_i f[:, i, b] + prev[:, b + i] for f (r, I, width), prev (r, I - 1 + width).
+    A loop of in-place adds and maxima: far faster on a CPU than a reduction over a short dim."""
+    out = torch.add(f[:, 0], prev[:, :width])
+    tmp = torch.empty_like(out)
+    for i in range(1, f.shape[1]):
+        torch.maximum(out, torch.add(f[:, i], prev[:, i : i + width], out=tmp), out=out)
+    return out
+
+
+def _dp_band(a: _Atoms, cand: torch.Tensor, k: int, band: int, dtype: torch.dtype) -> torch.Tensor:
+    """Best partition into k clusters split at candidates cand (R, M) (ascending, 0 first, m last);
+    a middle cluster spans at most band-1 candidates. Returns edges (R, k+1) (0, splits, m)."""
+    R, M = cand.shape
+    band = min(band, M)
+    dev = cand.device
+    edges = torch.empty(R, k + 1, dtype=torch.long, device=dev)
+    edges[:, 0], edges[:, k] = 0, a.m
+    nc = a.cnt.gather(1, cand).to(dtype)
+    sc = a.sum.gather(1, cand).to(dtype)
+    step = max(1, _DP_BLOCK // (M * band))
+    for r in range(0, R, step):
+        rs = slice(r, r + step)
+        n, s = nc[rs], sc[rs]
+        rr = n.shape[0]
+        pad = torch.full((rr, band - 1), float("inf"), dtype=dtype, device=dev)
+        # f[row, i, b]: value of the cluster from split b - band + 1 + i to split b (the padding
+        # stands before the first split).
+        nw = torch.cat([pad, n], dim=1).unfold(1, band, 1).transpose(1, 2)
+        sw = torch.cat([pad.zero_(), s], dim=1).unfold(1, band, 1).transpose(1, 2)
+        f = _value(n[:, None, :] - nw, s[:, None, :] - sw).contiguous()  # (rr, band, M)
+        neg = torch.full((rr, band - 1), _NEG, dtype=dtype, device=dev)
+        values = [_value(n, s)]  # one cluster [0, cand_b)
+        for _ in range(k - 2):
+            values.append(_maxplus(f, torch.cat([neg, values[-1]], dim=1), M))
+        last = _value(n[:, -1:] - n, s[:, -1:] - s)  # one cluster [cand_a, m)
+        # Back-track, recomputing the maximiser at the one split kept (cheaper than storing them).
+        at = (values[-1] + last).argmax(dim=1, keepdim=True)  # (rr, 1): split k-1
+        e = edges[rs]
+        e[:, k - 1 : k] = cand[rs].gather(1, at)
+        offsets = torch.arange(band, device=dev)
+        for j in range(k - 2, 0, -1):
+            prev = torch.cat([neg, values[j - 1]], dim=1).gather(1, at + offsets)
+            tot = prev + f.gather(2, at[:, None, :].expand(rr, band, 1))[:, :, 0]
+            at = at - band + 1 + tot.argmax(dim=1, keepdim=True)
+            e[:, j : j + 1] = cand[rs].gather(1, at)
+    return edges
+
+
+def _windows(a: _Atoms, coarse: torch.Tensor, edges: torch.Tensor, window: int) -> torch.Tensor:
+    """(R, k-1, W) split positions for each split of edges (R, k+1), spread by count between the
+    coarse candidates either side of it."""
+    R, M = coarse.shape
+    at = torch.searchsorted(coarse.contiguous(), edges[:, 1:-1].contiguous())
+    lo = coarse.gather(1, (at - 1).clamp(0, M - 1))
+    hi = coarse.gather(1, (at + 1).clamp(0, M - 1))
+    lo_c, hi_c = a.cnt.gather(1, lo), a.cnt.gather(1, hi)
+    steps = torch.linspace(0, 1, window, dtype=torch.float64, device=coarse.device)
+    target = lo_c[..., None] + (hi_c - lo_c)[..., None] * steps
+    cand = torch.searchsorted(a.cnt, target.reshape(R, -1).contiguous()).view(R, -1, window)
+    return torch.minimum(torch.maximum(cand, lo[..., None]), hi[..., None])
+
+
+def _dp_windows(a: _Atoms, cand: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Best partition with split j among cand[:, j-1] (R, k-1, W). Returns edges (R, k+1)."""
+    R, _, W = cand.shape
+    dev = cand.device
+    edges = torch.empty(R, k + 1, dtype=torch.long, device=dev)
+    edges[:, 0], edges[:, k] = 0, a.m
+    flat = cand.reshape(R, -1)
+    nc = a.cnt.gather(1, flat).view(R, k - 1, W).to(dtype)
+    sc = a.sum.gather(1, flat).view(R, k - 1, W).to(dtype)
+    step = max(1, _DP_BLOCK // (W * W))
+    for r in range(0, R, step):
+        rs = slice(r, r + step)
+        n, s = nc[rs], sc[rs]
+
+        values = [_value(n[:, 0], s[:, 0])]
+        for j in range(1, k - 1):
+            # [row, split j-1, split j]; loop of in-place maxima, not a reduction (see _maxplus)
+            f = _value(n[:, j, None, :] - n[:, j - 1, :, None], s[:, j, None, :] - s[:, j - 1, :, None])
+            f.add_(values[-1][:, :, None])
+            out = f[:, 0].clone()
+            for i in range(1, W):
+                torch.maximum(out, f[:, i], out=out)
+            values.append(out)
+        last = _value(a.cnt[rs, -1:].to(dtype) - n[:, -1], a.sum[rs, -1:].to(dtype) - s[:, -1])
+        at = (values[-1] + last).argmax(dim=1, keepdim=True)
+        e = edges[rs]
+        e[:, k - 1 : k] = cand[rs, k - 2].gather(1, at)
+        for j in range(k - 2, 0, -1):
+            col = _value(n[:, j].gather(1, at) - n[:, j - 1], s[:, j].gather(1, at) - s[:, j - 1])  # (rr, W)
+            at = (col + values[j - 1]).argmax(dim=1, keepdim=True)
+            e[:, j : j + 1] = cand[rs, j - 1].gather(1, at)
+    return edges
+
+
+def _means(a: _Atoms, edges: torch.Tensor, fallback: torch.Tensor | None) -> torch.Tensor:
+    """Mean of each cluster between consecutive edges; an empty one keeps `fallback` or, without
+    it, takes the nearest non-empty neighbour's mean (a duplicate centroid: codes stay valid)."""
+    n, s = a.cnt.gather(1, edges), a.sum.gather(1, edges)
+    count, total = n[:, 1:] - n[:, :-1], s[:, 1:] - s[:, :-1]
+    c = total / count.clamp_min(1e-300)
+    full = count > 0
+    if fallback is not None:
+        return torch.where(full, c, fallback)
+    k = c.shape[1]
+    ids = torch.arange(k, device=c.device).expand_as(c)
+    left = torch.cummax(torch.where(full, ids, torch.full_like(ids, -1)), dim=1).values
+    right = torch.cummin(torch.where(full, ids, torch.full_like(ids, k)).flip(1), dim=1).values.flip(1)
+    return c.gather(1, torch.where(left >= 0, left, right).clamp(0, k - 1))
+
+
+def _lloyd(a: _Atoms, c: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Lloyd on the atoms (an atom whose mean is below a midpoint goes left) until no boundary
+    moves or max_iter. Returns centroids, edges (R, k+1), iterations."""
+    R, m = c.shape[0], a.m
+    first = torch.zeros(R, 1, dtype=torch.long, device=c.device)
+    last = torch.full((R, 1), m, dtype=torch.long, device=c.device)
+
+    def edges_of(c: torch.Tensor) -> torch.Tensor:
+        mid = (c[:, 1:] + c[:, :-1]) * 0.5
+        return torch.cat([first, a.split(mid), last], dim=1)
+
+    edges = edges_of(c)
     it = 0
     for it in range(1, max_iter + 1):
-        # Inlined `_segment_stats` without the squares: this loop is the hot path.
-        edges = torch.cat([first, bounds, last], dim=1)  # (R, k+1)
-        s = csum.gather(1, edges)
-        count = (edges[:, 1:] - edges[:, :-1]).to(csum.dtype)
-        new = torch.where(count > 0, (s[:, 1:] - s[:, :-1]) / count.clamp_min(1), centroids)
-        # Keep rows sorted: a centroid that kept its old place (empty cluster) may now sit out of order.
-        new = torch.sort(new, dim=1).values
-        shift = ((new - centroids) ** 2).sum(dim=1)
-        centroids = new
-        new_bounds = _bounds(sorted_x, centroids)
-        done = torch.equal(new_bounds, bounds) or (tol > 0 and bool((shift <= limit).all()))
-        bounds = new_bounds
-        if done:
+        c = torch.sort(_means(a, edges, c), dim=1).values
+        new = edges_of(c)
+        if torch.equal(new, edges):
             break
-    count, total, sq = _segment_stats(csum, csq, bounds, n)
-    sse = (sq - total * total / count.clamp_min(1)).clamp_min(0).sum(dim=1)
-    return centroids, sse, it
+        edges = new
+    return c, edges, it
 
 
-def kmeans_1d_sorted(
-    sorted_x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None,
-    tol: float = 1e-4,
-) -> KMeansResult:
-    """k-means of each row of `sorted_x` (R, n), rows sorted ascending. Deterministic.
+def _sse(a: _Atoms, edges: torch.Tensor) -> torch.Tensor:
+    n, s = a.cnt.gather(1, edges), a.sum.gather(1, edges)
+    return (a.sumsq - _value(n[:, 1:] - n[:, :-1], s[:, 1:] - s[:, :-1]).sum(dim=1)).clamp_min(0)
 
-    Rows with fewer distinct values than k get duplicate centroids (harmless: codes are valid).
+
+def kmeans_1d(x: torch.Tensor, k: int, max_iter: int | None = None) -> KMeansResult:
+    """k-means with k clusters of each row of `x` (R, n), any float dtype, CPU or CUDA.
+
+    R == 1 (K-Means-A: a whole tensor) uses finer histograms and more DP candidates than many
+    rows (K-Means-C). Rows with fewer distinct values than k get duplicate centroids.
+    Raises ValueError for a non-2-D or empty x or k < 1, QsensError for nan/inf values.
     """
-    if sorted_x.dim() != 2:
-        raise ValueError(f"expected a 2-D (rows, values) tensor, got shape {tuple(sorted_x.shape)}")
-    if inits is None:
-        # At many clusters the Panter-Dite density is accurate, and greedy growth would take k steps.
-        inits = INITS if k <= GREEDY_MAX_K else LARGE_K_INITS
-    R, n = sorted_x.shape
-    x64 = sorted_x.to(torch.float64)
-    zero = torch.zeros(R, 1, dtype=torch.float64, device=x64.device)
-    csum = torch.cat([zero, torch.cumsum(x64, dim=1)], dim=1)  # (R, n+1)
-    csq = torch.cat([zero, torch.cumsum(x64 * x64, dim=1)], dim=1)
-    best_c: torch.Tensor | None = None
-    best_sse: torch.Tensor | None = None
-    iters = 0
-    for how in inits:
-        start = _greedy_init(sorted_x, csum, csq, k) if how == "greedy" else _init_centroids(sorted_x, k, how)
-        c, sse, it = _lloyd(sorted_x, csum, csq, start, max_iter, tol)
-        iters = max(iters, it)
-        if best_c is None:
-            best_c, best_sse = c, sse
-        else:
-            better = sse < best_sse
-            best_c = torch.where(better[:, None], c, best_c)
-            best_sse = torch.where(better, sse, best_sse)
-    assert best_c is not None and best_sse is not None
-    return KMeansResult(best_c.to(torch.float32), best_sse, iters)
+    if x.dim() != 2 or x.numel() == 0:
+        raise ValueError(f"expected a non-empty 2-D (rows, values) tensor, got shape {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"k-means needs k >= 1 clusters, got {k}")
+    R, n = x.shape
+    flat = R == 1
+    x = x.to(torch.float32)
+    if n <= max(SORT_MAX, k):
+        a = _sorted_atoms(x)
+    else:
+        a = _histogram_atoms(x, FLAT_BINS if flat else ROW_BINS)
+    if k == 1:
+        edges = torch.tensor([0, a.m], device=x.device).expand(R, 2).contiguous()
+    elif a.m + 1 <= EXACT_ATOMS:
+        cand = torch.arange(a.m + 1, device=x.device).expand(R, a.m + 1).contiguous()
+        edges = _dp_band(a, cand, k, a.m + 1, torch.float64)
+    else:
+        cells, tail, band, window = ((FLAT_CELL_SPLITS, FLAT_TAIL, FLAT_BAND, FLAT_WINDOW) if flat
+                                     else (CELL_SPLITS, TAIL, BAND, WINDOW))
+        coarse = _coarse_candidates(a, k, cells, tail)
+        edges = _dp_band(a, coarse, k, band, torch.float32)
+        if k > 2:
+            edges = _dp_windows(a, _windows(a, coarse, edges, window), k, torch.float32)
+    c, edges, it = _lloyd(a, _means(a, edges, None), MAX_ITER if max_iter is None else max_iter)
+    return KMeansResult((c + a.mean).to(torch.float32), _sse(a, edges), it)
 
 
-def kmeans_1d(x: torch.Tensor, k: int, max_iter: int = 300, inits: tuple[str, ...] | None = None,
-              tol: float = 1e-4) -> KMeansResult:
-    """k-means of each row of `x` (R, n) (unsorted). tol=0: iterate until no boundary moves."""
-    sorted_x, _ = torch.sort(x.to(torch.float32), dim=1)
-    return kmeans_1d_sorted(sorted_x, k, max_iter, inits, tol)
+def assign(x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Nearest-centroid codes (R, n) for rows x (R, n) and ascending centroids (R, k) or (1, k).
 
-
-def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Nearest-centroid codes for rows `x` (R, n) given ascending `centroids` (R, k) -> (R, n) long."""
-    mid = ((centroids[:, 1:] + centroids[:, :-1]) * 0.5).contiguous()
-    # right=True: a value equal to a midpoint goes right, as in `_bounds`.
-    return torch.searchsorted(mid, x.to(centroids.dtype).contiguous(), right=True)
+    A value exactly at a midpoint gets the right-hand code. dtype: of the codes (torch.uint8
+    saves a pass when k <= 256). For k <= 32 each code counts the midpoints at or below the
+    value, in cache-sized blocks: faster on a CPU than a binary search, and the same result.
+    """
+    R, n = x.shape
+    k = centroids.shape[1]
+    mid = (centroids[:, 1:] + centroids[:, :-1]) * 0.5  # (R or 1, k-1)
+    x = x.to(centroids.dtype)
+    if k > 32:
+        mid = mid.expand(R, -1).contiguous()
+        return torch.searchsorted(mid, x.contiguous(), right=True).to(dtype)
+    small = torch.uint8
+    out = torch.empty(R, n, dtype=small, device=x.device)
+    shared = mid.shape[0] == 1
+    for rows, cols in _blocks(R, n, _block_size(x.device)):
+        xb = x[rows, cols]
+        mb = mid if shared else mid[rows]
+        acc = torch.zeros(xb.shape, dtype=small, device=x.device)
+        hit = torch.empty(xb.shape, dtype=torch.bool, device=x.device)
+        for j in range(k - 1):
+            torch.ge(xb, mb[:, j : j + 1], out=hit)
+            acc.add_(hit)
+        out[rows, cols] = acc
+    return out if dtype == small else out.to(dtype)

@@ -90,7 +90,7 @@ def quantize_kmeans(w2d: torch.Tensor, bits: int, per_row: bool) -> tuple[torch.
     if not per_row:
         centroids = kmeans_1d(w2d.reshape(1, -1), k).centroids
         codebook, _ = torch.sort(_fp16_exact(centroids), dim=1)  # (1, k)
-        codes = assign(w2d.reshape(1, -1), codebook).reshape(R, n).to(torch.uint8)
+        codes = assign(w2d, codebook, torch.uint8)  # one codebook shared by every row
         return codes, codebook
     codes = torch.empty(R, n, dtype=torch.uint8, device=w2d.device)
     codebook = torch.empty(R, k, dtype=torch.float32, device=w2d.device)
@@ -99,7 +99,7 @@ def quantize_kmeans(w2d: torch.Tensor, bits: int, per_row: bool) -> tuple[torch.
         w = w2d[start : start + chunks.step]
         c, _ = torch.sort(_fp16_exact(kmeans_1d(w, k).centroids), dim=1)
         codebook[start : start + w.shape[0]] = c
-        codes[start : start + w.shape[0]] = assign(w, c).to(torch.uint8)
+        codes[start : start + w.shape[0]] = assign(w, c, torch.uint8)
     return codes, codebook
 
 
