@@ -69,8 +69,9 @@ class SearchContext:
                     return None
                 if not Path(self.predictor_dir).exists():
                     return None
-                self._ensemble = Ensemble.load(self.predictor_dir)
-                self._ensemble.check_bank(self.bank)
+                ensemble = Ensemble.load(self.predictor_dir)
+                ensemble.check_bank(self.bank)  # before keeping it: a refused one is never reused
+                self._ensemble = ensemble
         return self._ensemble
 
     def solve(self, scores: dict[tuple[str, str], float], budget: float, **kw) -> tuple[dict[str, str], IPResult]:

@@ -32,7 +32,9 @@ MICRO = {
               "baselines": ["summed_error", "ridge", "probe"]},
     "search": {"budgets": [3.5, 4.0], "strategies": ["predictor", "error", "uniform", "random-best"],
                "candidates_scored": 1, "select_images": 8, "mixdq_pick_images": 4},
-    "evaluate": {"images": 16},
+    "evaluate": {"images": 16, "act_bits": [8], "act_calib_samples": 4, "act_calib_trajectories": 2},
+    "act_calibration": {"images": 8, "image_seeds": [61, 62, 63], "bits": [8], "calib_samples": 4,
+                        "calib_trajectories": 2},
 }
 
 
