@@ -102,31 +102,34 @@ def _prefix(v: torch.Tensor) -> torch.Tensor:
 
 
 def _histogram(x: torch.Tensor, bins: int, with_sums: bool):
-    """Equal-width bins of each row between its min and max: counts (float64), and with_sums the
-    sums of the values in each bin (float64) and Σx² of each row. Returns lo, hi (R, 1) float64,
-    counts (R, bins), sums (R, bins) or None, sumsq (R,) or None."""
+    """Equal-width bins of each row between its min and max. Returns lo, hi (R, 1) float64,
+    counts (R, bins) float64 and, with_sums, the row's float32 mean mu (R, 1), the sums of
+    x - mu in each bin (R, bins) and Σ(x - mu)² (R,), float64. Centring first keeps the sums
+    accurate to the row's spread, not its offset."""
     R, n = x.shape
     dev = x.device
     lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise QsensError("k-means input has non-finite values (nan or inf): check the model's weights")
     scale = (bins / (hi.double() - lo.double()).clamp_min(1e-300)).to(torch.float32)
+    mu = x.mean(dim=1, keepdim=True) if with_sums else torch.zeros_like(lo)
+    start = (lo.double() - mu.double()).to(torch.float32)  # lo in centred units
     cnt = torch.zeros(R, bins, dtype=torch.float64, device=dev)
     sums = torch.zeros(R, bins, dtype=torch.float64, device=dev) if with_sums else None
     sq = torch.zeros(R, dtype=torch.float64, device=dev) if with_sums else None
     for rows, cols in _blocks(R, n, _block_size(dev)):
-        xb = x[rows, cols]
-        r = xb.shape[0]
-        idx = torch.sub(xb, lo[rows]).mul_(scale[rows]).to(torch.int32).clamp_(0, bins - 1)
+        d = x[rows, cols] - mu[rows]
+        r = d.shape[0]
+        idx = torch.sub(d, start[rows]).mul_(scale[rows]).to(torch.int32).clamp_(0, bins - 1)
         if r > 1:
             idx += torch.arange(0, r * bins, bins, dtype=torch.int32, device=dev)[:, None]
         idx = idx.reshape(-1)
         cnt[rows] += torch.bincount(idx, minlength=r * bins).reshape(r, bins)
         if with_sums:
-            # float32 sums of values that share a bin lose nothing that fp16 centroids keep
-            sums[rows] += torch.bincount(idx, weights=xb.reshape(-1), minlength=r * bins).reshape(r, bins)
-            sq[rows] += torch.sum(xb * xb, dim=1, dtype=torch.float64)
-    return lo.double(), hi.double(), cnt, sums, sq
+            w = d.reshape(-1).to(torch.float64)  # float32 sums of hundreds of values drift by 1e-5
+            sums[rows] += torch.bincount(idx, weights=w, minlength=r * bins).reshape(r, bins)
+            sq[rows] += torch.sum(d * d, dim=1, dtype=torch.float64)
+    return lo.double(), hi.double(), cnt, (mu.double(), sums, sq) if with_sums else None
 
 
 def _coarsen(counts: torch.Tensor, bins: int) -> torch.Tensor:
@@ -136,7 +139,7 @@ def _coarsen(counts: torch.Tensor, bins: int) -> torch.Tensor:
 
 def _sorted_atoms(x: torch.Tensor) -> _Atoms:
     R, n = x.shape
-    lo, hi, density, _, _ = _histogram(x, min(DENSITY_BINS, n), with_sums=False)
+    lo, hi, density, _ = _histogram(x, min(DENSITY_BINS, n), with_sums=False)
     xs = torch.sort(x, dim=1).values.to(torch.float64)
     mean = xs.mean(dim=1, keepdim=True)
     pos = xs - mean
@@ -147,10 +150,11 @@ def _sorted_atoms(x: torch.Tensor) -> _Atoms:
 
 def _histogram_atoms(x: torch.Tensor, bins: int) -> _Atoms:
     R, n = x.shape
-    lo, hi, cnt, sums, sq = _histogram(x, bins, with_sums=True)
-    mean = sums.sum(dim=1, keepdim=True) / n
-    sums -= cnt * mean  # centred: the DP's S²/N then works on small numbers
-    sumsq = (sq - n * mean[:, 0] ** 2).clamp_min(0)
+    lo, hi, cnt, (mu, sums, sq) = _histogram(x, bins, with_sums=True)
+    shift = sums.sum(dim=1, keepdim=True) / n  # mean of x - mu
+    sums -= cnt * shift  # centred on the exact mean: the DP's S²/N then works on small numbers
+    sumsq = (sq - n * shift[:, 0] ** 2).clamp_min(0)
+    mean = mu + shift
     return _Atoms(_prefix(cnt), _prefix(sums), sumsq, mean, _coarsen(cnt, DENSITY_BINS), lo - mean,
                   (hi - lo).clamp_min(1e-300))
 
@@ -341,6 +345,9 @@ def kmeans_1d(x: torch.Tensor, k: int, max_iter: int | None = None) -> KMeansRes
         a = _histogram_atoms(x, FLAT_BINS if flat else ROW_BINS)
     if k == 1:
         edges = torch.tensor([0, a.m], device=x.device).expand(R, 2).contiguous()
+    elif n <= k:  # a cluster per value (the last ones empty: duplicates of the maximum)
+        edges = torch.arange(k + 1, device=x.device).clamp_max(n).expand(R, k + 1).contiguous()
+        return KMeansResult((_means(a, edges, None) + a.mean).to(torch.float32), _sse(a, edges), 0)
     elif a.m + 1 <= EXACT_ATOMS:
         cand = torch.arange(a.m + 1, device=x.device).expand(R, a.m + 1).contiguous()
         edges = _dp_band(a, cand, k, a.m + 1, torch.float64)
@@ -353,6 +360,24 @@ def kmeans_1d(x: torch.Tensor, k: int, max_iter: int | None = None) -> KMeansRes
             edges = _dp_windows(a, _windows(a, coarse, edges, window), k, torch.float32)
     c, edges, it = _lloyd(a, _means(a, edges, None), MAX_ITER if max_iter is None else max_iter)
     return KMeansResult((c + a.mean).to(torch.float32), _sse(a, edges), it)
+
+
+def kmeans_1d_exact(x: torch.Tensor, k: int) -> KMeansResult:
+    """The globally optimal k-means of each row of x (R, n): dynamic programming over every split
+    of the sorted row. O(k·n²) time and O(n²) memory per row: for tests and benchmarks on rows
+    of up to a few thousand values. Raises as kmeans_1d."""
+    if x.dim() != 2 or x.numel() == 0:
+        raise ValueError(f"expected a non-empty 2-D (rows, values) tensor, got shape {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"k-means needs k >= 1 clusters, got {k}")
+    R, n = x.shape
+    a = _sorted_atoms(x.to(torch.float32))
+    if k == 1:
+        edges = torch.tensor([0, n], device=x.device).expand(R, 2).contiguous()
+    else:
+        cand = torch.arange(n + 1, device=x.device).expand(R, n + 1).contiguous()
+        edges = _dp_band(a, cand, k, n + 1, torch.float64)
+    return KMeansResult((_means(a, edges, None) + a.mean).to(torch.float32), _sse(a, edges), 0)
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
