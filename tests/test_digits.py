@@ -193,6 +193,14 @@ def test_cli_score_fp16(tiny_prepared_data, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "ok" and out["n_images"] == 20 and out["config"] == "fp16"
     assert out["fid"] > 0 and 0 <= out["content"] <= 1
+    # the FP model's scores on seed set 1 (not the params' default 0)
+    from denoisers.registry import load_denoiser
+    from sampling.scoring import evaluate, make_scorer
+
+    den = load_denoiser("digits", data_dir=tiny_prepared_data)
+    score, _ = evaluate(den, make_scorer(den), 20, seed=1)
+    assert out["seed"] == 1 and out["fid"] == pytest.approx(score.fid, rel=1e-9)
+    assert out["content"] == pytest.approx(score.content, abs=1e-12)
 
 
 def test_cli_score_bad_config_is_one_line_error(tiny_prepared_data, tmp_path, capsys):
