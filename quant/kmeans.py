@@ -44,6 +44,7 @@ MAX_ITER = 5  # Lloyd iterations after the dynamic programme (more change nothin
 _BLOCK = 1 << 18  # elements per block of the O(n) passes: stays in a CPU cache
 _CUDA_BLOCK = 1 << 26
 _DP_BLOCK = 1 << 20  # elements per block of the DP's (rows, candidates, candidates) tensors
+_LOOP_MIN = 1 << 14  # CPU: below this many elements per step, one reduction beats a loop of maxima
 _NEG = float("-inf")
 
 
@@ -97,6 +98,10 @@ def _block_size(device: torch.device) -> int:
     return _CUDA_BLOCK if device.type == "cuda" else _BLOCK
 
 
+def _dp_block(device: torch.device) -> int:
+    return _DP_BLOCK * 16 if device.type == "cuda" else _DP_BLOCK
+
+
 def _prefix(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(v[:, :1]), torch.cumsum(v, dim=1)], dim=1)
 
@@ -111,7 +116,8 @@ def _histogram(x: torch.Tensor, bins: int, with_sums: bool):
     lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise QsensError("k-means input has non-finite values (nan or inf): check the model's weights")
-    scale = (bins / (hi.double() - lo.double()).clamp_min(1e-300)).to(torch.float32)
+    width = hi.double() - lo.double()
+    scale = torch.where(width > 0, bins / width.clamp_min(1e-300), 0.0).to(torch.float32)  # constant row: bin 0
     mu = x.mean(dim=1, keepdim=True) if with_sums else torch.zeros_like(lo)
     start = (lo.double() - mu.double()).to(torch.float32)  # lo in centred units
     cnt = torch.zeros(R, bins, dtype=torch.float64, device=dev)
@@ -187,7 +193,10 @@ def _value(n: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 def _maxplus(f: torch.Tensor, prev: torch.Tensor, width: int) -> torch.Tensor:
     """out[:, b] = max_i f[:, i, b] + prev[:, b + i] for f (r, I, width), prev (r, I - 1 + width).
-    A loop of in-place adds and maxima: far faster on a CPU than a reduction over a short dim."""
+    For many rows, a loop of in-place adds and maxima: far faster on a CPU than a reduction over a
+    short dim; for few, one reduction (fewer calls)."""
+    if f.is_cuda or f.shape[0] * width < _LOOP_MIN:
+        return (f + prev.unfold(1, width, 1)).amax(dim=1)
     out = torch.add(f[:, 0], prev[:, :width])
     tmp = torch.empty_like(out)
     for i in range(1, f.shape[1]):
@@ -205,7 +214,7 @@ def _dp_band(a: _Atoms, cand: torch.Tensor, k: int, band: int, dtype: torch.dtyp
     edges[:, 0], edges[:, k] = 0, a.m
     nc = a.cnt.gather(1, cand).to(dtype)
     sc = a.sum.gather(1, cand).to(dtype)
-    step = max(1, _DP_BLOCK // (M * band))
+    step = max(1, _dp_block(dev) // (M * band))
     for r in range(0, R, step):
         rs = slice(r, r + step)
         n, s = nc[rs], sc[rs]
@@ -257,7 +266,7 @@ def _dp_windows(a: _Atoms, cand: torch.Tensor, k: int, dtype: torch.dtype) -> to
     flat = cand.reshape(R, -1)
     nc = a.cnt.gather(1, flat).view(R, k - 1, W).to(dtype)
     sc = a.sum.gather(1, flat).view(R, k - 1, W).to(dtype)
-    step = max(1, _DP_BLOCK // (W * W))
+    step = max(1, _dp_block(dev) // (W * W))
     for r in range(0, R, step):
         rs = slice(r, r + step)
         n, s = nc[rs], sc[rs]
@@ -267,6 +276,9 @@ def _dp_windows(a: _Atoms, cand: torch.Tensor, k: int, dtype: torch.dtype) -> to
             # [row, split j-1, split j]; loop of in-place maxima, not a reduction (see _maxplus)
             f = _value(n[:, j, None, :] - n[:, j - 1, :, None], s[:, j, None, :] - s[:, j - 1, :, None])
             f.add_(values[-1][:, :, None])
+            if f.is_cuda or f.shape[0] * W < _LOOP_MIN:
+                values.append(f.amax(dim=1))
+                continue
             out = f[:, 0].clone()
             for i in range(1, W):
                 torch.maximum(out, f[:, i], out=out)
