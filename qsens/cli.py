@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import traceback
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     # diffusers logs warnings on import that are about its own integrations (e.g. "Unable to import
     # `torchao` Tensor objects" with a newer torchao); keep a command's stderr to its own messages.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # torch logs a deprecation warning per Enum that torchao registers with its pytree on import
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

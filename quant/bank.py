@@ -106,10 +106,11 @@ class Bank:
                else config.act_bits)
         return summarize(config.options, self.layers, self.errors(), act, tied=self.tied)
 
-    def validate(self, config: QuantConfig, where: str = "config") -> QuantConfig:
+    def validate(self, config: QuantConfig, where: str | None = None) -> QuantConfig:
         """ConfigError for another model, unknown layers or options, different options on tied
         layers, or a stated `avg_bits` that this bank's accounting does not reproduce (within
         AVG_BITS_TOLERANCE: files may round it)."""
+        where = where or getattr(config, "source", None) or "config"
         if config.model != self.model:
             raise ConfigError(f"{where} is for model {config.model!r} but the bank is for {self.model!r}")
         config = config.validate(self.layers, self.options, where=where, tied=self.tied)

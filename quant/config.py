@@ -33,6 +33,8 @@ class QuantConfig:
     avg_bits: float | None = None
     act_bits: int | None = None
     act_options: dict[str, int] = field(default_factory=dict)  # per-layer activation bits
+    # where it was read from (error messages name the file); not part of the config's identity
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def option(self, layer: str) -> str:
         return self.options.get(layer, FP16)
@@ -164,7 +166,9 @@ class QuantConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         data = read_json(path, "a JSON object with 'model' and 'options'", error=ConfigError)
-        return QuantConfig.from_dict(data, where=str(path))
+        config = QuantConfig.from_dict(data, where=str(path))
+        config.source = str(path)
+        return config
 
 
 def check_tied(options: Mapping[str, str], tied: Sequence[Sequence[str]], where: str = "config") -> None:

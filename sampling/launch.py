@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,7 +71,7 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: str | None = None,
-           progress: bool = True) -> dict:
+           progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Score the planned configs with `workers` workers; returns {"finished", "ok", "planned",
     "failed_workers"} (finished: ok or out of attempts; ok: scored)."""
     if backend not in BACKENDS:
@@ -82,6 +82,12 @@ def launch(job: SampleJob, workers: int = 1, backend: str = "local", address: st
     planned = _planned_ids(job)
     with ShardLock(Path(job.shards)):
         moved = claim_shard_dir(Path(job.shards), job.job_key)
+        if moved and log is not None:
+            unkeyed = sum(1 for p in moved if p.parent.name == "unkeyed")
+            why = ("written by an older qsens without job keys" if unkeyed == len(moved) else
+                   "of another scoring job: model, bank, reference, images, seed or scoring code changed")
+            log(f"note: {len(moved)} shard file(s) {why}; moved to {Path(job.shards) / 'stale'}/, "
+                "their configs are scored again")
         start = _finished(job, planned)
         bar = progress_bar(total=len(planned), initial=start, desc="configs", unit="cfg",
                            disable=not progress, smoothing=0.1)

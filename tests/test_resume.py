@@ -33,7 +33,7 @@ def prepared(tiny_prepared_data: Path) -> Path:
 
 def sample(data: Path, shards: Path, *extra: str, n: int = 3) -> subprocess.CompletedProcess:
     return qsens("sample", "--model", "digits", "--data-dir", str(data), "--num-configs", str(n),
-                 "--shards", str(shards), "--seed", "3", "--quiet", *extra)
+                 "--shards", str(shards), "--seed", "3", "--quiet", "--workers", "1", *extra)
 
 
 def merged(shards: Path, out: Path):
@@ -192,3 +192,18 @@ def test_record_checks_accept_a_missing_content_metric_but_not_impossible_values
     assert "n_images" in check_record({**ok, "n_images": 1})
     assert check_record({"config_id": "x", "status": "failed", "fid": None}) is None
     assert "status" in check_record({**ok, "status": "done"})
+
+
+def test_sample_defaults_come_from_params(prepared: Path, tmp_path: Path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text("sample:\n  num_configs: 2\n  workers: 1\n  backend: local\n  seed: 4\n  image_seed: 7\n"
+                      "  images: 6\n  max_attempts: 1\n")
+    r = qsens("sample", "--model", "digits", "--data-dir", str(prepared), "--params", str(params),
+              "--shards", str(tmp_path / "s"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    records = scan_shards(tmp_path / "s").records
+    assert len(records) == 2 and {(x["image_seed"], x["sample_seed"], x["n_images"]) for x in records} == {(7, 4, 6)}
+    params.write_text("sample:\n  num_configs: 2\n  workers: 0\n")
+    r = qsens("sample", "--model", "digits", "--data-dir", str(prepared), "--params", str(params),
+              "--shards", str(tmp_path / "s"))
+    assert r.returncode == 2 and "sample.workers" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -44,7 +44,7 @@ def prepared(tiny_prepared_data: Path) -> Path:
 
 def sample_args(data: Path, shards: Path, n: int = N_CONFIGS, *extra: str) -> list[str]:
     return ["sample", "--model", "digits", "--data-dir", str(data), "--num-configs", str(n),
-            "--shards", str(shards), "--images", "8", "--seed", "3", "--quiet", *extra]
+            "--shards", str(shards), "--images", "8", "--seed", "3", "--quiet", "--workers", "1", *extra]
 
 
 def test_sampler_is_deterministic_and_follows_p3() -> None:

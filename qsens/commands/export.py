@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"unknown --format {args.format!r} (choose {', '.join(FORMATS)})")
     if args.out.exists() and not args.out.is_dir():
         raise QsensError(f"--out {args.out} exists and is not a directory")
+    if args.format != "skip-list" and args.keep_top is not None:
+        raise QsensError(f"--keep-top is for --format skip-list, not {args.format}")
     if args.format != "skip-list" and args.config is None:
         raise QsensError(f"--format {args.format} needs --config CONFIG.json")
     if args.format == "skip-list":
@@ -119,6 +121,8 @@ def _skip_list(args) -> int:
 
         den = ctx.load_denoiser()
         layers, tied = den.layer_names(), tied_groups(den.model)
+    if args.keep_top > len(layers):
+        raise QsensError(f"--keep-top {args.keep_top}: the model has only {len(layers)} quantizable layers")
     ranking = sensitivity_ranking(args.predictor or ctx.layout.predictor)
     data = skip_list(ranking, args.keep_top, layers, tied)
     data = {"model": ctx.spec.name, "predictor": str(args.predictor or ctx.layout.predictor), **data}

@@ -18,18 +18,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Every outcome is appended to DIR/worker-NNN.jsonl; re-running with the same arguments resumes.")
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank directory (default: DATA/bank/NAME)")
-    p.add_argument("--num-configs", type=positive_int, required=True, help="how many distinct random configs to score")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel workers (default: %(default)s)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
+    p.add_argument("--num-configs", type=positive_int, default=None,
+                   help="how many distinct random configs to score (default: sample.num_configs in params)")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel workers (default: sample.workers)")
+    p.add_argument("--backend", default=None, choices=["local", "ray"],
+                   help="local processes or Ray tasks (default: sample.backend)")
     p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: a local instance)")
     p.add_argument("--shards", type=Path, default=None, help="shard directory (default: DATA/shards/NAME)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random config stream")
-    p.add_argument("--image-seed", type=non_negative_int, default=0, help="seed set of the generated images")
-    p.add_argument("--images", type=images_count, default=200, help="images per config (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="seed of the random config stream (default: sample.seed)")
+    p.add_argument("--image-seed", type=non_negative_int, default=None,
+                   help="seed set of the generated images (default: sample.image_seed)")
+    p.add_argument("--images", type=images_count, default=None, help="images per config (default: sample.images)")
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per worker (0: cores / workers)")
-    p.add_argument("--max-attempts", type=positive_int, default=2, help="tries per config before it is recorded failed")
+    p.add_argument("--max-attempts", type=positive_int, default=None,
+                   help="tries per config before it is recorded failed (default: sample.max_attempts)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+# flag -> validator of its `sample:` key: params.yaml is the one source of defaults
+_PARAM_FLAGS = {"num_configs": positive_int, "workers": positive_int, "backend": str, "seed": non_negative_int,
+                "image_seed": non_negative_int, "images": images_count, "max_attempts": positive_int}
+
+
+def fill_from_params(args: argparse.Namespace, params_path) -> None:
+    """Every flag left unset takes `sample.<key>` from the params file, validated like the flag;
+    one `error:` line names a missing or bad key."""
+    from quant.params import read_section
+
+    section = read_section(params_path, "sample")
+    for key, check in _PARAM_FLAGS.items():
+        if getattr(args, key) is not None:
+            continue
+        if key not in section:
+            raise QsensError(f"--{key.replace('_', '-')} not given and {params_path} has no sample.{key}")
+        value = section[key]
+        try:
+            value = check(str(value)) if check is not str else str(value)
+        except argparse.ArgumentTypeError as exc:
+            raise QsensError(f"{params_path}: sample.{key}: {exc}") from None
+        if key == "backend" and value not in ("local", "ray"):
+            raise QsensError(f"{params_path}: sample.backend: {value!r} (choose local or ray)")
+        setattr(args, key, value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,13 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from sampling.launch import launch
     from sampling.worker import SampleJob
 
-    if args.num_configs < 1:
-        raise QsensError(f"--num-configs must be at least 1, got {args.num_configs}")
-    for flag in ("workers", "max_attempts", "images"):
-        if getattr(args, flag) < (2 if flag == "images" else 1):
-            raise QsensError(f"--{flag.replace('_', '-')} must be at least "
-                             f"{2 if flag == 'images' else 1}, got {getattr(args, flag)}")
     ctx = context(args)
+    fill_from_params(args, ctx.params)
     ctx.spec.check_device()
     check_model_spec(ctx.spec.source)
     bank = args.bank or ctx.layout.bank
@@ -56,10 +82,8 @@ def run(args: argparse.Namespace) -> int:
                     n_images=args.images, data_dir=str(ctx.layout.root),
                     max_attempts=args.max_attempts, threads=threads, device=ctx.spec.device,
                     generate=ctx.generation)
-    result = launch(job, workers=args.workers, backend=args.backend, address=args.address, progress=not args.quiet)
-    if result["moved"]:
-        print(f"note: {len(result['moved'])} shard file(s) of another scoring job (model, bank, reference, "
-              f"images, seed or scoring code changed) moved to {shards}/stale/; their configs are scored again")
+    result = launch(job, workers=args.workers, backend=args.backend, address=args.address, progress=not args.quiet,
+                    log=print)
     print(f"{result['finished']}/{result['planned']} configs finished in {shards} (job {result['job_key']})")
     for line in result["failed_workers"]:
         print(f"warning: {line}; run the same command again to resume")
