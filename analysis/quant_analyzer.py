@@ -417,21 +417,28 @@ def reading(model: str, params: QuantAnalyzerParams, base: dict[str, dict], enab
              f"{_fmt(a)}, and both to {_fmt(wa)}."]
     if None not in (fp, w, a):
         more = "weight" if (w - fp) > (a - fp) else "activation"
-        parts.append(f"The model is more sensitive to {more} quantization at these settings.")
+        parts.append(f"The model is more sensitive to {more} quantization at these settings "
+                     f"(ΔFID {w - fp:+.2f} for weights vs {a - fp:+.2f} for activations; differences "
+                     "smaller than the FP seed-to-seed noise, `qsens noise`, mean nothing).")
 
     def top(rows: dict[str, dict], sign: float, k: int = 3) -> list[tuple[str, float]]:
         vals = [(l, r["fid"]) for l, r in rows.items() if r["fid"] is not None]
         return sorted(vals, key=lambda t: (sign * t[1], t[0]))[:k]
 
     for q, label, all_on in (("weight", "weights", w), ("activation", "activations", a)):
-        en = top(enabled[q], -1.0)
-        dis = top(disabled[q], 1.0)
-        if en and fp is not None:
+        # only layers whose change has the stated sign: a "cost" raises FID, a "help" lowers it
+        en = [(l, v) for l, v in top(enabled[q], -1.0) if fp is not None and v > fp]
+        dis = [(l, v) for l, v in top(disabled[q], 1.0) if all_on is not None and v < all_on]
+        if en:
             parts.append(f"Quantizing one layer's {label} alone costs most at "
                          + ", ".join(f"{l} (ΔFID {v - fp:+.2f})" for l, v in en) + ".")
-        if dis and all_on is not None:
+        elif fp is not None and enabled[q]:
+            parts.append(f"No single layer's {label} raises FID above FP when quantized alone.")
+        if dis:
             parts.append(f"Keeping one layer's {label} in FP while all others are quantized helps most at "
                          + ", ".join(f"{l} (ΔFID {v - all_on:+.2f})" for l, v in dis) + ".")
+        elif all_on is not None and disabled[q]:
+            parts.append(f"Keeping no single layer's {label} in FP lowers FID below the all-quantized model.")
     rel = sorted(((l, r["both_relative"]) for l, r in mse.items() if r["both_relative"] is not None),
                  key=lambda t: (-t[1], t[0]))[:3]
     if rel:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qsens.argtypes import images_count, non_negative_int
 from qsens.context import add_model_args, context
+from quant.errors import QsensError
 
 NAME = "analyze"
 
@@ -45,6 +46,10 @@ def register(subparsers) -> None:
                    help="images per scored setting (also act-calibration: act_calibration.images)")
     q.add_argument("--max-layers", type=non_negative_int, default=None, help="layers swept (evenly spaced); 0 = all")
     q.add_argument("--layers", default=None, metavar="REGEX", help="sweep only layers matching REGEX")
+    q.add_argument("--sqnr-max-layers", type=non_negative_int, default=None,
+                   help="layers in the activation-SQNR table (evenly spaced); 0 = all (the costly part)")
+    q.add_argument("--sqnr-bits", default=None, metavar="B,B",
+                   help="activation bit-widths of the SQNR table, e.g. 8,6")
     p.add_argument("--threads", type=non_negative_int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -95,7 +100,16 @@ def run_quant_analyzer_command(args: argparse.Namespace) -> int:
 
     params = QuantAnalyzerParams.from_yaml(args.params)
     overrides = {"weight_option": args.weight_option, "act_bits": args.act_bits, "act_mode": args.act_mode,
-                 "images": args.images, "max_layers": args.max_layers, "layers": args.layers}
+                 "images": args.images, "max_layers": args.max_layers, "layers": args.layers,
+                 "sqnr_max_layers": args.sqnr_max_layers}
+    if args.sqnr_bits is not None:
+        try:
+            bits = [int(b) for b in args.sqnr_bits.split(",") if b.strip()]
+        except ValueError:
+            raise QsensError(f"--sqnr-bits {args.sqnr_bits!r}: expected integers 2-8, e.g. 8,6") from None
+        if not bits or any(not 2 <= b <= 8 for b in bits):
+            raise QsensError(f"--sqnr-bits {args.sqnr_bits!r}: expected integers 2-8, e.g. 8,6")
+        overrides["sqnr_bits"] = tuple(bits)
     params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
     ctx = context(args)
     den = ctx.load_denoiser()
