@@ -4,8 +4,9 @@ needed days per model: a sklearn fit per channel and a per-element Python write-
 
 The weights are Laplace with the fan-in scale (trained weights are heavy-tailed), drawn from a
 generator seeded per parameter, so every run quantizes the same tensors. Everything runs under
-threadpoolctl's limit of `--threads` (BLAS and OpenMP pools) and torch.set_num_threads; the pools
-and their kernels are printed and stored with the machine's load.
+threadpoolctl's limit of `--threads` (BLAS and OpenMP pools) and torch.set_num_threads, with
+OMP_WAIT_POLICY=PASSIVE unless set (see below); the pools and their kernels are printed and
+stored with the machine's load, and the process's CPU seconds beside the wall seconds.
 
     python bench/bank.py                           # SD v1.5 UNet on CPU, all 6 options
     python bench/bank.py --layers 40               # only the first 40 quantizable layers
@@ -17,13 +18,20 @@ Writes bench/results/bank_<model>_<device>.json (+ .log). Last line:
 from __future__ import annotations
 
 import argparse
+import os
 import math
 import sys
 import time
 from pathlib import Path
 
-import torch
-from threadpoolctl import threadpool_limits
+# Before torch/sklearn load libgomp: OpenMP threads that spin at barriers (libgomp's default)
+# stall for whole scheduler slices when other processes share the cores, and both sides then
+# time the machine's load, not their work (10-30x here). Passive waiting keeps the comparison
+# fair on a shared machine; set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import (Tee, describe_threads, laplace, machine_conditions,  # noqa: E402
@@ -81,11 +89,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
     if args.device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bank = build_bank(model, DEFAULT_OPTIONS, model_name=args.model, progress=True)
     if args.device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     n = sum(i.n_weights for i in bank.layers.values())
     per_option: dict[str, dict[str, float]] = {}
     for name, entries in bank.entries.items():
@@ -104,7 +112,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     ref_total = ref * n * 4  # 4 k-means options; their UAQ is cheap by comparison, left out
     cond_after = machine_conditions(args.threads)
     print(f"layers {len(bank.layers)}  weights {n:,}  options {len(DEFAULT_OPTIONS)}  "
-          f"seconds {seconds:.1f} ({seconds / 60:.1f} min)  weights/s {n * len(DEFAULT_OPTIONS) / seconds:,.0f}")
+          f"seconds {seconds:.1f} ({seconds / 60:.1f} min, cpu {cpu_seconds:.0f}s)  "
+          f"weights/s {n * len(DEFAULT_OPTIONS) / seconds:,.0f}")
     print(f"reference procedure (extrapolated from a sample, k-means options only): {ref_total / 3600:.1f} h "
           f"-> ratio {ref_total / seconds:.0f}x")
     print(f"load average before {cond['load_avg_1_5_15']} after {cond_after['load_avg_1_5_15']} "
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
         "command": "python bench/bank.py " + " ".join(sys.argv[1:]),
         "conditions": cond, "load_avg_after": cond_after["load_avg_1_5_15"],
         "model": args.model, "device": args.device, "layers": len(bank.layers), "weights": n,
-        "options": options, "seconds": seconds,
+        "options": options, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "reference_seconds_per_weight": ref, "reference_hours_extrapolated": ref_total / 3600,
         "vs_reference": ref_total / seconds, "last_line": last,
     })

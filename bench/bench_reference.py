@@ -73,8 +73,8 @@ def machine_conditions(threads: int) -> dict:
         "threads_requested": threads,
         "torch_threads": torch.get_num_threads(),
         "threadpools": pools,
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                               "MKL_NUM_THREADS", "MKL_ENABLE_INSTRUCTIONS")},
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -84,7 +84,8 @@ def describe_threads(cond: dict) -> str:
     pools = ", ".join(f"{p['internal_api']} {p['prefix']} {p.get('architecture') or ''} x{p['num_threads']}".replace("  ", " ")
                       for p in cond["threadpools"])
     return (f"{cond['cpu']}, {cond['usable_cpus']} usable cpus, load {cond['load_avg_1_5_15']}; "
-            f"torch threads {cond['torch_threads']}; pools: {pools}; OPENBLAS_CORETYPE={cond['env']['OPENBLAS_CORETYPE']}")
+            f"torch threads {cond['torch_threads']}; pools: {pools}; OPENBLAS_CORETYPE={cond['env']['OPENBLAS_CORETYPE']} "
+            f"OMP_WAIT_POLICY={cond['env']['OMP_WAIT_POLICY']}")
 
 
 class Tee:

@@ -9,8 +9,9 @@ the same rows) are clustered with k = 2^bits by
   - sklearn: KMeans(n_clusters=k, random_state=0), defaults otherwise (k-means++, n_init='auto'),
              one fit per row (KMC) / one fit (KMA)
 interleaved shape by shape, so both sides see the same machine load. Both run under
-threadpoolctl's limit of `--threads` (every BLAS and OpenMP pool) and torch.set_num_threads;
-the pools, their kernels and thread counts are printed and stored. Printed: the speed ratio
+threadpoolctl's limit of `--threads` (every BLAS and OpenMP pool) and torch.set_num_threads,
+with OMP_WAIT_POLICY=PASSIVE unless set (see below); the pools, their kernels and thread counts
+are printed and stored. Printed: the speed ratio
 (sklearn seconds / ours) and the MSE ratio (ours / sklearn, summed over rows). On up to
 `--optimum-rows` rows of each distinct row length up to 2880, both are also compared with the
 global optimum (quant.kmeans.kmeans_1d_exact). The reference system's per-layer procedure
@@ -27,14 +28,21 @@ of KMC and KMA).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
+# Before torch/sklearn load libgomp: OpenMP threads that spin at barriers (libgomp's default)
+# stall for whole scheduler slices when other processes share the cores, and both sides then
+# time the machine's load, not their work (10-30x here). Passive waiting keeps the comparison
+# fair on a shared machine; set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import (Tee, describe_threads, laplace, machine_conditions,  # noqa: E402
