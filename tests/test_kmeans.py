@@ -58,6 +58,8 @@ def test_long_rows_are_within_a_percent_of_the_optimum(one_torch_thread) -> None
         ratio = coded_sse(x, kmeans_1d(x, k).centroids) / kmeans_1d_exact(x, k).sse
         assert float(ratio.min()) >= 1 - 1e-9  # nothing beats the optimum
         assert float(ratio.mean()) <= 1.01 and float(ratio.max()) <= 1.05, ratio
+    ratio = coded_sse(x[:2], kmeans_1d(x[:2], 64).centroids) / kmeans_1d_exact(x[:2], 64).sse  # 6 bits
+    assert float(ratio.min()) >= 1 - 1e-9 and float(ratio.max()) <= 1.05, ratio
 
 
 def test_outliers_get_the_optimal_clusters(one_torch_thread) -> None:
