@@ -103,7 +103,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
             acc["seconds"] += entry.seconds
             acc["sq_err"] += entry.mse * w
             acc["sq_w"] += var[name] * w
-    options = {o: {"seconds": round(a["seconds"], 2), "relative_mse": a["sq_err"] / a["sq_w"]} for o, a in per_option.items()}
+    options = {o: {"seconds": round(a["seconds"], 2), "relative_mse": a["sq_err"] / a["sq_w"]}
+               for o, a in per_option.items()}
     print("seconds per option: " + ", ".join(f"{o} {v['seconds']:.1f}" for o, v in options.items()))
     print("MSE / weight variance: " + ", ".join(f"{o} {v['relative_mse']:.5f}" for o, v in options.items()))
 

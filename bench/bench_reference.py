@@ -81,11 +81,11 @@ def machine_conditions(threads: int) -> dict:
 
 def describe_threads(cond: dict) -> str:
     """One line: ours (torch intra-op threads) and every BLAS/OpenMP pool sklearn may use."""
-    pools = ", ".join(f"{p['internal_api']} {p['prefix']} {p.get('architecture') or ''} x{p['num_threads']}".replace("  ", " ")
-                      for p in cond["threadpools"])
+    pools = ", ".join(" ".join(str(p[k]) for k in ("internal_api", "prefix", "architecture") if p.get(k))
+                      + f" x{p['num_threads']}" for p in cond["threadpools"])
     return (f"{cond['cpu']}, {cond['usable_cpus']} usable cpus, load {cond['load_avg_1_5_15']}; "
-            f"torch threads {cond['torch_threads']}; pools: {pools}; OPENBLAS_CORETYPE={cond['env']['OPENBLAS_CORETYPE']} "
-            f"OMP_WAIT_POLICY={cond['env']['OMP_WAIT_POLICY']}")
+            f"torch threads {cond['torch_threads']}; pools: {pools}; "
+            f"OPENBLAS_CORETYPE={cond['env']['OPENBLAS_CORETYPE']} OMP_WAIT_POLICY={cond['env']['OMP_WAIT_POLICY']}")
 
 
 class Tee:

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> None:
     print("threads: " + describe_threads(cond))
     shapes = SD15_SHAPES[: args.shapes]
     kmeans_1d(laplace((4, 512), 0.05, seed=99), 16)  # warm-up, untimed
-    totals = {key: 0.0 for key in ("ours_c", "sk_c", "sse_ours_c", "sse_sk_c", "ours_a", "sk_a", "sse_ours_a", "sse_sk_a")}
+    keys = ("ours_c", "sk_c", "sse_ours_c", "sse_sk_c", "ours_a", "sk_a", "sse_ours_a", "sse_sk_a")
+    totals = dict.fromkeys(keys, 0.0)
     per_shape, optimum, seen_n = [], [], set()
     print(f"{'shape':>22} {'bits':>4} {'kmc x':>7} {'kmc mse':>8} {'kma x':>7} {'kma mse':>8}")
     for i, shape in enumerate(shapes):
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> None:
                            ("ours_a", t_oa), ("sk_a", t_sa), ("sse_ours_a", sse_oa), ("sse_sk_a", sse_sa)):
                 totals[key] += float(v)
             per_shape.append({"shape": list(shape), "rows": rows, "bits": bits, "kmc_s_ours": round(t_oc, 5),
-                              "kmc_s_sklearn": round(t_sc, 4), "kmc_mse_ratio": round(float(sse_oc.sum() / sse_sc.sum()), 5),
+                              "kmc_s_sklearn": round(t_sc, 4),
+                              "kmc_mse_ratio": round(float(sse_oc.sum() / sse_sc.sum()), 5),
                               "kma_s_ours": round(t_oa, 5), "kma_s_sklearn": round(t_sa, 4),
                               "kma_mse_ratio": round(sse_oa / sse_sa, 5)})
             print(f"{str(shape):>22} {bits:>4} {t_sc / t_oc:7.1f} {sse_oc.sum() / sse_sc.sum():8.4f} "
@@ -135,8 +137,8 @@ def run(args: argparse.Namespace) -> None:
                                 "sklearn_over_optimum": float(np.mean(sse_sc[:r] / best))})
         seen_n.add(n)
 
-    # The reference procedure and ours on the same rows of the first layer at least 2880 wide.
-    n_ref = next(int(np.prod(s[1:])) for s in shapes if int(np.prod(s[1:])) >= 2880)
+    # The reference procedure and ours on the same rows of the first SD v1.5 layer at least 2880 wide.
+    n_ref = next(int(np.prod(s[1:])) for s in SD15_SHAPES if int(np.prod(s[1:])) >= 2880)
     rows_ref = laplace((args.ref_rows, n_ref), 1.0 / np.sqrt(n_ref), seed=1000)
     k_ref = 1 << max(args.bits)
     t0 = time.perf_counter()
