@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             f"vs_reference={ref_total / seconds:.0f}")
     write_json(out, {
         "command": "python bench/bank.py " + " ".join(sys.argv[1:]),
-        "conditions": cond, "load_avg_after": cond_after["load_avg_1_5_15"],
+        "machine": cond, "load_avg_after": cond_after["load_avg_1_5_15"],
         "model": args.model, "device": args.device, "layers": len(bank.layers), "weights": n,
         "options": options, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "reference_seconds_per_weight": ref, "reference_hours_extrapolated": ref_total / 3600,

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
     last = f"kmeans speedup={speedup:.1f} mse_ratio={max(mse_c, mse_a):.4f} vs_reference={ref_s / ours_ref_s:.0f}"
     write_json(args.out, {
         "command": "python bench/kmeans.py " + " ".join(sys.argv[1:]),
-        "conditions": cond, "load_avg_after": cond_after["load_avg_1_5_15"],
+        "machine": cond, "load_avg_after": cond_after["load_avg_1_5_15"],
         "rows_per_shape": args.rows, "bits": args.bits, "shapes": len(shapes),
         "kmc": {"sklearn_s": totals["sk_c"], "ours_s": totals["ours_c"], "speedup": speed_c, "mse_ratio": mse_c},
         "kma": {"sklearn_s": totals["sk_a"], "ours_s": totals["ours_a"], "speedup": speed_a, "mse_ratio": mse_a},
