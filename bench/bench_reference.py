@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
+
 
 def reference_kmeans_layer(rows: np.ndarray, k: int) -> np.ndarray:
     """Qua2SeDiMo's K-Means-C on a layer: one sklearn fit per output channel, then a Python loop
@@ -41,16 +44,6 @@ def laplace(shape: tuple[int, ...], scale: float, seed: int, device: str | torch
     return u.sign().mul_(-scale).mul_(torch.log1p(u.abs().mul_(-2)))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_conditions(threads: int) -> dict:
     """What a timing depends on: CPU, cores, load, library versions, and the BLAS/OpenMP pools
     (threadpoolctl) with their kernels and thread counts as they stand when called."""
@@ -61,7 +54,7 @@ def machine_conditions(threads: int) -> dict:
                                     "threading_layer", "num_threads")}
              for p in threadpoolctl.threadpool_info()]
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from denoisers.registry import load_denoiser  # noqa: E402
+from machine import cpu_model, loadavg  # noqa: E402  (bench/machine.py)
 from denoisers.spec import ModelSpec  # noqa: E402
 from quant.apply import apply_config  # noqa: E402
 from quant.bank import Bank  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     if args.device.startswith("cuda"):  # same kernels for the same inputs: exact comparisons hold
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    load_start = _loadavg()
+    load_start = loadavg()
     data = Path(args.data_dir)
     den = load_denoiser(ModelSpec(source=args.model, name=args.model), data_dir=data)
     den.to(args.device)
@@ -165,9 +166,9 @@ def main() -> None:
 
     if tao is not None:
         result["torchao"] = torchao_report(den, tao, fp_model, config, bank, gens, wall, cpu, seed)
-    load_end = _loadavg()
+    load_end = loadavg()
     result["machine"] = {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                         "processor": _cpu_model(), "loadavg_start": load_start, "loadavg_end": load_end, "python": platform.python_version(),
+                         "processor": cpu_model(), "loadavg_start": load_start, "loadavg_end": load_end, "python": platform.python_version(),
                          "torch": torch.__version__,
                          "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     out = Path(args.out)
@@ -250,23 +251,6 @@ def torchao_report(den, tao, fp_model, config, bank, gens, wall, cpu, seed: int)
           + f"; it holds {held:,} B for those layers ({ours_bytes:,.0f} B accounted packed); generation "
           f"{wall['torchao']:.3f} s ({wall['torchao'] / wall['fp']:.3f}x FP, CPU {cpu['torchao'] / cpu['fp']:.3f}x)")
     return out
-
-
-def _loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

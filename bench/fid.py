@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from sampling.fid import FrechetReference  # noqa: E402
 
-from machine import write_result  # noqa: E402  (bench/machine.py)
+from machine import loadavg, write_result  # noqa: E402  (bench/machine.py)
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS")
@@ -109,7 +109,7 @@ def main() -> None:
     if min(args.runs, args.cleanfid_runs, args.threads) < 1 or args.n < 2:
         ap.error("--runs, --cleanfid-runs and --threads must be ≥ 1, --n ≥ 2")
 
-    load_start = _loadavg()
+    load_start = loadavg()
     with threadpool_limits(args.threads):
         blas = blas_info()
         env = {k: os.environ.get(k) for k in ENV_VARS}
@@ -160,7 +160,7 @@ def main() -> None:
     rel_err = abs(ours - cf) / abs(cf)
     rel_routes = abs(ours - ours_stats) / abs(ours)
     speedup = t_cf / t_ours
-    load_end = _loadavg()
+    load_end = loadavg()
     print(f"CPU seconds (this process): clean-fid {cpu_cf:.2f}s, ours {cpu_ours:.3f}s, ratio "
           f"{cpu_cf / cpu_ours:.1f}; load average {load_start} at start, {load_end} at end "
           f"(on {os.cpu_count()} cpus)")
@@ -185,23 +185,6 @@ def main() -> None:
     }
     write_result("fid", result, out=args.out)  # + "command" and "machine" (bench/machine.py)
     print(f"fid speedup={speedup:.1f} rel_err={rel_err:.2e}")
-
-
-def _loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

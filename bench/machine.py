@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -33,7 +34,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _loadavg() -> list[float] | None:
+def loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (/proc/loadavg), None where unavailable."""
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
@@ -60,10 +62,10 @@ def machine_info() -> dict[str, Any]:
     `utc` (ISO-8601 timestamp). Never raises for a missing optional package: its value is None.
     """
     info: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg": _loadavg(),
+        "loadavg": loadavg(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": _version("numpy"),
