@@ -126,7 +126,10 @@ def _histogram(x: torch.Tensor, bins: int, with_sums: bool):
         raise QsensError("k-means input has non-finite values (nan or inf): check the model's weights")
     width = hi.double() - lo.double()
     scale = torch.where(width > 0, bins / width.clamp_min(1e-300), 0.0).to(torch.float32)  # constant row: bin 0
-    mu = x.mean(dim=1, keepdim=True) if with_sums else torch.zeros_like(lo)
+    # float64 accumulation: a float32 mean over ~10^5+ values depends on the thread count's
+    # reduction order, and it shifts every centroid (K-Means-A must not depend on threads)
+    mu = (x.mean(dim=1, keepdim=True, dtype=torch.float64).to(torch.float32) if with_sums
+          else torch.zeros_like(lo))
     start = (lo.double() - mu.double()).to(torch.float32)  # lo in centred units
     cnt = torch.zeros(R, bins, dtype=torch.float64, device=dev)
     sums = torch.zeros(R, bins, dtype=torch.float64, device=dev) if with_sums else None
