@@ -20,6 +20,9 @@ through `log`, standardised with the mean/std of the training split only.
 Splits. `split_ids` is deterministic in (config ids, seed): a config goes to the TEST split when
 `hash(seed, config_id)` falls in the lowest `test_fraction`; the rest is ordered by a second
 hash and dealt round-robin into `folds` validation parts (fold k trains on the others).
+`split_with_provenance` splits the random rows so and adds every other row (active learning
+picks, `ConfigSet.provenance`) to every fold's train part only: the held-out metrics stay those
+of random configs, whatever the active rounds added.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, STATIC_COLUMNS, to_pyg
 from quant.errors import QsensError
 from quant.options import FP16, parse_option
 from quant.provenance import bank_digest
+
+
+RANDOM = "random"  # sampling.cache.DEFAULT_PROVENANCE: rows from the random config sampler
 
 
 def _sha(text: str) -> str:
@@ -221,14 +227,24 @@ class ConfigSet:
     opt_idx: torch.Tensor  # (B, L) long
     fid: np.ndarray  # (B,)
     avg_bits: np.ndarray  # (B,)
+    # (B,) str: the cache's `provenance` ("random" | "active-r{round}"); None = all random.
+    # Only random rows enter the test split and the val parts (predictor.train).
+    provenance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.config_ids)
 
+    def is_random(self) -> np.ndarray:
+        """(B,) bool: rows from the random sampler (all of them when `provenance` is None)."""
+        if self.provenance is None:
+            return np.ones(len(self), dtype=bool)
+        return np.asarray(self.provenance) == RANDOM
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> "ConfigSet":
         idx = np.asarray(idx, dtype=np.int64)
         return ConfigSet([self.config_ids[i] for i in idx], self.opt_idx[torch.as_tensor(idx)],
-                         self.fid[idx], self.avg_bits[idx])
+                         self.fid[idx], self.avg_bits[idx],
+                         None if self.provenance is None else np.asarray(self.provenance)[idx])
 
 
 def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = None) -> ConfigSet:
@@ -247,7 +263,11 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
     configs = [json.loads(s) for s in df["options"]]
     opt_idx = template.encode(configs)
     avg_bits = template.avg_bits(opt_idx)
-    return ConfigSet(list(df["config_id"]), opt_idx, df["fid"].to_numpy(dtype=float), avg_bits)
+    if "provenance" in df:  # null (a cache from before the column) = the random sampler
+        provenance = np.array([RANDOM if p is None or p != p else str(p) for p in df["provenance"]], dtype=object)
+    else:
+        provenance = np.full(len(df), RANDOM, dtype=object)
+    return ConfigSet(list(df["config_id"]), opt_idx, df["fid"].to_numpy(dtype=float), avg_bits, provenance)
 
 
 def _unit_hash(seed: int, salt: str, config_id: str) -> float:
@@ -277,6 +297,21 @@ def split_ids(config_ids: Sequence[str], test_fraction: float, folds: int, seed:
     fold_splits = [(np.sort(np.concatenate([parts[j] for j in range(folds) if j != k])), parts[k])
                    for k in range(folds)]
     return test, fold_splits
+
+
+def split_with_provenance(data: ConfigSet, test_fraction: float, folds: int, seed: int
+                          ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """`split_ids` over the random rows of `data` only; every non-random row goes into every
+    fold's train part, never into the test split or a val part. With only random rows this is
+    `split_ids(data.config_ids, ...)` itself (same arrays)."""
+    rnd = data.is_random()
+    if rnd.all():
+        return split_ids(data.config_ids, test_fraction, folds, seed)
+    r_idx = np.flatnonzero(rnd)
+    extra = np.flatnonzero(~rnd)
+    test, fold_splits = split_ids([data.config_ids[i] for i in r_idx], test_fraction, folds, seed)
+    return np.sort(r_idx[test]), [(np.sort(np.concatenate([r_idx[tr], extra])), np.sort(r_idx[va]))
+                                  for tr, va in fold_splits]
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     test split (by config-id hash, never trained or early-stopped on)
     rest -> k folds; member k trains on the other folds, early-stops on fold k (val Spearman)
+    active-learning rows (provenance != "random", search.active): train parts only, every fold
     ensemble prediction = mean of the members' predicted costs; metrics on the test split
     baselines: fitted on each member's train part, test predictions averaged the same way
 
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 from quant.progress import progress_bar
 
 from predictor import baselines as bl
-from predictor.dataset import ConfigSet, GraphTemplate, TargetScaler, configs_from_cache, split_ids
+from predictor.dataset import ConfigSet, GraphTemplate, TargetScaler, configs_from_cache, split_with_provenance
 from predictor.losses import RANK_LOSSES, total_loss
 from predictor.metrics import all_metrics
 from predictor.model import CONVS, DIRECTIONS, ModelConfig, SensitivityGNN, count_parameters
@@ -148,17 +149,31 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, train_idx: np.ndarray,
                  val_idx: np.ndarray, params: TrainParams, seed: int, bar: Any | None = None,
-                 rows_all: torch.Tensor | None = None) -> Member:
-    """Train one GNN on `train_idx`, early-stopping on `val_idx` (Spearman, then MSE)."""
+                 rows_all: torch.Tensor | None = None, init: "MemberInit | None" = None) -> Member:
+    """Train one GNN on `train_idx`, early-stopping on `val_idx` (Spearman, then MSE).
+
+    `init` (warm start): start from these weights, buffers and target scaler instead of fitting
+    them on `train_idx`, so epoch 0 is exactly the previous member (its feature standardisation
+    and target scale included); the epochs then fine-tune it."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    scaler = params.scaler().fit(data.fid[train_idx], data.avg_bits[train_idx])
+    if init is None:
+        scaler = params.scaler().fit(data.fid[train_idx], data.avg_bits[train_idx])
+    else:
+        scaler = TargetScaler.from_dict(init.scaler.to_dict())
     y_all = torch.tensor(scaler.encode(data.fid, data.avg_bits), dtype=torch.float32)
     model = SensitivityGNN(params.model_config(template))
-    model.set_feature_stats(x_all[torch.as_tensor(train_idx)])
-    if rows_all is not None:
-        model.set_probe(template.probe_offset, template.weight_index, rows_all[torch.as_tensor(train_idx)])
+    if init is None:
+        model.set_feature_stats(x_all[torch.as_tensor(train_idx)])
+        if rows_all is not None:
+            model.set_probe(template.probe_offset, template.weight_index, rows_all[torch.as_tensor(train_idx)])
+    else:
+        try:
+            model.load_state_dict(init.state)
+        except RuntimeError as exc:
+            raise QsensError("warm start: the previous member does not fit these train params "
+                             f"(another model size/conv/probe?): {str(exc).splitlines()[0]}") from None
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / params.batch_size))
     total = params.epochs * steps_per_epoch
@@ -205,6 +220,14 @@ def train_member(template: GraphTemplate, x_all: torch.Tensor, data: ConfigSet, 
 
 
 @dataclass
+class MemberInit:
+    """A warm start for one member: its state dict (weights + buffers) and target scaler."""
+
+    state: dict[str, torch.Tensor]
+    scaler: TargetScaler
+
+
+@dataclass
 class TrainResult:
     members: list[Member]
     template: GraphTemplate
@@ -229,11 +252,20 @@ def _subsample(idx: np.ndarray, fraction: float, ids: list[str], seed: int) -> n
 
 
 def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, init: list[MemberInit] | None = None) -> TrainResult:
+    """Train `params.folds` members (see the module docstring) -> TrainResult.
+
+    Rows whose `data.provenance` is not "random" (active learning picks) go into every member's
+    train part and never into the test split or a val part (`split_with_provenance`), so the
+    test metrics are on random configs only. `init`: one MemberInit per fold (warm start, see
+    `train_member`), or None to initialise from `params.seed`. Raises QsensError for too few
+    configs, a missing probe, or an `init` of the wrong length/shape."""
     params.validate()
     start = time.perf_counter()
     torch.set_num_threads(max(1, params.threads))
-    test_idx, folds = split_ids(data.config_ids, params.test_fraction, params.folds, params.seed)
+    if init is not None and len(init) != params.folds:
+        raise QsensError(f"warm start: {len(init)} previous member(s) for {params.folds} folds")
+    test_idx, folds = split_with_provenance(data, params.test_fraction, params.folds, params.seed)
     if len(test_idx) < 2:
         raise QsensError(f"test split has {len(test_idx)} configs: raise train.test_fraction or add configs")
     if params.needs_probe and template.probe_shift is None:
@@ -252,7 +284,7 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
         train_idx = _subsample(train_idx, params.train_fraction, data.config_ids, params.seed + k)
         bar.set_description(f"train predictor (fold {k + 1}/{params.folds})")
         m = train_member(template, x_all, data, train_idx, val_idx, params, seed=params.seed * 1000 + k, bar=bar,
-                         rows_all=rows_all)
+                         rows_all=rows_all, init=None if init is None else init[k])
         members.append(m)
         z_test = _predict_z(m.model, x_all[torch.as_tensor(test_idx)], template.edge_index, _take(rows_all, test_idx))
         z_val = _predict_z(m.model, x_all[torch.as_tensor(val_idx)], template.edge_index, _take(rows_all, val_idx))
@@ -284,6 +316,7 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
         "folds": fold_rows,
         "baselines": {b: all_metrics(cost[test_idx], np.mean(v, axis=0)) for b, v in base_preds.items()},
         "info": {"n_configs": len(data), "n_test": int(len(test_idx)),
+                 "n_active": int((~data.is_random()).sum()),
                  "n_train_per_fold": int(np.mean([r["n_train"] for r in fold_rows])),
                  "target": params.target, "cost": "fid" if params.scaler().lambda_bits == 0
                  else f"fid + {params.lambda_bits} * avg_bits",
@@ -293,6 +326,8 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
                  "rank_weight": params.rank_weight, "train_fraction": params.train_fraction,
                  "probe": params.probe},
     }
+    if init is not None:
+        metrics["info"]["warm_start"] = True
     return TrainResult(members, template, params, metrics, preds, seconds)
 
 

@@ -1,7 +1,9 @@
 """The quant_cache: one parquet row per config id, merged from the shards. Merge is its only writer.
 
 Schema (`CACHE_SCHEMA`): the config (`options` as canonical JSON), its accounting, its scores,
-how it was scored, and `status` ok/failed with a reason. Readers validate the schema.
+how it was scored, `status` ok/failed with a reason, and its `provenance` ("random": the
+random sampler; "active-r{round}": picked by active learning, `search.active`). Readers
+validate the schema; columns added later (`OPTIONAL_COLUMNS`) may be absent from older files.
 """
 from __future__ import annotations
 
@@ -41,8 +43,12 @@ CACHE_SCHEMA = pa.schema([
     ("worker", pa.string()),
     ("code_version", pa.string()),
     ("job_key", pa.string()),  # the scoring job (sampling.worker.job_key_for); null: synthetic/legacy
+    ("provenance", pa.string()),  # why the config was scored: "random" (the sampler) | "active-r{round}"
 ])
-OPTIONAL_COLUMNS = ("job_key",)  # absent in caches written before it existed: read as null
+# Absent in caches written before they existed. job_key reads as null; provenance as "random"
+# (every row written before active learning came from the random sampler).
+OPTIONAL_COLUMNS = ("job_key", "provenance")
+DEFAULT_PROVENANCE = "random"
 _FIELDS = [f.name for f in CACHE_SCHEMA]
 
 
@@ -75,7 +81,26 @@ def _normalise(record: dict) -> dict:
     for name in ("index",):
         row[name] = -1 if row[name] is None else row[name]
     row["reason"] = row["reason"] or ""
+    row["provenance"] = row["provenance"] or DEFAULT_PROVENANCE
     return row
+
+
+def normalise_record(record: dict) -> dict:
+    """A scored record (shard line or any dict with the schema's keys) -> one cache row: every
+    schema column present (missing ones null), `options` as canonical JSON without fp16 layers,
+    `index` -1 when unknown, `reason` "" when none, `provenance` "random" when none."""
+    return _normalise(record)
+
+
+def fill_provenance(table: pa.Table) -> pa.Table:
+    """`table` with a `provenance` column in which every null reads "random" (see OPTIONAL_COLUMNS)."""
+    import pyarrow.compute as pc
+
+    if "provenance" not in table.schema.names:
+        return table.append_column("provenance", pa.array([DEFAULT_PROVENANCE] * table.num_rows, pa.string()))
+    i = table.schema.get_field_index("provenance")
+    col = pc.fill_null(table.column(i).cast(pa.string()), DEFAULT_PROVENANCE)
+    return table.set_column(i, "provenance", col)
 
 
 def merge_shards(shard_dir: Path, out: Path) -> MergeReport:
@@ -119,6 +144,11 @@ def write_cache(table: pa.Table, out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".parquet.tmp")
+        for name in OPTIONAL_COLUMNS:  # a table built before the column existed still writes
+            if name not in table.schema.names:
+                table = table.append_column(name, pa.nulls(table.num_rows, CACHE_SCHEMA.field(name).type))
+        if set(table.schema.names) == set(_FIELDS):  # same columns in another order
+            table = table.select(_FIELDS)
         pq.write_table(table.cast(CACHE_SCHEMA), tmp, compression="zstd", use_dictionary=True,
                        write_statistics=False)
         tmp.replace(out)
@@ -145,7 +175,7 @@ def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
         raise CacheError(f"{path}: not a quant_cache: " + "; ".join(
             ([f"missing column(s) {', '.join(missing)}"] if missing else []) +
             ([f"wrong type(s) {', '.join(wrong)}"] if wrong else [])))
-    df = table.select(_FIELDS).to_pandas()
+    df = fill_provenance(table.select(_FIELDS)).to_pandas()
     if df["config_id"].duplicated().any():
         raise CacheError(f"{path}: duplicated config_id rows (the cache must be written by `qsens cache merge`)")
     return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df

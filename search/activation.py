@@ -197,8 +197,9 @@ class ActEvalParams:
     act_calib_timesteps: str = "uniform"  # uniform | normal
 
     def __post_init__(self) -> None:
-        from search.params import STRATEGIES
+        from search.params import strategy_names
 
+        STRATEGIES = strategy_names()
         bad = [s for s in (*self.act_strategies, *self.act_mixed_strategies) if s not in STRATEGIES]
         if bad:
             raise QsensError(f"evaluate.act_strategies / act_mixed_strategies: unknown {bad}; known: {', '.join(STRATEGIES)}")

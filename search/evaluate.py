@@ -1,14 +1,22 @@
-"""The evaluation stage: every strategy × every budget, scored for real on fresh seeds.
+"""The evaluation stage: every strategy × every budget, scored for real on several fresh seed sets.
 
-For each (strategy, budget) the strategy searches a config (`data/search/<model>/configs/
-<strategy>-<budget>.json`), then the config is applied, `evaluate.images` images are generated
-from seed set `evaluate.image_seed` and scored. The FP model is scored on the same seeds (the
-reference line). Outputs:
+For each strategy the budgets are solved in increasing order, each started from the lower
+budget's config (a monotone family, `search.strategies.family`); configs found by the search
+stage (`given`: the predictor's family after active learning) are scored instead of searched.
+Each config is applied, `evaluate.images` images are generated from each seed set in
+`evaluate.image_seeds` and scored; the FP model is scored on the same seeds. Outputs:
 
-    metrics/search.json            rows {budget, strategy, act, avg_bits, fid, content, seconds, ...}
-    metrics/search_pareto.csv      strategy, avg_bits, fid (DVC plots)
-    data/search/<model>/pareto.png FID vs avg bits, one line per strategy, FP as a reference line
+    metrics/search.json            rows {budget, strategy, act, avg_bits, fids: [one per seed set],
+                                   fid (their mean), fid_se, content, real_scores, paired, ...}
+    metrics/search_pareto.csv      strategy, avg_bits, fid, fid_se (DVC plots)
+    data/search/<model>/pareto.png FID vs avg bits with standard-error bars, FP as a reference band
     data/search/<model>/grids/budget-<b>.png   one row of samples per strategy (+ FP)
+
+`paired` (predictor rows): the per-seed difference to the best other strategy at that budget,
+its mean and standard error — the same seeds on both sides cancel the noise they share, so a
+difference far smaller than one seed set's σ can be resolved. `real_scores`: the real
+measurements behind the config (selection scores made while searching, cache rows the
+strategy learned from or picked among, analysis rows), so strategies are compared at their cost.
 
 W/A rows (issue 14, `act`: `ActEvalParams`): for the strategies in `act_strategies` each found
 weight config is scored again with every layer's input activations quantized at each of
@@ -18,14 +26,17 @@ allocated by `search.activation.allocate_activation_bits` at a MAC-weighted aver
 `act_mixed_bits` (`act` = "A7-mixed"; sensitivity measured once, FP weights). Weight-only rows
 have `act` null. `act_bits` on a row is the (MAC-weighted) average activation bits.
 
-Robust and resumable: each row is written as soon as it is scored (atomic rewrite of the JSON);
-a re-run skips rows whose key (strategy, budget, evaluation and search params, and a digest of
-the strategy's input files) is unchanged and whose config file is present, so rows become stale
-exactly when what produced them changed. A strategy that cannot meet a budget (e.g. `uniform`
-below its smallest option) gives a row with status "failed" and the reason, not a crash.
+Robust and resumable: each row is written as soon as it is scored (atomic rewrite of the JSON).
+Every (config id, activation setting, seed set) score is kept in the rows (`per_seed`) and reused
+while the model, bank, evaluation settings and scoring code are unchanged (`score_key`); a
+config is searched again unless its row's key (strategy, the family's budgets up to it, search
+params, a digest of the strategy's input files, seeds) is unchanged. A strategy that cannot meet a
+budget (e.g. `uniform` below its smallest option) gives a row with status "failed" and the
+reason, not a crash.
 
-The evaluation seed set must be disjoint from every seed set used to build the cache or to select
-configs (cache `image_seed` values, `search.select_seed`, analysis seeds): it refuses otherwise.
+The evaluation seed sets must be disjoint from every seed set used to build the cache, train or
+select configs (cache `image_seed` values, `search.select_seed`, probe, calibration and analysis
+seeds): it refuses otherwise.
 """
 from __future__ import annotations
 
@@ -68,21 +79,12 @@ def digest_paths(paths: Iterable[str | Path | None]) -> str:
     return h.hexdigest()[:16]
 
 
-def strategy_inputs(strategy: str, bank_dir: Path | None, cache_path: Path | None,
-                    predictor_dir: Path | None, analysis_dir: Path | None) -> list[Path | None]:
-    bank_meta = None if bank_dir is None else Path(bank_dir) / "bank.json"
-    extra = {"predictor": [predictor_dir], "layerwise": [analysis_dir and Path(analysis_dir) / "layerwise.parquet"],
-             "mixdq": [analysis_dir and Path(analysis_dir) / "mixdq.parquet"], "uniform": [cache_path],
-             "random-best": [cache_path], "error": []}.get(strategy, [])
-    return [bank_meta, *extra]
-
-
 def check_seeds(eval_seed: int, used: dict[str, Iterable[int]]) -> None:
     """Refuse an evaluation seed set that was used to build the cache or to select configs."""
     hits = [what for what, seeds in used.items() if int(eval_seed) in {int(s) for s in seeds}]
     if hits:
-        raise QsensError(f"evaluate.image_seed {eval_seed} overlaps the seed set(s) of {', '.join(hits)}; "
-                         "evaluation needs fresh seeds: choose another evaluate.image_seed")
+        raise QsensError(f"evaluate.image_seeds: seed set {eval_seed} overlaps the seed set(s) of {', '.join(hits)}; "
+                         "evaluation needs fresh seeds: choose others in evaluate.image_seeds")
 
 
 def row_key(*parts: Any) -> str:
@@ -119,44 +121,88 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                    ep: EvaluateParams, out_dir: str | Path, metrics_path: str | Path,
                    pareto_csv: str | Path | None = None, used_seeds: dict[str, Iterable[int]] | None = None,
                    input_digest: Callable[[str], str] | None = None,
-                   log: Callable[[str], None] = print, act: Any = None) -> list[dict]:
-    """Search + score every (strategy, budget) and the FP model; see the module doc.
+                   log: Callable[[str], None] = print, act: Any = None,
+                   given: dict[str, dict[float, Any]] | None = None) -> list[dict]:
+    """Search + score every (strategy, budget) and the FP model on every evaluation seed set;
+    see the module doc.
 
+    Budgets are solved in increasing order per strategy, each from the lower budget's config
+    (`search.strategies.family`). given: {strategy: {budget: SearchResult}} configs found
+    elsewhere (the search stage's predictor family) that are scored instead of searched.
     act: `search.activation.ActEvalParams` for the W/A rows, or None (weight-only rows only)."""
+    from quant.config import QuantConfig
     from search.strategies import run_strategy
 
     used = {"the search selection (search.select_seed)": [ctx.params.select_seed], **(used_seeds or {})}
+    if "fisher" in strategies:
+        used["the fisher calibration (search.fisher_calib_seed)"] = [ctx.params.fisher_calib_seed]
     if act is not None and (act.act_mixed_bits is not None and act.act_mixed_strategies):
         used["the activation calibration (evaluate.act_calib_seed)"] = [act.act_calib_seed]
-    check_seeds(ep.image_seed, used)
+    for seed in ep.image_seeds:
+        check_seeds(seed, used)
+    seeds = [int(s) for s in ep.image_seeds]
+    budgets = sorted(float(b) for b in budgets)
     out_dir, metrics_path = Path(out_dir), Path(metrics_path)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     # the code that searches and scores is part of every row's key: a changed strategy re-scores
-    eval_part = {"images": ep.images, "image_seed": ep.image_seed, "steps": ep.steps, "model": ctx.model,
+    eval_part = {"images": ep.images, "steps": ep.steps, "model": ctx.model,
                  "code": code_digest(["qsens.commands.evaluate"])}
+    from quant.provenance import bank_digest
+
+    # a (config id, seed) score is reused only for the same model weights, bank and scoring code
+    score_key = row_key(eval_part, bank_digest(ctx.bank), input_digest(FP_STRATEGY) if input_digest else "")
     search_part = asdict(ctx.params)
-    old = {(r.get("strategy"), r.get("budget"), r.get("act")): r for r in read_rows(metrics_path)}
+    old_rows = read_rows(metrics_path)
+    old = {(r.get("strategy"), r.get("budget"), r.get("act")): r for r in old_rows}
+    # every (config, activation setting, seed) scored before under the same evaluation settings
+    memo: dict[tuple, dict] = {}
+    for r in old_rows:
+        if r.get("score_key") == score_key:
+            for s in r.get("per_seed") or []:
+                memo[(r.get("config_id") or r["strategy"], r.get("act_key"), s["seed"])] = s
     rows: list[dict] = []
     act_sens: dict = {}  # the activation sensitivity, measured once when a mixed row needs it
 
     def flush() -> None:
         _atomic_json(metrics_path, rows)
 
+    def score_all(config, ident: str, act_key: str | None, tag: str) -> dict[str, Any]:
+        """Score on every seed set (memoised); the first seed's images are kept for the grid."""
+        per_seed, spent = [], 0.0
+        for i, seed in enumerate(seeds):
+            hit = memo.get((ident, act_key, seed))
+            if hit is None or (i == 0 and not image_file(tag).exists()):
+                sc = real.score(config, ep.images, seed)
+                if i == 0:
+                    save_images(image_file(tag), sc["images"][:ep.grid_columns])
+                hit = {"seed": seed, "fid": _num(sc["fid"]), "content": _num(sc["content"]),
+                       "status": sc["status"], "reason": sc["reason"], "seconds": round(sc["seconds"], 3)}
+                memo[(ident, act_key, seed)] = hit
+                spent += sc["seconds"]
+            per_seed.append(hit)
+        fids = [s["fid"] for s in per_seed]
+        ok = all(s["status"] == "ok" and s["fid"] is not None for s in per_seed)
+        bad = next((s for s in per_seed if not (s["status"] == "ok" and s["fid"] is not None)), None)
+        return {"fids": fids, "fid": _mean(fids) if ok else None, "fid_se": _se(fids) if ok else None,
+                "content": _mean([s["content"] for s in per_seed]) if ok else None,
+                "status": "ok" if ok else (bad["status"] if bad["status"] != "ok" else "failed"),
+                "reason": "" if ok else f"seed set {bad['seed']}: {bad['reason'] or 'non-finite FID'}",
+                "per_seed": per_seed, "image_seeds": seeds, "score_seconds": round(spent, 3),
+                "score_key": score_key, "act_key": act_key}
+
     def image_file(tag: str) -> Path:
         return images_path(out_dir, tag)
 
     def act_rows(strategy: str, budget: float, tag: str, config, weight_key: str) -> None:
         """The W/A rows of one found weight config (see the module doc)."""
-        from quant.config import QuantConfig
-
         settings = [(f"A{b}", int(b)) for b in act.act_bits] if strategy in act.act_strategies else []
         if act.act_mixed_bits is not None and strategy in act.act_mixed_strategies:
             settings.append((act.mixed_label(), None))
         for label, bits in settings:
             a_tag = f"{tag}-{label}"
             a_path = out_dir / "configs" / f"{a_tag}.json"
-            a_key = row_key(weight_key, label, asdict(act) if bits is None else "dynamic")
+            a_key = row_key(weight_key, label, asdict(act) if bits is None else "dynamic", seeds)
             prev = old.get((strategy, budget, label))
             if prev and prev.get("key") == a_key and (
                     (a_path.exists() and image_file(a_tag).exists()) or prev.get("status") != "ok"):
@@ -168,7 +214,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                                    "act_mode": "dynamic", "avg_bits": config.avg_bits, "fid": None,
                                    "content": None, "seconds": 0.0, "score_seconds": None, "status": "failed",
                                    "reason": "", "config_id": None, "images": ep.images,
-                                   "image_seed": ep.image_seed, "key": a_key}
+                                   "image_seeds": seeds, "key": a_key}
             if bits is not None:
                 a_cfg = QuantConfig(config.model, dict(config.options), config.avg_bits, act_bits=bits)
                 row["act_bits"] = float(bits)
@@ -187,14 +233,11 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                            act_bits_histogram={str(b): sum(v == b for v in alloc.bits.values())
                                                for b in sorted(set(alloc.bits.values()), reverse=True)})
             a_cfg.save(a_path)
-            sc = real.score(a_cfg, ep.images, ep.image_seed)
-            save_images(image_file(a_tag), sc["images"][:ep.grid_columns])
-            row.update(fid=_num(sc["fid"]), content=_num(sc["content"]), score_seconds=round(sc["seconds"], 3),
-                       status=sc["status"], reason=sc["reason"], config_id=a_cfg.config_id)
+            row.update(score_all(a_cfg, config.config_id, row_key(label, a_cfg.act_options, a_cfg.act_bits), a_tag),
+                       config_id=a_cfg.config_id)
             rows.append(row)
             flush()
-            fid = "failed" if row["fid"] is None else f"{row['fid']:.3f}"
-            log(f"{a_tag}: W {row['avg_bits']:.4f} bits, A {row['act_bits']:.3f} bits  FID {fid}")
+            log(f"{a_tag}: W {row['avg_bits']:.4f} bits, A {row['act_bits']:.3f} bits  FID {_fmt(row)}")
 
     def mixed_allocation(config):
         """Activation bits for `config` at `act.act_mixed_bits` (sensitivity measured once)."""
@@ -216,69 +259,113 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                                         time_limit_s=ctx.params.time_limit_s)
 
     # the FP reference
-    key = row_key(FP_STRATEGY, eval_part, input_digest(FP_STRATEGY) if input_digest else "")
-    prev = old.get((FP_STRATEGY, None, None))
-    if prev and prev.get("key") == key and image_file(FP_STRATEGY).exists():
-        rows.append(prev)
-        log("fp16: done before, skipped")
-    else:
-        sc = real.score(None, ep.images, ep.image_seed)
-        save_images(image_file(FP_STRATEGY), sc["images"][:ep.grid_columns])
-        rows.append({"budget": None, "strategy": FP_STRATEGY, "act": None, "avg_bits": 16.0, "fid": _num(sc["fid"]),
-                     "content": _num(sc["content"]), "seconds": 0.0, "score_seconds": round(sc["seconds"], 3),
-                     "status": sc["status"], "reason": sc["reason"], "config_id": None,
-                     "images": ep.images, "image_seed": ep.image_seed, "key": key})
-        log(f"fp16: FID {sc['fid']:.3f}  content {sc['content']:.3f}")
+    fp = {"budget": None, "strategy": FP_STRATEGY, "act": None, "avg_bits": 16.0, "seconds": 0.0,
+          "config_id": None, "images": ep.images,
+          "key": row_key(FP_STRATEGY, eval_part, seeds, input_digest(FP_STRATEGY) if input_digest else "")}
+    fp.update(score_all(None, FP_STRATEGY, None, FP_STRATEGY))
+    rows.append(fp)
+    log(f"fp16: FID {_fmt(fp)}  content {fp['content'] if fp['content'] is None else round(fp['content'], 3)}")
     flush()
 
     for strategy in strategies:
         digest = input_digest(strategy) if input_digest else ""
+        incumbent = None
+        done: list[float] = []
         for budget in budgets:
             tag = f"{strategy}-{budget_tag(budget)}"
             cfg_path = out_dir / "configs" / f"{tag}.json"
-            key = row_key(strategy, float(budget), eval_part, search_part, digest)
-            prev = old.get((strategy, float(budget), None))
-            if prev and prev.get("key") == key and (
-                    (cfg_path.exists() and image_file(tag).exists()) or prev.get("status") != "ok"):
-                rows.append(prev)
-                flush()
-                log(f"{tag}: done before, skipped")
-                if act is not None and cfg_path.exists() and prev.get("avg_bits") is not None:
-                    from quant.config import QuantConfig
-
-                    act_rows(strategy, float(budget), tag, QuantConfig.load(cfg_path), key)
-                continue
-            row: dict[str, Any] = {"budget": float(budget), "strategy": strategy, "act": None, "avg_bits": None, "fid": None,
-                                   "content": None, "seconds": None, "score_seconds": None, "status": "failed",
-                                   "reason": "", "config_id": None, "images": ep.images,
-                                   "image_seed": ep.image_seed, "key": key}
-            try:
-                result = run_strategy(ctx, strategy, float(budget))
-            except QsensError as exc:
-                row["reason"] = str(exc)
-                rows.append(row)
-                flush()
-                log(f"{tag}: no config ({exc})")
-                continue
-            result.config.save(cfg_path)
-            _atomic_json(out_dir / "configs" / f"{tag}.report.json", result.to_report())
-            sc = real.score(result.config, ep.images, ep.image_seed)
-            save_images(image_file(tag), sc["images"][:ep.grid_columns])
-            row.update(avg_bits=result.config.avg_bits, fid=_num(sc["fid"]), content=_num(sc["content"]),
-                       seconds=round(result.seconds, 3), score_seconds=round(sc["seconds"], 3),
-                       status=sc["status"], reason=sc["reason"], config_id=result.config.config_id)
+            # a family's config at a budget depends on every lower budget's (its starts)
+            key = row_key(strategy, budget, done, eval_part, search_part, digest, seeds)
+            done.append(budget)
+            row: dict[str, Any] = {"budget": budget, "strategy": strategy, "act": None, "avg_bits": None,
+                                   "fid": None, "fids": [], "fid_se": None, "content": None, "seconds": None,
+                                   "score_seconds": None, "status": "failed", "reason": "", "config_id": None,
+                                   "images": ep.images, "image_seeds": seeds, "real_scores": {}, "key": key}
+            prev = old.get((strategy, budget, None))
+            if prev and prev.get("key") == key and prev.get("status") == "ok" and cfg_path.exists():
+                config = QuantConfig.load(cfg_path)
+                row.update({k: prev.get(k) for k in ("seconds", "real_scores", "chosen_by")})
+                log(f"{tag}: searched before, config reused")
+            elif given and strategy in given:
+                found = given[strategy].get(budget)
+                if found is None:
+                    row["reason"] = f"no {strategy} config for budget {budget:g} in the given family"
+                    rows.append(row)
+                    flush()
+                    log(f"{tag}: {row['reason']}")
+                    continue
+                config = found.config
+                config.save(cfg_path)
+                _atomic_json(out_dir / "configs" / f"{tag}.report.json", found.to_report())
+                row.update(seconds=round(found.seconds, 3), real_scores=found.report.get("real_scores", {}),
+                           chosen_by=found.report.get("chosen_by"))
+            else:
+                try:
+                    result = run_strategy(ctx, strategy, budget, incumbent)
+                except QsensError as exc:
+                    row["reason"] = str(exc)
+                    rows.append(row)
+                    flush()
+                    log(f"{tag}: no config ({exc})")
+                    continue
+                config = result.config
+                config.save(cfg_path)
+                _atomic_json(out_dir / "configs" / f"{tag}.report.json", result.to_report())
+                row.update(seconds=round(result.seconds, 3), real_scores=result.report.get("real_scores", {}),
+                           chosen_by=result.report.get("chosen_by"))
+            incumbent = config
+            row.update(score_all(config, config.config_id, None, tag), avg_bits=config.avg_bits,
+                       config_id=config.config_id)
             rows.append(row)
             flush()
-            fid = "failed" if row["fid"] is None else f"{row['fid']:.3f}"
-            log(f"{tag}: {row['avg_bits']:.4f} bits  FID {fid}  (search {row['seconds']:.1f} s)")
-            if act is not None:
-                act_rows(strategy, float(budget), tag, result.config, key)
+            log(f"{tag}: {row['avg_bits']:.4f} bits  FID {_fmt(row)}  (search {row['seconds'] or 0:.1f} s)")
+            if act is not None and row["status"] == "ok":
+                act_rows(strategy, budget, tag, config, key)
 
+    add_paired_differences(rows)
+    flush()
     if pareto_csv is not None:
         write_pareto_csv(rows, pareto_csv)
     plot_pareto(rows, out_dir / "pareto.png")
     write_grids(rows, out_dir, budgets, strategies)
     return rows
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _se(values: Sequence[float | None]) -> float | None:
+    """Standard error of the mean over seed sets (sample std / √n); None for fewer than 2."""
+    v = [x for x in values if x is not None]
+    return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) >= 2 else None
+
+
+def _fmt(row: dict) -> str:
+    if row.get("fid") is None:
+        return "failed"
+    se = f" ± {row['fid_se']:.3f}" if row.get("fid_se") is not None else ""
+    return f"{row['fid']:.3f}{se}"
+
+
+def add_paired_differences(rows: list[dict], strategy: str = "predictor") -> None:
+    """On each weight-only `strategy` row: `paired` = its FID minus the best other strategy's at
+    the same budget (lowest mean FID among the other weight-only rows that scored ok), per seed
+    set, with mean, standard error (std of the differences / √n) and z = mean / se. The same
+    seeds on both sides cancel the seed-to-seed noise both share."""
+    for r in rows:
+        if r["strategy"] != strategy or r.get("act") or r.get("status") != "ok":
+            continue
+        others = [o for o in rows if o["strategy"] not in (strategy, FP_STRATEGY) and not o.get("act")
+                  and o.get("budget") == r["budget"] and o.get("status") == "ok" and o.get("fid") is not None]
+        if not others:
+            continue
+        best = min(others, key=lambda o: (o["fid"], o["strategy"]))
+        diffs = [a - b for a, b in zip(r["fids"], best["fids"])]
+        mean, se = float(np.mean(diffs)), _se(diffs)
+        r["paired"] = {"vs": best["strategy"], "diffs": diffs, "diff": mean, "se": se,
+                       "z": (mean / se) if se else None, "same_config": best.get("config_id") == r.get("config_id")}
 
 
 def series_label(row: dict) -> str:
@@ -291,10 +378,11 @@ def write_pareto_csv(rows: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["strategy", "avg_bits", "fid"])
+        w.writerow(["strategy", "avg_bits", "fid", "fid_se"])
         for r in sorted(rows, key=lambda r: (series_label(r), r["avg_bits"] or 0)):
             if r.get("fid") is not None and r.get("avg_bits") is not None and r["strategy"] != FP_STRATEGY:
-                w.writerow([series_label(r), f"{r['avg_bits']:.6f}", f"{r['fid']:.6f}"])
+                se = "" if r.get("fid_se") is None else f"{r['fid_se']:.6f}"
+                w.writerow([series_label(r), f"{r['avg_bits']:.6f}", f"{r['fid']:.6f}", se])
     return path
 
 
@@ -306,20 +394,27 @@ def plot_pareto(rows: list[dict], path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series = list(dict.fromkeys(series_label(r) for r in rows if r["strategy"] != FP_STRATEGY))
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    # weight-only series only: W/A rows sit at their weights' bits and would hide them
+    series = list(dict.fromkeys(series_label(r) for r in rows if r["strategy"] != FP_STRATEGY and not r.get("act")))
     markers = "osD^vP*X<>"
+    n_seeds = max((len(r.get("fids") or []) for r in rows), default=1)
     for i, s in enumerate(series):
-        pts = sorted((r["avg_bits"], r["fid"]) for r in rows
+        pts = sorted((r["avg_bits"], r["fid"], r.get("fid_se") or 0.0) for r in rows
                      if series_label(r) == s and r.get("fid") is not None and r.get("avg_bits") is not None)
         if pts:
-            ax.plot(*zip(*pts), marker=markers[i % len(markers)], label=s, ls="--" if " A" in s else "-")
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker=markers[i % len(markers)], label=s, capsize=3, lw=1.4 if s == "predictor" else 1)
     fp = [r for r in rows if r["strategy"] == FP_STRATEGY and r.get("fid") is not None]
     if fp:
-        ax.axhline(fp[0]["fid"], color="k", ls="--", lw=1, label=f"FP ({fp[0]['fid']:.2f})")
-    ax.set_xlabel("average bits per weight (overhead included); W/A rows at their weights' bits")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title("found configs, scored on fresh seeds")
+        f, se = fp[0]["fid"], fp[0].get("fid_se") or 0.0
+        ax.axhline(f, color="k", ls="--", lw=1, label=f"FP ({f:.2f})")
+        if se:
+            ax.axhspan(f - se, f + se, color="k", alpha=0.08)
+    ax.set_yscale("log")
+    ax.set_xlabel("average bits per weight (overhead included)")
+    ax.set_ylabel("FID (log scale, lower is better)")
+    ax.set_title(f"found configs on {n_seeds} fresh seed sets: mean ± standard error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -133,12 +133,12 @@ def test_evaluation_gets_w_a_rows(tiny_bank, tiny_digits_scorer, tmp_path: Path,
     from search.evaluate import read_rows, run_evaluation
     from search.params import EvaluateParams, SearchParams
     from search.realscore import RealScorer
-    from search.strategies import SearchContext
+    from search.context import SearchContext
 
     bank, den = tiny_bank
     real = RealScorer(den, bank, tiny_digits_scorer)
     ctx = SearchContext(bank, SearchParams(select_seed=11))
-    ep = EvaluateParams(images=10, image_seed=23)
+    ep = EvaluateParams(images=10, image_seeds=(23,))
     act = ActEvalParams(act_strategies=("error",), act_mixed_strategies=("error",), act_mixed_bits=7.0,
                         act_calib_samples=8, act_calib_trajectories=4)
     kw = dict(strategies=["error", "uniform"], budgets=[3.9], ep=ep, out_dir=tmp_path / "out",
@@ -173,7 +173,7 @@ def test_evaluation_gets_w_a_rows(tiny_bank, tiny_digits_scorer, tmp_path: Path,
     # a re-run skips every row, W/A rows included
     logs: list[str] = []
     again = run_evaluation(ctx, real, log=logs.append, **kw)
-    assert sum("skipped" in m for m in logs) == 6 and [r["fid"] for r in again] == [r["fid"] for r in rows]
+    assert sum("skipped" in m for m in logs) == 3 and [r["fid"] for r in again] == [r["fid"] for r in rows]
     # weight-only (act=None): no W/A rows; old readers see act null
     kept = read_rows(tmp_path / "search.json")
     assert all("act" in r for r in kept)
@@ -183,7 +183,7 @@ def test_evaluation_gets_w_a_rows(tiny_bank, tiny_digits_scorer, tmp_path: Path,
 
 def test_evaluate_params_split(tmp_path: Path) -> None:
     p = tmp_path / "params.yaml"
-    p.write_text("evaluate:\n  images: 12\n  image_seed: 23\n  act_bits: [8]\n  act_mixed_bits: 7\n")
+    p.write_text("evaluate:\n  images: 12\n  image_seeds: [23]\n  act_bits: [8]\n  act_mixed_bits: 7\n")
     ep, act = evaluate_params(p)
     assert ep.images == 12 and act.act_bits == (8,) and act.act_mixed_bits == 7.0
     assert act.act_strategies == ("predictor", "mixdq")

@@ -30,9 +30,12 @@ MICRO = {
                        "calib_trajectories": 2, "hist_bins": 8},
     "train": {"folds": 2, "epochs": 3, "patience": 3, "hidden": 8, "layers": 1, "heads": 1,
               "baselines": ["summed_error", "ridge", "probe"]},
-    "search": {"budgets": [3.5, 4.0], "strategies": ["predictor", "error", "uniform", "random-best"],
-               "candidates_scored": 1, "select_images": 8, "mixdq_pick_images": 4},
-    "evaluate": {"images": 16, "act_bits": [8], "act_calib_samples": 4, "act_calib_trajectories": 2},
+    "search": {"budgets": [3.5, 4.0], "strategies": ["predictor", "fisher", "error", "uniform", "random-best"],
+               "candidates_scored": 1, "select_images": 8, "mixdq_pick_images": 4, "relinearise_rounds": 3,
+               "fisher_samples": 4, "fisher_trajectories": 2},
+    "active": {"rounds": 1, "per_budget": 1, "disagreement": 1, "relinearise_rounds": 2, "epochs": 2},
+    "evaluate": {"images": 16, "image_seeds": [23, 24], "act_bits": [8], "act_calib_samples": 4,
+                 "act_calib_trajectories": 2},
     "act_calibration": {"images": 8, "image_seeds": [61, 62, 63], "bits": [8], "calib_samples": 4,
                         "calib_trajectories": 2},
 }
@@ -78,6 +81,9 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     predictor = json.loads((tmp_path / "metrics" / "predictor.json").read_text())
     assert set(predictor) >= {"ensemble", "folds", "baselines"}
     assert (tmp_path / "data" / "quant_cache" / "digits.parquet").is_file()
+    assert all(len(r["fids"]) == 2 for r in rows if r.get("status") == "ok")  # every seed set scored
+    curve = json.loads((tmp_path / "metrics" / "active.json").read_text())
+    assert [c["round"] for c in curve] == [0, 1]  # the learning curve: before and after one round
 
     second = dvc(tmp_path, "repro")
     assert "Running stage" not in second, second  # a second repro has nothing to do

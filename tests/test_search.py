@@ -13,7 +13,8 @@ import torch
 from quant.config import QuantConfig
 from search.ip import BudgetError, brute_force, feasible_range, greedy, lagrangian, solve
 from search.params import EvaluateParams, SearchParams
-from search.strategies import SearchContext, run_strategy
+from search.context import SearchContext
+from search.strategies import family, run_strategy
 
 OPTIONS = ["uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4"]
 
@@ -389,41 +390,87 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
 
     bank, den = tiny_bank
     real = RealScorer(den, bank, tiny_digits_scorer)
+    calls: list[int] = []
+    score = real.score
+    real.score = lambda cfg, n, seed: (calls.append(seed), score(cfg, n, seed))[1]  # counts real scores
     sp = SearchParams(select_seed=11)
     ctx = SearchContext(bank, sp)
-    ep = EvaluateParams(images=10, image_seed=23)
+    ep = EvaluateParams(images=10, image_seeds=(23, 24))
     b = _budget_mid(bank)
-    kw = dict(strategies=["error", "uniform"], budgets=[b, b + 0.3], ep=ep, out_dir=tmp_path / "out",
+    kw = dict(strategies=["error", "uniform"], budgets=[b + 0.3, b], ep=ep, out_dir=tmp_path / "out",
               metrics_path=tmp_path / "m" / "search.json", pareto_csv=tmp_path / "m" / "pareto.csv",
               used_seeds={"cache": [0, 1]}, input_digest=lambda s: "x")
-    logs: list[str] = []
-    rows = run_evaluation(ctx, real, log=logs.append, **kw)
-    assert [r["strategy"] for r in rows] == ["fp16", "error", "error", "uniform", "uniform"]
+    rows = run_evaluation(ctx, real, log=lambda m: None, **kw)
+    assert [(r["strategy"], r["budget"]) for r in rows] == [
+        ("fp16", None), ("error", b), ("error", b + 0.3), ("uniform", b), ("uniform", b + 0.3)]  # budgets increasing
     for r in rows:
-        assert {"budget", "strategy", "avg_bits", "fid", "content", "seconds"} <= set(r)
-        assert r["status"] == "ok" and r["fid"] is not None
+        assert {"budget", "strategy", "avg_bits", "fid", "fids", "fid_se", "content", "seconds"} <= set(r)
+        assert r["status"] == "ok" and len(r["fids"]) == 2
+        assert r["fid"] == pytest.approx(np.mean(r["fids"])) and r["fid_se"] == pytest.approx(
+            np.std(r["fids"], ddof=1) / np.sqrt(2))
     assert (tmp_path / "out" / "pareto.png").exists() and list((tmp_path / "out" / "grids").glob("*.png"))
     assert (tmp_path / "out" / "configs" / f"error-{b:g}.json").exists()
-    assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,avg_bits,fid")
-    # each row's scores are its config's on the evaluation seed set (not the selection one)
-    assert rows[0]["fid"] == pytest.approx(real.score(None, 10, 23)["fid"], rel=1e-9)
+    assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,avg_bits,fid,fid_se")
+    # each row's scores are its config's on each evaluation seed set (not the selection one)
+    assert rows[0]["fids"] == pytest.approx([score(None, 10, s)["fid"] for s in (23, 24)], rel=1e-9)
     cfg = QuantConfig.load(tmp_path / "out" / "configs" / f"error-{b:g}.json")
-    assert rows[1]["fid"] == pytest.approx(real.score(cfg, 10, 23)["fid"], rel=1e-9)
-    assert rows[1]["content"] == pytest.approx(real.score(cfg, 10, 23)["content"], abs=1e-12)
+    assert rows[1]["fids"] == pytest.approx([score(cfg, 10, s)["fid"] for s in (23, 24)], rel=1e-9)
+    assert rows[1]["content"] == pytest.approx(np.mean([score(cfg, 10, s)["content"] for s in (23, 24)]))
     assert rows[1]["avg_bits"] == pytest.approx(bank.summarize(cfg).avg_bits)
-    assert rows[1]["fid"] != pytest.approx(real.score(cfg, 10, 11)["fid"], rel=1e-6)
-    # a re-run skips every finished row and gives the same table
-    logs2: list[str] = []
-    again = run_evaluation(ctx, real, log=logs2.append, **kw)
-    assert sum("skipped" in m for m in logs2) == 5
-    assert [(r["fid"], r["avg_bits"]) for r in again] == [(r["fid"], r["avg_bits"]) for r in rows]
+    assert rows[1]["fids"][0] != pytest.approx(score(cfg, 10, 11)["fid"], rel=1e-6)
+    # a re-run scores nothing again and gives the same table
+    calls.clear()
+    again = run_evaluation(ctx, real, log=lambda m: None, **kw)
+    assert calls == [], calls
+    assert [(r["fids"], r["avg_bits"]) for r in again] == [(r["fids"], r["avg_bits"]) for r in rows]
     # a lost row is redone, deterministically
     kept = read_rows(tmp_path / "m" / "search.json")
     (tmp_path / "m" / "search.json").write_text(json.dumps(kept[:2]))
     third = run_evaluation(ctx, real, log=lambda m: None, **kw)
-    assert [r["fid"] for r in third] == [r["fid"] for r in rows]
-    # overlapping seeds are refused
+    assert [r["fids"] for r in third] == [r["fids"] for r in rows]
+    # overlapping seeds are refused, whichever of the seed sets overlaps
     with pytest.raises(QsensError, match="overlaps"):
-        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "used_seeds": {"cache": [23]}})
+        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "used_seeds": {"cache": [24]}})
     with pytest.raises(QsensError, match="overlaps"):
-        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "ep": EvaluateParams(images=10, image_seed=11)})
+        run_evaluation(ctx, real, log=lambda m: None, **{**kw, "ep": EvaluateParams(images=10, image_seeds=(23, 11))})
+
+
+def test_paired_difference_is_per_seed_against_the_best_other_strategy() -> None:
+    from search.evaluate import add_paired_differences
+
+    rows = [{"strategy": "fp16", "budget": None, "fids": [1.0, 1.1, 0.9], "fid": 1.0, "status": "ok"},
+            {"strategy": "predictor", "budget": 3.5, "fids": [2.0, 2.4, 1.9], "fid": 2.1, "status": "ok"},
+            {"strategy": "error", "budget": 3.5, "fids": [2.5, 2.6, 2.7], "fid": 2.6, "status": "ok"},
+            {"strategy": "uniform", "budget": 3.5, "fids": [2.2, 2.9, 2.0], "fid": 2.3667, "status": "ok"},
+            {"strategy": "error", "budget": 3.75, "fids": [9.0, 9.0, 9.0], "fid": 9.0, "status": "ok"},
+            {"strategy": "predictor", "budget": 3.5, "act": "A8", "fids": [5, 5, 5], "fid": 5, "status": "ok"}]
+    add_paired_differences(rows)
+    p = rows[1]["paired"]
+    d = np.array([2.0, 2.4, 1.9]) - np.array([2.2, 2.9, 2.0])  # uniform: the lowest mean of the others
+    assert p["vs"] == "uniform" and p["diffs"] == pytest.approx(d.tolist())
+    assert p["diff"] == pytest.approx(d.mean()) and p["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert p["z"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(3)))
+    assert "paired" not in rows[5] and "paired" not in rows[2]
+
+
+def test_families_solve_budgets_upwards_and_keep_a_better_incumbent(tiny_bank) -> None:
+    from quant.errors import QsensError
+    from search.baselines import error_scores
+
+    bank, _ = tiny_bank
+    ctx = SearchContext(bank, SearchParams(tolerance=0.05))
+    b = _budget_mid(bank)
+    budgets = [b + 0.4, b, b + 0.2]
+    fam = family(ctx, "error", budgets)
+    assert [r.budget for r in fam] == budgets
+    by = {r.budget: r for r in fam}
+    scores = error_scores(bank)
+    total = lambda c: sum(scores[(l, o)] for l, o in c.options.items())  # noqa: E731
+    # the error objective never gets worse with a larger budget along the family
+    assert total(by[b].config) <= total(by[b + 0.2].config) + 1e-9 <= total(by[b + 0.4].config) + 2e-9
+    # an incumbent the objective rates higher than anything inside the window is kept
+    best_high = run_strategy(ctx, "error", b + 0.4).config
+    kept = run_strategy(ctx, "error", b + 0.45, incumbent=best_high)
+    assert total(kept.config) >= total(best_high) - 1e-9
+    with pytest.raises(QsensError, match="budgets must increase"):
+        run_strategy(ctx, "error", b, incumbent=best_high)

@@ -14,9 +14,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         NAME, help="score every strategy's config at every budget on fresh seeds (resumable)",
         description="For each strategy and budget (params search.strategies / search.budgets), search a "
-        "config and score it for real on the evaluation seed set (evaluate.image_seed, refused if the "
-        "cache or the selection used it). Writes metrics/search.json row by row (a re-run skips "
-        "finished rows), metrics/search_pareto.csv, a Pareto plot and sample grids. W/A rows (params "
+        "config (budgets in increasing order, each from the one below) and score it for real on every "
+        "evaluation seed set (evaluate.image_seeds, refused if the cache, selection, probe, calibration or "
+        "analysis used one). Writes metrics/search.json row by row (mean FID, standard error, the paired "
+        "difference of the predictor to the best other strategy; a re-run reuses finished scores), "
+        "metrics/search_pareto.csv, a Pareto plot with error bars and sample grids. W/A rows (params "
         "evaluate.act_*): the configs of act_strategies scored again at A8 and A6 (dynamic activation "
         "quantization, every layer), and act_mixed_strategies' with per-layer activation bits from an "
         "integer program at an average of act_mixed_bits (MAC-weighted), in rows with `act` set.")
@@ -27,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"))
     p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"))
     p.add_argument("--no-act", action="store_true", help="weight-only rows (skip the W/A rows of evaluate.act_*)")
+    p.add_argument("--given", action="append", default=[], metavar="STRATEGY=DIR",
+                   help="score the family a `qsens search --budgets` wrote to DIR (family.json) for STRATEGY "
+                   "instead of searching it again (the pipeline: predictor=DATA/search/NAME/family/predictor)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -39,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from qsens.commands.search import make_context, parse_budget_list
     from quant.errors import QsensError
     from search.activation import evaluate_params
-    from search.evaluate import digest_paths, run_evaluation, strategy_inputs
-    from search.params import STRATEGIES
+    from predictor.probe import ProbeParams
+    from quant.params import load_section
+    from search.evaluate import digest_paths, run_evaluation
     from search.realscore import RealScorer
+    from search.strategies import NAMES as STRATEGIES, REGISTRY
 
     configure_torch(args.threads)
     ep, act = evaluate_params(args.params)
@@ -56,30 +63,85 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"unknown strategies {bad}; known: {', '.join(STRATEGIES)}")
     budgets = (parse_budget_list(args.budgets, ctx, True) if args.budgets
                else [float(b) for b in ctx.params.budgets])
+    given = {k: load_family(v, ctx, k) for k, v in (_pair(g) for g in args.given)}
+    for k in given:
+        if k not in strategies:
+            raise QsensError(f"--given {k}=...: {k} is not among the evaluated strategies ({', '.join(strategies)})")
+    cache_for_seeds = Path(given_cache(given) or ctx.cache_path) if ctx.cache_path else None
     used: dict[str, list[int]] = {}
-    if ctx.cache_path and Path(ctx.cache_path).exists():
+    if cache_for_seeds and cache_for_seeds.exists():
         from sampling.cache import read_cache
 
-        used[f"the quant_cache ({ctx.cache_path})"] = sorted(set(read_cache(ctx.cache_path)["image_seed"].dropna().astype(int)))
+        used[f"the quant_cache ({cache_for_seeds})"] = sorted(set(read_cache(cache_for_seeds)["image_seed"].dropna().astype(int)))
     elif not args.quiet:
         print(f"warning: no quant_cache at {ctx.cache_path}: cannot check the evaluation seeds against it")
     ap = AnalysisParams.from_yaml(args.params)
     used["the measured-sensitivity analysis"] = [ap.image_seed, ap.calib_seed, ap.ssim_seed]
+    used["the predictor's probe (probe.seed)"] = [load_section(ProbeParams, args.params, "probe").seed]
     real = RealScorer.load(cli, ctx.bank, steps=ep.steps)
     ctx._selector = None if args.no_select else RealScorer(real.denoiser, ctx.bank, real.scorer, ctx.params.steps)
+    ctx._denoiser = real.denoiser
 
     def digest(strategy: str) -> str:
         if strategy == "fp16":
             return digest_paths([Path(real.denoiser.model_dir) / "qsens_digits.json"]
                                 if getattr(real.denoiser, "model_dir", None) else [])
-        return digest_paths(strategy_inputs(strategy, ctx.bank_dir, ctx.cache_path, ctx.predictor_dir,
-                                            ctx.analysis_dir))
+        if strategy in given:
+            return digest_paths([Path(dict(_pair(g) for g in args.given)[strategy]) / "family.json"])
+        return digest_paths(REGISTRY[strategy].inputs(ctx))
 
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
                           out_dir=args.out or cli.layout.search, metrics_path=args.metrics,
                           pareto_csv=args.pareto_csv, used_seeds=used, input_digest=digest,
-                          log=(lambda m: None) if args.quiet else print, act=None if args.no_act else act)
+                          log=(lambda m: None) if args.quiet else print, act=None if args.no_act else act,
+                          given=given)
     failed = [r for r in rows if r["status"] != "ok"]
     if not args.quiet:
         print(f"{len(rows) - len(failed)}/{len(rows)} rows scored → {args.metrics}")
     return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    from quant.errors import QsensError
+
+    if "=" not in text:
+        raise QsensError(f"--given expects STRATEGY=DIR, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def load_family(directory: str, ctx, strategy: str) -> dict:
+    """{budget: SearchResult} from a family dir (`family.json` + each config), validated against
+    the bank; one error line names the file when something is missing or belongs elsewhere."""
+    from quant.config import QuantConfig
+    from quant.errors import QsensError
+    from quant.jsonio import read_json
+    from search.context import SearchResult
+
+    path = Path(directory) / "family.json"
+    if not path.is_file():
+        raise QsensError(f"{path}: no family (run `qsens search --budgets params --strategy {strategy}`)")
+    rows = read_json(path, "a search family")
+    if not isinstance(rows, list):
+        raise QsensError(f"{path}: expected a list of reports")
+    out = {}
+    for r in rows:
+        if not isinstance(r, dict) or r.get("strategy") != strategy or "config" not in r or "budget" not in r:
+            raise QsensError(f"{path}: a row is not a {strategy} report with budget and config")
+        cfg_path = Path(r["config"])
+        if not cfg_path.is_file():
+            raise QsensError(f"{path}: config {cfg_path} is missing")
+        cfg = ctx.bank.validate(QuantConfig.load(cfg_path), where=str(cfg_path))
+        cfg.avg_bits = float(ctx.bank.summarize(cfg).avg_bits)
+        out[float(r["budget"])] = SearchResult(strategy, float(r["budget"]), cfg, dict(r),
+                                               seconds=float(r.get("seconds") or 0.0))
+    return out
+
+
+def given_cache(given: dict) -> str | None:
+    """The union cache active learning wrote, when a given family's reports name one."""
+    for fam in given.values():
+        for res in fam.values():
+            if res.report.get("cache"):
+                return res.report["cache"]
+    return None

@@ -31,14 +31,23 @@ def register(subparsers) -> None:
         NAME, help="find a mixed-precision config for a bit budget",
         description="Solve for a per-layer config whose average bits (overhead included) are within "
         "[BUDGET - tolerance, BUDGET], maximising the strategy's scores with an integer program. "
-        "Strategies: predictor (trained GNN ensemble), layerwise (measured, seed 000), mixdq "
-        "(measured SQNR/SSIM, seed 001), error (size-weighted weight error), uniform, random-best.")
+        "Strategies: predictor (trained GNN ensemble), fisher (gradient sensitivity, ModelOpt "
+        "AutoQuantize-style), layerwise (measured, seed 000), mixdq (measured SQNR/SSIM, seed 001), error "
+        "(size-weighted weight error), uniform, random-best. A family (--budgets) is solved in increasing "
+        "order, each budget starting from the one below. --active-rounds R (predictor) first runs R rounds "
+        "of active learning: score the configs the predictor ranks best near each budget (and where its "
+        "members disagree most), add them to a copy of the quant_cache, retrain.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", help="average bits per weight, e.g. 3.5")
     g.add_argument("--budgets", help="a Pareto family: A:B:STEP (e.g. 3.0:4.0:0.25), 3.25,3.5, or "
                    "`params` (search.budgets)")
     p.add_argument("--strategy", default="predictor",
-                   help="predictor | layerwise | mixdq | error | uniform | random-best (default: predictor)")
+                   help="predictor | fisher | layerwise | mixdq | error | uniform | random-best (default: predictor)")
+    p.add_argument("--active-rounds", type=non_negative_int, default=None,
+                   help="predictor: rounds of active learning before the search (default: active.rounds "
+                   "in params; 0 = none); writes DATA/active/NAME (union cache, predictor, learning curve)")
+    p.add_argument("--active-metrics", type=Path, default=None,
+                   help="also write the learning curve (one row per round) to this JSON (the pipeline: metrics/active.json)")
     p.add_argument("--out", type=Path, default=None,
                    help="config JSON (--budget) or directory (--budgets); default DATA/search/MODEL/...")
     add_common(p)
@@ -70,10 +79,19 @@ def make_context(args, sp=None):
         configure_torch(args.threads)
         return RealScorer.load(cli, bank, steps=sp.steps)
 
+    def denoiser():
+        from denoisers.base import configure_torch
+
+        configure_torch(args.threads)
+        den = cli.load_denoiser()
+        bank.check_model(den.model)
+        return den
+
     ctx = SearchContext(
         bank=bank, params=sp, cache_path=args.cache or lay.cache,
         predictor_dir=args.predictor or lay.predictor, analysis_dir=args.analysis or lay.analysis,
-        selector_factory=None if args.no_select else selector, log=(lambda m: None) if args.quiet else print, bank_dir=bank_dir)
+        selector_factory=None if args.no_select else selector, denoiser_factory=denoiser,
+        log=(lambda m: None) if args.quiet else print, bank_dir=bank_dir)
     return ctx, cli
 
 
@@ -96,39 +114,82 @@ def parse_budget_list(text: str, ctx, many: bool) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from search.pareto import budget_tag
-    from search.strategies import STRATEGY_FUNCS, run_strategy
-    from quant.errors import QsensError
+    from search.strategies import family, strategy
 
-    if args.strategy not in STRATEGY_FUNCS:
-        raise QsensError(f"unknown strategy {args.strategy!r}; known: {', '.join(STRATEGY_FUNCS)}")
+    strategy(args.strategy)  # an unknown name is one line before any loading
     ctx, cli = make_context(args)
     many = args.budgets is not None
     if many and args.budgets.strip() == "params":
         args.budgets = ",".join(str(b) for b in ctx.params.budgets)
     budgets = parse_budget_list(args.budgets if many else args.budget, ctx, many)
+    rounds = active_rounds(args)
+    if rounds:
+        ctx = run_active_stage(args, ctx, cli, budgets, rounds)
+    out_dir = Path(args.out or cli.layout.search / "family" / args.strategy) if many else None
     results = []
-    for budget in budgets:
-        res = run_strategy(ctx, args.strategy, budget)
+
+    def save(res) -> None:
         if many:
-            out_dir = args.out or cli.layout.search / "family" / args.strategy
-            path = Path(out_dir) / f"{args.strategy}-{budget_tag(budget)}.json"
+            path = out_dir / f"{args.strategy}-{budget_tag(res.budget)}.json"
         else:
-            path = args.out or cli.layout.search / f"{args.strategy}-{budget_tag(budget)}.json"
+            path = args.out or cli.layout.search / f"{args.strategy}-{budget_tag(res.budget)}.json"
         res.config.save(path)
-        report = res.to_report() | {"config": str(path)}
-        report_path = Path(path).with_suffix(".report.json")
-        write_json(report_path, report, default=str)
+        report = res.to_report() | {"config": str(path), "cache": str(ctx.cache_path),
+                                    "predictor_dir": str(ctx.predictor_dir)}
+        write_json(Path(path).with_suffix(".report.json"), report, default=str)
         results.append(report)
         if not args.quiet:
-            status = report.get("ip_status", "-")
-            print(f"{args.strategy} @ {budget:g}: {res.config.avg_bits:.4f} avg bits, "
-                  f"IP {status}, {res.seconds:.2f} s → {path}")
+            print(f"{args.strategy} @ {res.budget:g}: {res.config.avg_bits:.4f} avg bits, "
+                  f"IP {report.get('ip_status', '-')}, {res.seconds:.2f} s → {path}")
             extra = {k: report[k] for k in ("chosen_by", "K", "option", "cache_fid", "stable") if k in report}
             if extra:
                 print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
+
+    family(ctx, args.strategy, budgets, on_result=save)
     if many:
-        out_dir = Path(args.out or cli.layout.search / "family" / args.strategy)
+        results.sort(key=lambda r: r["budget"])
         write_json(out_dir / "family.json", results, default=str)
         if not args.quiet:
             print(f"{len(results)} configs in {out_dir} (family.json lists them)")
     return 0
+
+
+def active_rounds(args) -> int:
+    """--active-rounds, else params `active.rounds` (predictor only; other strategies: 0)."""
+    from quant.errors import QsensError
+    from search.active import ActiveParams
+    from search.params import read_section
+
+    if args.active_rounds is not None and args.strategy != "predictor" and args.active_rounds > 0:
+        raise QsensError(f"--active-rounds is for the predictor strategy, not {args.strategy!r}")
+    if args.strategy != "predictor":
+        return 0
+    if args.active_rounds is not None:
+        return args.active_rounds
+    return read_section(ActiveParams, args.params, "active").rounds
+
+
+def run_active_stage(args, ctx, cli, budgets, rounds):
+    """Active learning (search/active.py) → a context on the union cache and retrained predictor."""
+    from dataclasses import replace
+
+    from predictor.train import load_train_params
+    from quant.errors import QsensError
+    from sampling.noise import ScoreParams
+    from search.active import ActiveParams, run_active
+    from search.params import read_section
+
+    if args.no_select:
+        raise QsensError("--active-rounds scores configs for real: it cannot run with --no-select")
+    lay = cli.layout
+    ap = replace(read_section(ActiveParams, args.params, "active"), rounds=rounds)
+    score = ScoreParams.from_yaml(args.params)
+    out = lay.root / "active" / lay.name  # union quant_cache, retrained predictor, learning curve
+    curve = run_active(ctx, ctx.selector(), budgets, ap, random_cache=Path(ctx.cache_path), graph=lay.graph,
+               bank_dir=Path(ctx.bank_dir), probe=lay.probe if lay.probe.exists() else None,
+               train_params=load_train_params(args.params), image_seed=score.seed, images=score.images,
+               out_dir=out, log=ctx.log, initial=ctx.predictor_dir)
+    if args.active_metrics:
+        write_json(args.active_metrics, curve, default=str)
+    return replace(ctx, predictor_dir=out / "predictor", cache_path=out / "quant_cache.parquet",
+                   _ensemble=None, _memo={})
