@@ -18,7 +18,7 @@ def strategy_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SearchParams:
-    budgets: tuple[float, ...] = (3.0, 3.25, 3.5, 3.75)  # avg bits, overhead included
+    budgets: tuple[float, ...] = (3.05, 3.25, 3.5, 3.75)  # avg bits, overhead included
     tolerance: float = 0.05  # the IP keeps avg bits in [budget - tolerance, budget]
     strategies: tuple[str, ...] = ("predictor", "fisher", "layerwise", "mixdq", "error", "uniform", "random-best")
     time_limit_s: float = 10.0  # per IP solve
