@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from qsens.argtypes import images_count
 
@@ -115,13 +116,15 @@ def load_family(directory: str, ctx, strategy: str) -> dict:
     the bank; one error line names the file when something is missing or belongs elsewhere."""
     from quant.config import QuantConfig
     from quant.errors import QsensError
-    from quant.jsonio import read_json
     from search.context import SearchResult
 
     path = Path(directory) / "family.json"
     if not path.is_file():
         raise QsensError(f"{path}: no family (run `qsens search --budgets params --strategy {strategy}`)")
-    rows = read_json(path, "a search family")
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise QsensError(f"{path}: not a valid search family ({type(exc).__name__})") from None
     if not isinstance(rows, list):
         raise QsensError(f"{path}: expected a list of reports")
     out = {}
