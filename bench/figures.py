@@ -16,6 +16,7 @@ Sections:
   durations); null where a stage stores none, with the reason;
 - `inspection`: the reference findings of `qsens predictor inspect` (plots/inspect.json) and its
   10 most sensitive layers (metrics/predictor_layers.csv: rank, mean ΔFID at the lowest bits);
+- `layerwise_noise`: the layerwise table's noise floor and how many pairs rise above it;
 - `search`: per budget, the `predictor` strategy's search report: seconds, rounds, the first IP's
   predicted FID, the lowest predicted FID on the path, and the selection-seed FIDs of the start,
   the chosen config and the other scored points.
@@ -123,24 +124,57 @@ def stage_seconds(data: Path, metrics: Path, model: str, cache: dict[str, Any] |
     pred = metrics / "predictor.json"
     if pred.is_file():
         out["train"] = {"seconds": _json(pred)["info"].get("train_seconds"), "how": "metrics/predictor.json info"}
-    reports = sorted((data / "search" / model / "configs").glob("predictor-*.report.json"))
-    if reports:
-        out["search"] = {"seconds": sum(_json(r)["seconds"] for r in reports),
-                         "how": "sum of the predictor reports' seconds (selection scoring included)"}
+    reports = sorted((data / "search" / model / "family" / "predictor").glob("predictor-*.report.json"))
+    active = metrics / "active.json"
+    rounds = json.loads(active.read_text()) if active.is_file() else []
+    active_s = sum(sum((r.get("seconds") or {}).values()) for r in rounds)
+    if reports or rounds:
+        out["search"] = {"seconds": sum(_json(r)["seconds"] for r in reports) + active_s,
+                         "active_seconds": active_s, "active_rounds": len(rounds),
+                         "how": "metrics/active.json rounds' train + search + score seconds, plus the final "
+                                "family's report seconds (selection scoring included)"}
     search = metrics / "search.json"
     if search.is_file():
         rows = json.loads(search.read_text())  # a list of rows, one per strategy × budget
-        out["evaluate"] = {"seconds": sum(r.get("score_seconds", 0.0) for r in rows), "rows": len(rows),
+        out["evaluate"] = {"seconds": sum(r.get("score_seconds") or 0.0 for r in rows), "rows": len(rows),
                            "how": "sum of metrics/search.json score_seconds (strategy time is stored apart "
-                                  "as `seconds`)",
-                           "strategy_seconds": sum(r.get("seconds", 0.0) for r in rows)}
+                                  "as `seconds`; scores reused from an earlier run count 0)",
+                           "strategy_seconds": sum(r.get("seconds") or 0.0 for r in rows)}
     return out
+
+
+def layerwise_noise(data: Path, model: str) -> dict[str, Any] | None:
+    """How much of the layerwise (seed 000) table rises above its own noise floor: the robust
+    spread (1.4826 · MAD) of the one-layer ΔFIDs over all (layer, option) pairs, the pairs and
+    layers above median + 3σ, and the median per-layer Spearman between measured ΔFID and the
+    size-weighted weight error of the options."""
+    import numpy as np
+    import pandas as pd
+
+    from quant.bank import Bank
+
+    path = data / "analysis" / model / "layerwise.parquet"
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    bank = Bank.load(data / "bank" / model)
+    d = df["delta_fid"].to_numpy(dtype=float)
+    med = float(np.median(d))
+    sigma = float(1.4826 * np.median(np.abs(d - med)))
+    above = (d - med) > 3 * sigma
+    err = np.array([bank.error(l, o) * bank.layers[l].n_weights for l, o in zip(df["layer"], df["option"])])
+    rho = [spearmanr(g["delta_fid"], err[g.index]).statistic for _, g in df.groupby("layer")]
+    return {"pairs": int(len(df)), "layers": int(df["layer"].nunique()), "delta_fid_median": med,
+            "noise_sigma": sigma, "pairs_above_3sigma": int(above.sum()),
+            "layers_above_3sigma": int(df.loc[above, "layer"].nunique()),
+            "layers_below_noise": int(df["layer"].nunique() - df.loc[above, "layer"].nunique()),
+            "median_layer_spearman_with_error": float(np.nanmedian(rho))}
 
 
 def search_figures(data: Path, model: str) -> dict[str, Any]:
     """The `predictor` strategy's path per budget, from its search reports."""
     out = {}
-    for path in sorted((data / "search" / model / "configs").glob("predictor-*.report.json")):
+    for path in sorted((data / "search" / model / "family" / "predictor").glob("predictor-*.report.json")):
         r = _json(path)
         cands = {c["config_id"]: c for c in r.get("candidates", [])}
         scored = {cid: c["selection_fid"] for cid, c in cands.items() if c.get("selection_fid") is not None}
@@ -176,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     result["model_info"] = model_figures(data, model)
     result["probe"] = probe_figures(data / "probe" / f"{model}.safetensors", cache_path, Path(args.params))
     result["stage_seconds"] = stage_seconds(data, metrics, model, result["cache"])
+    result["layerwise_noise"] = layerwise_noise(data, model)
     inspect = data / "predictor" / model / "plots" / "inspect.json"
     result["inspection"] = _json(inspect)["findings"] if inspect.is_file() else None
     if result["inspection"] is not None:  # block type × bits cells that voted for a method

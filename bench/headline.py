@@ -55,6 +55,16 @@ def headline(rows: list[dict], sigma: float | None, strategy: str = "predictor")
             "sigma": sigma, "n_seeds": len((fp or {}).get("fids") or [])}
 
 
+def spent(h: dict, s: str) -> dict[str, int]:
+    """Real measurements behind strategy `s` over the whole family: selection scores add up over
+    budgets (a family memoises its incumbent's), data (cache / analysis rows) counts once."""
+    out: dict[str, int] = {}
+    for b in h["budgets"]:
+        for k, v in ((h["cells"].get((s, b)) or {}).get("real_scores") or {}).items():
+            out[k] = out.get(k, 0) + v if k == "selection" else v
+    return out
+
+
 def markdown(h: dict) -> str:
     budgets, cell = h["budgets"], h["cells"]
     lines = ["| strategy | " + " | ".join(f"{b:g} bits" for b in budgets) + " | real scores spent |",
@@ -63,7 +73,7 @@ def markdown(h: dict) -> str:
     if fp:
         lines.append(f"| FP model (16 bits) | {_fmt(fp['fid'], fp.get('fid_se'))} |" + " |" * (len(budgets) - 1) + " |")
     for s in h["strategies"]:
-        cells, spent = [], {}
+        cells = []
         for b in budgets:
             r = cell.get((s, b))
             if r is None:
@@ -73,11 +83,9 @@ def markdown(h: dict) -> str:
             if r.get("fid") is not None and abs(r["avg_bits"] - b) > 0.06:
                 text += f" ({r['avg_bits']:.2f} b)"
             cells.append(text)
-            for k, v in (r.get("real_scores") or {}).items():
-                spent[k] = spent.get(k, 0) + v if k == "selection" else v
         name = f"`{s}`" + (" (ours)" if s == "predictor" else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " | "
-                     + (", ".join(f"{k} {v}" for k, v in spent.items() if v) or "none") + " |")
+                     + (", ".join(f"{k} {v}" for k, v in spent(h, s).items() if v) or "none") + " |")
     paired = []
     for b in budgets:
         p = (cell.get(("predictor", b)) or {}).get("paired")
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
            "table": [{"strategy": s, "budget": b, "fid": r.get("fid"), "fid_se": r.get("fid_se"),
                       "avg_bits": r.get("avg_bits"), "paired": r.get("paired"), "real_scores": r.get("real_scores")}
                      for (s, b), r in sorted(h["cells"].items(), key=lambda kv: (kv[0][0], kv[0][1]))],
+           "spent": {s: spent(h, s) for s in h["strategies"]},
            "fp": None if not h["fp"] else {"fid": h["fp"]["fid"], "fid_se": h["fp"].get("fid_se")}}
     write_result("headline", out, out=args.out)
     return 0

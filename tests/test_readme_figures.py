@@ -347,7 +347,7 @@ def test_figures_cache_and_probe_spearman_against_hand_values(tmp_path, monkeypa
 
 def test_figures_search_path_start_chosen_and_others(tmp_path, monkeypatch):
     fig = _figures_module(monkeypatch)
-    d = tmp_path / "data" / "search" / "m" / "configs"
+    d = tmp_path / "data" / "search" / "m" / "family" / "predictor"  # the search stage's family
     d.mkdir(parents=True)
     report = {"budget": 3.5, "config_id": "mid", "seconds": 12.5, "starts": 3,
               "rounds": [{"config_id": "ip0"}, {"config_id": "x"}],
