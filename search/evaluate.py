@@ -167,6 +167,13 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
     def flush() -> None:
         _atomic_json(metrics_path, rows)
 
+    def record_failure(row: dict, exc: Exception, what: str) -> None:
+        """A row that could not be scored stays a row (status failed, the reason), never a crash."""
+        row["reason"] = str(exc)
+        rows.append(row)
+        flush()
+        log(f"{what} ({exc})")
+
     def score_all(config, ident: str, act_key: str | None, tag: str) -> dict[str, Any]:
         """Score on every seed set (memoised); the first seed's images are kept for the grid."""
         per_seed, spent = [], 0.0
@@ -222,10 +229,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                 try:
                     alloc = mixed_allocation(config)
                 except QsensError as exc:
-                    row["reason"] = str(exc)
-                    rows.append(row)
-                    flush()
-                    log(f"{a_tag}: no activation allocation ({exc})")
+                    record_failure(row, exc, f"{a_tag}: no activation allocation")
                     continue
                 a_cfg = QuantConfig(config.model, dict(config.options), config.avg_bits, act_options=alloc.bits)
                 row.update(act_bits=alloc.avg_bits, seconds=round(alloc.seconds, 3), act_ip_status=alloc.status,
@@ -286,33 +290,18 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
                 config = QuantConfig.load(cfg_path)
                 row.update({k: prev.get(k) for k in ("seconds", "real_scores", "chosen_by")})
                 log(f"{tag}: searched before, config reused")
-            elif given and strategy in given:
-                found = given[strategy].get(budget)
-                if found is None:
-                    row["reason"] = f"no {strategy} config for budget {budget:g} in the given family"
-                    rows.append(row)
-                    flush()
-                    log(f"{tag}: {row['reason']}")
+            else:
+                try:
+                    found = given_result(given[strategy], strategy, budget) if given and strategy in given \
+                        else run_strategy(ctx, strategy, budget, incumbent)
+                except QsensError as exc:
+                    record_failure(row, exc, f"{tag}: no config")
                     continue
                 config = found.config
                 config.save(cfg_path)
                 _atomic_json(out_dir / "configs" / f"{tag}.report.json", found.to_report())
                 row.update(seconds=round(found.seconds, 3), real_scores=found.report.get("real_scores", {}),
                            chosen_by=found.report.get("chosen_by"))
-            else:
-                try:
-                    result = run_strategy(ctx, strategy, budget, incumbent)
-                except QsensError as exc:
-                    row["reason"] = str(exc)
-                    rows.append(row)
-                    flush()
-                    log(f"{tag}: no config ({exc})")
-                    continue
-                config = result.config
-                config.save(cfg_path)
-                _atomic_json(out_dir / "configs" / f"{tag}.report.json", result.to_report())
-                row.update(seconds=round(result.seconds, 3), real_scores=result.report.get("real_scores", {}),
-                           chosen_by=result.report.get("chosen_by"))
             incumbent = config
             row.update(score_all(config, config.config_id, None, tag), avg_bits=config.avg_bits,
                        config_id=config.config_id)
@@ -329,6 +318,14 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
     plot_pareto(rows, out_dir / "pareto.png")
     write_grids(rows, out_dir, budgets, strategies)
     return rows
+
+
+def given_result(family: dict[float, Any], strategy: str, budget: float) -> Any:
+    """The given family's result at `budget` (QsensError when the family has none)."""
+    if budget not in family:
+        raise QsensError(f"no {strategy} config for budget {budget:g} in the given family "
+                         f"(it has {', '.join(f'{b:g}' for b in sorted(family)) or 'none'})")
+    return family[budget]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
