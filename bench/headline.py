@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     h = headline(rows, sigma)
     print(markdown(h))
     print()
+    has_ours = any(s == "predictor" for s, _ in h["cells"])
     for claim, per in h["verdict"].items():
-        print(f"{claim}: " + (", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in per.items()) or "n/a"))
+        print(f"{claim}: " + (", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in per.items())
+                              if has_ours and per else "n/a (no predictor rows)" if not has_ours else "n/a"))
     out = {"metrics": str(args.metrics), "sigma": sigma, "n_seeds": h["n_seeds"], "verdict": h["verdict"],
            "table": [{"strategy": s, "budget": b, "fid": r.get("fid"), "fid_se": r.get("fid_se"),
                       "avg_bits": r.get("avg_bits"), "paired": r.get("paired"), "real_scores": r.get("real_scores")}

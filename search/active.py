@@ -135,6 +135,23 @@ def run_inputs(ctx: Any, budgets: Sequence[float], ap: ActiveParams, *, random_c
     }
 
 
+def current_run(out_dir: Path, random_cache: Path, bank_dir: Path) -> dict | None:
+    """`out_dir/rounds.json` when that active-learning run was made from this random cache and
+    bank (by content) and its predictor is there; else None (absent, or made from other inputs)."""
+    path = Path(out_dir) / "rounds.json"
+    if not path.is_file() or not (Path(out_dir) / "predictor" / "ensemble.json").is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    inputs = state.get("inputs") or {} if isinstance(state, dict) else {}
+    if inputs.get("random_cache") != _file_digest(Path(random_cache)) \
+            or inputs.get("bank") != _file_digest(Path(bank_dir) / "bank.json"):
+        return None
+    return state
+
+
 def _digest(inputs: dict[str, Any]) -> str:
     from quant.provenance import job_key
 
@@ -404,6 +421,10 @@ def read_cache_table(table: Any) -> Any:
     return df[df["status"] == "ok"].reset_index(drop=True)
 
 
+def _fmt3(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
 def _publish_predictor(src: Path, out_dir: Path) -> None:
     """Copy a round's checkpoint (not its cache snapshot) to out_dir/predictor/."""
     dst = out_dir / "predictor"
@@ -571,7 +592,9 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
                 row = cache_row(p.config, ctx.bank, _score(real, p.config, images, image_seed), image_seed, k)
                 union.append(row)
                 scored += 1
-                log(f"active round {k}, budget {b:g}: {p.why} {p.config.config_id} predicted "
+                why = {"chosen": "the search's pick", "predicted": "best predicted",
+                       "disagreement": "members disagree"}.get(p.why, p.why)
+                log(f"active round {k}, budget {b:g}: {p.config.config_id} ({why}) predicted "
                     f"{p.predicted_fid:.3f} ± {p.predicted_std:.3f}, measured "
                     + (f"{row['fid']:.3f}" if row["status"] == "ok" else f"failed ({row['reason']})"))
         t_score = time.perf_counter() - t0
@@ -596,9 +619,10 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
                             "seconds": {"train": rec["seconds"], "search": round(t_search, 2),
                                         "score": round(t_score, 2)}}))
         save_state()
-        log(f"active round {k}: test Spearman {rec['test_spearman']}, picks "
-            + ", ".join(f"{e['budget']:g}: {e['measured_fid']}" for e in per_budget)
-            + f" ({scored} scored now; {failed} of the round's picks failed)")
+        log(f"active round {k}: test Spearman {_fmt3(rec['test_spearman'])}; the search's pick per budget "
+            + ", ".join(f"{e['budget']:g}: {e['config_id']} measured {_fmt3(e['measured_fid'])}"
+                        + (" (before)" if e["measured_before"] else "") for e in per_budget)
+            + f"; {scored} scored now, {failed} of the round's picks failed")
     if not (out_dir / "learning_curve.png").is_file() or not (out_dir / "rounds.json").is_file():
         save_state()
     # fewer rounds asked than an earlier run finished: predictor/ is P_rounds, the rows stop there

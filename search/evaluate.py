@@ -375,11 +375,11 @@ def write_pareto_csv(rows: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["strategy", "avg_bits", "fid", "fid_se"])
+        w.writerow(["strategy", "budget", "avg_bits", "fid", "fid_se"])
         for r in sorted(rows, key=lambda r: (series_label(r), r["avg_bits"] or 0)):
             if r.get("fid") is not None and r.get("avg_bits") is not None and r["strategy"] != FP_STRATEGY:
                 se = "" if r.get("fid_se") is None else f"{r['fid_se']:.6f}"
-                w.writerow([series_label(r), f"{r['avg_bits']:.6f}", f"{r['fid']:.6f}", se])
+                w.writerow([series_label(r), f"{r['budget']:g}", f"{r['avg_bits']:.6f}", f"{r['fid']:.6f}", se])
     return path
 
 

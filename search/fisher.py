@@ -172,7 +172,7 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
             p.requires_grad_(False)
         capture = _Capture({l: modules[l] for l in names})
         n_chunks = -(-n // chunk)
-        bar = progress_bar(total=n_chunks * len(names), desc="fisher", unit="layer", disable=not progress)
+        bar = progress_bar(total=n_chunks * len(names), desc="fisher", unit="layer×chunk", disable=not progress)
         with bar, torch.inference_mode(False), torch.enable_grad():
             for c, (args, kwargs) in enumerate(calib.chunks(chunk)):
                 capture.clear()

@@ -65,7 +65,7 @@ class EvaluateParams:
     def __post_init__(self) -> None:
         if len(self.image_seeds) < 1 or len(set(self.image_seeds)) != len(self.image_seeds):
             raise QsensError(f"evaluate.image_seeds {list(self.image_seeds)}: give distinct seed sets "
-                             "(at least 3 for a standard error)")
+                             "(at least 2 for a standard error; the pipeline uses 5)")
 
     @property
     def image_seed(self) -> int:

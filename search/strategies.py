@@ -111,6 +111,7 @@ def run_strategy(ctx: SearchContext, name: str, budget: float,
     result.report["stats"] = {k: v for k, v in ctx.bank.summarize(result.config).to_dict().items()
                               if k in ("quantized_bytes", "quantized_error")}
     result.report["real_scores"] = {"selection": ctx.selection_spent() - spent_before, **s.spend(ctx)}
+    result.report.setdefault("incumbent", None if incumbent is None else incumbent.config_id)
     if not result.candidates:
         result.candidates = [result.config]
     if result.config.avg_bits is not None and result.config.avg_bits > budget + 1e-6:

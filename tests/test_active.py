@@ -335,3 +335,24 @@ def test_the_train_stage_predictor_is_round_0_only_when_it_matches(world, tmp_pa
                         tmp_path / "other")
     _run(world, tmp_path / "c", world["real"], ap=ap, initial=other)
     assert "reused" not in json.loads((tmp_path / "c" / "rounds" / "r0" / "round.json").read_text())
+
+
+def test_current_run_is_found_only_for_the_cache_and_bank_it_was_made_from(world, tmp_path) -> None:
+    """`qsens search` without active rounds uses the pipeline's active predictor only when that
+    run was made from the current random cache and bank."""
+    import shutil
+
+    from search.active import ActiveParams, current_run
+
+    root = world["root"]
+    out = tmp_path / "active"
+    _run(world, out, world["real"], ap=ActiveParams(rounds=0, per_budget=1, disagreement=0,
+                                                     relinearise_rounds=1, epochs=1))
+    state = current_run(out, root / "random.parquet", root / "bank")
+    assert state is not None and [r["round"] for r in state["rounds"]] == [0]
+    other = tmp_path / "other.parquet"
+    shutil.copy(root / "random.parquet", other)
+    with open(other, "ab") as fh:
+        fh.write(b"\0")  # another cache file (by content)
+    assert current_run(out, other, root / "bank") is None
+    assert current_run(tmp_path / "nowhere", root / "random.parquet", root / "bank") is None

@@ -410,7 +410,7 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
             np.std(r["fids"], ddof=1) / np.sqrt(2))
     assert (tmp_path / "out" / "pareto.png").exists() and list((tmp_path / "out" / "grids").glob("*.png"))
     assert (tmp_path / "out" / "configs" / f"error-{b:g}.json").exists()
-    assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,avg_bits,fid,fid_se")
+    assert (tmp_path / "m" / "pareto.csv").read_text().startswith("strategy,budget,avg_bits,fid,fid_se")
     # each row's scores are its config's on each evaluation seed set (not the selection one)
     assert rows[0]["fids"] == pytest.approx([score(None, 10, s)["fid"] for s in (23, 24)], rel=1e-9)
     cfg = QuantConfig.load(tmp_path / "out" / "configs" / f"error-{b:g}.json")

@@ -23,12 +23,18 @@ def register(subparsers) -> None:
         "evaluate.act_*): the configs of act_strategies scored again at A8 and A6 (dynamic activation "
         "quantization, every layer), and act_mixed_strategies' with per-layer activation bits from an "
         "integer program at an average of act_mixed_bits (MAC-weighted), in rows with `act` set.")
-    p.add_argument("--strategies", default=None, help="comma list (default: search.strategies)")
+    p.add_argument("--strategies", default=None,
+                   help="comma list of predictor, fisher, layerwise, mixdq, error, uniform, random-best "
+                   "(default: search.strategies)")
     p.add_argument("--budgets", default=None, help="A:B:STEP or comma list (default: search.budgets)")
     p.add_argument("--images", type=images_count, default=None, help="images per config (default: evaluate.images)")
-    p.add_argument("--out", type=Path, default=None, help="output dir (default: DATA/search/NAME)")
-    p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"))
-    p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="configs, images, grids and pareto.png (default: DATA/search/NAME, the pipeline's evaluate "
+                   "stage output: give another dir for a run of your own)")
+    p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"),
+                   help="rows JSON, rewritten row by row (default: metrics/search.json, the pipeline's)")
+    p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"),
+                   help="strategy, budget, avg_bits, fid, fid_se for DVC plots (default: metrics/search_pareto.csv)")
     p.add_argument("--no-act", action="store_true", help="weight-only rows (skip the W/A rows of evaluate.act_*)")
     p.add_argument("--given", action="append", default=[], metavar="STRATEGY=DIR",
                    help="score the family a `qsens search --budgets` wrote to DIR (family.json) for STRATEGY "
@@ -65,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     budgets = (parse_budget_list(args.budgets, ctx, True) if args.budgets
                else [float(b) for b in ctx.params.budgets])
     given = {k: load_family(v, ctx, k) for k, v in (_pair(g) for g in args.given)}
+    if "predictor" in strategies and "predictor" not in given:
+        from qsens.commands.search import with_active_predictor
+
+        ctx = with_active_predictor(args, ctx, cli)
     for k in given:
         if k not in strategies:
             raise QsensError(f"--given {k}=...: {k} is not among the evaluated strategies ({', '.join(strategies)})")
@@ -130,7 +140,9 @@ def load_family(directory: str, ctx, strategy: str) -> dict:
     out = {}
     for r in rows:
         if not isinstance(r, dict) or r.get("strategy") != strategy or "config" not in r or "budget" not in r:
-            raise QsensError(f"{path}: a row is not a {strategy} report with budget and config")
+            got = r.get("strategy") if isinstance(r, dict) else None
+            raise QsensError(f"{path}: expected {strategy} reports with budget and config"
+                             + (f", found a {got} family" if got and got != strategy else ""))
         cfg_path = Path(r["config"])
         if not cfg_path.is_file():
             raise QsensError(f"{path}: config {cfg_path} is missing")

@@ -43,9 +43,13 @@ def register(subparsers) -> None:
                    "`params` (search.budgets)")
     p.add_argument("--strategy", default="predictor",
                    help="predictor | fisher | layerwise | mixdq | error | uniform | random-best (default: predictor)")
-    p.add_argument("--active-rounds", type=non_negative_int, default=None,
-                   help="predictor: rounds of active learning before the search (default: active.rounds "
-                   "in params; 0 = none); writes DATA/active/NAME (union cache, predictor, learning curve)")
+    p.add_argument("--active-rounds", type=non_negative_int, default=0,
+                   help="predictor: R > 0 runs active learning before the search (the pipeline's search stage "
+                   "passes active.rounds): rounds 0..R each score the current predictor's picks near every "
+                   "budget on the cache's seed set, rounds 1..R first retrain on what was measured; resumes "
+                   "a finished run; writes DATA/active/NAME (union cache, predictor, learning curve). "
+                   "Default 0: no new measurement; the predictor is DATA/active/NAME's when it was made "
+                   "from the current cache and bank (said in one line), else DATA/predictor/NAME")
     p.add_argument("--active-metrics", type=Path, default=None,
                    help="also write the learning curve (one row per round) to this JSON (the pipeline: metrics/active.json)")
     p.add_argument("--out", type=Path, default=None,
@@ -54,10 +58,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def quiet_known_warnings() -> None:
+    """torch_geometric's import calls the deprecated `torch.jit.script` (a FutureWarning on every
+    predictor load): not the user's to act on, and it would break the one-line error promise."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+
+
 def make_context(args, sp=None):
     """(SearchContext, qsens Context) from the command-line arguments."""
     from dataclasses import replace
 
+    quiet_known_warnings()
     from quant.bank import Bank
     from search.params import SearchParams
     from search.strategies import SearchContext
@@ -125,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     rounds = active_rounds(args)
     if rounds:
         ctx = run_active_stage(args, ctx, cli, budgets, rounds)
+    elif args.strategy == "predictor":
+        ctx = with_active_predictor(args, ctx, cli)
     out_dir = Path(args.out or cli.layout.search / "family" / args.strategy) if many else None
     results = []
 
@@ -139,9 +154,14 @@ def run(args: argparse.Namespace) -> int:
         write_json(Path(path).with_suffix(".report.json"), report, default=str)
         results.append(report)
         if not args.quiet:
+            ip = f"IP {report['ip_status']}, " if report.get("ip_status") else ""
             print(f"{args.strategy} @ {res.budget:g}: {res.config.avg_bits:.4f} avg bits, "
-                  f"IP {report.get('ip_status', '-')}, {res.seconds:.2f} s → {path}")
+                  f"{ip}{res.seconds:.2f} s → {path}")
             extra = {k: report[k] for k in ("chosen_by", "K", "option", "cache_fid", "stable") if k in report}
+            chosen = next((c for c in report.get("candidates") or [] if c.get("config_id") == res.config.config_id), {})
+            for k in ("predicted_fid", "selection_fid"):
+                if isinstance(chosen.get(k), float):
+                    extra[k] = round(chosen[k], 3)
             if extra:
                 print("  " + ", ".join(f"{k}={v}" for k, v in extra.items()))
 
@@ -155,18 +175,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def active_rounds(args) -> int:
-    """--active-rounds, else params `active.rounds` (predictor only; other strategies: 0)."""
+    """--active-rounds (predictor only)."""
     from quant.errors import QsensError
-    from search.active import ActiveParams
-    from search.params import read_section
 
-    if args.active_rounds is not None and args.strategy != "predictor" and args.active_rounds > 0:
+    if args.active_rounds and args.strategy != "predictor":
         raise QsensError(f"--active-rounds is for the predictor strategy, not {args.strategy!r}")
-    if args.strategy != "predictor":
-        return 0
-    if args.active_rounds is not None:
-        return args.active_rounds
-    return read_section(ActiveParams, args.params, "active").rounds
+    return args.active_rounds
+
+
+def with_active_predictor(args, ctx, cli):
+    """The context on the pipeline's active-learning predictor and union cache when they were made
+    from this cache and bank and no --predictor / --cache was given; else unchanged."""
+    from dataclasses import replace
+
+    from search.active import current_run
+
+    if getattr(args, "predictor", None) is not None or getattr(args, "cache", None) is not None:
+        return ctx
+    out = cli.layout.root / "active" / cli.layout.name
+    state = current_run(out, Path(ctx.cache_path), Path(ctx.bank_dir))
+    if state is None:
+        return ctx
+    if not args.quiet:
+        print(f"predictor: {out / 'predictor'} (after {len(state.get('rounds', [])) - 1} active-learning "
+              f"round(s)) on {out / 'quant_cache.parquet'}; --predictor/--cache to choose another")
+    return replace(ctx, predictor_dir=out / "predictor", cache_path=out / "quant_cache.parquet",
+                   _ensemble=None, _memo={})
 
 
 def run_active_stage(args, ctx, cli, budgets, rounds):
