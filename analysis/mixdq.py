@@ -7,7 +7,7 @@ content_patterns`) and a *quality-related* group (the rest). Each group gets its
 - quality → SQNR of the denoiser output, `10·log10(Σy² / Σ(ŷ−y)²)` dB, on calibration inputs drawn
   from the FP sampling trajectory (`analysis.calibration`, time steps uniform or normal);
 - content → SSIM between the images of the model with that layer quantized and the FP images
-  (same seeds, classes cycling), `analysis.ssim`.
+  (same seeds, classes cycling), `sampling.ssim`.
 
 SQNR is measured for every layer (it is cheap), SSIM for the content group. Outputs:
 
@@ -30,7 +30,7 @@ from analysis.calibration import collect_calibration, run_model, sqnr_db
 from quant.provenance import bank_digest, code_digest
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams
-from analysis.ssim import ssim
+from sampling.ssim import ssim
 
 COLUMNS = ["layer", "option", "group", "sqnr_db", "ssim", "metric", "score"]
 

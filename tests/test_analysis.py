@@ -26,7 +26,7 @@ def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range=255.0) -> float:
 
 
 def test_ssim_matches_the_reference_formula_and_behaves() -> None:
-    from analysis.ssim import ssim
+    from sampling.ssim import ssim
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, size=(32, 32)).astype(np.uint8)
@@ -59,7 +59,7 @@ def _ssim_small_reference(a: np.ndarray, b: np.ndarray, data_range=255.0) -> flo
 
 
 def test_ssim_on_8x8_matches_the_reflect_padded_formula() -> None:
-    from analysis.ssim import ssim
+    from sampling.ssim import ssim
 
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, size=(3, 8, 8)).astype(np.uint8)
@@ -221,7 +221,7 @@ def test_mixdq_groups_sqnr_and_ssim(tiny_digits_denoiser, small_bank, tmp_path: 
     # the values by hand: SQNR of the output on the same calibration draw, SSIM of the images of
     # that one layer quantized against the FP images of the same seeds
     from analysis.calibration import collect_calibration, run_model, sqnr_db
-    from analysis.ssim import ssim
+    from sampling.ssim import ssim
     from quant.apply import quantized
     from quant.config import QuantConfig
 
