@@ -95,7 +95,12 @@ class Context:
 
     def load_denoiser(self):
         """The spec's denoiser with the command line's generation overrides applied."""
+        from quant.layers import check_finite_weights
+
         den = self.spec.load(self.layout.root)
+        # A damaged checkpoint (NaN/inf weights) is refused here, naming its layers, before any
+        # command does work with it (bank, score, sample, analyze, export, generate...).
+        check_finite_weights(den.model, what=f"model {self.spec.name!r}")
         if self.generation:
             den.configure_generation(**self.generation)
         return den

@@ -16,6 +16,7 @@ follower's entries repeat the leader's. A config must give a group one option.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,8 @@ from quant.activations import config_activation_bits
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError
 from quant.jsonio import read_json, write_json
-from quant.layers import (LayerInfo, combine_fingerprints, layer_fingerprints, layer_infos,
-                          quantizable_layers, tied_groups)
+from quant.layers import (LayerInfo, check_finite_weights, combine_fingerprints, layer_fingerprints,
+                          layer_infos, quantizable_layers, tied_groups)
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
 from quant.progress import progress_bar
@@ -128,6 +129,9 @@ class Bank:
         missing = [n for n in self.layer_fingerprints if n not in theirs]
         extra = [n for n in theirs if n not in self.layer_fingerprints]
         changed = [n for n in self.layer_fingerprints if n in theirs and theirs[n] != self.layer_fingerprints[n]]
+        if changed:
+            check_finite_weights({n: m for n, m in quantizable_layers(model).items() if n in changed},
+                                 what=f"the {self.model!r} model given to {where or self.path or 'the bank'}")
         if missing or extra or changed:
             parts = []
             if changed:
@@ -223,6 +227,11 @@ class Bank:
         entries = {l: {o: BankEntry(int(e["stored_bits"]), float(e["mse"]), 0.0, e["shard"],
                                     tuple(e["params_shape"])) for o, e in opts.items()}
                    for l, opts in meta["entries"].items()}
+        bad = sorted({l for l, opts in entries.items() for e in opts.values() if not math.isfinite(e.mse)})
+        if bad:  # built by an older qsens from a damaged (NaN/inf) checkpoint
+            raise BankFormatError(f"{meta_path}: non-finite quantization error for {len(bad)} layer(s) "
+                                  f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}): the bank was "
+                                  "built from NaN/inf weights; repair the checkpoint and rebuild the bank")
         tied = meta.get("tied", [])
         if not (isinstance(tied, list) and all(isinstance(g, list) and len(g) > 1 and
                                                 all(isinstance(n, str) and n in layers and n in entries for n in g)
@@ -252,6 +261,7 @@ def build_bank(
     modules = quantizable_layers(model)
     if not modules:
         raise ConfigError(f"model {model_name!r} has no Conv1d/Conv2d/Linear layer to quantize")
+    check_finite_weights(modules, what=f"model {model_name!r}")  # before any work: NaN in, NaN bank out
     infos = {i.name: i for i in layer_infos(model, macs)}
     tied = tied_groups(modules)
     leader = {name: group[0] for group in tied for name in group[1:]}
@@ -271,6 +281,9 @@ def build_bank(
         for opt in opts:
             t0 = time.perf_counter()
             q = quantize(w, opt)
+            if not bool(torch.isfinite(q.params.to(torch.float16)).all()):
+                raise ConfigError(f"layer {name}: {opt} cannot store this weight: its scales/codebook "
+                                  f"overflow fp16 (max |w| = {float(w.abs().max()):.4g}, fp16 max 65504)")
             mse = float(((q.dequantize(torch.float32) - w).double() ** 2).mean())
             packed = pack_codes(q.codes, opt.bits).cpu()
             params = q.params.to(torch.float16).cpu()

@@ -44,6 +44,38 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def non_finite_layers(layers: dict[str, nn.Module] | nn.Module) -> dict[str, int]:
+    """{layer: number of NaN/inf weight values} for the quantizable layers whose weight is not
+    finite (meta tensors have no values and are skipped). Computed in the weight's own dtype, so
+    an fp16/bf16 model is checked without a float32 copy."""
+    modules = quantizable_layers(layers) if isinstance(layers, nn.Module) else layers
+    bad: dict[str, int] = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            w = module.weight
+            if w.device.type == "meta" or not w.is_floating_point():
+                continue
+            n = int((~torch.isfinite(w)).sum())
+            if n:
+                bad[name] = n
+    return bad
+
+
+def check_finite_weights(layers: dict[str, nn.Module] | nn.Module, what: str = "the model") -> None:
+    """QsensError in one line naming every quantizable layer whose weight holds NaN or inf (a
+    checkpoint damaged by an fp16 overflow in training or by a bad merge): quantizing it would
+    give NaN codes and NaN errors, and every score after it would be NaN."""
+    from quant.errors import QsensError
+
+    bad = non_finite_layers(layers)
+    if bad:
+        names = list(bad)
+        shown = ", ".join(f"{n} ({bad[n]} value{'s' if bad[n] > 1 else ''})" for n in names[:5])
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise QsensError(f"{what} has non-finite (NaN/inf) weights in {len(names)} layer(s): {shown}{more}; "
+                         "the checkpoint is damaged: repair or re-export it before quantizing")
+
+
 def alias_key(weight: torch.Tensor) -> tuple:
     """Identity of the memory a weight tensor reads: equal keys ⇔ the same values at the same
     addresses (the same Parameter, or two views of one storage with the same offset, shape,

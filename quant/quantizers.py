@@ -109,7 +109,13 @@ def quantize(weight: torch.Tensor, option: Option | str) -> QuantizedTensor:
     if option.is_fp:
         raise ValueError("fp16 is not a quantizer option: the FP weight is used as is")
     shape = tuple(int(s) for s in weight.shape)
-    w2d = weight.detach().reshape(shape[0], -1)
+    # The arithmetic is float32 whatever the weight's dtype (fp16/bf16 models): min/max, scales,
+    # rounding and k-means in half precision would change codes and overflow (a no-op for fp32).
+    w2d = weight.detach().reshape(shape[0], -1).to(torch.float32)
+    if not bool(torch.isfinite(w2d).all()):
+        from quant.errors import QsensError
+        raise QsensError(f"cannot quantize a weight with {int((~torch.isfinite(w2d)).sum())} non-finite "
+                         "(NaN/inf) values: the model's weights are damaged")
     if option.method == "uaq":
         codes, params = quantize_uaq(w2d, option.bits)
     elif option.method == "kmc":

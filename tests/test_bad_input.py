@@ -79,6 +79,13 @@ def _bank_copy(tmp: Path) -> None:
         (dst / f.name).write_bytes(f.read_bytes())
 
 
+def _nan_mse(bank: Path) -> None:
+    meta = json.loads((bank / "bank.json").read_text())
+    first = next(iter(meta["entries"].values()))
+    first[next(iter(first))]["mse"] = float("nan")
+    (bank / "bank.json").write_text(json.dumps(meta))
+
+
 def _vae_dir(tmp: Path) -> None:
     from diffusers import AutoencoderKL
 
@@ -87,7 +94,26 @@ def _vae_dir(tmp: Path) -> None:
                   layers_per_block=1).save_pretrained(tmp / "vae")
 
 
+def _poisoned_data(kind: str, layer: str = "mid_block.resnets.0.conv2"):
+    """A copy of the data dir (models + reference) whose U-Net holds one NaN/inf weight."""
+    def setup(tmp: Path) -> None:
+        import shutil
+
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        src = (tmp / "data").resolve()
+        for sub in ("models", "reference"):
+            shutil.copytree(src / sub, tmp / "pdata" / sub)
+        f = tmp / "pdata" / "models" / "digits" / "unet" / "diffusion_pytorch_model.safetensors"
+        sd = load_file(f)
+        sd[f"{layer}.weight"].view(-1)[0] = float(kind)
+        save_file(sd, f, metadata={"format": "pt"})
+    return setup
+
+
 M = ["--model", "digits", "--data-dir", "{data}"]
+PM = ["--model", "digits", "--data-dir", "{tmp}/pdata"]
 ROWS = [
     # files that are not what they claim
     ("config not UTF-8", ["score", *M, "--config", "{tmp}/b.json"], _write("b.json", b"\xff\xfe")),
@@ -154,6 +180,14 @@ ROWS = [
     ("generate quantized truncated", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
      _write("q/manifest.json", '{"format": "qsens-packed"')),
     ("quant-analyzer act-bits 9", ["analyze", "quant-analyzer", *M, "--act-bits", "9"], None),
+    # damaged inputs that used to be accepted (#23)
+    ("bank build NaN weight", ["bank", "build", *PM, "--options", "uaq3,uaq4", "--out", "{tmp}/b"],
+     _poisoned_data("nan")),
+    ("bank build kmeans inf weight", ["bank", "build", *PM, "--options", "kmc3", "--out", "{tmp}/b"],
+     _poisoned_data("inf")),
+    ("generate NaN weight", ["generate", *PM, "--n-images", "2", "--out", "{tmp}/g"], _poisoned_data("nan")),
+    ("bank show NaN errors", ["bank", "show", "{tmp}/badbank"],
+     lambda tmp: (_bank_copy(tmp), _nan_mse(tmp / "badbank"))),
     ("quant-analyzer images 1", ["analyze", "quant-analyzer", *M, "--images", "1"], None),
 ]
 
