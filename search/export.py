@@ -25,8 +25,10 @@ codebook config (torchao 0.18 does not export it from a module `config_from_dict
 
 Skip lists (`skip_list`): the K layers the predictor ranks most sensitive (its per-layer score at
 the lowest bit-width, `predictor.inspect.layer_scores`), as the keep-in-high-precision lists of
-bitsandbytes (`llm_int8_skip_modules`), diffusers (`modules_to_not_convert`) and quanto
-(`exclude`), with the layers each tool's name matching would keep in addition.
+diffusers+bitsandbytes (`llm_int8_skip_modules`), diffusers+torchao and diffusers+quanto
+(`modules_to_not_convert`), transformers (`llm_int8_skip_modules`) and optimum-quanto (`exclude`),
+each written for that tool's own name rule so that it keeps exactly those layers (`keeps`), or
+refused for a tool whose rule cannot name one of them alone.
 """
 from __future__ import annotations
 
@@ -222,19 +224,94 @@ def sensitivity_ranking(predictor_dir: str | Path) -> pd.DataFrame:
     return layer_scores(table)
 
 
-def _diffusers_keeps(layer: str, keys: Sequence[str]) -> bool:
-    # diffusers.quantizers.bitsandbytes.utils._replace_with_bnb_linear (0.42)
+# Each consumer's own rule for "this module is kept in high precision by the list `keys`", as its
+# installed code states it (read from .venv site-packages; tests/test_faults.py checks the rules
+# against the installed libraries where they run on CPU). `layer` is a module's full name.
+def _diffusers_bnb_keeps(layer: str, keys: Sequence[str]) -> bool:
+    # diffusers 0.42 quantizers/bitsandbytes/utils.py _replace_with_bnb_linear: a Linear is left
+    # as is when its local name is in the list, or a key + "." occurs anywhere in its full name,
+    # or a key equals its full name
     return layer.rsplit(".", 1)[-1] in keys or any(k + "." in layer or k == layer for k in keys)
 
 
+def _diffusers_torchao_keeps(layer: str, keys: Sequence[str]) -> bool:
+    # diffusers 0.42 quantizers/torchao/torchao_quantizer.py check_if_quantized_param: a parameter
+    # is not quantized when a key + "." occurs anywhere in its name or a key equals it; the
+    # quantized parameter is "{module}.weight" of a Linear. "transformer_blocks.0.attn.to_q"
+    # therefore also keeps "single_transformer_blocks.0.attn.to_q".
+    param = layer + ".weight"
+    return any(k + "." in param or k == param for k in keys)
+
+
+def _diffusers_quanto_keeps(layer: str, keys: Sequence[str]) -> bool:
+    # diffusers 0.42 quantizers/quanto/utils.py _replace_with_quanto_layers: only a module's local
+    # name (named_children) is compared with the list; a full dotted name never matches
+    return layer.rsplit(".", 1)[-1] in keys
+
+
 def _transformers_keeps(layer: str, keys: Sequence[str]) -> bool:
-    # transformers.quantizers.quantizers_utils.should_convert_module (5.x)
+    # transformers 5.x quantizers/quantizers_utils.py should_convert_module: each key is a regex
+    # matched from the start up to a module boundary, or a plain suffix of the full name
     boundary = r"(?:(?<=\.)|(?=\.|$))"
     return any(re.match(rf"(?:{k}){boundary}", layer) or layer.endswith(k) for k in keys)
 
 
 def _quanto_keeps(layer: str, keys: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatch(layer, k) for k in keys)
+    # optimum-quanto quantize(model, exclude=[...]): fnmatch of each pattern against the full
+    # module name (optimum-quanto is not installed here: its rule as documented and released)
+    return any(fnmatch.fnmatchcase(layer, k) for k in keys)
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+# tool -> (the keyword the list is passed as, the consumer's rule, candidate keys for one layer in
+# order of preference: its plain name first, then names anchored to it under that rule)
+SKIP_TOOLS: dict[str, tuple[str, Any, Any, str]] = {
+    "bitsandbytes": ("llm_int8_skip_modules", _diffusers_bnb_keeps, lambda n: [n],
+                     "diffusers BitsAndBytesConfig: local name, or key + '.' inside / equal to the full name"),
+    "diffusers": ("modules_to_not_convert", _diffusers_torchao_keeps, lambda n: [n, n + ".weight"],
+                  "diffusers TorchAoConfig: key + '.' anywhere inside, or equal to, '{module}.weight'"),
+    "diffusers_quanto": ("modules_to_not_convert", _diffusers_quanto_keeps, lambda n: [n.rsplit(".", 1)[-1]],
+                         "diffusers QuantoConfig: the module's local name only"),
+    "transformers": ("llm_int8_skip_modules", _transformers_keeps,
+                     lambda n: [n, re.escape(n) + "$"],
+                     "transformers should_convert_module: regex from the start to a module boundary, or a suffix"),
+    "quanto": ("exclude", _quanto_keeps, lambda n: [_glob_escape(n)],
+               "optimum-quanto quantize(exclude=): fnmatch on the full module name"),
+}
+
+
+def consumer_keeps(tool: str, keys: Sequence[str], layers: Sequence[str]) -> list[str]:
+    """The layers (of `layers`, in their order) that `tool` keeps in high precision given `keys`."""
+    rule = SKIP_TOOLS[tool][1]
+    return [n for n in layers if rule(n, list(keys))]
+
+
+def _tool_entry(tool: str, keep: Sequence[str], layers: Sequence[str]) -> dict[str, Any]:
+    """The keep-list for `tool` that makes it keep exactly `keep`: each layer's plain name when
+    the tool's rule matches nothing else with it, else a name anchored to it under that rule; the
+    entry is refused (`refused`: why, the list None) when some layer cannot be named alone."""
+    key, rule, candidates, how = SKIP_TOOLS[tool]
+    wanted = set(keep)
+    keys: list[str] = []
+    for name in keep:
+        if any(rule(name, [k]) for k in keys):
+            continue  # an earlier key (e.g. a shared local name) already keeps it, and only wanted layers
+        for cand in candidates(name):
+            hits = {n for n in layers if rule(n, [cand])}
+            if name in hits and hits <= wanted:
+                keys.append(cand)
+                break
+        else:
+            extra = sorted({n for c in candidates(name) for n in layers if rule(n, [c])} - wanted)
+            return {key: None, "keeps": None, "also_kept": extra, "rule": how,
+                    "refused": (f"{tool} cannot keep {name} without also keeping {', '.join(extra[:3])}"
+                                f"{' ...' if len(extra) > 3 else ''} (its rule: {how})")}
+    kept = consumer_keeps(tool, keys, layers)
+    assert set(kept) == wanted, (tool, kept, keep)  # by construction; a rule change must not go unseen
+    return {key: keys, "keeps": kept, "also_kept": [], "rule": how}
 
 
 def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
@@ -243,9 +320,12 @@ def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
 
     ranking: `sensitivity_ranking` (index = layer names). layers: every quantizable layer of the
     model (a ranked layer outside it is refused). A kept layer's tied partners are kept too
-    (one tensor). Per tool, `also_kept` lists the layers its name matching keeps beyond the list
-    (diffusers also matches a kept name as a module's last name part; transformers as a suffix).
-    Raises QsensError for keep_top < 1 or a ranking of another model.
+    (one tensor). Per tool (SKIP_TOOLS), the list is written so that the tool's own name rule
+    keeps exactly these layers (`keeps`; `also_kept` is then empty): a name the rule would
+    stretch to other layers is anchored (diffusers+torchao: "{layer}.weight"; transformers: an
+    escaped regex ending in "$"), and a tool whose rule cannot name a layer alone (bitsandbytes
+    and diffusers+quanto match local names) gets `refused` with the reason and the layers it would
+    also keep, instead of a list. Raises QsensError for keep_top < 1 or a ranking of another model.
     """
     if keep_top < 1:
         raise QsensError(f"--keep-top must be at least 1, got {keep_top}")
@@ -259,13 +339,9 @@ def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
     for group in tied:
         if any(n in keep for n in group):
             keep += [n for n in group if n not in keep]
-    tools = {"bitsandbytes": ("llm_int8_skip_modules", _diffusers_keeps),
-             "diffusers": ("modules_to_not_convert", _diffusers_keeps),
-             "transformers": ("llm_int8_skip_modules", _transformers_keeps),
-             "quanto": ("exclude", _quanto_keeps)}
     out: dict[str, Any] = {"keep_top": keep_top, "keep": keep}
-    for tool, (key, rule) in tools.items():
-        out[tool] = {key: keep, "also_kept": [n for n in layers if n not in keep and rule(n, keep)]}
+    for tool in SKIP_TOOLS:
+        out[tool] = _tool_entry(tool, keep, list(layers))
     out["ranking"] = [{"layer": n, "rank": int(r.get("rank", i + 1)), "sens_low": float(r["sens_low"]),
                        "sens_high": float(r["sens_high"])} for i, (n, r) in enumerate(ranking.iterrows())]
     return out

@@ -432,11 +432,17 @@ def test_skip_list_follows_the_predictor_ranking(tmp_path: Path, capsys) -> None
                                    "blocks.1.ff"]
     data = skip_list(ranking, 3, layers, tied=[["blocks.0.ff", "blocks.1.ff"]])
     assert data["keep"] == ["proj_out", "conv_out", "blocks.0.ff", "blocks.1.ff"]  # + its tied partner
-    assert data["bitsandbytes"]["llm_int8_skip_modules"] == data["keep"]
     assert data["quanto"]["exclude"] == data["keep"] and data["quanto"]["also_kept"] == []
-    # diffusers also keeps any module whose last name part is a kept name; transformers any suffix
-    assert data["diffusers"]["also_kept"] == ["blocks.0.proj_out"]
-    assert data["transformers"]["also_kept"] == ["blocks.0.proj_out"]
+    # each list is written for its tool's name rule: "proj_out" alone would also keep blocks.0.proj_out
+    # (diffusers+torchao: a substring; transformers: a suffix), so it is anchored there; diffusers'
+    # bitsandbytes and quanto rules match local names, which cannot name it alone: refused
+    assert data["diffusers"]["modules_to_not_convert"] == ["proj_out.weight", "conv_out", "blocks.0.ff", "blocks.1.ff"]
+    assert data["transformers"]["llm_int8_skip_modules"][0] == "proj_out$"
+    for tool in ("diffusers", "transformers", "quanto"):
+        assert data[tool]["keeps"] == ["proj_out", "blocks.0.ff", "blocks.1.ff", "conv_out"]
+        assert data[tool]["also_kept"] == []
+    for tool in ("bitsandbytes", "diffusers_quanto"):
+        assert data[tool]["refused"] and data[tool]["also_kept"] == ["blocks.0.proj_out"]
     assert data["ranking"][0] == {"layer": "proj_out", "rank": 1, "sens_low": 9.5, "sens_high": 0.0}
     with pytest.raises(QsensError, match="another model"):
         skip_list(ranking, 2, layers[:-1])

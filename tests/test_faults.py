@@ -119,3 +119,63 @@ def test_fp32_bank_unchanged_by_the_fp32_cast():
     c, p = quantize_kmeans(w, 3, per_row=True)
     q = quantize(w, "kmc3")
     assert torch.equal(q.codes, c) and torch.equal(q.params, p)
+
+
+# ---------------------------------------------------------------- #23.3 skip lists by the consumer's rule
+_NAMES = ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.attn.to_q",
+          "single_transformer_blocks.1.attn.to_q", "transformer_blocks.1.attn.to_q", "transformer_blocks.10.attn.to_q",
+          "transformer_blocks.1.ff.net.0.proj", "transformer_blocks.1.ff.net.2", "proj_out", "x_embedder",
+          "mlp.gate", "mlp.gate_proj", "blocks.0.proj_out", "blocks.0.mlp.gate"]
+
+
+def _ranking(first: list[str], layers: list[str]):
+    import pandas as pd
+
+    order = first + [n for n in layers if n not in first]
+    return pd.DataFrame({"sens_low": [float(len(order) - i) for i in range(len(order))], "sens_high": 0.0,
+                         "rank": list(range(1, len(order) + 1))}, index=order)
+
+
+@pytest.mark.parametrize("keep", [["transformer_blocks.0.attn.to_q"], ["transformer_blocks.1.attn.to_q"],
+                                  ["proj_out", "mlp.gate"], ["mlp.gate_proj"], ["single_transformer_blocks.0.attn.to_q"],
+                                  ["blocks.0.mlp.gate", "transformer_blocks.1.ff.net.0.proj"]])
+def test_transformers_list_keeps_exactly_the_ranked_layers(keep):
+    """The transformers entry, fed to the installed transformers' should_convert_module, keeps
+    exactly the ranked layers (suffix and prefix-regex matches anchored away)."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from search.export import skip_list
+
+    sl = skip_list(_ranking(keep, _NAMES), len(keep), _NAMES)
+    real = [n for n in _NAMES if not should_convert_module(n, sl["transformers"]["llm_int8_skip_modules"])]
+    assert real == sl["transformers"]["keeps"] and set(real) == set(keep)
+    for tool in ("diffusers", "quanto", "bitsandbytes", "diffusers_quanto"):  # exact, or refused with reason
+        entry = sl[tool]
+        assert entry.get("refused") or set(entry["keeps"]) == set(keep), tool
+
+
+def test_diffusers_torchao_list_keeps_exactly_the_ranked_layers(tmp_path):
+    """The case skiplist_diffusers_torchao.py, checked by what diffusers' own loader (TorchAoConfig,
+    CPU) leaves in full precision: exactly the ranked layer, not its single_ namesake."""
+    from diffusers import FluxTransformer2DModel, TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    from quant.layers import quantizable_layers
+    from search.export import consumer_keeps, skip_list
+
+    torch.manual_seed(0)
+    FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                           num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                           guidance_embeds=False, axes_dims_rope=(2, 2, 4)).save_pretrained(tmp_path)
+    layers = list(quantizable_layers(FluxTransformer2DModel.from_pretrained(tmp_path)))
+    for top in (["transformer_blocks.0.attn.to_q"], ["single_transformer_blocks.1.attn.to_q", "proj_out"]):
+        sl = skip_list(_ranking(top, layers), len(top), layers)
+        keys = sl["diffusers"]["modules_to_not_convert"]
+        q = FluxTransformer2DModel.from_pretrained(
+            tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=list(keys)))
+        kept = [n for n, m in quantizable_layers(q).items()
+                if isinstance(m, nn.Linear) and type(m.weight.data) is torch.Tensor]
+        assert kept == sl["diffusers"]["keeps"] == [n for n in layers if n in top], (keys, kept)
+        # the unanchored name really does stretch under diffusers' rule (the fault this guards)
+        assert "single_transformer_blocks.0.attn.to_q" in consumer_keeps("diffusers", ["transformer_blocks.0.attn.to_q"],
+                                                                         layers)

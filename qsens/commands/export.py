@@ -129,10 +129,10 @@ def _skip_list(args) -> int:
     path = write_skip_list(data, args.out / SKIP_FILE)
     print(f"keep in high precision (top {args.keep_top} of {len(layers)} by predicted sensitivity): "
           + ", ".join(data["keep"]))
-    for tool in ("bitsandbytes", "diffusers", "transformers", "quanto"):
-        extra = data[tool]["also_kept"]
-        if extra:
-            print(f"  note: {tool}'s name matching also keeps {len(extra)} more: {', '.join(extra[:5])}"
-                  + (" ..." if len(extra) > 5 else ""))
+    from search.export import SKIP_TOOLS
+
+    for tool in SKIP_TOOLS:  # each list is written for its tool's own name rule (keeps exactly these)
+        if data[tool].get("refused"):
+            print(f"  note: no {tool} list: {data[tool]['refused']}")
     print(f"-> {path}")
     return 0
