@@ -34,21 +34,24 @@ import pytest
 import torch
 
 KINDS = ("sd", "sdxl", "pixart-alpha", "pixart-sigma", "dit")
+# the other families (issue #22): flow-matching, few-step, unconditional and image-conditioned
+FAMILY_KINDS = ("flux", "sana", "sd3", "hunyuan", "lcm", "ddpm", "img2img", "controlnet")
 LATENT = 8  # latent side; the VAE's 2 blocks make images 2x larger (16 px)
 TEXT_WIDTH = 32  # hidden size of every tiny text encoder
 CLASS_NAMES = ("tench", "goldfish", "great white shark", "tiger shark", "hammerhead")
 
 
 # --- shared components ---------------------------------------------------------------------------
-def tiny_vae():
-    """AutoencoderKL with 2 blocks (downsampling factor 2), 4 latent channels, 16 px images."""
+def tiny_vae(**extra):
+    """AutoencoderKL with 2 blocks (downsampling factor 2), 4 latent channels, 16 px images
+    (`extra`: e.g. shift_factor, which SD3/FLUX read)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                          down_block_types=("DownEncoderBlock2D",) * 2,
                          up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
-                         layers_per_block=1, norm_num_groups=8, sample_size=2 * LATENT)
+                         layers_per_block=1, norm_num_groups=8, sample_size=2 * LATENT, **extra)
 
 
 # Byte-level BPE merges for a few frequent English pairs; every single byte is in the vocabulary,
@@ -221,16 +224,191 @@ def tiny_dit():
     return pipe
 
 
+# --- the other families (issue #22) --------------------------------------------------------------
+def tiny_bert_tokenizer():
+    """BertTokenizer from a hand-written vocab.txt (Hunyuan-DiT's first tokenizer), 77 tokens."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + _words(0, random.Random(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+        return BertTokenizer(str(Path(tmp) / "vocab.txt"), model_max_length=77)
+
+
+def tiny_flux():
+    """FluxPipeline: CLIP + T5 text encoders, a FluxTransformer2DModel with guidance embedding
+    (FLUX.1-dev style: guidance_scale is embedded, no CFG), flow-matching Euler. FLUX has no
+    sample_size: its native size is the pipeline's default_sample_size (128) x the VAE factor."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TEXT_WIDTH, pooled_projection_dim=TEXT_WIDTH,
+        guidance_embeds=True, axes_dims_rope=(4, 4, 8))  # 4 latent channels packed 2x2
+    clip = tiny_clip_tokenizer()
+    t5 = tiny_t5_tokenizer()
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(shift_factor=0.0),
+                        text_encoder=tiny_clip_text_encoder(clip), tokenizer=clip,
+                        text_encoder_2=tiny_t5_encoder(t5), tokenizer_2=t5,
+                        transformer=transformer, image_encoder=None, feature_extractor=None)
+
+
+def tiny_sana():
+    """SanaPipeline: a Gemma2 text encoder (a T5 sentencepiece tokenizer stands in for Gemma's),
+    a DC-AE with 2 blocks (factor 2), SanaTransformer2DModel, flow-matching DPM-Solver. 32 px:
+    SanaPipeline refuses sides that are not multiples of 32."""
+    from diffusers import (AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline,
+                           SanaTransformer2DModel)
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
+        attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
+        cross_attention_dim=8, caption_channels=8, sample_size=2 * LATENT)  # Sana: sides % 32 == 0
+    torch.manual_seed(0)
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        scaling_factor=0.41407)
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=1024,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1)).eval()
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            flow_shift=3.0)
+    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                        transformer=transformer, scheduler=scheduler)
+
+
+def tiny_sd3():
+    """StableDiffusion3Pipeline: two CLIP (with projection) + T5, SD3Transformer2DModel, flow
+    matching."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=LATENT, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=TEXT_WIDTH,
+        pooled_projection_dim=2 * TEXT_WIDTH, out_channels=4, pos_embed_max_size=LATENT)
+    clip = tiny_clip_tokenizer()
+    t5 = tiny_t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(shift_factor=0.0), text_encoder=tiny_clip_text_encoder(clip, True, seed=0),
+        tokenizer=clip, text_encoder_2=tiny_clip_text_encoder(clip, True, seed=1),
+        tokenizer_2=tiny_clip_tokenizer(), text_encoder_3=tiny_t5_encoder(t5), tokenizer_3=t5,
+        image_encoder=None, feature_extractor=None)
+
+
+def tiny_hunyuan():
+    """HunyuanDiTPipeline: BERT + T5 encoders, HunyuanDiT2DModel, v-prediction DDPM (as the
+    released checkpoints)."""
+    from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    transformer = HunyuanDiT2DModel(
+        sample_size=LATENT, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        in_channels=4, cross_attention_dim=TEXT_WIDTH, cross_attention_dim_t5=TEXT_WIDTH,
+        pooled_projection_dim=16, hidden_size=24, activation_fn="gelu-approximate")
+    bert = tiny_bert_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = BertModel(BertConfig(vocab_size=len(bert), hidden_size=TEXT_WIDTH, num_hidden_layers=1,
+                                        num_attention_heads=4, intermediate_size=37,
+                                        max_position_embeddings=77)).eval()
+    t5 = tiny_t5_tokenizer()  # the pipeline pads T5 text to 256 tokens (text_len_t5)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                              prediction_type="v_prediction", steps_offset=1, clip_sample=False)
+    return HunyuanDiTPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=bert,
+                              transformer=transformer, scheduler=scheduler, safety_checker=None,
+                              feature_extractor=None, requires_safety_checker=False,
+                              text_encoder_2=tiny_t5_encoder(t5), tokenizer_2=t5)
+
+
+def _tiny_cond_unet(**extra):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=LATENT, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8, norm_num_groups=8, **extra)
+
+
+def tiny_lcm():
+    """LatentConsistencyModelPipeline: a UNet with a guidance embedding (time_cond_proj_dim),
+    LCMScheduler, 4 steps by default."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    tokenizer = tiny_clip_tokenizer()
+    scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                             set_alpha_to_one=False)
+    return LatentConsistencyModelPipeline(
+        vae=tiny_vae(), text_encoder=tiny_clip_text_encoder(tokenizer), tokenizer=tokenizer,
+        unet=_tiny_cond_unet(time_cond_proj_dim=32), scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+
+
+def tiny_ddpm():
+    """DDPMPipeline (google/ddpm-cifar10-32's layout): UNet2DModel on pixels, no text, no classes."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=2 * LATENT, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                       attention_head_dim=8)
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
+def tiny_img2img():
+    """StableDiffusionImg2ImgPipeline: the tiny SD components; needs a source image per prompt."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    sd = tiny_sd()
+    return StableDiffusionImg2ImgPipeline(**{k: v for k, v in sd.components.items()},
+                                          requires_safety_checker=False)
+
+
+def tiny_controlnet():
+    """StableDiffusionControlNetPipeline: the tiny SD components + a ControlNetModel whose
+    conditioning embedding downsamples by 2 (the VAE's factor); needs a control image."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    sd = tiny_sd()
+    torch.manual_seed(1)
+    controlnet = ControlNetModel(
+        block_out_channels=(16, 32), layers_per_block=1, in_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8, norm_num_groups=8, conditioning_embedding_out_channels=(8, 16))
+    return StableDiffusionControlNetPipeline(**{k: v for k, v in sd.components.items()},
+                                             controlnet=controlnet, requires_safety_checker=False)
+
+
 _BUILDERS: dict[str, Callable] = {
     "sd": tiny_sd, "sdxl": tiny_sdxl, "pixart-alpha": lambda: tiny_pixart(sigma=False),
     "pixart-sigma": lambda: tiny_pixart(sigma=True), "dit": tiny_dit,
+    "flux": tiny_flux, "sana": tiny_sana, "sd3": tiny_sd3, "hunyuan": tiny_hunyuan, "lcm": tiny_lcm,
+    "ddpm": tiny_ddpm, "img2img": tiny_img2img, "controlnet": tiny_controlnet,
 }
 
 
 def tiny_pipeline(kind: str):
     """The in-memory pipeline of `kind` (random weights, seeded: the same every call)."""
     if kind not in _BUILDERS:
-        raise ValueError(f"unknown tiny pipeline kind {kind!r} (known: {', '.join(KINDS)})")
+        raise ValueError(f"unknown tiny pipeline kind {kind!r} (known: {', '.join(KINDS + FAMILY_KINDS)})")
     pipe = _BUILDERS[kind]()
     pipe.set_progress_bar_config(disable=True)
     return pipe
