@@ -41,7 +41,7 @@ from sampling.scoring import STATS_FILE, feature_stats
 PROMPTS_FILE = "prompts.txt"
 IMAGES_FILE = "images.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_OWN_FILES = {REFERENCE_JSON, PROMPTS_FILE, IMAGES_FILE, STATS_FILE}
+_OWN_FILES = {REFERENCE_JSON, PROMPTS_FILE, IMAGES_FILE, STATS_FILE, "cond.safetensors"}
 PREPROCESS = ("PIL convert('RGB'); shorter side to {r} px (PIL bicubic); centre crop {r}x{r}; "
               "uint8; clean-fid 'clean' resize to 299x299 (PIL bicubic, float); Inception pool3")
 
@@ -181,7 +181,8 @@ def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarr
 def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: int,
                     num_images: int, inception_path: str | Path, captions: str | Path | None = None,
                     clip_model: str | Path | None = None, batch_size: int = 32,
-                    device: str = "cpu", progress: bool = False, workers: int = 4) -> Reference:
+                    device: str = "cpu", progress: bool = False, workers: int = 4,
+                    cond_images: str | Path | None = None, cond_preprocess: str = "none") -> Reference:
     """Compute and write a reference dir (module docstring: format and preprocessing).
 
     Args:
@@ -193,6 +194,8 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
         clip_model: local CLIP dir recorded for the scorer; with captions, also scores the real
             images against their captions (`clip_score_real`).
         batch_size: images per network call; workers: image-decoding threads.
+        cond_images: conditioning images of image-conditioned pipelines, "source" (the images
+            themselves) or a folder; cond_preprocess: none | canny | grey (`sampling.conditioning`).
 
     Returns the written `Reference`. Raises QsensError (one line) on bad input: missing folder or
     files, fewer images than asked, captions that do not match the images, a missing Inception file.
@@ -253,6 +256,14 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
     }
     if prompts is not None:
         files_out[PROMPTS_FILE] = ("\n".join(prompts) + "\n").encode("utf-8")
+    if cond_images is not None:  # image-conditioned pipelines (sampling.conditioning)
+        from sampling import conditioning
+
+        cond = conditioning.conditioning_images(cond_images, files, resolution, cond_preprocess)
+        files_out[conditioning.COND_FILE] = conditioning.encode(cond)
+        info.update(cond_file=conditioning.COND_FILE, cond_images=str(cond_images),
+                    cond_preprocess=cond_preprocess)
+        files_out[REFERENCE_JSON] = (json.dumps(info, indent=2) + "\n").encode()
     _write_atomic(out, files_out)
     return Reference(out, mu, sigma, info, prompts, names)
 

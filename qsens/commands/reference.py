@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--clip", default=None,
                    help="local CLIP model dir recorded for the CLIP score (also scores the real "
                    "images against their captions)")
+    b.add_argument("--cond-images", default=None, metavar="DIR|source",
+                   help="image-conditioned pipelines (img2img, ControlNet): one conditioning image "
+                   "per reference image, from DIR (sorted names) or `source` (the images "
+                   "themselves: img2img's source images); stored in the reference dir")
+    b.add_argument("--cond-preprocess", default="none", choices=("none", "canny", "grey"),
+                   help="control-image preprocessor applied to the conditioning images "
+                   "(default: %(default)s)")
     b.add_argument("--out", required=True, type=Path, help="reference dir to write")
     b.add_argument("--batch-size", type=positive_int, default=32, help="images per network call")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -55,7 +62,9 @@ def run_build(args: argparse.Namespace) -> int:
                           num_images=args.num_images, inception_path=args.inception,
                           captions=args.captions, clip_model=args.clip,
                           batch_size=args.batch_size, device=args.device,
-                          progress=not args.quiet and sys.stderr.isatty())
+                          progress=not args.quiet and sys.stderr.isatty(),
+                          **({} if args.cond_images is None else
+                             {"cond_images": args.cond_images, "cond_preprocess": args.cond_preprocess}))
     seconds = time.perf_counter() - t0
     net = ref.info["feature_network"]
     prompts = f", {len(ref.prompts)} prompts" if ref.prompts else ", no prompts"
@@ -64,6 +73,9 @@ def run_build(args: argparse.Namespace) -> int:
           f"({ref.info['n_images'] / seconds:.1f} images/s)")
     if ref.info.get("clip_score_real") is not None:
         print(f"CLIP score of the real images vs their captions: {ref.info['clip_score_real']:.3f}")
+    if ref.info.get("cond_file"):
+        print(f"conditioning images: {ref.info['cond_images']} ({ref.info['cond_preprocess']}) in "
+              f"{ref.info['cond_file']}")
     return 0
 
 
@@ -83,6 +95,8 @@ def run_show(args: argparse.Namespace) -> int:
           f"trace(sigma) {float(np.trace(ref.sigma)):.4g}")
     print(f"  captions     {info.get('captions')}")
     print(f"  clip model   {info.get('clip_model')}")
+    if info.get("cond_file"):
+        print(f"  conditioning {info['cond_images']} ({info.get('cond_preprocess')}) in {info['cond_file']}")
     if info.get("clip_score_real") is not None:
         print(f"  clip score   {info['clip_score_real']:.3f} (real images vs their captions)")
     if ref.prompts:
