@@ -9,6 +9,13 @@ offered (`uniform` | `normal`), so the choice is a param that can be compared.
 Works with any `Denoiser` whose `generate` calls `.model(...)` once per sampler step: a forward
 pre-hook records the calls, whatever the argument layout (digits: `(x, t), class_labels=y`;
 SD: `encoder_hidden_states=...`; SDXL: `added_cond_kwargs={...}`).
+
+Prediction types. Losses and output errors are stated in one space, the noise prediction ε, so
+they mean the same for ε-, v- and flow-matching models: each sample carries `eps_scale`, the
+factor dε̂/d(model output) at its time step (`denoisers.traits.eps_scale`: 1 for ε models, then
+`eps_scale` is None and nothing is multiplied; √ᾱ_t for v-prediction; 1 − σ for flow matching).
+`run_model` returns ε-space outputs (output × eps_scale), so SQNR-style proxies compare like
+with like; the fisher strategy scales its sampled ε-space loss gradient the same way.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ class CalibrationSet:
     step_index: np.ndarray  # (n,) position in the trajectory (0 = first = noisiest call)
     row: np.ndarray  # (n,) row of the recorded call's batch
     num_steps: int
+    eps_scale: torch.Tensor | None = None  # (n,) float64 dε̂/d(output); None: an ε model (1)
+    prediction: str = "epsilon"
 
     def __len__(self) -> int:
         return len(self.step_index)
@@ -127,7 +136,28 @@ def collect_calibration(denoiser, n_samples: int, *, trajectories: int = 32, see
     step_index = draw_steps(len(calls), n_samples, how, rng, mean, std)
     rows = rng.integers(0, batch, size=n_samples)
     args, kwargs = _gather(calls, list(zip(step_index.tolist(), rows.tolist())), batch)
-    return CalibrationSet(args, kwargs, step_index, rows, len(calls))
+    prediction = getattr(denoiser, "prediction_type", "epsilon")
+    scale = denoiser.eps_scale(sample_timesteps(args, kwargs)) if hasattr(denoiser, "eps_scale") else None
+    return CalibrationSet(args, kwargs, step_index, rows, len(calls), scale, prediction)
+
+
+def sample_timesteps(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The per-sample time step of gathered denoiser inputs: the `timestep`/`timesteps`/`t`
+    keyword, else the second positional argument (diffusers UNets: `unet(x, t, ...)`)."""
+    for key in ("timestep", "timesteps", "t"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            return value
+    if len(args) > 1 and isinstance(args[1], torch.Tensor):
+        return args[1]
+    return None
+
+
+def to_eps_space(out: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Model outputs (B, ...) times their per-sample dε̂/d(output) (None: unchanged)."""
+    if scale is None:
+        return out
+    return out * scale.to(device=out.device, dtype=out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
 
 
 def model_output(out: Any) -> torch.Tensor:
@@ -141,8 +171,15 @@ def model_output(out: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_model(model: torch.nn.Module, calib: CalibrationSet, chunk: int = 256) -> torch.Tensor:
-    """The model's outputs on the whole calibration set, float64 on CPU."""
-    return torch.cat([model_output(model(*a, **k)).to("cpu", torch.float64) for a, k in calib.chunks(chunk)])
+    """The model's outputs on the whole calibration set, float64 on CPU, in ε space (times
+    `calib.eps_scale` for v- and flow-matching models; ε models' outputs as they are)."""
+    outs = []
+    for b0, (a, k) in zip(range(0, len(calib), chunk), calib.chunks(chunk)):
+        y = model_output(model(*a, **k)).to("cpu", torch.float64)
+        if calib.eps_scale is not None:
+            y = to_eps_space(y, calib.eps_scale[b0:b0 + y.shape[0]])
+        outs.append(y)
+    return torch.cat(outs)
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:

@@ -18,7 +18,12 @@ approximation for natural gradient descent", NeurIPS):
     L = ½ Σ ‖ε_θ(x_t, t) − y‖²,   y = sg(ε_θ(x_t, t)) + n,   n ~ N(0, I)
 
 (sg = stop-gradient), so ∂L/∂ε_θ = −n and g_l = ∂L/∂Y_l = −J_lᵀ n, whose square has expectation
-diag(J_lᵀ J_l): the Gauss-Newton diagonal of the output-space MSE, without needing ε. The noise
+diag(J_lᵀ J_l): the Gauss-Newton diagonal of the output-space MSE, without needing ε.
+
+Prediction types: the loss is always this ε-space denoising loss. A v- or flow-matching model
+outputs o with ε̂ = c_t·o + (terms in x_t), c_t = `calib.eps_scale` (√ᾱ_t for v, 1 − σ for
+flow; `denoisers.traits.eps_scale`), so ∂L/∂o = −c_t·n per sample; for ε models c_t = 1 and the
+arithmetic is exactly the ε one. The noise
 comes from a seeded `torch.Generator` on the CPU, drawn for the whole calibration set at once,
 so `chunk` changes scores only by the float32 rounding of differently batched kernels. With
 `draws` > 1 each sample gets that many independent n and g_l² is averaged over them (one
@@ -137,7 +142,7 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
     Raises QsensError for bad arguments or unknown layers, BankMismatchError when the model's
     weights are not the bank's. The model is left as it was (weights, requires_grad, hooks).
     """
-    from analysis.calibration import collect_calibration, model_output
+    from analysis.calibration import collect_calibration, model_output, to_eps_space
     from quant.progress import progress_bar
 
     t_start = time.perf_counter()
@@ -186,6 +191,8 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
                 for d in range(draws):
                     # ∂L/∂ε_θ = ε_θ − y = −n for the sampled target y = sg(ε_θ) + n
                     grad_out = -noise[d, b0:b0 + out.shape[0]].to(device=out.device, dtype=out.dtype)
+                    if calib.eps_scale is not None:  # v / flow: ∂ε̂/∂output = c_t per sample
+                        grad_out = to_eps_space(grad_out, calib.eps_scale[b0:b0 + out.shape[0]])
                     out.backward(grad_out, retain_graph=d + 1 < draws)
                     for l in names:
                         for k, g in enumerate(capture.grads[l]):

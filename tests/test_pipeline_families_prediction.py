@@ -1,0 +1,151 @@
+"""Prediction types (ε, v, flow matching) in everything that computes a loss or calibrates.
+
+The fisher strategy's denoising loss (search/fisher.py), the calibration set
+(analysis/calibration.py: `eps_scale` per sample) and the output-error proxy `run_model` state
+everything in ε space: ε̂ = c_t·output + (x_t terms), c_t = 1 (ε), √ᾱ_t (v), 1 − σ (flow).
+Each type is checked against a by-hand value: the factor itself from the scheduler's own
+numbers, and the fisher score of one layer by torch.autograd of L = ½‖c_t·o − (sg(c_t·o) + n)‖².
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.test_fisher import CALIB, OPTIONS, _plain, _table, tiny_bank  # noqa: F401 - fixture
+
+
+def _set_prediction(den, prediction: str):
+    """The digits denoiser as if it were a `prediction` model (its weights do not care: the
+    loss and its weighting are what is tested)."""
+    from denoisers.traits import eps_scale
+
+    sched = den._scheduler()  # the digits sampler (DPM-Solver++ over a 1000-step DDPM schedule)
+    den.prediction_type = prediction
+    den.eps_scale = lambda t: eps_scale(prediction, sched, t)
+    return sched
+
+
+def test_eps_scale_per_type_against_by_hand_values():
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from denoisers.traits import eps_scale, prediction_type
+
+    ddpm = DDPMScheduler(beta_schedule="linear", prediction_type="v_prediction")
+    assert prediction_type(ddpm) == "v_prediction"
+    t = torch.tensor([0.0, 499.0, 999.0])
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    got = eps_scale("v_prediction", ddpm, t)
+    for i, ti in enumerate((0, 499, 999)):
+        assert float(got[i]) == pytest.approx(math.sqrt(float(abar[ti])), rel=1e-5)
+    assert eps_scale("epsilon", ddpm, t) is None  # ε models: nothing is multiplied
+    x0 = eps_scale("sample", ddpm, t)
+    assert float(x0[1]) == pytest.approx(math.sqrt(float(abar[499] / (1 - abar[499]))), rel=1e-5)
+
+    flow = FlowMatchEulerDiscreteScheduler()
+    assert prediction_type(flow) == "flow"
+    flow.set_timesteps(4)
+    sig = flow.sigmas[:4].double()
+    # SD3 passes the scheduler's timesteps (σ·1000), FLUX passes timestep / 1000 (= σ)
+    for passed in (flow.timesteps, flow.timesteps / 1000):
+        got = eps_scale("flow", flow, passed)
+        torch.testing.assert_close(got, 1 - sig, rtol=1e-6, atol=1e-6)
+
+
+def test_pipeline_prediction_types_come_from_the_scheduler():
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    from denoisers.traits import prediction_type
+
+    assert prediction_type(EulerDiscreteScheduler()) == "epsilon"
+    assert prediction_type(DPMSolverMultistepScheduler(prediction_type="flow_prediction",
+                                                       use_flow_sigmas=True)) == "flow"
+
+
+def _by_hand(den, bank, layer: str, option: str, chunk: int) -> float:
+    """Σ g²·ΔY² for one layer, g by autograd of the ε-space loss through the per-sample factor."""
+    from analysis.calibration import collect_calibration, model_output
+    from quant.apply import quantized
+    from quant.config import QuantConfig
+
+    model = den.model
+    module = dict(model.named_modules())[layer]
+    calib = collect_calibration(den, CALIB["samples"], trajectories=CALIB["trajectories"],
+                                seed=CALIB["seed"], steps=CALIB["steps"])
+    c_all = calib.eps_scale
+    gen = torch.Generator().manual_seed(0)
+    noise = None
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    total = 0.0
+    for ci, (args, kwargs) in enumerate(calib.chunks(chunk)):
+        args, kwargs = _plain(args), _plain(kwargs)
+        outs: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda _m, _i, y: outs.append(y))
+        try:
+            with torch.enable_grad():
+                o = model_output(model(*args, **kwargs))
+            with torch.no_grad(), quantized(model, QuantConfig("digits", {layer: option}), bank):
+                n_fp = len(outs)
+                model(*args, **kwargs)
+        finally:
+            handle.remove()
+        y_fp, y_q = outs[:n_fp], outs[n_fp:]
+        if noise is None:
+            noise = torch.randn((1, CALIB["samples"], *o.shape[1:]), generator=gen)
+        b0 = ci * chunk
+        c = (torch.ones(o.shape[0], dtype=torch.float64) if c_all is None
+             else c_all[b0:b0 + o.shape[0]]).to(o.dtype).reshape(-1, *([1] * (o.ndim - 1)))
+        eps = c * o
+        target = eps.detach() + noise[0, b0:b0 + o.shape[0]]
+        grads = torch.autograd.grad(0.5 * ((eps - target) ** 2).sum(), y_fp)
+        for g, yf, yq in zip(grads, y_fp, y_q):
+            total += float((g.double() ** 2 * (yq.double() - yf.detach().double()) ** 2).sum())
+    for p, flag in flags:
+        p.requires_grad_(flag)
+        p.grad = None
+    return total
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow"])
+def test_fisher_loss_per_prediction_type_against_by_hand(prediction, tiny_digits_denoiser, tiny_bank):
+    den, bank = tiny_digits_denoiser, tiny_bank
+    sched = _set_prediction(den, prediction)
+    if prediction != "epsilon" and prediction != "flow":
+        assert getattr(sched, "alphas_cumprod", None) is not None
+    df = _table(den, bank, layers=["up_blocks.0.resnets.0.conv1"])
+    got = df.set_index("option")["score"]
+    want = _by_hand(den, bank, "up_blocks.0.resnets.0.conv1", "uaq4", chunk=5)
+    assert want > 0
+    assert float(got["uaq4"]) == pytest.approx(want, rel=1e-5)  # float32 order of products
+    if prediction != "epsilon":  # the factor is used: c_t < 1 scales the score down
+        _set_prediction(den, "epsilon")
+        eps_score = float(_table(den, bank, layers=["up_blocks.0.resnets.0.conv1"])
+                          .set_index("option")["score"]["uaq4"])
+        assert float(got["uaq4"]) < eps_score
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow"])
+def test_calibration_outputs_are_in_eps_space(prediction, tiny_digits_denoiser, one_torch_thread):
+    from analysis.calibration import collect_calibration, model_output, run_model, sample_timesteps
+
+    den = tiny_digits_denoiser
+    _set_prediction(den, prediction)
+    calib = collect_calibration(den, 6, trajectories=4, seed=1, steps=2)
+    assert calib.prediction == prediction
+    raw = torch.cat([model_output(den.model(*a, **k)).double() for a, k in calib.chunks(3)])
+    got = run_model(den.model, calib, chunk=4)
+    if prediction == "epsilon":
+        assert calib.eps_scale is None
+        torch.testing.assert_close(got, raw)
+        return
+    t = sample_timesteps(calib.args, calib.kwargs)
+    if prediction == "flow":  # the digits scheduler is not a flow one: σ = t / 1000
+        want_c = 1 - t.double() / 1000
+    else:
+        want_c = den._scheduler().alphas_cumprod.double()[t.round().long()].sqrt()
+    torch.testing.assert_close(calib.eps_scale, want_c)
+    torch.testing.assert_close(got, raw * want_c.reshape(-1, 1, 1, 1))
