@@ -21,7 +21,10 @@ def _set_prediction(den, prediction: str):
     loss and its weighting are what is tested)."""
     from denoisers.traits import eps_scale
 
-    sched = den._scheduler()  # the digits sampler (DPM-Solver++ over a 1000-step DDPM schedule)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # v: the digits sampler (DPM-Solver++ over a 1000-step DDPM schedule); flow: a flow scheduler
+    sched = FlowMatchEulerDiscreteScheduler() if prediction == "flow" else den._scheduler()
     den.prediction_type = prediction
     den.eps_scale = lambda t: eps_scale(prediction, sched, t)
     return sched
@@ -143,7 +146,7 @@ def test_calibration_outputs_are_in_eps_space(prediction, tiny_digits_denoiser, 
         torch.testing.assert_close(got, raw)
         return
     t = sample_timesteps(calib.args, calib.kwargs)
-    if prediction == "flow":  # the digits scheduler is not a flow one: σ = t / 1000
+    if prediction == "flow":  # σ = t / num_train_timesteps on an unset flow scheduler
         want_c = 1 - t.double() / 1000
     else:
         want_c = den._scheduler().alphas_cumprod.double()[t.round().long()].sqrt()
