@@ -12,6 +12,7 @@ deleted) before a run starts, under an exclusive lock, so one directory holds on
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -144,27 +145,45 @@ def scan_shards(directory: Path, job_key: str | None = None) -> ShardScan:
     return scan
 
 
+NO_LOCK_ENV = "QSENS_NO_LOCK"  # set by `qsens sample --no-lock`
+
+
 class ShardLock:
     """An exclusive, non-blocking lock on a shard directory (`DIR/.lock`, flock): two runs on one
     directory would score every config twice. Released when the process exits, however it ends.
 
-    Raises QsensError naming the holder's pid when another process holds it."""
+    Raises QsensError naming the holder's pid when another process holds it (EWOULDBLOCK/EAGAIN:
+    the only errors that mean "busy"). Any other flock error (ENOLCK on NFS without lockd,
+    EOPNOTSUPP/ENOSYS on file systems without locks, ...) is reported as what the OS said, with
+    the ways on: another --shards directory, or `--no-lock` (`no_lock`, or QSENS_NO_LOCK=1)."""
 
-    def __init__(self, directory: Path):
+    BUSY = (errno.EWOULDBLOCK, errno.EAGAIN)
+
+    def __init__(self, directory: Path, no_lock: bool | None = None):
         self.directory = Path(directory)
+        self.no_lock = bool(os.environ.get(NO_LOCK_ENV)) if no_lock is None else no_lock
         self._fh = None
 
     def __enter__(self) -> "ShardLock":
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.no_lock:  # the user's explicit choice (file systems without locks): nothing to hold
+            return self
         fh = open(self.directory / LOCK_FILE, "a+", encoding="utf-8")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             fh.seek(0)
             holder = fh.read().strip() or "?"
             fh.close()
-            raise QsensError(f"{self.directory}: another `qsens sample` (pid {holder}) is writing these "
-                             "shards; wait for it or use another --shards directory") from None
+            if exc.errno in self.BUSY:
+                raise QsensError(f"{self.directory}: another `qsens sample` (pid {holder}) is writing these "
+                                 "shards; wait for it or use another --shards directory") from None
+            code = errno.errorcode.get(exc.errno, str(exc.errno))
+            raise QsensError(f"{self.directory / LOCK_FILE}: cannot lock it: {exc.strerror or exc} ({code}); "
+                             "this file system does not support file locks (e.g. NFS without lockd). Use a "
+                             "--shards directory on a local disk, or pass --no-lock if no other `qsens "
+                             "sample` can write this directory (two at once would score and append every "
+                             "config twice)") from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

@@ -179,3 +179,63 @@ def test_diffusers_torchao_list_keeps_exactly_the_ranked_layers(tmp_path):
         # the unanchored name really does stretch under diffusers' rule (the fault this guards)
         assert "single_transformer_blocks.0.attn.to_q" in consumer_keeps("diffusers", ["transformer_blocks.0.attn.to_q"],
                                                                          layers)
+
+
+# ---------------------------------------------------------------- #23.5 OS errors are not "busy"
+def _flock_raising(code):
+    def flock(fd, op):
+        raise OSError(code, os.strerror(code))
+    return flock
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EIO])
+def test_lock_errors_other_than_busy_say_what_the_os_said(tmp_path, monkeypatch, code):
+    import fcntl
+
+    from sampling.shards import NO_LOCK_ENV, ShardLock
+
+    monkeypatch.delenv(NO_LOCK_ENV, raising=False)
+    monkeypatch.setattr(fcntl, "flock", _flock_raising(code))
+    with pytest.raises(QsensError) as err:
+        with ShardLock(tmp_path / "s"):
+            pass
+    msg = str(err.value)
+    assert os.strerror(code) in msg and errno.errorcode[code] in msg and "--no-lock" in msg
+    assert "another" not in msg.split(";")[0] and "pid" not in msg and "\n" not in msg
+    with ShardLock(tmp_path / "s", no_lock=True):  # the explicit way on: no flock call at all
+        pass
+    monkeypatch.setenv(NO_LOCK_ENV, "1")
+    with ShardLock(tmp_path / "s"):
+        pass
+
+
+@pytest.mark.parametrize("code", [errno.EWOULDBLOCK, errno.EAGAIN])
+def test_only_ewouldblock_means_busy(tmp_path, monkeypatch, code):
+    import fcntl
+
+    from sampling.shards import NO_LOCK_ENV, ShardLock
+
+    monkeypatch.delenv(NO_LOCK_ENV, raising=False)
+    monkeypatch.setattr(fcntl, "flock", _flock_raising(code))
+    with pytest.raises(QsensError, match=r"another `qsens sample` \(pid \?\)"):
+        with ShardLock(tmp_path / "s"):
+            pass
+
+
+def test_sample_cli_on_a_file_system_without_locks(tiny_prepared_data, tmp_path, monkeypatch, capsys):
+    """nfs_no_locks.py through the CLI: one error line, exit 2, before any work."""
+    import fcntl
+
+    from qsens.cli import main
+    from sampling.shards import NO_LOCK_ENV
+
+    monkeypatch.delenv(NO_LOCK_ENV, raising=False)
+    monkeypatch.setattr(fcntl, "flock", _flock_raising(errno.ENOLCK))
+    M = ["--model", "digits", "--data-dir", str(tiny_prepared_data)]
+    assert main(["bank", "build", *M, "--options", "uaq3,uaq4", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(["sample", *M, "--bank", str(tmp_path / "b"), "--num-configs", "2",
+                 "--images", "4", "--shards", str(tmp_path / "s"), "--no-paired", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No locks available" in err[0], err
+    assert not list((tmp_path / "s").glob("*.jsonl"))

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=positive_int, default=None,
                    help="tries per config before it is recorded failed (default: sample.max_attempts)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-lock", action="store_true",
+                   help="do not lock the shard directory (for file systems without locks, e.g. NFS without "
+                   "lockd); only when no other `qsens sample` can write it: two at once score every config twice")
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from sampling.worker import SampleJob
 
     ctx = context(args)
+    if getattr(args, "no_lock", False):
+        from sampling.shards import NO_LOCK_ENV
+
+        os.environ[NO_LOCK_ENV] = "1"  # read by ShardLock (sampling.launch), explicit user choice
     fill_from_params(args, ctx.params)
     ctx.spec.check_device()
     check_model_spec(ctx.spec.source)
