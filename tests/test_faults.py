@@ -231,11 +231,17 @@ def test_sample_cli_on_a_file_system_without_locks(tiny_prepared_data, tmp_path,
 
     monkeypatch.delenv(NO_LOCK_ENV, raising=False)
     monkeypatch.setattr(fcntl, "flock", _flock_raising(errno.ENOLCK))
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+    params.setdefault("sample", {})["paired"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
     M = ["--model", "digits", "--data-dir", str(tiny_prepared_data)]
     assert main(["bank", "build", *M, "--options", "uaq3,uaq4", "--out", str(tmp_path / "b"), "--quiet"]) == 0
     capsys.readouterr()
     code = main(["sample", *M, "--bank", str(tmp_path / "b"), "--num-configs", "2",
-                 "--images", "4", "--shards", str(tmp_path / "s"), "--no-paired", "--quiet"])
+                 "--images", "4", "--shards", str(tmp_path / "s"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No locks available" in err[0], err
     assert not list((tmp_path / "s").glob("*.jsonl"))
