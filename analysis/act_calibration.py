@@ -115,13 +115,15 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
     width = {how: np.array([ranges[how][l][1] - ranges[how][l][0] for l in layers]) for how in SAMPLINGS}
     ratio = width["normal"] / np.where(width["uniform"] > 0, width["uniform"], np.nan)
 
+    from sampling.evaluator import Evaluator
+
+    ev = Evaluator(denoiser, None, scorer)
+
     def score(bits: int | None, how: str | None, seed: int) -> dict:
         t0 = time.perf_counter()
-        if bits is None:
-            gen = denoiser.generate(p.images, seed, **gen_kw)
-        else:
-            with activation_quant(denoiser.model, {l: int(bits) for l in layers}, ranges=ranges[how]):
-                gen = denoiser.generate(p.images, seed, **gen_kw)
+        hooks = None if bits is None else activation_quant(denoiser.model, {l: int(bits) for l in layers},
+                                                           ranges=ranges[how])
+        gen = ev.generate(None, p.images, seed, hooks=hooks, **gen_kw)
         sc = scorer.score(gen)
         return {"fid": float(sc.fid) if sc.ok else None, "content": float(sc.content) if sc.ok else None,
                 "status": sc.status, "seconds": round(time.perf_counter() - t0, 3)}

@@ -95,21 +95,21 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
     """Measure every (layer, option) (see module doc); resumable; returns the scored table."""
     from quant.progress import progress_bar
 
-    from quant.apply import quantized
+    from sampling.evaluator import Evaluator
 
     out_dir = Path(out_dir)
     layers = list(layers or bank.layer_names)
     options = list(options or bank.options)
     t_start = time.perf_counter()
-    bank.check_model(denoiser.model)  # once; the loop skips the weight hash
+    ev = Evaluator(denoiser, bank, scorer)  # checks the bank against the model once
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     key = settings_key({"model": bank.model, "bank": bank.fingerprint, "images": params.images,
                         "seed": params.image_seed, "steps": params.steps, "scorer": type(scorer).__name__,
                         "bank_contents": bank_digest(bank), "code": code_digest([__name__])})
 
-    def measure() -> tuple[float, float, str, float]:
+    def measure(config=None) -> tuple[float, float, str, float]:
         t0 = time.perf_counter()
-        sc = scorer.score(denoiser.generate(params.images, params.image_seed, **gen_kw))
+        sc = scorer.score(ev.generate(config, params.images, params.image_seed, **gen_kw))
         return float(sc.fid), float(sc.content), "ok" if sc.ok else "failed", time.perf_counter() - t0
 
     with Progress(out_dir / "layerwise.progress.jsonl", key) as prog:
@@ -123,8 +123,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
                       "seconds": secs})
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
         for layer, option in progress_bar(todo, desc="layerwise", unit="pair", disable=not progress):
-            with quantized(denoiser.model, one_layer(bank.model, layer, option), bank, verify=False):
-                fid, content, status, secs = measure()
+            fid, content, status, secs = measure(one_layer(bank.model, layer, option))
             prog.add({"layer": layer, "option": option, "fid": fid if status == "ok" else None,
                       "content": content if status == "ok" else None, "status": status, "seconds": secs})
         rows = [r for (l, o), r in prog.rows.items() if l in set(layers) and o in set(options)]

@@ -46,14 +46,14 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
                   progress: bool = True) -> pd.DataFrame:
     from quant.progress import progress_bar
 
-    from quant.apply import quantized
+    from sampling.evaluator import Evaluator
 
     out_dir = Path(out_dir)
     layers = list(layers or bank.layer_names)
     options = list(options or bank.options)
     groups = split_groups(layers, params.content_patterns)
     t_start = time.perf_counter()
-    bank.check_model(denoiser.model)
+    ev = Evaluator(denoiser, bank, None)  # checks the bank against the model once
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
 
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
                                 mean=params.calib_normal_mean, std=params.calib_normal_std,
                                 steps=params.steps)
     y_fp = run_model(denoiser.model, calib)
-    fp_images = denoiser.generate(params.ssim_images, params.ssim_seed, **gen_kw).images
+    fp_images = ev.generate(None, params.ssim_images, params.ssim_seed, **gen_kw).images
     setup_seconds = time.perf_counter() - t0
 
     key = settings_key({"model": bank.model, "bank": bank.fingerprint, "calib": [
@@ -74,12 +74,13 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
         for layer, option in progress_bar(todo, desc="mixdq", unit="pair", disable=not progress):
             t1 = time.perf_counter()
-            with quantized(denoiser.model, one_layer(bank.model, layer, option), bank, verify=False):
+            with ev.applied(one_layer(bank.model, layer, option)):
                 q = sqnr_db(y_fp, run_model(denoiser.model, calib))
-                s = math.nan
-                if groups[layer] == "content":
-                    gen = denoiser.generate(params.ssim_images, params.ssim_seed, **gen_kw)
-                    s = 0.0 if gen.n_nonfinite else float(ssim(gen.images, fp_images, reduction="mean"))
+            s = math.nan
+            if groups[layer] == "content":
+                gen = ev.generate(one_layer(bank.model, layer, option), params.ssim_images, params.ssim_seed,
+                                  **gen_kw)
+                s = 0.0 if gen.n_nonfinite else float(ssim(gen.images, fp_images, reduction="mean"))
             prog.add({"layer": layer, "option": option, "group": groups[layer],
                       "sqnr_db": q if math.isfinite(q) else (1e3 if q > 0 else -1e3),
                       "ssim": None if math.isnan(s) else s, "seconds": time.perf_counter() - t1})

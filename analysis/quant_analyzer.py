@@ -133,10 +133,11 @@ class Quantizers:
     weight quantizer, named by the group's first layer."""
 
     def __init__(self, model: torch.nn.Module, wbank, weight_option: str, act_bits: int,
-                 ranges: dict[str, tuple[float, float]] | None):
+                 ranges: dict[str, tuple[float, float]] | None, evaluator=None):
         from quant.layers import quantizable_layers, tied_groups
 
         self.model, self.wbank, self.weight_option, self.act_bits = model, wbank, weight_option, act_bits
+        self.evaluator = evaluator  # sampling.evaluator.Evaluator over `model` and `wbank`
         self.ranges = ranges
         self.layers = list(quantizable_layers(model))
         self.group = {name: [name] for name in self.layers}
@@ -158,13 +159,15 @@ class Quantizers:
     @contextmanager
     def on(self, w_layers: Sequence[str] = (), a_layers: Sequence[str] = ()) -> Iterator[None]:
         from quant.activations import activation_quant
-        from quant.apply import quantized
         from quant.config import QuantConfig
+        from sampling.evaluator import Evaluator
 
+        if self.evaluator is None:
+            self.evaluator = Evaluator(_ModelOnly(self.model), self.wbank, None)
         with ExitStack() as stack:
             if w_layers:
                 config = QuantConfig(self.wbank.model, {l: self.weight_option for l in w_layers})
-                stack.enter_context(quantized(self.model, config, self.wbank, verify=False))
+                stack.enter_context(self.evaluator.applied(config))
             if a_layers:
                 ranges = None if self.ranges is None else {l: self.ranges[l] for l in a_layers}
                 stack.enter_context(activation_quant(self.model, {l: self.act_bits for l in a_layers},
@@ -194,17 +197,11 @@ class Quantizers:
         raise ValueError(kind)
 
 
-def generation_settings(denoiser) -> dict[str, Any]:
-    """What else decides a denoiser's images (guidance, batch size, resolution, prompts...), as
-    far as its adapter exposes it: part of the sweeps' resume key, so `--guidance 2` redoes them."""
-    from dataclasses import is_dataclass
+class _ModelOnly:
+    """The part of a denoiser `Evaluator.applied` needs, for a bare model (calibration sweeps)."""
 
-    out = {k: getattr(denoiser, k) for k in ("steps", "guidance", "batch_size", "resolution", "negative_prompt",
-                                             "prompts", "num_classes") if hasattr(denoiser, k)}
-    params = getattr(denoiser, "params", None)  # digits: DigitsParams
-    if is_dataclass(params):
-        out["params"] = asdict(params)
-    return out
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
 
 
 def weight_bank(denoiser, bank, option: str, progress: bool = False):
@@ -236,8 +233,8 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
         for layer, kind in progress_bar(pending, desc="quant-analyzer", unit="setting", disable=not progress):
             t0 = time.perf_counter()
             w_layers, a_layers = quantizers.setting(kind, layer)
-            with quantizers.on(w_layers, a_layers):
-                sc = scorer.score(denoiser.generate(params.images, params.image_seed, **gen_kw))
+            sc = scorer.score(quantizers.evaluator.generate(None, params.images, params.image_seed,
+                                                            hooks=quantizers.on(w_layers, a_layers), **gen_kw))
             prog.add({"layer": layer, "option": kind,
                       "fid": float(sc.fid) if sc.ok else None,
                       "content": float(sc.content) if sc.ok else None,
@@ -477,8 +474,11 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
                                 mean=params.calib_normal_mean, std=params.calib_normal_std, steps=params.steps)
     ranges = activation_ranges(model, calib, params.chunk)
     timings["calibration"] = time.perf_counter() - t0
+    from sampling.evaluator import Evaluator
+
     quantizers = Quantizers(model, wbank, params.weight_option, params.act_bits,
-                            ranges if params.act_mode == "static" else None)
+                            ranges if params.act_mode == "static" else None,
+                            evaluator=Evaluator(denoiser, wbank, scorer))
     all_layers = quantizers.layers
     missing = [l for l in all_layers if l not in ranges]
     if missing:
@@ -501,8 +501,9 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
 
     # --- scored: FP / W / A / W+A and the per-layer sweeps
     t0 = time.perf_counter()
+    # the evaluator's identity covers the weights, generation settings, reference statistics and code
     key = settings_key({**common, "images": params.images, "seed": params.image_seed,
-                        "scorer": type(scorer).__name__, "generation": generation_settings(denoiser)})
+                        "scorer": type(scorer).__name__, "evaluator": quantizers.evaluator.identity()})
     rows = scored_sweeps(denoiser, scorer, quantizers, params, swept, out_dir / "sweeps.progress.jsonl", key,
                          progress)
     timings["sweeps"] = time.perf_counter() - t0

@@ -30,7 +30,8 @@ from quant.bank import build_bank  # noqa: E402
 from quant.config import QuantConfig  # noqa: E402
 from sampling.noise import ScoreParams  # noqa: E402
 from sampling.sampler import random_config  # noqa: E402
-from sampling.scoring import DigitsScorer, compute_digits_reference, evaluate, make_scorer  # noqa: E402
+from sampling.evaluator import evaluate  # noqa: E402
+from sampling.scoring import DigitsScorer, compute_digits_reference, make_scorer  # noqa: E402
 
 from machine import write_result  # noqa: E402  (bench/machine.py)
 

@@ -247,19 +247,25 @@ class ConfigSet:
                          None if self.provenance is None else np.asarray(self.provenance)[idx])
 
 
-def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = None) -> ConfigSet:
-    """Rows of a quant_cache DataFrame (status ok, weight-only) -> ConfigSet.
+def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = None,
+                       label: str = "fid") -> ConfigSet:
+    """Rows of a quant_cache DataFrame (status ok, weight-only) -> ConfigSet whose `fid` holds the
+    `label` column (FID vs real, or a paired score of `sampling.paired`: `train.label`).
 
-    Rows with activation quantization, another model, or a non-finite FID are dropped."""
+    Rows with activation quantization, another model, or a non-finite label are dropped; a cache
+    without the label column is one QsensError."""
+    if label not in df:
+        raise QsensError(f"the quant_cache has no {label!r} column (train.label): score the configs with "
+                         "`qsens sample --paired` to record paired scores")
     if model is not None and "model" in df:
         df = df[df["model"] == model]
     if "status" in df:
         df = df[df["status"] == "ok"]
     if "act_bits" in df:
         df = df[df["act_bits"].isna()]
-    df = df[np.isfinite(df["fid"].to_numpy(dtype=float))]
+    df = df[np.isfinite(df[label].to_numpy(dtype=float))]
     if len(df) == 0:
-        raise QsensError("no usable rows in the quant_cache (need status ok, weight-only, finite fid)")
+        raise QsensError(f"no usable rows in the quant_cache (need status ok, weight-only, finite {label})")
     configs = [json.loads(s) for s in df["options"]]
     opt_idx = template.encode(configs)
     avg_bits = template.avg_bits(opt_idx)
@@ -267,7 +273,7 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
         provenance = np.array([RANDOM if p is None or p != p else str(p) for p in df["provenance"]], dtype=object)
     else:
         provenance = np.full(len(df), RANDOM, dtype=object)
-    return ConfigSet(list(df["config_id"]), opt_idx, df["fid"].to_numpy(dtype=float), avg_bits, provenance)
+    return ConfigSet(list(df["config_id"]), opt_idx, df[label].to_numpy(dtype=float), avg_bits, provenance)
 
 
 def _unit_hash(seed: int, salt: str, config_id: str) -> float:

@@ -156,16 +156,18 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
     Non-finite images are left out of that pair's mean and counted in `nonfinite`."""
     from quant.progress import progress_bar
 
-    from quant.apply import quantized
     from quant.provenance import bank_digest
     from quant.config import QuantConfig
+    from sampling.evaluator import Evaluator
 
     if images < 2:
         raise QsensError(f"probe images must be >= 2, got {images}")
     layers = list(layers or bank.layer_names)
     options = list(options or bank.options)
-    bank.check_model(denoiser.model)
-    fp_mean, n_bad = _mean_features(scorer, denoiser.generate(images, seed), "the FP model")
+    ev = Evaluator(denoiser, bank, scorer)
+    ev.bank.check_model(denoiser.model)
+    ev._checked = True
+    fp_mean, n_bad = _mean_features(scorer, ev.generate(None, images, seed), "the FP model")
     if n_bad:
         raise QsensError(f"the FP model produced {n_bad} non-finite probe image(s); check the model")
     shift = np.zeros((len(layers), len(options), fp_mean.shape[0]), dtype=np.float32)
@@ -174,8 +176,7 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
     for i, layer in enumerate(layers):
         for j, option in enumerate(options):
             cfg = QuantConfig(model=bank.model, options={layer: option})
-            with quantized(denoiser.model, cfg, bank, verify=False):
-                mean, n_bad = _mean_features(scorer, denoiser.generate(images, seed), f"{layer}={option}")
+            mean, n_bad = _mean_features(scorer, ev.generate(cfg, images, seed), f"{layer}={option}")
             shift[i, j] = mean - fp_mean
             if n_bad:
                 nonfinite[f"{layer}|{option}"] = n_bad

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from quant.progress import progress_bar
 
 from predictor import baselines as bl
+from sampling.paired import LABEL_METRICS
 from predictor.dataset import ConfigSet, GraphTemplate, TargetScaler, configs_from_cache, split_with_provenance
 from predictor.losses import RANK_LOSSES, total_loss
 from predictor.metrics import all_metrics
@@ -69,6 +70,7 @@ class TrainParams:
     threads: int = 1  # 1 is as fast on these small kernels and robust to a shared CPU
     baselines: list[str] = field(default_factory=lambda: list(bl.ONE_HOT_BASELINES))
     probe: bool = False  # propagation readout on the probe's feature shifts (predictor.probe)
+    label: str = "fid"  # the cache column learnt: fid (vs real) or a paired score (sampling.paired)
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":
@@ -83,6 +85,7 @@ class TrainParams:
                   (self.direction in DIRECTIONS, f"train.direction must be one of {DIRECTIONS}"),
                   (self.rank_loss in RANK_LOSSES, f"train.rank_loss must be one of {RANK_LOSSES}"),
                   (self.target in ("fid", "reward"), "train.target must be fid or reward"),
+                  (self.label in LABEL_METRICS, f"train.label must be one of {LABEL_METRICS}"),
                   (self.target_transform in ("none", "log"), "train.target_transform must be none or log"),
                   (self.folds >= 2, "train.folds must be >= 2"),
                   (self.hidden % self.heads == 0, "train.hidden must be divisible by train.heads"),
@@ -378,7 +381,7 @@ def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, model: str | None = None,
-                       probe: str | Path | None = None) -> tuple[GraphTemplate, ConfigSet]:
+                       probe: str | Path | None = None, label: str = "fid") -> tuple[GraphTemplate, ConfigSet]:
     """`probe`: a probe file (predictor.probe) to carry in the template, or None."""
     from graphs.io import read_graph
     from predictor.probe import Probe
@@ -390,5 +393,5 @@ def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, m
     template = GraphTemplate.build(g, b, model=model or b.model,
                                    probe=None if probe is None else Probe.load(probe))
     df = read_cache(Path(cache), ok_only=True)
-    data = configs_from_cache(df, template, model=None)
+    data = configs_from_cache(df, template, model=None, label=label)
     return template, data

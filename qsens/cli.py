@@ -24,7 +24,7 @@ from quant.errors import QsensError
 
 # Order = order in `qsens --help`. A module missing here is simply not offered.
 COMMAND_MODULES = ("reference", "prepare", "bank", "graph", "score", "noise", "sample", "cache",
-                   "config", "predictor", "analyze", "search", "evaluate", "generate", "export")
+                   "config", "predictor", "analyze", "search", "evaluate", "generate", "export", "cost")
 
 
 class OneLineParser(argparse.ArgumentParser):

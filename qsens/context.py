@@ -136,3 +136,28 @@ def context(args: argparse.Namespace, installed_reference: bool = True,
         spec = replace(spec, reference=str(installed))
     return Context(params, spec, Layout(data_dir, spec.name), gen)
 
+
+
+def add_cost_arg(p: argparse.ArgumentParser) -> None:
+    """--cost FILE: where a command that generates images states what it spent."""
+    p.add_argument("--cost", type=Path, default=None, metavar="FILE",
+                   help="write what this run generated to FILE (JSON: images, denoiser forward calls "
+                   "and samples, seconds; the pipeline sums them into metrics/cost.json)")
+
+
+def write_cost(path: Path | None, stage: str, spent: dict[str, Any] | None = None, **extra: Any) -> None:
+    """Write a stage's spend (`sampling.evaluator.METER` unless `spent` is given) to `path`."""
+    if path is None:
+        return
+    from quant.jsonio import write_json
+    from sampling.evaluator import METER
+
+    write_json(path, {"stage": stage, **(spent if spent is not None else METER.as_dict()), **extra},
+               sort_keys=True)
+
+
+def with_cost(run: Any, args: argparse.Namespace, stage: str) -> int | None:
+    """`run(args)`, then its spend to `args.cost` (see `write_cost`)."""
+    rc = run(args)
+    write_cost(getattr(args, "cost", None), stage)
+    return rc

@@ -44,10 +44,23 @@ CACHE_SCHEMA = pa.schema([
     ("code_version", pa.string()),
     ("job_key", pa.string()),  # the scoring job (sampling.worker.job_key_for); null: synthetic/legacy
     ("provenance", pa.string()),  # why the config was scored: "random" (the sampler) | "active-r{round}"
+    # paired scores against the FP images of the same seeds (sampling.paired; null: not scored)
+    ("fd_fp", pa.float64()),
+    ("feat_dist", pa.float64()),
+    ("image_mse", pa.float64()),
+    ("psnr", pa.float64()),
+    ("dssim", pa.float64()),
+    ("content_drop", pa.float64()),
+    ("lpips", pa.float64()),
+    # what scoring the row cost (sampling.evaluator.CostMeter)
+    ("images_generated", pa.int64()),
+    ("forwards", pa.int64()),
+    ("forward_samples", pa.int64()),
 ])
 # Absent in caches written before they existed. job_key reads as null; provenance as "random"
-# (every row written before active learning came from the random sampler).
-OPTIONAL_COLUMNS = ("job_key", "provenance")
+# (every row written before active learning came from the random sampler); scores and costs null.
+OPTIONAL_COLUMNS = ("job_key", "provenance", "fd_fp", "feat_dist", "image_mse", "psnr", "dssim",
+                    "content_drop", "lpips", "images_generated", "forwards", "forward_samples")
 DEFAULT_PROVENANCE = "random"
 _FIELDS = [f.name for f in CACHE_SCHEMA]
 

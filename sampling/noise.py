@@ -94,17 +94,16 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
     from scipy.stats import spearmanr
     from quant.progress import progress_bar
 
-    from quant.apply import quantized
     from quant.config import QuantConfig
     from quant.options import parse_option
-    from sampling.scoring import evaluate
+    from sampling.evaluator import Evaluator, evaluate
 
     params = params or NoiseParams()
     sp = score_params or ScoreParams()
     n = sp.images
     model_name = bank.model
     layers = list(bank.layer_names)
-    bank.check_model(denoiser.model)  # once; the loops below skip the weight hash
+    ev = Evaluator(denoiser, bank, scorer)  # checks the bank against the model once
     total = params.fp_seed_sets + 2 * params.random_configs + len(bank.options)
     bar = progress_bar(total=total, desc="noise", unit="score", disable=not progress)
 
@@ -128,7 +127,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
         config = QuantConfig(model_name, options)
         stats = bank.summarize(config)
         t0 = time.perf_counter()
-        with quantized(denoiser.model, config, bank, verify=False):
+        with ev.applied(config):
             sa, _ = evaluate(denoiser, scorer, n, seed=params.seed_a)
             seconds.append(time.perf_counter() - t0)
             bar.update()
@@ -150,7 +149,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
     grid_rows: dict[str, np.ndarray] = {"fp": fp_images}
     for opt in sorted(bank.options, key=lambda o: (-parse_option(o).bits, o)):
         config = QuantConfig.uniform(model_name, layers, opt)
-        with quantized(denoiser.model, config, bank, verify=False):
+        with ev.applied(config):
             s, gen = evaluate(denoiser, scorer, n, seed=params.seed_a)
         bar.update()
         uniform[opt] = {"fid": _num(s.fid), "accuracy": _num(s.content),

@@ -54,6 +54,8 @@ class Score:
     seconds: float = 0.0  # scoring only
     generate_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # (N, D) FID features of the scored images, for paired scores; not serialised
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +63,7 @@ class Score:
 
     # mapping-style access (`score["fid"]`, `score.get("content")`) for record-building code
     def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
+        if key not in self.__dataclass_fields__ or key == "features":
             raise KeyError(key)
         return getattr(self, key)
 
@@ -70,6 +72,7 @@ class Score:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("features", None)
         for k in ("fid", "content"):
             if isinstance(d[k], float) and not math.isfinite(d[k]):
                 d[k] = None  # JSON has no NaN
@@ -175,7 +178,7 @@ class Scorer(abc.ABC):
         except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. imaginary sqrtm component
             return Score.failed(f"scoring failed: {exc}", **common)
         return Score(status="ok", fid=fid, content=content,
-                     seconds=time.perf_counter() - t0, **common)
+                     seconds=time.perf_counter() - t0, features=feats, **common)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,14 +322,3 @@ def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "
         return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"),
                                    label_names=names)
     raise QsensError(f"no scorer for reference kind {ref.kind!r}")
-
-
-def evaluate(denoiser: Denoiser, scorer: Scorer, n: int, seed: int, *, steps: int | None = None,
-             guidance: float | None = None, batch_size: int | None = None,
-             progress: bool = False) -> tuple[Score, Generation]:
-    """Generate `n` images from seed set `seed` with the model as it is now, and score them."""
-    gen = denoiser.generate(n, seed, steps=steps, guidance=guidance, batch_size=batch_size,
-                            progress=progress)
-    score = scorer.score(gen)
-    score.extra.update({"seed": int(seed), **gen.params})
-    return score, gen

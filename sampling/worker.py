@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import torch
 
-from quant.apply import quantized
 from quant.bank import Bank
 from quant.config import QuantConfig
 from quant.provenance import code_digest, job_key
@@ -49,6 +48,7 @@ class SampleJob:
     threads: int = 1  # torch threads per worker
     device: str = "cpu"
     generate: dict[str, Any] = field(default_factory=dict)  # steps, guidance, batch_size...
+    paired: bool = True  # also score each config against the FP images of the same seeds
     job_key: str = ""  # set by the launcher (`job_key_for`); records carry it
 
     def to_dict(self) -> dict:
@@ -96,8 +96,8 @@ def job_key_for(job: SampleJob) -> str:
         model={k: model.get(k) for k in _SPEC_SCORE_FIELDS},
         bank=_digest_dir(Path(job.bank) / "bank.json"),
         reference=_digest_dir(reference_dir_for(job)),
-        n_images=job.n_images, image_seed=job.image_seed, generate=job.generate,
-        code=code_digest([__name__]),
+        n_images=job.n_images, image_seed=job.image_seed, generate=job.generate, paired=job.paired,
+        code=code_digest([__name__, "sampling.evaluator"]),
     )
 
 
@@ -105,41 +105,20 @@ def plan_configs(job: SampleJob, bank: Bank) -> list[tuple[int, QuantConfig]]:
     return list(random_configs(bank.model, bank.layer_names, bank.options, job.seed, job.num_configs))
 
 
-@dataclass
-class Evaluator:
-    """Loaded once per worker: the denoiser, its bank and its scorer."""
-    denoiser: Any
-    bank: Bank
-    scorer: Any
+def load_evaluator(job: SampleJob):
+    """The worker's `sampling.evaluator.Evaluator`: the job's denoiser, bank and scorer."""
+    from denoisers.spec import ModelSpec, default_name
+    from sampling.evaluator import Evaluator
 
-    @staticmethod
-    def load(job: SampleJob) -> "Evaluator":
-        from dataclasses import replace
-
-        from denoisers.registry import load_denoiser
-        from denoisers.spec import ModelSpec, default_name
-        from sampling.scoring import make_scorer
-
-        spec = (ModelSpec.from_dict(job.model, "SampleJob.model") if isinstance(job.model, dict)
-                else ModelSpec(source=job.model, name=default_name(job.model)))
-        denoiser = load_denoiser(replace(spec, device=job.device), data_dir=Path(job.data_dir))
-        if job.generate:
-            denoiser.configure_generation(**job.generate)
-        bank = Bank.load(job.bank)
-        bank.check_model(denoiser.model)  # once; the loop below skips the weight hash
-        return Evaluator(denoiser, bank, make_scorer(denoiser.reference(), device=job.device))
-
-    def score(self, config: QuantConfig, job: SampleJob) -> dict:
-        """Apply → generate → score. Raises on failure (the caller records it)."""
-        with quantized(self.denoiser.model, config, self.bank, verify=False):
-            generation = self.denoiser.generate(job.n_images, seed=job.image_seed, **job.generate)
-        score = self.scorer.score(generation)  # NaN images etc. come back as status "failed"
-        if not score.ok:
-            raise FloatingPointError(score.reason)
-        return {"fid": float(score.fid), "content": float(score.content), "n_images": score.n_images}
+    spec = (ModelSpec.from_dict(job.model, "SampleJob.model") if isinstance(job.model, dict)
+            else ModelSpec(source=job.model, name=default_name(job.model)))
+    ev = Evaluator.load(spec, job.data_dir, job.bank, device=job.device, generate=job.generate)
+    ev.bank.check_model(ev.denoiser.model)  # once; the loop below skips the weight hash
+    ev._checked = True
+    return ev
 
 
-def score_record(evaluator: Evaluator, job: SampleJob, index: int, config: QuantConfig, worker: str,
+def score_record(evaluator: Any, job: SampleJob, index: int, config: QuantConfig, worker: str,
                  attempt: int) -> dict:
     stats = evaluator.bank.summarize(config)
     record = {
@@ -151,14 +130,22 @@ def score_record(evaluator: Evaluator, job: SampleJob, index: int, config: Quant
         "worker": worker, "code_version": code_version(), "job_key": job.job_key,
     }
     t0 = time.perf_counter()
+    spent = evaluator.meter.as_dict()
     try:
-        record.update(evaluator.score(config, job), status="ok", reason="")
+        row = evaluator.score(config, job.n_images, job.image_seed, paired=job.paired)
+        if row["status"] != "ok":
+            raise FloatingPointError(row["reason"])
+        row.pop("seconds"), row.pop("reason"), row.pop("status"), row.pop("images_generated")
+        record.update(row, status="ok", reason="")
     except Exception as exc:  # recorded, retried a bounded number of times, never dropped
         last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {Path(last.filename).name}:{last.lineno}" if last else ""
         record.update(fid=None, content=None, n_images=job.n_images, status="failed",
                       reason=f"{type(exc).__name__}: {exc}{where}"[:500])
     record["seconds"] = round(time.perf_counter() - t0, 4)
+    cost = evaluator.meter.since(spent)
+    record.update(images_generated=cost["images"], forwards=cost["forwards"],
+                  forward_samples=cost["forward_samples"])
     return record
 
 
@@ -170,7 +157,7 @@ def run_worker(job: SampleJob, worker: int = 0, num_workers: int = 1,
         job = SampleJob(**{**job.to_dict(), "job_key": job_key_for(job)})
     if job.device.startswith("cuda") and torch.cuda.is_available() and job.device == "cuda":
         job = SampleJob(**{**job.to_dict(), "device": f"cuda:{worker % torch.cuda.device_count()}"})
-    evaluator = Evaluator.load(job)
+    evaluator = load_evaluator(job)
     plan = plan_configs(job, evaluator.bank)[worker::num_workers]
     shards = Path(job.shards)
     records = scan_shards(shards, job.job_key).records if shards.is_dir() else []

@@ -212,8 +212,9 @@ def cache_row(config: QuantConfig, bank: Any, score: dict[str, Any], image_seed:
     """One quant_cache row (sampling.cache.CACHE_SCHEMA) for an active-learning measurement, laid
     out as `sampling.worker.score_record` lays out a sampler's: accounting from `bank.summarize`,
     index -1 and sample_seed null (not from the random stream), job_key null, worker "active".
-    `score` is `RealScorer.score`'s dict; status other than ok keeps fid/content null."""
+    `score` is `Evaluator.score`'s dict; status other than ok keeps fid/content null."""
     from sampling.cache import normalise_record
+    from sampling.paired import PAIRED_METRICS
     from sampling.worker import code_version
 
     stats = bank.summarize(config)
@@ -230,15 +231,18 @@ def cache_row(config: QuantConfig, bank: Any, score: dict[str, Any], image_seed:
         "reason": "" if ok else (score.get("reason") or "non-finite fid"),
         "attempts": 1, "seconds": round(float(score.get("seconds") or 0.0), 4), "worker": WORKER,
         "code_version": code_version(), "job_key": None, "provenance": provenance_of(round_),
+        **({k: score.get(k) for k in PAIRED_METRICS + ("psnr",)} if ok else {}),
+        "images_generated": score.get("images_generated"),
     }
     return normalise_record(record)
 
 
 def _score(real: Any, config: QuantConfig, images: int, image_seed: int) -> dict[str, Any]:
-    """RealScorer.score, with an exception turned into a failed score (recorded, never dropped)."""
+    """Evaluator.score, with an exception turned into a failed score (recorded, never dropped)."""
     t0 = time.perf_counter()
     try:
-        return real.score(config, images, image_seed)
+        # paired too: the predictor's label (train.label) may be a paired score
+        return real.score(config, images, image_seed, paired=True)
     except Exception as exc:  # noqa: BLE001 -- any failure of one config is a failed row
         return {"fid": None, "content": None, "status": "failed", "n_images": images,
                 "reason": f"{type(exc).__name__}: {exc}"[:500], "seconds": time.perf_counter() - t0}
@@ -374,7 +378,7 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
     t0 = time.perf_counter()
     snapshot = union.before_round(k)
     if k == 0:
-        ids = set(configs_from_cache(read_cache_table(snapshot), template).config_ids) if template is not None else None
+        ids = set(configs_from_cache(read_cache_table(snapshot), template, label=train_params.label).config_ids) if template is not None else None
         meta = reusable_initial(initial, train_params, ids) if ids is not None else None
         if meta is not None:
             shutil.rmtree(tmp)
@@ -391,7 +395,7 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
             log(f"active round 0: the train stage's predictor ({initial}) is P_0 (same params and rows)")
             return record
     write_cache(snapshot, tmp / "cache.parquet")
-    data = configs_from_cache(read_cache(tmp / "cache.parquet", ok_only=True), template)
+    data = configs_from_cache(read_cache(tmp / "cache.parquet", ok_only=True), template, label=train_params.label)
     params, init = train_params, None
     if k > 0 and ap.warm_start:
         prev = Ensemble.load(_round_dir(out_dir, k - 1))
@@ -521,7 +525,7 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     """Run (or resume) the active-learning rounds (module docstring) -> the learning-curve rows.
     initial: the train stage's predictor dir, reused as P_0 when trained with the same params.
 
-    ctx: a search SearchContext (bank, search params); real: a search.realscore.RealScorer;
+    ctx: a search SearchContext (bank, search params); real: a sampling.evaluator.Evaluator;
     budgets: avg bits (overhead included), searched in increasing order; random_cache: the random
     quant_cache; graph / bank_dir / probe: what `qsens predictor train` reads; train_params:
     predictor.train.TrainParams; image_seed / images: the seed set and image count of the

@@ -24,7 +24,7 @@ from search.params import SearchParams
 class SearchContext:
     """The bank plus the inputs and services strategies may need; services load on first use.
 
-    selector_factory: -> `search.realscore.RealScorer` (scores candidates on `params.select_seed`);
+    selector_factory: -> `sampling.evaluator.Evaluator` (scores candidates on `params.select_seed`);
     None = no images are generated while searching. denoiser_factory: -> the FP `Denoiser` for
     strategies that measure the model themselves (fisher); defaults to the selector's denoiser.
     """

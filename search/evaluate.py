@@ -58,6 +58,9 @@ from search.params import EvaluateParams
 from search.pareto import budget_tag
 
 FP_STRATEGY = "fp16"
+# paired scores kept per seed beside FID (sampling.paired), so a cheap label can be checked
+# against the ground truth on exactly the evaluated configs
+PAIRED_COLUMNS = ("fd_fp", "feat_dist", "image_mse", "dssim", "content_drop")
 
 
 def digest_paths(paths: Iterable[str | Path | None]) -> str:
@@ -151,7 +154,9 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
     from quant.provenance import bank_digest
 
     # a (config id, seed) score is reused only for the same model weights, bank and scoring code
-    score_key = row_key(eval_part, bank_digest(ctx.bank), input_digest(FP_STRATEGY) if input_digest else "")
+    # (the evaluator's identity: model weights, generation settings, reference statistics, code)
+    score_key = row_key(eval_part, bank_digest(ctx.bank), input_digest(FP_STRATEGY) if input_digest else "",
+                        real.identity() if hasattr(real, "identity") else "")
     search_part = asdict(ctx.params)
     old_rows = read_rows(metrics_path)
     old = {(r.get("strategy"), r.get("budget"), r.get("act")): r for r in old_rows}
@@ -180,11 +185,13 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
         for i, seed in enumerate(seeds):
             hit = memo.get((ident, act_key, seed))
             if hit is None or (i == 0 and not image_file(tag).exists()):
-                sc = real.score(config, ep.images, seed)
+                sc = real.score(config, ep.images, seed, keep_images=True,
+                                **({"paired": True} if config is not None and ep.paired else {}))
                 if i == 0:
                     save_images(image_file(tag), sc["images"][:ep.grid_columns])
                 hit = {"seed": seed, "fid": _num(sc["fid"]), "content": _num(sc["content"]),
-                       "status": sc["status"], "reason": sc["reason"], "seconds": round(sc["seconds"], 3)}
+                       "status": sc["status"], "reason": sc["reason"], "seconds": round(sc["seconds"], 3),
+                       **{m: _num(sc[m]) for m in PAIRED_COLUMNS if sc.get(m) is not None}}
                 memo[(ident, act_key, seed)] = hit
                 spent += sc["seconds"]
             per_seed.append(hit)

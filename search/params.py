@@ -61,6 +61,7 @@ class EvaluateParams:
     # cache, selection, probe, calibration and analysis seed sets (checked)
     steps: int | None = None  # sampler steps (None: the model's default)
     grid_columns: int = 10
+    paired: bool = True  # also record the paired scores vs the FP images of the same seeds
 
     def __post_init__(self) -> None:
         if len(self.image_seeds) < 1 or len(set(self.image_seeds)) != len(self.image_seeds):

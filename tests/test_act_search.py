@@ -132,7 +132,7 @@ def test_evaluation_gets_w_a_rows(tiny_bank, tiny_digits_scorer, tmp_path: Path,
     from quant.config import QuantConfig
     from search.evaluate import read_rows, run_evaluation
     from search.params import EvaluateParams, SearchParams
-    from search.realscore import RealScorer
+    from sampling.evaluator import Evaluator as RealScorer
     from search.context import SearchContext
 
     bank, den = tiny_bank

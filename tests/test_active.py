@@ -27,7 +27,7 @@ IMAGES, IMAGE_SEED = 10, 0
 
 
 class CountingScorer:
-    """A real `search.realscore.RealScorer`, counting its `score` calls."""
+    """A real `sampling.evaluator.Evaluator`, counting its `score` calls."""
 
     def __init__(self, real):
         self.real, self.calls = real, []
@@ -46,7 +46,7 @@ def world(tmp_path_factory, tiny_digits_scorer):
     from sampling.cache import CACHE_SCHEMA, normalise_record
     from sampling.sampler import random_configs
     from search.ip import bits_matrix, feasible_range
-    from search.realscore import RealScorer
+    from sampling.evaluator import Evaluator as RealScorer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("active")

@@ -38,6 +38,8 @@ MICRO = {
                  "act_calib_trajectories": 2},
     "act_calibration": {"images": 8, "image_seeds": [61, 62, 63], "bits": [8], "calib_samples": 4,
                         "calib_trajectories": 2},
+    "metric_validity": {"n_images": [4, 8], "random_configs": 4, "window_configs": 1, "bootstrap": 20,
+                        "calib_samples": 4, "calib_trajectories": 2},
 }
 
 
@@ -84,6 +86,15 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     assert all(len(r["fids"]) == 2 for r in rows if r.get("status") == "ok")  # every seed set scored
     curve = json.loads((tmp_path / "metrics" / "active.json").read_text())
     assert [c["round"] for c in curve] == [0, 1]  # the learning curve: before and after one round
+    validity = json.loads((tmp_path / "metrics" / "metric_validity.json").read_text())
+    assert validity["ground_truth"]["configs"] >= 4
+    assert {m["metric"] for m in validity["metrics"]} >= {"fid", "fd_fp", "feat_dist", "output_mse"}
+    assert {m["scope"] for m in validity["metrics"]} >= {"all", "top-quarter", "window-3.5"}
+    cost = json.loads((tmp_path / "metrics" / "cost.json").read_text())
+    # 14 configs x 16 images + the FP images of the paired scores, counted by the sample stage
+    assert cost["stages"]["sample"]["images"] == 14 * 16 + 16
+    assert cost["total"]["images"] == sum(r["images"] for r in cost["stages"].values())
+    assert all(cost["stages"][s]["images"] > 0 for s in ("evaluate", "probe", "analyze", "search"))
 
     second = dvc(tmp_path, "repro")
     assert "Running stage" not in second, second  # a second repro has nothing to do

@@ -125,7 +125,8 @@ def test_reference_stats_roundtrip_is_safetensors(tmp_path):
 
 def test_scorer_load_from_prepared_dir(tiny_prepared_data, digit_images):
     from denoisers.registry import load_denoiser
-    from sampling.scoring import evaluate, make_scorer
+    from sampling.evaluator import evaluate
+    from sampling.scoring import make_scorer
 
     den = load_denoiser("digits", data_dir=tiny_prepared_data)
     scorer = make_scorer(den)
@@ -156,7 +157,7 @@ def test_same_config_and_seeds_give_identical_images_and_scores(tiny_digits_deno
     from quant.apply import quantized
     from quant.config import QuantConfig
     from sampling.sampler import random_config
-    from sampling.scoring import evaluate
+    from sampling.evaluator import evaluate
 
     den = tiny_digits_denoiser
     before = {k: v.clone() for k, v in den.model.state_dict().items()}
@@ -190,7 +191,7 @@ def test_noise_measurement_on_a_tiny_model(tiny_digits_denoiser, tiny_digits_sco
     # the figures are those of the seed sets they name
     from quant.apply import quantized
     from quant.config import QuantConfig
-    from sampling.scoring import evaluate
+    from sampling.evaluator import evaluate
 
     den, scorer = tiny_digits_denoiser, tiny_digits_scorer
     fp = [evaluate(den, scorer, 20, seed=s)[0].fid for s in (0, 1)]

@@ -386,7 +386,7 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
                                                                      tmp_path: Path) -> None:
     from quant.errors import QsensError
     from search.evaluate import read_rows, run_evaluation
-    from search.realscore import RealScorer
+    from sampling.evaluator import Evaluator as RealScorer
 
     bank, den = tiny_bank
     real = RealScorer(den, bank, tiny_digits_scorer)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from qsens.argtypes import images_count, non_negative_int
-from qsens.context import add_model_args, context
+from qsens.context import add_cost_arg, add_model_args, context, write_cost
 from quant.errors import QsensError
 
 NAME = "analyze"
@@ -27,9 +27,13 @@ def register(subparsers) -> None:
         "static activation ranges calibrated on FP-trajectory time steps drawn uniform vs normal, FID + "
         "content at each activation bit-width on several fresh seed sets with the FP seed noise beside "
         "(params `act_calibration:`, JSON to --out, default metrics/act_calibration.json). `all` is "
-        "layerwise + mixdq. Resumable (layerwise, mixdq, quant-analyzer).")
-    p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer", "act-calibration"], nargs="?",
-                   default="all")
+        "layerwise + mixdq. `metrics` — which cheap label ranks configs like FID on the evaluation protocol: "
+        "FID and every paired score (vs the FP images of the same seeds) at several image counts, and the "
+        "image-free output error, against the evaluate stage's 5 × 500-image FID (params `metric_validity:`, "
+        "JSON to --out, default metrics/metric_validity.json, plot --plot). "
+        "Resumable (layerwise, mixdq, quant-analyzer, metrics).")
+    p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer", "act-calibration", "metrics"],
+                   nargs="?", default="all")
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--out", type=Path, default=None,
@@ -50,9 +54,25 @@ def register(subparsers) -> None:
                    help="layers in the activation-SQNR table (evenly spaced); 0 = all (the costly part)")
     q.add_argument("--sqnr-bits", default=None, metavar="B,B",
                    help="activation bit-widths of the SQNR table, e.g. 8,6")
+    m = p.add_argument_group("metrics")
+    m.add_argument("--evaluated", type=Path, default=Path("metrics/search.json"),
+                   help="the evaluate stage's rows: their configs and 5-seed FIDs join the table (default: "
+                   "metrics/search.json)")
+    m.add_argument("--configs", type=Path, default=None,
+                   help="the evaluated configs' directory (default: DATA/search/NAME/configs)")
+    m.add_argument("--cache", type=Path, default=None, help="quant_cache (default: DATA/quant_cache/NAME.parquet)")
+    m.add_argument("--plot", type=Path, default=None, help="metrics: the plot (default: next to --out, .png)")
     p.add_argument("--threads", type=non_negative_int, default=None)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run)
+    add_cost_arg(p)
+    p.set_defaults(func=run_and_cost)
+
+
+def run_and_cost(args: argparse.Namespace) -> int:
+    """`run`, then the images and forward passes it spent to --cost."""
+    rc = run(args)
+    write_cost(args.cost, f"analyze {args.what}")
+    return rc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from sampling.noise import load_bank_for
 
     configure_torch(args.threads)
-    if args.what == "quant-analyzer":
-        return run_quant_analyzer_command(args)
-    if args.what == "act-calibration":
-        return run_act_calibration_command(args)
+    commands = {"quant-analyzer": run_quant_analyzer_command, "act-calibration": run_act_calibration_command,
+                "metrics": run_metrics_command}
+    if args.what in commands:
+        return commands[args.what](args)
     params = AnalysisParams.from_yaml(args.params)
     ctx = context(args)
     den = ctx.load_denoiser()
@@ -154,4 +174,65 @@ def run_act_calibration_command(args: argparse.Namespace) -> int:
         u, n = res["results"]["uniform"][a], res["results"]["normal"][a]
         print(f"  {a}: uniform {fmt(u['fid_mean'], u['fid_sem'])}, normal {fmt(n['fid_mean'], n['fid_sem'])}, "
               f"paired uniform − normal {fmt(c['fid_diff_mean'], c['fid_diff_sem'])}: {c['verdict']}")
+    return 0
+
+
+def run_metrics_command(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.metric_validity import MetricValidityParams, run_metric_validity
+    from quant.config import QuantConfig
+    from quant.jsonio import check_output_path
+    from quant.params import load_section
+    from sampling.cache import read_cache
+    from sampling.evaluator import Evaluator
+    from sampling.noise import ScoreParams
+    from search.params import EvaluateParams, SearchParams
+
+    params = load_section(MetricValidityParams, args.params, "metric_validity", lists_as_tuples=True)
+    ep = EvaluateParams.from_yaml(args.params)
+    budgets = [float(b) for b in SearchParams.from_yaml(args.params).budgets]
+    label_seed = ScoreParams.from_yaml(args.params).seed
+    out = check_output_path(args.out or Path("metrics/metric_validity.json"))
+    ctx = context(args)
+    cache = read_cache(args.cache or ctx.layout.cache, ok_only=True)
+    cache = cache[cache["act_bits"].isna()]
+    configs_dir = args.configs or ctx.layout.search / "configs"
+    family: dict[str, QuantConfig] = {}
+    truth: dict[str, list[float]] = {}
+    if args.evaluated.is_file():
+        by_id = {}
+        for f in sorted(configs_dir.glob("*.json")) if configs_dir.is_dir() else []:
+            if f.name.endswith(".report.json") or f.name == "act_sensitivity.json":
+                continue
+            try:
+                cfg = QuantConfig.load(f)
+            except Exception:  # noqa: BLE001 -- not a config file (reports, activation tables)
+                continue
+            if cfg.act_bits is None and not cfg.act_options:
+                by_id[cfg.config_id] = cfg
+        for r in json.loads(args.evaluated.read_text()):
+            cid = r.get("config_id")
+            if (r.get("act") is None and r.get("status") == "ok" and cid in by_id
+                    and [int(s) for s in r.get("image_seeds") or []] == [int(s) for s in ep.image_seeds]
+                    and int(r.get("images") or 0) == ep.images):
+                family[cid] = by_id[cid]
+                truth[cid] = [float(f) for f in r["fids"]]
+    elif not args.quiet:
+        print(f"warning: no {args.evaluated}: the table has only cache configs")
+    ev = Evaluator.for_cli(ctx, args.bank or ctx.layout.bank, steps=ep.steps)
+    res = run_metric_validity(ev, cache, family, truth, params, budgets, label_seed, ep.images, ep.image_seeds,
+                              out, args.plot or out.with_suffix(".png"), ctx.layout.analysis,
+                              progress=not args.quiet)
+    gt = res["ground_truth"]
+    print(f"metric validity: {gt['configs']} configs ({gt['origins']}), truth = FID at {gt['images']} images × "
+          f"{len(gt['image_seeds'])} seed sets, retest (all) "
+          f"{next(r['spearman'] for r in gt['retest'] if r['scope'] == 'all'):.3f} → {out}")
+    c = res["cheapest"]
+    if c:
+        print(f"  cheapest with Spearman >= {res['goal_spearman_all']}: {c['metric']} at {c['n_images']} images "
+              f"({c['spearman']:.3f} [{c['spearman_lo']:.3f}, {c['spearman_hi']:.3f}]); in the budget windows: "
+              + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in c["windows"].items()))
+    else:
+        print(f"  no metric reaches Spearman {res['goal_spearman_all']} over all configs")
     return 0

@@ -1,6 +1,8 @@
 """`qsens evaluate`: every strategy × every budget, searched and scored for real on fresh seeds."""
 from __future__ import annotations
 
+from qsens.context import add_cost_arg, with_cost
+
 import argparse
 import json
 from pathlib import Path
@@ -40,7 +42,8 @@ def register(subparsers) -> None:
                    help="score the family a `qsens search --budgets` wrote to DIR (family.json) for STRATEGY "
                    "instead of searching it again (the pipeline: predictor=DATA/search/NAME/family/predictor)")
     add_common(p)
-    p.set_defaults(func=run)
+    add_cost_arg(p)
+    p.set_defaults(func=lambda args: with_cost(run, args, "evaluate"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from predictor.probe import ProbeParams
     from quant.params import load_section
     from search.evaluate import digest_paths, run_evaluation
-    from search.realscore import RealScorer
     from search.strategies import NAMES as STRATEGIES, REGISTRY
 
     configure_torch(args.threads)
@@ -89,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     ap = AnalysisParams.from_yaml(args.params)
     used["the measured-sensitivity analysis"] = [ap.image_seed, ap.calib_seed, ap.ssim_seed]
     used["the predictor's probe (probe.seed)"] = [load_section(ProbeParams, args.params, "probe").seed]
-    real = RealScorer.load(cli, ctx.bank, steps=ep.steps)
-    ctx._selector = None if args.no_select else RealScorer(real.denoiser, ctx.bank, real.scorer, ctx.params.steps)
+    from sampling.evaluator import Evaluator
+
+    real = Evaluator.for_cli(cli, ctx.bank, steps=ep.steps)
+    ctx._selector = None if args.no_select else real.with_steps(ctx.params.steps)
     ctx._denoiser = real.denoiser
 
     def digest(strategy: str) -> str:

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from qsens.argtypes import images_count, non_negative_int, positive_int
-from qsens.context import add_model_args, context
+from qsens.context import add_cost_arg, add_model_args, context, with_cost
 
 NAME = "noise"
 
@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--images", type=images_count, default=None, help="override score.images")
     p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    add_cost_arg(p)
+    p.set_defaults(func=lambda args: with_cost(run, args, "noise"))
 
 
 def run(args: argparse.Namespace) -> int:

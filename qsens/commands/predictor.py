@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from qsens.argtypes import images_count, non_negative_int, positive_int
-from qsens.context import add_model_args, context
+from qsens.context import add_cost_arg, add_model_args, context, with_cost
 
 
 def register(subparsers) -> None:
@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     pr.add_argument("--seed", type=non_negative_int, help="image seed set (default: probe.seed in params)")
     pr.add_argument("--threads", type=non_negative_int, default=None, help="torch threads")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.set_defaults(func=run_probe)
+    add_cost_arg(pr)
+    pr.set_defaults(func=lambda args: with_cost(run_probe, args, "probe"))
 
     i = sub.add_parser("inspect", help="sensitivity report of a trained predictor (PNGs, markdown, JSON)")
     _common(i)
@@ -96,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
         if not path.exists():
             raise QsensError(f"{path}: no {what} for model {model!r}")
     probe = Path(args.probe or lay.probe)
-    template, configs = load_training_data(cache, graph, bank, model, probe if params.needs_probe else None)
+    template, configs = load_training_data(cache, graph, bank, model, probe if params.needs_probe else None,
+                                           label=params.label)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
     result = train_ensemble(template, configs, params, progress=not args.quiet)

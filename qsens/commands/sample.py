@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from qsens.argtypes import images_count, non_negative_int, positive_int
-from qsens.context import add_model_args, context
+from qsens.context import add_cost_arg, add_model_args, context, write_cost
 from quant.errors import QsensError
 
 
@@ -33,16 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per worker (0: cores / workers)")
     p.add_argument("--max-attempts", type=positive_int, default=None,
                    help="tries per config before it is recorded failed (default: sample.max_attempts)")
+    p.add_argument("--paired", default=None, action=argparse.BooleanOptionalAction,
+                   help="also score each config against the FP images of the same seeds (fd_fp, "
+                   "feat_dist, image_mse, dssim, content_drop; default: sample.paired)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-lock", action="store_true",
                    help="do not lock the shard directory (for file systems without locks, e.g. NFS without "
                    "lockd); only when no other `qsens sample` can write it: two at once score every config twice")
+    add_cost_arg(p)
     p.set_defaults(func=run)
 
 
 # flag -> validator of its `sample:` key: params.yaml is the one source of defaults
 _PARAM_FLAGS = {"num_configs": positive_int, "workers": positive_int, "backend": str, "seed": non_negative_int,
-                "image_seed": non_negative_int, "images": images_count, "max_attempts": positive_int}
+                "image_seed": non_negative_int, "images": images_count, "max_attempts": positive_int,
+                "paired": None}
 
 
 def fill_from_params(args: argparse.Namespace, params_path) -> None:
@@ -57,6 +62,11 @@ def fill_from_params(args: argparse.Namespace, params_path) -> None:
         if key not in section:
             raise QsensError(f"--{key.replace('_', '-')} not given and {params_path} has no sample.{key}")
         value = section[key]
+        if check is None:  # a boolean
+            if not isinstance(value, bool):
+                raise QsensError(f"{params_path}: sample.{key}: {value!r} is not true/false")
+            setattr(args, key, value)
+            continue
         try:
             value = check(str(value)) if check is not str else str(value)
         except argparse.ArgumentTypeError as exc:
@@ -64,6 +74,23 @@ def fill_from_params(args: argparse.Namespace, params_path) -> None:
         if key == "backend" and value not in ("local", "ray"):
             raise QsensError(f"{params_path}: sample.backend: {value!r} (choose local or ray)")
         setattr(args, key, value)
+
+
+def job_cost(shards: Path, key: str, job) -> dict:
+    """What the job's shard records cost (deterministic: the same records, the same sums), plus
+    the FP images of the paired scores (one seed set, generated once and cached)."""
+    from sampling.shards import scan_shards
+
+    spent = {"images": 0, "forwards": 0, "forward_samples": 0, "seconds": 0.0}
+    records = scan_shards(Path(shards), key).records if Path(shards).is_dir() else []
+    for r in records:
+        for k in ("images", "forwards", "forward_samples"):
+            spent[k] += int(r.get("images_generated" if k == "images" else k) or 0)
+        spent["seconds"] += float(r.get("seconds") or 0.0)
+    spent["seconds"] = round(spent["seconds"], 3)
+    fp = job.n_images if job.paired else 0
+    return {"spent": {**spent, "images": spent["images"] + fp}, "label_images": spent["images"] + fp,
+            "records": len(records), "fp_images": fp}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
                     num_configs=args.num_configs, seed=args.seed, image_seed=args.image_seed,
                     n_images=args.images, data_dir=str(ctx.layout.root),
                     max_attempts=args.max_attempts, threads=threads, device=ctx.spec.device,
-                    generate=ctx.generation)
+                    generate=ctx.generation, paired=args.paired)
     result = launch(job, workers=args.workers, backend=args.backend, address=args.address, progress=not args.quiet,
                     log=print)
     print(f"{result['finished']}/{result['planned']} configs finished in {shards} (job {result['job_key']})")
+    write_cost(args.cost, "sample", **job_cost(shards, result["job_key"], job))
     for line in result["failed_workers"]:
         print(f"warning: {line}; run the same command again to resume")
     if result["planned"] and result.get("ok", result["finished"]) == 0:

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
                    help="images to generate (default: params score.images)")
     p.add_argument("--seed", type=non_negative_int, default=None,
                    help="seed set: image i uses seed SEED*1e6+i (default: params score.seed)")
+    p.add_argument("--paired", action="store_true",
+                   help="also score against the FP images of the same seeds (FID to FP, per-image "
+                   "feature distance, MSE/PSNR, 1-SSIM, content drop); the FP images are cached "
+                   "under DATA/fp_cache/NAME")
     p.add_argument("--save-images", default=None, help="also write a PNG grid of the images here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
@@ -36,8 +40,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
     from quant.errors import QsensError
+    from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams, load_bank_for, sample_grid
-    from sampling.scoring import evaluate, make_scorer
+    from sampling.scoring import make_scorer
 
     configure_torch(args.threads)
     sp = ScoreParams.from_yaml(args.params)
@@ -47,14 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"--images must be >= 2, got {n}")
     ctx = context(args)
     den = ctx.load_denoiser()
-    scorer = make_scorer(den, device=ctx.spec.device)
     result: dict = {"model": ctx.spec.name, "reference": str(den.reference().path), "seed": seed}
     t0 = time.perf_counter()
+    config, bank = None, None
     if args.config == "fp16":
         result["config"] = "fp16"
-        score, gen = evaluate(den, scorer, n, seed)
     else:
-        from quant.apply import quantized
         from quant.config import QuantConfig
 
         path = Path(args.config)
@@ -67,18 +70,23 @@ def run(args: argparse.Namespace) -> int:
         stats = bank.summarize(config).to_dict()
         result.update({k: stats[k] for k in ("avg_bits", "quantized_bytes", "quantized_error",
                                              "bops") if k in stats})
-        with quantized(den.model, config, bank):
-            score, gen = evaluate(den, scorer, n, seed)
-    result.update(score.to_dict())
+    ev = Evaluator(den, bank, make_scorer(den, device=ctx.spec.device),
+                   fp_cache=ctx.layout.root / "fp_cache" / ctx.spec.name)
+    row = ev.score(config, n, seed, paired=args.paired, keep_images=True)
+    images = row.pop("images")
+    result.update({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
     result["total_seconds"] = round(time.perf_counter() - t0, 3)
     if args.save_images:
-        sample_grid({result["config"]: gen.images}, args.save_images)
+        sample_grid({result["config"]: images}, args.save_images)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
         for k in ("model", "reference", "seed", "config", "avg_bits", "status", "reason", "fid", "content",
-                  "content_metric", "n_images", "generate_seconds", "seconds", "total_seconds"):
-            if k in result and result[k] is not None:
+                  *PAIRED_SHOWN, "n_images", "seconds", "total_seconds"):
+            if k in result and result[k] is not None and result[k] != "":
                 v = result[k]
                 print(f"{k:18s} {v:.4f}" if isinstance(v, float) else f"{k:18s} {v}")
-    return 0 if score.ok else 1
+    return 0 if row["status"] == "ok" else 1
+
+
+PAIRED_SHOWN = ("fd_fp", "feat_dist", "image_mse", "psnr", "dssim", "content_drop", "lpips")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from qsens.argtypes import non_negative_float, non_negative_int, positive_float
-from qsens.context import add_model_args, context
+from qsens.context import add_cost_arg, add_model_args, context, with_cost
 
 NAME = "search"
 
@@ -55,7 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="config JSON (--budget) or directory (--budgets); default DATA/search/MODEL/...")
     add_common(p)
-    p.set_defaults(func=run)
+    add_cost_arg(p)
+    p.set_defaults(func=lambda args: with_cost(run, args, "search"))
 
 
 def quiet_known_warnings() -> None:
@@ -87,10 +88,10 @@ def make_context(args, sp=None):
 
     def selector():
         from denoisers.base import configure_torch
-        from search.realscore import RealScorer
+        from sampling.evaluator import Evaluator
 
         configure_torch(args.threads)
-        return RealScorer.load(cli, bank, steps=sp.steps)
+        return Evaluator.for_cli(cli, bank, steps=sp.steps)
 
     def denoiser():
         from denoisers.base import configure_torch

@@ -1,0 +1,41 @@
+"""`qsens cost`: what a run generated per stage, and the GPU-hours that implies for real models."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quant.params import read_section as read_params_section
+
+NAME = "cost"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        NAME, help="sum the images and denoiser forward passes of every stage (metrics/cost.json)",
+        description="Reads the per-stage spend files the stages write with --cost (images generated, "
+        "denoiser forward calls and the samples they carried) and sums them per stage and in total, "
+        "with the GPU-hours the same counts cost at SD v1.5 scale (measured images/s of bench/gpu.py on "
+        "a lent GPU, params cost.gpu_result) and at SDXL scale (the SD v1.5 rate divided by the ratio of "
+        "their U-Nets' MACs per image at native resolution, params cost.sdxl_macs_ratio: an estimate).")
+    p.add_argument("--costs", type=Path, required=True, metavar="DIR", help="directory of <stage>.json spend files")
+    p.add_argument("--out", type=Path, default=Path("metrics/cost.json"), help="JSON to write (default: metrics/cost.json)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sampling.cost import CostParams, summarize_costs
+    from quant.jsonio import check_output_path, write_json
+
+    params = CostParams.from_dict(read_params_section(args.params, "cost"))
+    out = check_output_path(args.out)
+    result = summarize_costs(args.costs, params)
+    write_json(out, result, sort_keys=False)
+    print(f"{'stage':18s} {'images':>10s} {'fwd samples':>12s} {'SD1.5 GPU-h':>11s} {'SDXL GPU-h':>10s}")
+    for name, row in result["stages"].items():
+        print(f"{name:18s} {row['images']:10d} {row['forward_samples']:12d} {row['gpu_hours']['sd15']:11.2f} "
+              f"{row['gpu_hours']['sdxl']:10.2f}")
+    t = result["total"]
+    print(f"{'total':18s} {t['images']:10d} {t['forward_samples']:12d} {t['gpu_hours']['sd15']:11.2f} "
+          f"{t['gpu_hours']['sdxl']:10.2f}  → {out}")
+    return 0
