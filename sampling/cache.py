@@ -169,8 +169,91 @@ def write_cache(table: pa.Table, out: Path) -> None:
         raise CacheError(f"{out}: cannot write ({exc.strerror or exc}); the previous file is unchanged") from None
 
 
-def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
-    """Read and validate a quant_cache parquet file."""
+_STRINGS = (pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", lambda t: False))
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return any(check(t) for check in _STRINGS)
+
+
+def _conform_column(col: pa.ChunkedArray, want: pa.DataType) -> tuple[pa.ChunkedArray | None, str]:
+    """`col` as type `want` when that loses and changes no value, else (None, why). Accepted: the
+    same type; an all-null column of any type; any string encoding (string, large_string,
+    string_view, dictionary of strings) for a string; any integer type for an integer within its
+    range; a float column for an integer when every value is a whole number in range (NaN reads as
+    null: pandas' encoding of a missing integer); an integer or float type for a float when every
+    value converts exactly. Anything else (text for a number, a number for text, fractions for an
+    integer) is refused."""
+    import pyarrow.compute as pc
+
+    have = col.type
+    if have.equals(want):
+        return col, ""
+    if col.null_count == len(col):
+        return pa.nulls(len(col), want) if len(col) else pa.chunked_array([], want), ""
+    if pa.types.is_dictionary(have):
+        col, have = col.cast(have.value_type), have.value_type
+        if have.equals(want):
+            return col, ""
+    try:
+        if _is_string(want):
+            if _is_string(have):
+                return col.cast(want), ""
+            return None, f"{have}, expected text ({want})"
+        if pa.types.is_integer(want):
+            if pa.types.is_integer(have):
+                return col.cast(want, safe=True), ""
+            if pa.types.is_floating(have):
+                nan = pc.is_nan(col)
+                col = pc.if_else(nan, pa.scalar(None, have), col)  # NaN: pandas' missing integer
+                return col.cast(want, safe=True), ""  # safe: refuses fractions and out-of-range values
+            return None, f"{have}, expected integers ({want})"
+        if pa.types.is_floating(want):
+            if pa.types.is_floating(have) and have.bit_width <= want.bit_width:
+                return col.cast(want), ""
+            if pa.types.is_integer(have):
+                out = col.cast(want, safe=True)
+                if not pc.all(pc.equal(out.cast(have, safe=False), col)).as_py() in (True, None):
+                    return None, f"{have} values that {want} cannot hold exactly"
+                return out, ""
+            return None, f"{have}, expected {want}"
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return None, f"{have} values that {want} cannot hold ({str(exc).splitlines()[0][:120]})"
+    return None, f"{have}, expected {want}"
+
+
+def conform_cache_table(table: pa.Table, where: str) -> pa.Table:
+    """`table` with exactly CACHE_SCHEMA's columns, in order and of its types. Any lossless Arrow
+    encoding of a column is cast (e.g. pandas' large_string text, or an integer column written
+    back as float64 because it holds missing values); a column that would lose or change values,
+    or a missing required one, is refused in one CacheError naming the column(s). Extra columns
+    (a pandas index, a user's notes) are ignored; OPTIONAL_COLUMNS absent from older files read
+    as null."""
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(name, pa.nulls(table.num_rows, CACHE_SCHEMA.field(name).type))
+    missing = [f.name for f in CACHE_SCHEMA if f.name not in table.schema.names]
+    columns, wrong = [], []
+    for f in CACHE_SCHEMA:
+        if f.name in missing:
+            continue
+        if table.schema.get_all_field_indices(f.name).__len__() > 1:
+            wrong.append(f"{f.name} (appears twice)")
+            continue
+        col, why = _conform_column(table.column(f.name), f.type)
+        if col is None:
+            wrong.append(f"{f.name} ({why})")
+        columns.append(col)
+    if missing or wrong:
+        raise CacheError(f"{where}: not a quant_cache: " + "; ".join(
+            ([f"missing column(s) {', '.join(missing)}"] if missing else []) +
+            ([f"wrong type(s) {', '.join(wrong)}"] if wrong else [])))
+    return pa.Table.from_arrays(columns, schema=CACHE_SCHEMA)
+
+
+def read_cache_table(path: Path) -> pa.Table:
+    """The validated quant_cache at `path` as an Arrow table of exactly CACHE_SCHEMA (see
+    `conform_cache_table`), provenance filled. CacheError (one line) for anything else."""
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path}: no such quant_cache file (run `qsens cache merge`)")
@@ -178,17 +261,13 @@ def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise CacheError(f"{path}: unreadable parquet ({exc})") from None
-    for name in OPTIONAL_COLUMNS:
-        if name not in table.schema.names:
-            table = table.append_column(name, pa.nulls(table.num_rows, CACHE_SCHEMA.field(name).type))
-    missing = [f.name for f in CACHE_SCHEMA if f.name not in table.schema.names]
-    wrong = [f"{f.name} ({table.schema.field(f.name).type}, expected {f.type})" for f in CACHE_SCHEMA
-             if f.name in table.schema.names and not table.schema.field(f.name).type.equals(f.type)]
-    if missing or wrong:
-        raise CacheError(f"{path}: not a quant_cache: " + "; ".join(
-            ([f"missing column(s) {', '.join(missing)}"] if missing else []) +
-            ([f"wrong type(s) {', '.join(wrong)}"] if wrong else [])))
-    df = fill_provenance(table.select(_FIELDS)).to_pandas()
+    return fill_provenance(conform_cache_table(table, str(path)))
+
+
+def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
+    """Read and validate a quant_cache parquet file."""
+    path = Path(path)
+    df = read_cache_table(path).to_pandas()
     if df["config_id"].duplicated().any():
         raise CacheError(f"{path}: duplicated config_id rows (the cache must be written by `qsens cache merge`)")
     return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df

@@ -257,30 +257,19 @@ class UnionCache:
     @staticmethod
     def create(random_cache: Path, path: Path) -> "UnionCache":
         """The random cache's rows, unchanged, with provenance "random" where it is null."""
-        import pyarrow.parquet as pq
-
-        from sampling.cache import CACHE_SCHEMA, OPTIONAL_COLUMNS, fill_provenance, read_cache, write_cache
+        from sampling.cache import read_cache, read_cache_table, write_cache
 
         read_cache(random_cache)  # validates (CacheError names what is wrong)
-        table = pq.read_table(random_cache)
-        import pyarrow as pa
-
-        for name in OPTIONAL_COLUMNS:
-            if name not in table.schema.names:
-                table = table.append_column(name, pa.nulls(table.num_rows, CACHE_SCHEMA.field(name).type))
-        table = fill_provenance(table.select([f.name for f in CACHE_SCHEMA])).cast(CACHE_SCHEMA)
+        table = read_cache_table(random_cache)  # CACHE_SCHEMA exactly, provenance filled
         write_cache(table, path)
         return UnionCache(path, table)
 
     @staticmethod
     def open(path: Path) -> "UnionCache":
-        import pyarrow.parquet as pq
-
-        from sampling.cache import CACHE_SCHEMA, fill_provenance, read_cache
+        from sampling.cache import read_cache, read_cache_table
 
         read_cache(path)
-        return UnionCache(path, fill_provenance(pq.read_table(path).select([f.name for f in CACHE_SCHEMA]))
-                          .cast(CACHE_SCHEMA))
+        return UnionCache(path, read_cache_table(path))
 
     def provenance(self) -> list[str]:
         return self.table.column("provenance").to_pylist()

@@ -86,6 +86,20 @@ def _nan_mse(bank: Path) -> None:
     (bank / "bank.json").write_text(json.dumps(meta))
 
 
+def _lossy_cache(tmp: Path) -> None:
+    """A quant_cache whose integer act_bits column holds a fraction (written back by pandas)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sampling.cache import CACHE_SCHEMA, normalise_record, write_cache
+
+    row = normalise_record({"config_id": "c", "model": "digits", "options": {}, "status": "ok", "avg_bits": 4.0})
+    write_cache(pa.Table.from_pylist([row], schema=CACHE_SCHEMA), tmp / "lossy.parquet")
+    t = pq.read_table(tmp / "lossy.parquet")
+    t = t.set_column(t.schema.get_field_index("act_bits"), "act_bits", pa.array([7.5]))
+    pq.write_table(t, tmp / "lossy.parquet")
+
+
 def _vae_dir(tmp: Path) -> None:
     from diffusers import AutoencoderKL
 
@@ -188,6 +202,7 @@ ROWS = [
     ("generate NaN weight", ["generate", *PM, "--n-images", "2", "--out", "{tmp}/g"], _poisoned_data("nan")),
     ("bank show NaN errors", ["bank", "show", "{tmp}/badbank"],
      lambda tmp: (_bank_copy(tmp), _nan_mse(tmp / "badbank"))),
+    ("cache lossy column", ["cache", "show", "{tmp}/lossy.parquet"], lambda tmp: _lossy_cache(tmp)),
     ("quant-analyzer images 1", ["analyze", "quant-analyzer", *M, "--images", "1"], None),
 ]
 

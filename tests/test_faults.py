@@ -245,3 +245,104 @@ def test_sample_cli_on_a_file_system_without_locks(tiny_prepared_data, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No locks available" in err[0], err
     assert not list((tmp_path / "s").glob("*.jsonl"))
+
+
+# ---------------------------------------------------------------- #23.6 caches in any lossless encoding
+def _cache_file(path: Path, n: int = 4) -> Path:
+    import pyarrow as pa
+
+    from sampling.cache import CACHE_SCHEMA, normalise_record, write_cache
+
+    rows = [normalise_record({"config_id": f"c{i:03d}", "model": "digits", "index": i,
+                              "options": {"conv_in": "uaq3", "x": "fp16"}, "act_bits": None if i % 2 else 8,
+                              "avg_bits": 3.5 + i / 8, "quantized_bytes": 1000.0 + i, "quantized_error": 0.01 * i,
+                              "bops": 1e6, "fid": 10.0 + i, "content": 0.5, "n_images": 8, "image_seed": 0,
+                              "sample_seed": 0, "status": "failed" if i == n - 1 else "ok",
+                              "reason": "boom" if i == n - 1 else "", "attempts": 1, "seconds": 0.25,
+                              "worker": "w0", "code_version": "t", "job_key": "k", "provenance": None})
+            for i in range(n)]
+    write_cache(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), path)
+    return path
+
+
+def test_cache_written_back_by_pandas_reads_the_same(tmp_path):
+    """cache_pandas_roundtrip.py: filtered / concatenated and written back with to_parquet
+    (pandas 3: large_string text, an all-null integer column as double) reads the same values."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from sampling.cache import read_cache
+
+    src = _cache_file(tmp_path / "c.parquet")
+    ref = read_cache(src)
+    df = pd.read_parquet(src)
+    df[df["status"] == "ok"].to_parquet(tmp_path / "f.parquet")
+    pd.concat([df, df.iloc[:0]]).to_parquet(tmp_path / "cc.parquet")
+    df[df["act_bits"].isna()].to_parquet(tmp_path / "null.parquet")  # act_bits all null -> double
+    assert str(pq.read_schema(tmp_path / "null.parquet").field("act_bits").type) == "double"
+    pd.testing.assert_frame_equal(read_cache(tmp_path / "cc.parquet"), ref)
+    pd.testing.assert_frame_equal(read_cache(tmp_path / "f.parquet"), read_cache(src, ok_only=True))
+    got = read_cache(tmp_path / "null.parquet")
+    assert got["act_bits"].isna().all() and list(got["config_id"]) == ["c001", "c003"]
+
+
+def _alt_encodings(col, t):
+    """Lossless other encodings of one column of type t."""
+    import pyarrow as pa
+
+    out = []
+    if pa.types.is_string(t):
+        out += [col.cast(pa.large_string()), col.dictionary_encode() if col.null_count < len(col) else col]
+        if hasattr(pa, "string_view"):
+            out.append(col.cast(pa.string_view()))
+    elif pa.types.is_integer(t):
+        out += [col.cast(pa.int32()), col.cast(pa.float64())]
+    elif pa.types.is_floating(t):
+        f32 = col.cast(pa.float32())
+        if f32.cast(pa.float64()).equals(col):  # float32 holds these values exactly: a lossless encoding
+            out.append(f32)
+    if col.null_count == len(col):
+        out.append(pa.nulls(len(col)))
+    return out
+
+
+def test_every_schema_column_accepts_lossless_encodings(tmp_path):
+    """Whatever columns CACHE_SCHEMA lists: each one re-encoded losslessly reads the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sampling.cache import CACHE_SCHEMA, read_cache
+
+    src = _cache_file(tmp_path / "c.parquet")
+    ref = read_cache(src)
+    table = pq.read_table(src)
+    for f in CACHE_SCHEMA:
+        for alt in _alt_encodings(table.column(f.name), f.type):
+            t2 = table.set_column(table.schema.get_field_index(f.name), f.name, alt)
+            pq.write_table(t2, tmp_path / "alt.parquet")
+            pd_equal = read_cache(tmp_path / "alt.parquet").equals(ref)
+            assert pd_equal, (f.name, alt.type)
+
+
+@pytest.mark.parametrize("column,values,why", [
+    ("act_bits", [7.5, None, 8.0, None], "act_bits"),  # a fraction in an integer column
+    ("index", ["0", "1", "2", "3"], "index"),  # text for a number
+    ("n_images", [2.0 ** 70, 8.0, 8.0, 8.0], "n_images"),  # out of int64 range
+    ("fid", [2 ** 53 + 1, 1, 1, 1], "fid"),  # an integer float64 cannot hold exactly
+    ("model", [1, 2, 3, 4], "model"),  # a number for text
+])
+def test_lossy_columns_are_refused_by_name(tmp_path, column, values, why):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sampling.cache import CacheError, read_cache
+
+    table = pq.read_table(_cache_file(tmp_path / "c.parquet"))
+    table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(CacheError, match=rf"wrong type\(s\) {why} \(") as err:
+        read_cache(tmp_path / "bad.parquet")
+    assert "\n" not in str(err.value)
+    pq.write_table(table.drop_columns([column]), tmp_path / "missing.parquet")
+    with pytest.raises(CacheError, match=rf"missing column\(s\) {column}"):
+        read_cache(tmp_path / "missing.parquet")
