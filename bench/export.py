@@ -1,256 +1,423 @@
-"""Real low-bit weights: size on disk and in memory against the accounting, the price of
-dequantizing on the fly, and torchao's version of the same config — all in one run.
+"""Packed low-bit inference against full precision on CPU, at SD v1.5 scale and on digits.
 
-For the default model (`digits`, its bank and a found config):
-  1. FP, fake-quant (`quant.quantized`: dequantized floats written into the model) and packed
-     (`quant.pack` -> `save_quantized` -> `load_quantized` with no bank and no FP weights)
-     generate the same N images from the same seeds, timed (best of --runs, wall and CPU);
-  2. the packed checkpoint's weights file and the loaded model's packed tensors are compared
-     with the accounted bytes (payload n·b + 16-bit overhead, DESIGN.md);
-  3. the packed images must equal the fake-quant ones exactly;
-  4. the torchao export (`search.export`) is loaded with `torchao.quantize_` and generates the
-     same seeds: pixel differences and FID against our fake-quant images, torchao's weight error
-     against ours per layer, and the bytes torchao holds.
-Writes bench/results/export.json (figures + machine conditions).
+Per model, one denoiser forward (the unit every sampler step pays), timed for
+  fp          the model as built (float32),
+  fake_quant  the same model with the config's dequantized weights written in (`quant.apply`),
+  packed      `quant.pack` layers: bit-packed codes + fp16 params, the weight decoded in every
+              forward (the memory promise: no float weight is kept),
+  torchao     int8 and int4 weight-only (`torchao.quantize_`) where the installed torchao runs
+              them on CPU (otherwise the reason is stored),
+at batch 1 and 2, best of --rounds, wall and CPU time (time.process_time: all threads of this
+process), all variants interleaved in each round (fp, fake, packed, fp, ...) so load changes on a
+shared machine hit them alike. Then where the packed time goes: every packed layer's decode timed
+alone (per method), and its two parts (field unpacking, table gather).
 
-Last line: `export weights_ratio=<on-disk weights / accounted> packed_vs_fp_time=<packed s / FP s>`.
+Models (random weights: speed does not depend on the values):
+  sd15    the shipped SD v1.5 UNet config (denoisers/configs/sd15.json), Laplace weights with the
+          fan-in scale, 64×64 latents, (B, 77, 768) text states; a mixed config drawn over all six
+          options uaq/kmc/kma × 3/4 bits (sampling.sampler.random_config, seed 0). Its "bank" holds
+          only what that config needs: per layer the codes + fp16 params of one option, UAQ by
+          min/max, K-Means-C/A codebooks at Laplace quantiles of the row / tensor with nearest-
+          level codes (no Lloyd iterations: a bank of 860 M weights by k-means is hours on one
+          core); built once, cached in --cache-dir (gitignored).
+  digits  the digits UNet architecture (params.yaml), random init, and a real bank
+          (`quant.bank.build_bank`, six options), cached in --cache-dir; packed through the
+          checkpoint (`save_quantized` -> `load_quantized`), whose on-disk weights are compared
+          with the accounted bytes.
+
+    .venv/bin/python bench/export.py --threads 1                # both models (SD v1.5: ~15 min)
+    .venv/bin/python bench/export.py --models digits --threads 1
+    .venv/bin/python bench/export.py --smoke                    # tiny SD config, seconds (tests)
+
+Writes bench/results/export.json (figures + machine conditions: load average at start and end,
+threads, CPU). Last line:
+`export weights_ratio=<digits on-disk weights / accounted> packed_vs_fp_cpu_sd15=<packed / FP CPU
+time, batch 1> packed_vs_fp_cpu_digits=<same, digits>`.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import hashlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # before bench/ (the script dir): bench/sampling.py must not shadow the package
 
-from denoisers.registry import load_denoiser  # noqa: E402
-from machine import cpu_model, loadavg  # noqa: E402  (bench/machine.py)
-from denoisers.spec import ModelSpec  # noqa: E402
-from quant.apply import apply_config  # noqa: E402
-from quant.bank import Bank  # noqa: E402
-from quant.config import QuantConfig  # noqa: E402
-from quant.pack import WEIGHTS_FILE, load_quantized, pack, read_manifest, save_quantized, weight_bytes  # noqa: E402
+from machine import loadavg, write_result  # noqa: E402  (bench/machine.py)
 
-
-def timed(fn, runs: int, device: str):
-    """(result of the last run, best wall s, best CPU s of this process)."""
-    best, best_cpu, out = float("inf"), float("inf"), None
-    for _ in range(runs):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return out, best, best_cpu
+OPTIONS = ("uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4")
+TINY_UNET = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1, "cross_attention_dim": 32,
+             "attention_head_dim": 2, "sample_size": 8, "norm_num_groups": 16}
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a (possibly torchao subclass) tensor holds: the sum over its inner tensors."""
-    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
+# ----------------------------------------------------------------------------------- timing
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(models: dict[str, torch.nn.Module], inputs: dict[int, tuple[tuple, dict]], rounds: int,
+                log: Callable[[str], None], skip: set[tuple[str, int]] = frozenset()) -> dict[str, dict]:
+    """Best wall / CPU seconds of one forward per (model, batch), every round running every model
+    in turn. Returns {f"{model}_b{batch}": {"wall": s, "cpu": s, "runs": n}}."""
+    best: dict[str, dict] = {}
+    for r in range(rounds):
+        for batch, (args, kwargs) in inputs.items():
+            for name, model in models.items():
+                if (name, batch) in skip:
+                    continue
+                with torch.inference_mode():
+                    _, w, c = timed(lambda: model(*args, **kwargs))
+                key = f"{name}_b{batch}"
+                b = best.setdefault(key, {"wall": float("inf"), "cpu": float("inf"), "runs": 0})
+                b["wall"], b["cpu"], b["runs"] = min(b["wall"], w), min(b["cpu"], c), b["runs"] + 1
+                log(f"  round {r + 1}/{rounds} {key}: wall {w:.3f} s, cpu {c:.3f} s")
+    return best
+
+
+def ratios(best: dict[str, dict], batches, names) -> dict[str, float]:
+    out = {}
+    for b in batches:
+        fp = best.get(f"fp_b{b}")
+        for n in names:
+            cur = best.get(f"{n}_b{b}")
+            if fp and cur and n != "fp":
+                out[f"{n}_vs_fp_cpu_b{b}"] = cur["cpu"] / fp["cpu"]
+                out[f"{n}_vs_fp_wall_b{b}"] = cur["wall"] / fp["wall"]
+    return out
+
+
+# ------------------------------------------------------------------------- where time goes
+def decode_profile(model: torch.nn.Module, rounds: int = 2) -> dict[str, Any]:
+    """Seconds to decode every packed layer's weight once (best of `rounds`), per method, and the
+    share of field unpacking (`unpack_fields`) in it."""
+    from quant.pack import packed_layers
+    from quant.packing import unpack_fields
+
+    layers = list({id(m): m for m in packed_layers(model).values()}.values())
+    per_method: dict[str, float] = {}
+    unpack_s = 0.0
+    total = float("inf")
+    for _ in range(rounds):
+        t_all, per, un = 0.0, {}, 0.0
+        for m in layers:
+            method, bits, numel = m._format
+            t0 = time.perf_counter()
+            m.dequantize()
+            dt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            unpack_fields(m._source().codes, bits, numel)
+            un += time.perf_counter() - t0
+            per[method] = per.get(method, 0.0) + dt
+            t_all += dt
+        if t_all < total:
+            total, per_method, unpack_s = t_all, per, un
+    n = sum(m._format[2] for m in layers)
+    return {"layers": len(layers), "weights": n, "decode_all_s": total, "per_method_s": per_method,
+            "unpack_fields_s_single_codes": unpack_s, "ns_per_weight": 1e9 * total / max(n, 1)}
+
+
+# ----------------------------------------------------------------------------------- torchao
+def torchao_variants(fp_model: torch.nn.Module, names: list[str], log) -> dict[str, Any]:
+    """{"int8": model | reason, "int4": model | reason}: weight-only torchao on `names` (a copy)."""
+    out: dict[str, Any] = {}
+    try:
+        import warnings
+
+        import torchao
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+        warnings.filterwarnings("ignore", module="torchao")
+        out["version"] = torchao.__version__
+    except Exception as exc:  # not installed / broken: say so
+        return {"error": f"torchao not importable: {exc}"}
+    wanted = set(names)
+    keep = lambda m, fqn: fqn in wanted and isinstance(m, torch.nn.Linear)  # noqa: E731  (torchao: Linear only)
+
+    for key, make in (("int8", lambda: Int8WeightOnlyConfig()),
+                      ("int4", lambda: _int4_cpu_config(Int4WeightOnlyConfig))):
+        model = None
+        try:
+            model = copy.deepcopy(fp_model)
+            quantize_(model, make(), filter_fn=keep)
+            probe = next(m for n, m in model.named_modules() if keep(m, n))
+            x = torch.randn(2, probe.in_features)
+            with torch.inference_mode():
+                probe(x)  # a CPU kernel exists for it
+            out[key] = model
+            log(f"torchao {key} weight-only: {sum(keep(m, n) for n, m in model.named_modules())} Linear layers")
+        except Exception as exc:  # torchao raises many types for unsupported device/layout
+            del model
+            gc.collect()
+            out[key] = f"not run on CPU by torchao {out.get('version')}: {type(exc).__name__}: " \
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            log(out[key])
+    return out
+
+
+def _int4_cpu_config(cls):
+    try:
+        from torchao.dtypes import Int4CPULayout
+        return cls(group_size=128, layout=Int4CPULayout(), version=1)
+    except Exception:  # noqa: BLE001  (layout or keyword absent in this torchao)
+        return cls(group_size=128)
+
+
+# ------------------------------------------------------------------------------------- SD v1.5
+def sd15_unet(smoke: bool) -> torch.nn.Module:
+    from denoisers.architectures import build_from_config, load_architecture_config
+    from gpu import laplace_  # bench/gpu.py
+
+    cfg = load_architecture_config("sd15") | (TINY_UNET if smoke else {})
+    torch.manual_seed(0)
+    unet = build_from_config(cfg, device="cpu")
+    laplace_(unet)
+    return unet.eval().requires_grad_(False)
+
+
+def laplace_levels(k: int) -> torch.Tensor:
+    """k levels at the (i + 1/2)/k quantiles of a unit-scale Laplace (sorted)."""
+    u = (torch.arange(k, dtype=torch.float64) + 0.5) / k - 0.5
+    return (-torch.sign(u) * torch.log1p(-2 * u.abs())).to(torch.float32)
+
+
+@torch.no_grad()
+def quick_codes(w: torch.Tensor, option: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes uint8 (numel,), params fp16) for `option` without k-means (see module doc)."""
+    from quant.options import parse_option
+
+    opt = parse_option(option)
+    k = 1 << opt.bits
+    rows = w.reshape(w.shape[0], -1).float()
+    if opt.method == "uaq":
+        lo, hi = rows.amin(1, keepdim=True), rows.amax(1, keepdim=True)
+        scale = ((hi - lo) / (k - 1)).clamp_min(1e-8).half().float()
+        zero = torch.round(-lo / scale).clamp(0, k - 1)
+        codes = torch.clamp(torch.round(rows / scale) + zero, 0, k - 1)
+        return codes.to(torch.uint8).reshape(-1), torch.cat([scale, zero], 1).half()
+    levels = laplace_levels(k)
+    if opt.method == "kmc":
+        b = (rows - rows.mean(1, keepdim=True)).abs().mean(1, keepdim=True)  # Laplace scale per row
+        book = (rows.mean(1, keepdim=True) + b * levels[None, :]).half()
+        z = (rows - rows.mean(1, keepdim=True)) / b.clamp_min(1e-12)
+    else:
+        b = (rows - rows.mean()).abs().mean()
+        book = (rows.mean() + b * levels[None, :]).half()
+        z = (rows - rows.mean()) / b.clamp_min(1e-12)
+    mids = (levels[1:] + levels[:-1]) / 2
+    codes = torch.bucketize(z, mids)
+    return codes.to(torch.uint8).reshape(-1), book
+
+
+def sd15_bank(unet: torch.nn.Module, cache: Path, smoke: bool, log) -> tuple[dict[str, str], dict]:
+    """{layer: option} and {layer: (packed codes, params)} for the SD v1.5 config, cached."""
+    from safetensors.torch import load_file, save_file
+
+    from quant.layers import quantizable_layers
+    from quant.packing import pack_codes
+    from sampling.sampler import random_config
+
+    layers = quantizable_layers(unet)
+    config = random_config(list(layers), OPTIONS, seed=0, index=0)
+    key = hashlib.sha256(json.dumps([smoke, sorted(config.items()),
+                                     [list(m.weight.shape) for m in layers.values()]]).encode()).hexdigest()[:12]
+    path = cache / f"sd15_bank_{key}.safetensors"
+    if path.is_file():
+        t = load_file(str(path))
+        log(f"sd15 bank: cached {path}")
+    else:
+        t0 = time.perf_counter()
+        t = {}
+        for name, opt in config.items():
+            codes, params = quick_codes(layers[name].weight, opt)
+            t[f"{name}.codes"] = pack_codes(codes, int(opt[3:]))
+            t[f"{name}.params"] = params.contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(t, str(path))
+        log(f"sd15 bank: built in {time.perf_counter() - t0:.1f} s -> {path}")
+    return config, {n: (t[f"{n}.codes"], t[f"{n}.params"]) for n in config}
+
+
+def bench_sd15(args, log) -> dict[str, Any]:
+    from quant.accounting import layer_bits
+    from quant.layers import LayerInfo, quantizable_layers
+    from quant.options import parse_option
+    from quant.pack import _replace, packed_module, weight_bytes
+
+    t0 = time.perf_counter()
+    fp = sd15_unet(args.smoke)
+    log(f"sd15: UNet built in {time.perf_counter() - t0:.1f} s")
+    config, tensors = sd15_bank(fp, Path(args.cache_dir), args.smoke, log)
+    layers = quantizable_layers(fp)
+    packed = copy.deepcopy(fp)
+    pl = quantizable_layers(packed)
+    _replace(packed, {id(pl[n]): packed_module(pl[n], o, *tensors[n]) for n, o in config.items()})
+    fake = copy.deepcopy(fp)
+    fl = quantizable_layers(fake)
+    with torch.no_grad():
+        for n, m in quantizable_layers(packed).items():
+            fl[n].weight.copy_(m.dequantize())
+    n_weights = sum(m.weight.numel() for m in layers.values())
+    accounted = sum(layer_bits(parse_option(o), LayerInfo(n, "", tuple(layers[n].weight.shape),
+                                                          layers[n].weight.numel(), layers[n].weight.shape[0]))
+                    for n, o in config.items()) / 8
+    resident = weight_bytes(packed)["packed"]
+    avg_bits = 8 * accounted / n_weights
+    lat = fp.config.sample_size
+    g = torch.Generator().manual_seed(0)
+    inputs = {}
+    for b in args.batches:
+        x = torch.randn(b, 4, lat, lat, generator=g)
+        ctx = torch.randn(b, 77, fp.config.cross_attention_dim, generator=g)
+        inputs[b] = ((x, torch.full((b,), 500)), {"encoder_hidden_states": ctx, "return_dict": False})
+    log(f"sd15: {len(layers)} layers, {n_weights:,} weights, config {avg_bits:.3f} avg bits "
+        f"({', '.join(f'{o} {sum(v == o for v in config.values())}' for o in OPTIONS)}); "
+        f"latents {lat}x{lat}, batches {args.batches}, {torch.get_num_threads()} thread(s)")
+    with torch.inference_mode():
+        a = packed(*inputs[1][0], **inputs[1][1])[0]
+        f = fake(*inputs[1][0], **inputs[1][1])[0]
+    exact = bool(torch.equal(a, f))
+    log(f"sd15: packed forward == fake-quant forward: {exact}")
+    skip = {("fake_quant", b) for b in args.batches if b != 1}  # fake-quant at batch 1 only (time)
+    best = interleaved({"fp": fp, "fake_quant": fake, "packed": packed}, inputs, args.rounds, log, skip)
+    del fake
+    gc.collect()
+    prof = decode_profile(packed)
+    log(f"sd15: decoding all {prof['layers']} packed layers once: {prof['decode_all_s']:.2f} s "
+        f"({prof['ns_per_weight']:.2f} ns/weight; " + ", ".join(f"{k} {v:.2f} s" for k, v in prof["per_method_s"].items()) + ")")
+    out: dict[str, Any] = {
+        "layers": len(layers), "weights": n_weights, "avg_bits": avg_bits,
+        "options": {o: sum(v == o for v in config.values()) for o in OPTIONS},
+        "latent": lat, "batches": list(args.batches), "rounds": args.rounds,
+        "accounted_bytes": accounted, "resident_packed_bytes": resident, "resident_ratio": resident / accounted,
+        "packed_forward_equals_fake_quant": exact, "bank": "quick codes (see bench/export.py doc), cached",
+        "decode_profile": prof,
+    }
+    if not args.no_torchao:
+        tao = torchao_variants(fp, list(config), log)
+        out["torchao"] = {k: (v if isinstance(v, str) else "ran") for k, v in tao.items()}
+        runnable = {f"torchao_{k}": v for k, v in tao.items() if k in ("int8", "int4") and not isinstance(v, str)}
+        if runnable:
+            tb = interleaved({"fp": fp, **runnable}, {1: inputs[1]}, 1, log)
+            out["torchao_seconds"] = tb
+            out["torchao_ratios"] = ratios(tb, [1], ["fp", *runnable])
+        del tao, runnable
+    out["seconds"] = best
+    out["ratios"] = ratios(best, args.batches, ["fp", "fake_quant", "packed"])
+    gc.collect()
+    return out
+
+
+# ------------------------------------------------------------------------------------- digits
+def bench_digits(args, log) -> dict[str, Any]:
+    from denoisers.digits import DigitsDenoiser, build_model, load_params
+    from quant.apply import apply_config
+    from quant.bank import Bank, build_bank
+    from quant.config import QuantConfig
+    from quant.pack import WEIGHTS_FILE, load_quantized, pack, read_manifest, save_quantized, weight_bytes
+    from sampling.sampler import random_config
+
+    params = load_params(ROOT / "params.yaml")
+    torch.manual_seed(0)
+    den = DigitsDenoiser(build_model("unet", params), "unet", params)
+    fp = den.model
+    bank_dir = Path(args.cache_dir) / "digits_bank"
+    try:
+        bank = Bank.load(bank_dir)
+        bank.check_model(fp)
+        log(f"digits bank: cached {bank_dir}")
+    except Exception:  # absent, or built from other weights: build it again
+        t0 = time.perf_counter()
+        bank = build_bank(fp, OPTIONS, model_name="digits", progress=False)
+        bank.save(bank_dir)
+        bank = Bank.load(bank_dir)
+        log(f"digits bank: built in {time.perf_counter() - t0:.1f} s -> {bank_dir}")
+    config = QuantConfig("digits", random_config(bank.layer_names, bank.options, seed=0, index=0))
+    stats = bank.summarize(config)
+    fake = copy.deepcopy(fp)
+    apply_config(fake, config, bank, verify=False)
+    work = Path(tempfile.mkdtemp(prefix="qsens-export-bench-"))
+    save_quantized(pack(copy.deepcopy(fp), config, bank, verify=False), work / "q", config,
+                   fingerprint=bank.fingerprint, accounted=stats.to_dict())
+    manifest = read_manifest(work / "q")
+    packed = load_quantized(work / "q", copy.deepcopy(fp))
+    inputs = {b: den.example_inputs(b) for b in args.batches}
+    with torch.inference_mode():
+        exact = bool(torch.equal(packed(*inputs[1][0], **inputs[1][1])[0], fake(*inputs[1][0], **inputs[1][1])[0]))
+    accounted = manifest["packed_accounted_bytes"]
+    disk = manifest["files"][WEIGHTS_FILE]["bytes"]
+    mem = weight_bytes(packed)
+    log(f"digits: {len(bank.layer_names)} layers, {stats.avg_bits:.3f} avg bits; weights on disk {disk:,} B / "
+        f"accounted {accounted:,.0f} B = {disk / accounted:.4f}; packed == fake-quant forward: {exact}")
+    models = {"fp": fp, "fake_quant": fake, "packed": packed}
+    quiet = lambda s: None  # noqa: E731  (hundreds of short runs)
+    best = interleaved(models, inputs, args.digits_rounds, quiet)
+    out: dict[str, Any] = {
+        "layers": len(bank.layer_names), "avg_bits": stats.avg_bits, "weights": sum(i.n_weights for i in bank.layers.values()),
+        "accounted_bytes": accounted, "disk_weights_bytes": disk, "disk_ratio": disk / accounted,
+        "resident_packed_bytes": mem["packed"], "resident_ratio": mem["packed"] / accounted,
+        "packed_forward_equals_fake_quant": exact, "rounds": args.digits_rounds,
+        "decode_profile": decode_profile(packed, rounds=5),
+    }
+    if not args.no_torchao:
+        tao = torchao_variants(fp, bank.layer_names, log)
+        out["torchao"] = {k: (v if isinstance(v, str) else "ran") for k, v in tao.items()}
+        runnable = {f"torchao_{k}": v for k, v in tao.items() if k in ("int8", "int4") and not isinstance(v, str)}
+        if runnable:
+            best |= {k: v for k, v in interleaved({"fp": fp, **runnable}, inputs, args.digits_rounds, quiet).items()
+                     if k.startswith("torchao")}
+    out["seconds"] = best
+    out["ratios"] = ratios(best, args.batches, ["fp", "fake_quant", "packed", "torchao_int8", "torchao_int4"])
+    for k, v in out["ratios"].items():
+        if "_cpu_" in k:
+            log(f"digits {k} = {v:.3f}")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="digits")
-    ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--config", default="data/search/digits/configs/predictor-3.5.json")
-    ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", nargs="+", default=["digits", "sd15"], choices=("digits", "sd15"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds, SD v1.5 (default 2)")
+    ap.add_argument("--digits-rounds", type=int, default=30, help="interleaved rounds, digits (default 30)")
+    ap.add_argument("--cache-dir", default=str(ROOT / "tmp" / "bench_export"), help="bank cache (gitignored)")
     ap.add_argument("--no-torchao", action="store_true")
-    ap.add_argument("--out", default="bench/results/export.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny SD config, 1 round (code paths only)")
+    ap.add_argument("--out", default=None, help="default bench/results/export.json (--smoke: a temp file)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):  # same kernels for the same inputs: exact comparisons hold
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    load_start = loadavg()
-    data = Path(args.data_dir)
-    den = load_denoiser(ModelSpec(source=args.model, name=args.model), data_dir=data)
-    den.to(args.device)
-    bank = Bank.load(data / "bank" / args.model)
-    bank.check_model(den.model)
-    config = QuantConfig.load(args.config)
-    stats = bank.summarize(config)
-    fp_model = den.model
-    n, seed = args.images, args.seed
-    print(f"{args.model}: {len(bank.layer_names)} layers, config {args.config} ({stats.avg_bits:.3f} avg bits), "
-          f"{n} images, {args.threads} threads, {args.device}")
+    if args.smoke:
+        args.rounds, args.digits_rounds = 1, 2
+    out = args.out or (str(Path(tempfile.mkdtemp()) / "export_smoke.json") if args.smoke else None)
+    t_start = time.perf_counter()
 
-    # 1. the models: FP, fake-quant (a copy with the dequantized weights written in), packed
-    #    (exported, then loaded with no bank and no FP weights), torchao
-    t0 = time.perf_counter()
-    fake_model = copy.deepcopy(fp_model)
-    apply_config(fake_model, config, bank, verify=False)
-    t_apply = time.perf_counter() - t0
-    work = Path(tempfile.mkdtemp(prefix="qsens-export-bench-"))
-    t0 = time.perf_counter()
-    save_quantized(pack(copy.deepcopy(fp_model), config, bank, verify=False), work / "q", config,
-                   fingerprint=bank.fingerprint, accounted=stats.to_dict())
-    t_export = time.perf_counter() - t0
-    manifest = read_manifest(work / "q")
-    t0 = time.perf_counter()
-    packed_model = load_quantized(work / "q", device=args.device)
-    t_load = time.perf_counter() - t0
-    models = {"fp": fp_model, "fake_quant": fake_model, "packed": packed_model}
-    tao = None if args.no_torchao else torchao_model(fp_model, config, bank, work)
-    if tao is not None:
-        models["torchao"] = tao["model"]
-    # 2. generation, interleaved (fp, fake, packed, torchao, fp, ...) so load changes hit all alike
-    wall = {k: float("inf") for k in models}
-    cpu = dict(wall)
-    gens = {}
-    for _ in range(args.runs):
-        for key, model in models.items():
-            den.model = model
-            gens[key], w, c = timed(lambda: den.generate(n, seed), 1, args.device)
-            wall[key], cpu[key] = min(wall[key], w), min(cpu[key], c)
-    den.model = fp_model
-    # one denoiser forward at batch 1: the worst case for dequantizing on the fly (no batch to
-    # amortise it over)
-    fwd = {k: float("inf") for k in ("fp", "packed")}
-    fargs, fkwargs = den.example_inputs(batch_size=1)
-    with torch.no_grad():
-        for _ in range(10 * args.runs):
-            for key in fwd:
-                fwd[key] = min(fwd[key], timed(lambda: models[key](*fargs, **fkwargs), 1, args.device)[1])
-    fake_gen, packed_gen = gens["fake_quant"], gens["packed"]
-    t_fp, t_fake, t_packed = wall["fp"], wall["fake_quant"], wall["packed"]
-    c_fp, c_fake, c_packed = cpu["fp"], cpu["fake_quant"], cpu["packed"]
-    accounted = manifest["packed_accounted_bytes"]
-    disk = manifest["files"][WEIGHTS_FILE]["bytes"]
-    mem = weight_bytes(packed_model)
-    fp_mem = weight_bytes(fp_model)
-    exact = bool(np.array_equal(packed_gen.images, fake_gen.images))
-    sizes = {"accounted_bytes": accounted, "quantized_bytes_all_layers": stats.quantized_bytes,
-             "fp_weight_bytes_model_dtype": fp_mem["fp_layers"], "fp16_bytes": stats.fp_bytes,
-             "disk_weights_bytes": disk, "disk_rest_bytes": manifest["files"]["rest.safetensors"]["bytes"],
-             "resident_packed_bytes": mem["packed"], "resident_rest_bytes": mem["rest"],
-             "disk_ratio": disk / accounted, "resident_ratio": mem["packed"] / accounted}
-    print(f"weights: accounted {accounted:,.0f} B | on disk {disk:,} B ({disk / accounted:.4f}x) | resident "
-          f"{mem['packed']:,} B ({mem['packed'] / accounted:.4f}x) | FP {fp_mem['fp_layers']:,} B in "
-          f"{str(next(fp_model.parameters()).dtype).removeprefix('torch.')} ({stats.fp_bytes:,} B at fp16)")
-    print(f"other tensors: {sizes['disk_rest_bytes']:,} B on disk, {mem['rest']:,} B resident")
-    print(f"generation of {n} images, best of {args.runs} interleaved runs: FP {t_fp:.3f} s, fake-quant "
-          f"{t_fake:.3f} s (+ {t_apply:.3f} s to apply), packed {t_packed:.3f} s -> packed/FP "
-          f"{t_packed / t_fp:.3f}x, fake/FP {t_fake / t_fp:.3f}x (CPU time: packed/FP {c_packed / c_fp:.3f}x, "
-          f"fake/FP {c_fake / c_fp:.3f}x); packed images == fake-quant images: {exact}")
-    print(f"one forward at batch 1: FP {1e3 * fwd['fp']:.2f} ms, packed {1e3 * fwd['packed']:.2f} ms "
-          f"({fwd['packed'] / fwd['fp']:.2f}x)")
-    result = {"bench": "export", "model": args.model, "config": args.config, "avg_bits": stats.avg_bits,
-              "images": n, "seed": seed, "runs": args.runs, "device": args.device, "sizes": sizes,
-              "seconds": {"fp": t_fp, "fake_quant": t_fake, "fake_quant_apply": t_apply, "packed": t_packed,
-                          "cpu_fp": c_fp, "cpu_fake_quant": c_fake, "cpu_packed": c_packed,
-                          "export": t_export, "load": t_load,
-                          "forward_batch1_fp": fwd["fp"], "forward_batch1_packed": fwd["packed"]},
-              "packed_vs_fp_forward_batch1": fwd["packed"] / fwd["fp"],
-              "packed_vs_fp_time": t_packed / t_fp, "fake_vs_fp_time": t_fake / t_fp,
-              "packed_vs_fp_cpu_time": c_packed / c_fp, "fake_vs_fp_cpu_time": c_fake / c_fp, "packed_images_equal_fake_quant": exact}
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
-    if tao is not None:
-        result["torchao"] = torchao_report(den, tao, fp_model, config, bank, gens, wall, cpu, seed)
-    load_end = loadavg()
-    result["machine"] = {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                         "processor": cpu_model(), "loadavg_start": load_start, "loadavg_end": load_end, "python": platform.python_version(),
-                         "torch": torch.__version__,
-                         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"load average {load_start} at start, {load_end} at end (on {os.cpu_count()} cpus) -> {out}")
-    if not exact:
-        raise SystemExit("packed images differ from fake-quant images")
-    print(f"export weights_ratio={disk / accounted:.4f} packed_vs_fp_time={t_packed / t_fp:.3f}")
-
-
-def torchao_model(fp_model, config, bank, work: Path) -> dict:
-    """The torchao export of `config`, loaded into a copy of the FP model with torchao.quantize_."""
-    import warnings
-
-    from search.export import apply_torchao_config, torchao_plan, write_torchao_config
-
-    warnings.filterwarnings("ignore", module="torchao")
-    plan = torchao_plan(config, bank.layers)
-    path = write_torchao_config(plan, work / "torchao.json", fingerprint=bank.fingerprint)
-    model = copy.deepcopy(fp_model)  # on the device already: torchao 0.18's codebook tensor cannot .to()
-    t0 = time.perf_counter()
-    apply_torchao_config(model, path)
-    return {"model": model, "plan": plan, "quantize_seconds": time.perf_counter() - t0}
-
-
-def torchao_report(den, tao, fp_model, config, bank, gens, wall, cpu, seed: int) -> dict:
-    """Image and weight differences between torchao's model and ours, and why."""
-    import torchao
-
-    from quant.apply import quantized
-    from sampling.scoring import make_scorer
-
-    plan, model = tao["plan"], tao["model"]
-    # ours on exactly the layers torchao quantizes (the rest FP, as torchao leaves them): what is
-    # left of the difference is torchao's own scales / codebooks
-    same_layers = QuantConfig(config.model, {n: o for n, o in config.options.items() if n in plan.configs})
-    with quantized(fp_model, same_layers, bank, verify=False):
-        same_gen = den.generate(len(gens["fp"].images), seed)
-    mods, fp_mods = dict(model.named_modules()), dict(fp_model.named_modules())
-    ratios = {"uaq": [], "kmc": [], "kma": []}
-    held = 0
-    for name in plan.configs:
-        w = mods[name].weight
-        held += tensor_bytes(w)
-        fp_w = fp_mods[name].weight.detach().float().cpu()
-        err = float(((w.dequantize().float().cpu() - fp_w) ** 2).mean())
-        ratios[config.options[name][:3]].append(err / max(bank.error(name, config.options[name]), 1e-30))
-    ours_bytes = sum(bank.quantized_bits(n, config.options[n]) for n in plan.configs) / 8
-    img = {k: g.images.astype(np.int16) for k, g in gens.items()}
-    same = same_gen.images.astype(np.int16)
-    scorer = make_scorer(den)
-    fid = {k: float(scorer.fid(g.images)) for k, g in gens.items()}
-    fid["fake_quant_same_layers"] = float(scorer.fid(same_gen.images))
-    d = lambda a, b: float(np.abs(a - b).mean())  # noqa: E731
-    out = {
-        "torchao_version": torchao.__version__, "layers_configured": len(plan.configs),
-        "layers_unsupported": len(plan.unsupported), "unsupported": plan.unsupported,
-        "quantize_seconds": tao["quantize_seconds"], "generate_seconds": wall["torchao"],
-        "torchao_vs_fp_time": wall["torchao"] / wall["fp"], "torchao_vs_fp_cpu_time": cpu["torchao"] / cpu["fp"],
-        "pixel_mean_abs_diff": {"torchao_vs_fake_quant": d(img["torchao"], img["fake_quant"]),
-                                "torchao_vs_fake_quant_same_layers": d(img["torchao"], same),
-                                "fake_quant_vs_fp": d(img["fake_quant"], img["fp"]),
-                                "fake_quant_same_layers_vs_fp": d(same, img["fp"]),
-                                "torchao_vs_fp": d(img["torchao"], img["fp"])},
-        "pixels_equal_fake_quant_same_layers": float((img["torchao"] == same).mean()),
-        "fid": fid,
-        "weight_mse_ratio_torchao_over_ours_median": {k: float(np.median(v)) for k, v in ratios.items() if v},
-        "bytes_held_by_torchao_for_configured_layers": held,
-        "accounted_bytes_for_configured_layers": ours_bytes,
-    }
-    pm = out["pixel_mean_abs_diff"]
-    print(f"torchao {torchao.__version__}: {len(plan.configs)} layers configured, {len(plan.unsupported)} "
-          f"unsupported (left FP by it). mean |Δpixel| (of 255): torchao vs our fake-quant "
-          f"{pm['torchao_vs_fake_quant']:.2f}, vs ours on the same {len(plan.configs)} layers "
-          f"{pm['torchao_vs_fake_quant_same_layers']:.2f} (ours vs FP {pm['fake_quant_same_layers_vs_fp']:.2f})")
-    print("  FID: " + ", ".join(f"{k} {v:.2f}" for k, v in fid.items()))
-    print("  torchao weight MSE / ours (median per method): "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in out["weight_mse_ratio_torchao_over_ours_median"].items())
-          + f"; it holds {held:,} B for those layers ({ours_bytes:,.0f} B accounted packed); generation "
-          f"{wall['torchao']:.3f} s ({wall['torchao'] / wall['fp']:.3f}x FP, CPU {cpu['torchao'] / cpu['fp']:.3f}x)")
-    return out
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
+                              "flush_denormal": False, "smoke": args.smoke, "loadavg_start": loadavg()}
+    log(f"{torch.get_num_threads()} thread(s); load average {result['loadavg_start']}")
+    for model in args.models:
+        result[model] = (bench_digits if model == "digits" else bench_sd15)(args, log)
+        result[f"loadavg_after_{model}"] = loadavg()
+        write_result("export", result, out)
+    result["loadavg_end"] = loadavg()
+    result["seconds_total"] = time.perf_counter() - t_start
+    write_result("export", result, out)
+    get = lambda m, k: result.get(m, {}).get("ratios", {}).get(k, float("nan"))  # noqa: E731
+    wr = result.get("digits", {}).get("disk_ratio", float("nan"))
+    print(f"export weights_ratio={wr:.4f} packed_vs_fp_cpu_sd15={get('sd15', 'packed_vs_fp_cpu_b1'):.3f} "
+          f"packed_vs_fp_cpu_digits={get('digits', 'packed_vs_fp_cpu_b1'):.3f}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import safe_open
@@ -46,7 +47,7 @@ from quant.jsonio import read_json
 from quant.layers import QUANTIZABLE_TYPES, LayerInfo, alias_key, combine_fingerprints, layer_fingerprints, \
     quantizable_layers, tied_groups
 from quant.options import FP16, parse_option
-from quant.packing import unpack_codes
+from quant.packing import decode_packed
 
 FORMAT = "qsens-quantized"
 FORMAT_VERSION = 1
@@ -90,19 +91,27 @@ class PackedLayer:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight, (C_out, C_in, *kernel), in the layer's dtype (or `dtype`), on its device.
 
-        The float32 arithmetic is `QuantizedTensor.dequantize`'s, op for op, so the result is
-        bit-identical to the bank's dequantized weight."""
+        Each code's weight is computed once per table entry with `QuantizedTensor.dequantize`'s
+        float32 arithmetic (UAQ `(c - zero) * scale` per row, codebooks as stored), cast to the
+        output dtype, and looked up in one gather (`quant.packing.decode_packed`), so the result is
+        bit-identical to the bank's dequantized weight cast to that dtype.
+        Inside `hold_dequantized(model)` the weight is decoded once and kept until the block ends."""
+        dtype = dtype or self._wdtype.dtype
+        held = self.__dict__.get("_held")
+        if held is not None and held.dtype == dtype:
+            return held
         method, bits, numel = self._format
         src = self._source()
-        codes = unpack_codes(src.codes, bits, numel).reshape(self.weight_shape[0], -1)
         p = self.params.to(torch.float32)
         if method == "uaq":
-            w = (codes.to(torch.float32) - p[:, 1:2]) * p[:, 0:1]
-        elif method == "kmc":
-            w = p.gather(1, codes.long())
-        else:  # kma
-            w = p[0][codes.long()]
-        return w.reshape(self.weight_shape).to(dtype or self._wdtype.dtype)
+            levels = torch.arange(1 << bits, dtype=torch.float32, device=p.device)
+            table = (levels[None, :] - p[:, 1:2]) * p[:, 0:1]
+        else:  # kmc: (C_out, 2^b) codebooks; kma: (1, 2^b)
+            table = p
+        w = decode_packed(src.codes, bits, numel, table, self.weight_shape[0], dtype).reshape(self.weight_shape)
+        if "_held" in self.__dict__:
+            self.__dict__["_held"] = w
+        return w
 
     def extra_repr(self) -> str:
         tie = self.__dict__.get("_tied_to")
@@ -180,6 +189,22 @@ def _params_shape(opt, shape: tuple[int, ...]) -> tuple[int, int]:
 def packed_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The packed layers of `model`, by qualified name (each module once)."""
     return {n: m for n, m in quantizable_layers(model).items() if isinstance(m, PackedLayer)}
+
+
+@contextmanager
+def hold_dequantized(model: nn.Module) -> Iterator[nn.Module]:
+    """Speed over memory: inside the block every packed layer of `model` decodes its weight on
+    first use and keeps it (float weights of the model's dtype in memory, as an FP model holds),
+    so the steps of one generate call pay the decoding once. Outside it (the default) a packed
+    layer holds only its codes and params and decodes in every forward."""
+    layers = list({id(m): m for m in packed_layers(model).values()}.values())
+    for m in layers:
+        m.__dict__["_held"] = None
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.__dict__.pop("_held", None)
 
 
 def _replace(model: nn.Module, swaps: dict[int, nn.Module]) -> None:

@@ -1,5 +1,16 @@
-"""Pack b-bit integer codes densely into bytes (and back), so a bank stores exactly n·b bits."""
+"""Pack b-bit integer codes densely into bytes (and back), so a bank stores exactly n·b bits,
+and decode packed codes straight into weights (`decode_packed`: the hot path of packed layers).
+
+Stream layout: bit j of code i lands at stream position i·bits + j (little-endian within each
+byte). Every reader here sees the stream as a sequence of f-bit *fields* (f = bits, or f = 2·bits
+when two neighbouring codes are read as one field): `8 // gcd(f, 8)` consecutive fields fill
+exactly `f // gcd(f, 8)` whole bytes, which are read as one little-endian integer word and split
+with one vectorised shift and one mask. No per-element Python, no per-column copies, one code
+path for every size (there is no size threshold).
+"""
 from __future__ import annotations
+
+from math import gcd
 
 import torch
 
@@ -21,43 +32,102 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (stream.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
 
 
-_SMALL = 1 << 18  # codes; below this a few whole-tensor ops beat per-column uint8 work
+def unpack_fields(packed: torch.Tensor, width: int, count: int, *, wide: bool = False) -> torch.Tensor:
+    """The first `count` `width`-bit fields (1 ≤ width ≤ 14, or 16) of the little-endian bit
+    stream `packed` (uint8), as a flat tensor on `packed`'s device.
+
+    dtype: an integer dtype — uint8 when a field is a whole byte or divides one (1/2/4/8 bits),
+    else int32 or int64 (the word the fields were cut from); int64 when `wide` (what
+    `index_select` takes fastest). Fields past the end of
+    `packed` read as zero bits.
+    """
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
+    packed = packed.reshape(-1)
+    dev = packed.device
+    if width == 8:
+        out = packed[:count]
+        if out.numel() < count:
+            out = torch.cat([out, out.new_zeros(count - out.numel())])
+        return out.to(torch.int64) if wide else out
+    if 8 % width == 0:  # whole fields per byte: one broadcast shift
+        per = 8 // width
+        need = -(-count // per)
+        data = packed[:need]
+        if data.numel() < need:
+            data = torch.cat([data, data.new_zeros(need - data.numel())])
+        shifts = torch.arange(0, 8, width, dtype=data.dtype, device=dev)
+        fields = torch.bitwise_right_shift(data[:, None].expand(data.numel(), per), shifts)
+        fields = fields.bitwise_and_((1 << width) - 1).reshape(-1)[:count]
+        return fields.to(torch.int64) if wide else fields
+    g = 8 // gcd(width, 8)  # fields per word
+    nb = width * g // 8  # bytes per word (3, 5, 6 or 7 for the widths used here)
+    if nb > 8:
+        raise ValueError(f"field width {width} is not supported (a word of {g} fields needs {nb} bytes)")
+    groups = -(-count // g)
+    have = min(packed.numel(), groups * nb)
+    wbytes = 4 if nb <= 3 else 8  # int32 words where they fit (half the memory traffic)
+    buf = torch.zeros(groups, wbytes, dtype=torch.uint8, device=dev)
+    full = have // nb
+    if full:
+        buf[:full, :nb] = packed[: full * nb].reshape(full, nb)
+    if full < groups and have > full * nb:
+        buf[full, : have - full * nb] = packed[full * nb: have]
+    word = buf.view(torch.int32 if wbytes == 4 else torch.int64)  # (groups, 1); bits above nb·8 are 0
+    shifts = torch.arange(0, width * g, width, dtype=word.dtype, device=dev)
+    # bitwise_right_shift on an expanded word: on CPU several times faster than `word >> shifts`
+    fields = torch.bitwise_right_shift(word.expand(groups, g), shifts).bitwise_and_((1 << width) - 1)
+    fields = fields.reshape(-1)[:count]
+    return fields.to(torch.int64) if wide and fields.dtype != torch.int64 else fields
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of `pack_codes`: (bytes,) uint8 -> (numel,) uint8 codes, on `packed`'s device.
-
-    This runs in every forward of a packed layer (quant.pack), so it takes the fewest ops for
-    the case: 1/2/4 bits are whole codes per byte (one broadcast shift); otherwise eight
-    consecutive codes fill exactly `bits` bytes, read as one little-endian integer per group
-    (small tensors: few ops) or column by column in uint8 (large tensors: little memory).
-    """
+    """Inverse of `pack_codes`: (bytes,) uint8 -> (numel,) uint8 codes, on `packed`'s device."""
     if bits == 8:
         return packed[:numel].clone()
-    mask = (1 << bits) - 1
-    if 8 % bits == 0:
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
-        return ((packed[:, None] >> shifts) & mask).reshape(-1)[:numel]
-    groups, nbytes = -(-numel // 8), -(-numel * bits // 8)
-    if numel <= _SMALL:
-        width = 4 if bits <= 4 else 8  # 8 codes of ≤ 4 bits fit an int32, of ≤ 7 bits an int64
-        buf = torch.zeros(groups, width, dtype=torch.uint8, device=packed.device)
-        full = nbytes // bits
-        buf[:full, :bits] = packed[: full * bits].reshape(full, bits)
-        if full < groups:
-            buf[full, : nbytes - full * bits] = packed[full * bits: nbytes]
-        word = buf.view(torch.int32 if width == 4 else torch.int64)  # (groups, 1); sign bits masked off
-        shifts = torch.arange(0, 8 * bits, bits, dtype=word.dtype, device=packed.device)
-        return ((word >> shifts) & mask).to(torch.uint8).reshape(-1)[:numel]
-    data = packed[:nbytes]
-    if groups * bits > nbytes:
-        data = torch.cat([data, data.new_zeros(groups * bits - nbytes)])
-    g = data.reshape(groups, bits)
-    out = torch.empty(groups, 8, dtype=torch.uint8, device=packed.device)
-    for j in range(8):
-        lo, off = j * bits // 8, j * bits % 8
-        v = g[:, lo] >> off
-        if off + bits > 8:  # the code continues in the next byte (uint8 shifts drop the overflow)
-            v = v | (g[:, lo + 1] << (8 - off))
-        out[:, j] = v & mask
-    return out.reshape(-1)[:numel]
+    out = unpack_fields(packed, bits, numel)
+    return out if out.dtype == torch.uint8 else out.to(torch.uint8)
+
+
+def decode_packed(packed: torch.Tensor, bits: int, numel: int, table: torch.Tensor, rows: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Weights from packed codes and a lookup table, in one gather: (numel,) of `dtype`, the
+    codes in row-major order of the weight as (rows, numel // rows).
+
+    table: (rows, 2^bits) or (1, 2^bits) float32 — the weight each code stands for, per output
+        row (UAQ's `(c − zero)·scale` per row, K-Means-C's codebooks) or for the whole tensor
+        (K-Means-A). Values are looked up, not recomputed, so the result equals the elementwise
+        float32 decode cast to `dtype` bit for bit.
+    When the table is small next to a row, two neighbouring codes are decoded at once: a
+    2·bits-bit field indexes a table of code pairs (half the gathers, half the index work).
+    """
+    per_row_table = table.shape[0] != 1
+    k = 1 << bits
+    row_len = numel // rows
+    lut = table.to(dtype)
+    pair = (bits < 8 and row_len % 2 == 0 and (2 * k * k <= row_len if per_row_table else 2 * k * k <= numel)
+            and _pair_dtype(dtype) is not None)
+    if pair:
+        r = lut.shape[0]
+        # entry c0 + c1·K of row r = (lut[r, c0], lut[r, c1]), stored as one wider element
+        lo = lut[:, None, :].expand(r, k, k)
+        hi = lut[:, :, None].expand(r, k, k)
+        table2 = torch.stack([lo, hi], dim=-1).reshape(r * k * k, 2).view(_pair_dtype(dtype)).reshape(-1)
+        idx = _index(unpack_fields(packed, 2 * bits, numel // 2), rows if per_row_table else 0, k * k)
+        out = table2.index_select(0, idx)
+        return out.view(dtype).reshape(-1)
+    idx = _index(unpack_fields(packed, bits, numel), rows if per_row_table else 0, k)
+    return lut.reshape(-1).index_select(0, idx)
+
+
+def _index(fields: torch.Tensor, rows: int, stride: int) -> torch.Tensor:
+    """int64 table indices: `fields` plus `row · stride` per row (rows > 0), in one pass."""
+    if not rows:
+        return fields.to(torch.int64)
+    offsets = torch.arange(0, rows * stride, stride, dtype=torch.int64, device=fields.device)[:, None]
+    return torch.add(fields.view(rows, -1), offsets).reshape(-1)
+
+
+def _pair_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    size = torch.empty(0, dtype=dtype).element_size()
+    return {2: torch.int32, 4: torch.int64}.get(size)
