@@ -5,6 +5,10 @@ set, score FID and the content score (digits: classifier accuracy; real models: 
 compare with the FP model on the same seeds (paired, so seed noise largely cancels):
 
     ΔFID = FID(layer@option) − FID(FP)        Δcontent = content(FP) − content(layer@option)
+
+(`analysis.metric` other than fid: ΔFID is that paired score of `sampling.paired` itself — e.g. the
+Fréchet distance to the FP features of the same seeds — which is 0 for the FP model and cancels
+the seed noise that FID against real images keeps; the `fid` column then holds it.)
     score = 0.6·minmax(ΔFID) + 0.4·minmax(Δcontent)          (min-max over all measured pairs)
 
 A generation with NaN/inf images scores 1 (worst). A layer's sensitivity is its worst option's
@@ -105,12 +109,20 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     key = settings_key({"model": bank.model, "bank": bank.fingerprint, "images": params.images,
                         "seed": params.image_seed, "steps": params.steps, "scorer": type(scorer).__name__,
+                        "metric": params.metric, "evaluator": ev.identity(),
                         "bank_contents": bank_digest(bank), "code": code_digest([__name__])})
+
+    ev.generate_kw.update(gen_kw)
+    paired = params.metric != "fid"
 
     def measure(config=None) -> tuple[float, float, str, float]:
         t0 = time.perf_counter()
-        sc = scorer.score(ev.generate(config, params.images, params.image_seed, **gen_kw))
-        return float(sc.fid), float(sc.content), "ok" if sc.ok else "failed", time.perf_counter() - t0
+        if paired and config is None:  # the FP model against itself: 0 by definition
+            fp = ev.fp_images(params.images, params.image_seed)
+            return 0.0, fp.content, "ok", time.perf_counter() - t0
+        row = ev.score(config, params.images, params.image_seed, paired=paired)
+        return (float(row[params.metric if paired else "fid"]) if row["status"] == "ok" else math.nan,
+                float(row["content"]), row["status"], time.perf_counter() - t0)
 
     with Progress(out_dir / "layerwise.progress.jsonl", key) as prog:
         if not prog.done("", "fp16"):
@@ -136,6 +148,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
     df.to_parquet(out_dir / "layerwise.parquet", index=False)
     meta = {"model": bank.model, "method": "one layer quantized at a time (seed 000)",
             "images": params.images, "image_seed": params.image_seed, "steps": params.steps,
+            "metric": params.metric,
             "weights": {"fid": params.fid_weight, "content": round(1 - params.fid_weight, 6)},
             "fp": {"fid": fp["fid"], "content": fp["content"]},
             "pairs": len(df), "failed": int((df["status"] != "ok").sum()),

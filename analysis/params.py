@@ -19,6 +19,8 @@ class AnalysisParams:
     image_seed: int = 5  # seed set of the measurement images (disjoint from evaluate.image_seed)
     steps: int | None = None  # sampler steps (None: the model's default)
     fid_weight: float = 0.6  # score = 0.6·norm(ΔFID) + 0.4·norm(Δcontent)
+    metric: str = "fid"  # the quality measure: fid (vs real, minus the FP model's) or a paired score
+    # of sampling.paired against the FP images of the same seeds (fd_fp, feat_dist, ...: FP = 0)
     # mixdq (seed 001) + calibration (seed 003)
     calib_samples: int = 64  # denoiser inputs drawn from the FP sampling trajectory
     calib_trajectories: int = 32  # FP images whose trajectories are recorded
@@ -35,6 +37,11 @@ class AnalysisParams:
             raise QsensError(f"analysis.calib_timesteps must be uniform or normal, got {self.calib_timesteps!r}")
         if not 0 <= self.fid_weight <= 1:
             raise QsensError(f"analysis.fid_weight must be in [0, 1], got {self.fid_weight}")
+        from sampling.paired import LABEL_METRICS
+
+        if self.metric not in LABEL_METRICS or self.metric == "content_drop":
+            raise QsensError(f"analysis.metric must be one of {[m for m in LABEL_METRICS if m != 'content_drop']}, "
+                             f"got {self.metric!r}")
         if self.images < 2 or self.ssim_images < 1 or self.calib_samples < 1:
             raise QsensError("analysis.images must be >= 2, ssim_images and calib_samples >= 1")
 
