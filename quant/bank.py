@@ -17,6 +17,7 @@ follower's entries repeat the leader's. A config must give a group one option.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,21 +184,19 @@ class Bank:
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> Path:
+        """Write the bank to `directory`, replacing any bank there as a whole: shards and
+        bank.json are written into a temporary directory beside it, then swapped in
+        (quant.atomicdir), so a crash leaves the old bank or the new one, never new shards under
+        an old bank.json. Files in `directory` that are not the bank's are carried over."""
+        from quant.atomicdir import recover, write_dir
+
         directory = Path(directory)
         if not self._tensors:
             raise BankFormatError("only a freshly built bank can be saved; copy the bank directory instead")
-        directory.mkdir(parents=True, exist_ok=True)
         shards: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in self._tensors.items():
             layer, option, _kind = key.rsplit("/", 2)  # "{layer}/{option}/codes|params"
             shards.setdefault(self.entries[layer][option].shard, {})[key] = tensor.contiguous()
-        for old in directory.glob("bank-*.safetensors"):
-            if old.name not in shards:
-                old.unlink()
-        for shard, tensors in shards.items():
-            # One metadata key: safetensors writes the metadata map in hash order, so two keys could
-            # swap places between builds and break byte-identical banks (the model is in bank.json).
-            save_file(tensors, str(directory / shard), metadata={"format": f"qsens-bank/{FORMAT_VERSION}"})
         meta = {
             "format_version": FORMAT_VERSION,
             "model": self.model,
@@ -209,13 +208,31 @@ class Bank:
         }
         if self.tied:  # absent for untied models: their bank.json stays byte-identical to before
             meta["tied"] = [list(g) for g in self.tied]
-        write_json(directory / META_FILE, meta, indent=1)
+        recover(directory)
+        foreign = ([p for p in directory.iterdir() if not (p.name == META_FILE or
+                    (p.name.startswith("bank-") and p.name.endswith(".safetensors")))]
+                   if directory.is_dir() else [])
+
+        def fill(tmp: Path) -> None:
+            for p in foreign:  # not the bank's: kept as they were
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+            for shard, tensors in shards.items():
+                # One metadata key: safetensors writes the metadata map in hash order, so two keys could
+                # swap places between builds and break byte-identical banks (the model is in bank.json).
+                save_file(tensors, str(tmp / shard), metadata={"format": f"qsens-bank/{FORMAT_VERSION}"})
+            write_json(tmp / META_FILE, meta, indent=1)
+
+        write_dir(directory, fill)
         self.path = directory
+        self._handles.clear()
         return directory
 
     @staticmethod
     def load(directory: str | Path) -> "Bank":
+        from quant.atomicdir import recover
+
         directory = Path(directory)
+        recover(directory)  # a save killed between its two renames (file systems without renameat2)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise BankFormatError(f"{directory}: not a bank (no {META_FILE}); build one with `qsens bank build`")

@@ -152,14 +152,13 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarray]]) -> None:
-    """Write `files` into a temp dir beside `out`, then rename it to `out` (replacing an old one)."""
+    """Write `files` into a temp dir beside `out`, then swap it in for `out` so that a crash at
+    any point leaves the old or the new reference (quant.atomicdir); leftovers are removed."""
     from safetensors.numpy import save_file
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    from quant.atomicdir import write_dir
+
+    def fill(tmp: Path) -> None:
         for name, content in files.items():
             if isinstance(content, tuple):
                 mu, sigma = content
@@ -167,15 +166,8 @@ def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarr
                            "sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, str(tmp / name))
             else:
                 (tmp / name).write_bytes(content)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir(out, fill)
 
 
 def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: int,
@@ -277,7 +269,10 @@ def load_reference(directory: str | Path) -> Reference:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from quant.atomicdir import recover
+
     d = Path(directory)
+    recover(d)  # a rebuild killed between its two renames (file systems without renameat2)
     info, prompts, images = read_reference_info(d)
     if not (d / STATS_FILE).is_file():
         raise QsensError(f"reference {d}: {STATS_FILE} is missing")

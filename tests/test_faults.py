@@ -346,3 +346,113 @@ def test_lossy_columns_are_refused_by_name(tmp_path, column, values, why):
     pq.write_table(table.drop_columns([column]), tmp_path / "missing.parquet")
     with pytest.raises(CacheError, match=rf"missing column\(s\) {column}"):
         read_cache(tmp_path / "missing.parquet")
+
+
+# ---------------------------------------------------------------- #28.3 whole-directory writes are atomic
+class _Fault(Exception):
+    pass
+
+
+def _faulty(real, k: int, sticky: bool):
+    """`real`, raising _Fault at its k-th call (and every later one when sticky: a dead process)."""
+    calls = {"n": 0}
+
+    def f(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == k or (sticky and calls["n"] > k):
+            raise _Fault(f"injected at call {calls['n']}")
+        return real(*a, **kw)
+    f.calls = calls
+    return f
+
+
+def _ref_files(value: float) -> dict:
+    import numpy as np
+
+    from denoisers.base import REFERENCE_FORMAT, REFERENCE_JSON
+    from sampling.scoring import STATS_FILE
+
+    info = {"format": REFERENCE_FORMAT, "kind": "inception", "resolution": 8, "n_images": 2,
+            "feature_network": {"name": "t", "file": "t.pt", "file_abs": "/t.pt", "sha256": "ab", "dim": 4},
+            "mode": "clean", "clip_model": None, "prompts_file": None, "images_file": "images.txt"}
+    return {STATS_FILE: (np.full(4, value), np.eye(4)), "images.txt": b"a.png\nb.png\n",
+            REFERENCE_JSON: (json.dumps(info) + "\n").encode()}
+
+
+def _reference_value(out: Path) -> float:
+    from sampling.reference import load_reference
+
+    return float(load_reference(out).mu[0])
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("sticky", [False, True], ids=["error", "killed"])
+def test_reference_rebuild_leaves_old_or_new_at_every_fault(tmp_path, monkeypatch, exchange, sticky):
+    import quant.atomicdir as ad
+    from sampling.reference import _write_atomic
+
+    out = tmp_path / "ref"
+    _write_atomic(out, _ref_files(1.0))
+    if not exchange:
+        monkeypatch.setattr(ad, "_exchange", lambda a, b: False)
+    real_rename, real_write, real_exchange = os.rename, Path.write_bytes, ad._exchange
+    points = [("rename", k) for k in (1, 2, 3)] + [("write", k) for k in (1, 2)] + \
+             ([("exchange", 1)] if exchange else [])
+    for what, k in points:
+        if what == "rename":
+            monkeypatch.setattr(os, "rename", _faulty(real_rename, k, sticky))
+        elif what == "write":
+            monkeypatch.setattr(Path, "write_bytes", _faulty(real_write, k, sticky))
+        else:
+            monkeypatch.setattr(ad, "_exchange", _faulty(real_exchange, k, sticky))
+        try:
+            _write_atomic(out, _ref_files(2.0))
+            done = True
+        except _Fault:
+            done = False
+        monkeypatch.setattr(os, "rename", real_rename)
+        monkeypatch.setattr(Path, "write_bytes", real_write)
+        monkeypatch.setattr(ad, "_exchange", real_exchange if exchange else (lambda a, b: False))
+        assert _reference_value(out) == (2.0 if done else 1.0) or (not done and _reference_value(out) == 2.0), \
+            (what, k)
+        _write_atomic(out, _ref_files(1.0))  # a successful re-run: the old value again, no leftovers
+        assert _reference_value(out) == 1.0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"], (what, k)
+
+
+@pytest.mark.parametrize("sticky", [False, True], ids=["error", "killed"])
+def test_bank_save_leaves_old_or_new_at_every_fault(tmp_path, monkeypatch, sticky):
+    import quant.atomicdir as ad
+    import quant.bank as bank_mod
+    from quant.bank import Bank, build_bank
+
+    model = _tiny_model()
+    old = build_bank(model, ["uaq3"], progress=False)
+    old.save(tmp_path / "b")
+    (tmp_path / "b" / "notes.txt").write_text("mine")  # not the bank's: carried over
+    with torch.no_grad():
+        model[1].weight.mul_(2)
+    new = build_bank(model, ["uaq3"], progress=False)
+    monkeypatch.setattr(ad, "_exchange", lambda a, b: False)  # the two-rename path (the harder one)
+    real_rename, real_save = os.rename, bank_mod.save_file
+    for what, k in [("rename", 1), ("rename", 2), ("rename", 3), ("save", 1)]:
+        if what == "rename":
+            monkeypatch.setattr(os, "rename", _faulty(real_rename, k, sticky))
+        else:
+            monkeypatch.setattr(bank_mod, "save_file", _faulty(real_save, k, sticky))
+        try:
+            new.save(tmp_path / "b")
+            done = True
+        except _Fault:
+            done = False
+        monkeypatch.setattr(os, "rename", real_rename)
+        monkeypatch.setattr(bank_mod, "save_file", real_save)
+        loaded = Bank.load(tmp_path / "b")
+        assert loaded.fingerprint in (old.fingerprint, new.fingerprint), (what, k)
+        if done:
+            assert loaded.fingerprint == new.fingerprint
+        want = new if loaded.fingerprint == new.fingerprint else old
+        assert torch.equal(loaded.dequantize("1", "uaq3"), want.dequantize("1", "uaq3"))  # shards match bank.json
+        assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+        old.save(tmp_path / "b")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], (what, k)
