@@ -273,6 +273,7 @@ def load_reference(directory: str | Path) -> Reference:
 
     d = Path(directory)
     recover(d)  # a rebuild killed between its two renames (file systems without renameat2)
+    validate_reference_json(d)
     info, prompts, images = read_reference_info(d)
     if not (d / STATS_FILE).is_file():
         raise QsensError(f"reference {d}: {STATS_FILE} is missing")
@@ -285,7 +286,68 @@ def load_reference(directory: str | Path) -> Reference:
     if mu.ndim != 1 or sigma.shape != (dim, dim):
         raise QsensError(f"reference {d / STATS_FILE}: mu {mu.shape} and sigma {sigma.shape} "
                          "are not (d,) and (d, d)")
+    check_stats(mu, sigma, info, where=f"reference {d / STATS_FILE}")
     return Reference(d, mu, sigma, info, prompts, images)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_reference_json(d: Path) -> None:
+    """QsensError (one line) for a reference.json whose fields have the wrong type or whose
+    files lie outside the reference dir; read_reference_info checks format, kind and presence."""
+    meta = d / REFERENCE_JSON
+    if not meta.is_file():
+        return  # read_reference_info says what is missing
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return  # read_reference_info names the JSON error
+    if not isinstance(info, dict):
+        return
+    where = f"reference {meta}"
+    for key, low in (("n_images", 2), ("resolution", 1)):
+        if key in info and not (_is_int(info[key]) and info[key] >= low):
+            raise QsensError(f"{where}: {key} {info[key]!r} is not an integer >= {low}")
+    net = info.get("feature_network")
+    if "feature_network" in info:
+        if not isinstance(net, dict):
+            raise QsensError(f"{where}: feature_network {net!r} is not an object "
+                             "{name, file, sha256, dim}")
+        for key in ("name", "file", "file_abs", "sha256"):
+            if net.get(key) is not None and not isinstance(net[key], str):
+                raise QsensError(f"{where}: feature_network.{key} {net[key]!r} is not text")
+        if "dim" in net and not (_is_int(net["dim"]) and net["dim"] >= 1):
+            raise QsensError(f"{where}: feature_network.dim {net['dim']!r} is not a positive integer")
+    for key in ("prompts_file", "images_file", "cond_file"):
+        name = info.get(key)
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name:
+            raise QsensError(f"{where}: {key} {name!r} is not a file name")
+        target = (d / name).resolve()
+        if Path(name).is_absolute() or not target.is_relative_to(d.resolve()):
+            raise QsensError(f"{where}: {key} {name!r} lies outside the reference dir; a reference "
+                             "reads only its own files")
+
+
+def check_stats(mu: np.ndarray, sigma: np.ndarray, info: dict[str, Any], where: str) -> None:
+    """QsensError (one line) for FID statistics that cannot be right: another dimension than the
+    feature network's, NaN/inf, or a covariance that is not symmetric."""
+    dim = (info.get("feature_network") or {}).get("dim")
+    if _is_int(dim) and mu.shape[0] != dim:
+        raise QsensError(f"{where}: statistics of {mu.shape[0]}-d features, the feature network "
+                         f"gives {dim}-d: the file belongs to another reference")
+    for name, a in (("mu", mu), ("sigma", sigma)):
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            raise QsensError(f"{where}: {name} holds {bad} non-finite (NaN/inf) values; rebuild the reference")
+    asym = float(np.abs(sigma - sigma.T).max()) if sigma.size else 0.0
+    scale = float(np.abs(sigma).max()) if sigma.size else 0.0
+    if asym > 1e-9 * max(scale, 1e-300):
+        raise QsensError(f"{where}: sigma is not symmetric (max |sigma - sigma.T| = {asym:.3g}); "
+                         "not a covariance: rebuild the reference")
 
 
 def recorded_inception_path(ref: Reference) -> str:

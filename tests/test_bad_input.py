@@ -100,6 +100,43 @@ def _lossy_cache(tmp: Path) -> None:
     pq.write_table(t, tmp / "lossy.parquet")
 
 
+def _reference(**changes):
+    """A small valid reference dir at tmp/ref, then `changes` (info keys; `mu`/`sigma` arrays)."""
+    def setup(tmp: Path) -> None:
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        d = tmp / "ref"
+        d.mkdir()
+        info = {"format": 1, "kind": "inception", "resolution": 8, "n_images": 2,
+                "feature_network": {"name": "t", "file": "t.pt", "file_abs": "/t.pt", "sha256": "ab", "dim": 4},
+                "mode": "clean", "clip_model": None, "prompts_file": None, "images_file": "images.txt"}
+        mu, sigma = changes.pop("mu", np.zeros(4)), changes.pop("sigma", np.eye(4))
+        info.update(changes)
+        (d / "reference.json").write_text(json.dumps(info))
+        (d / "images.txt").write_text("a.png\nb.png\n")
+        (tmp / "secret.txt").write_text("x\ny\n")
+        save_file({"mu": np.asarray(mu, dtype=np.float64), "sigma": np.asarray(sigma, dtype=np.float64)},
+                  str(d / "stats.safetensors"))
+    return setup
+
+
+def _nan_sigma():
+    import numpy as np
+
+    s = np.eye(4)
+    s[1, 2] = np.nan
+    return s
+
+
+def _asym_sigma():
+    import numpy as np
+
+    s = np.eye(4)
+    s[0, 1] = 0.5
+    return s
+
+
 def _vae_dir(tmp: Path) -> None:
     from diffusers import AutoencoderKL
 
@@ -203,6 +240,23 @@ ROWS = [
     ("bank show NaN errors", ["bank", "show", "{tmp}/badbank"],
      lambda tmp: (_bank_copy(tmp), _nan_mse(tmp / "badbank"))),
     ("cache lossy column", ["cache", "show", "{tmp}/lossy.parquet"], lambda tmp: _lossy_cache(tmp)),
+    ("reference n_images text", ["reference", "show", "{tmp}/ref"], _reference(n_images="2")),
+    ("reference resolution list", ["reference", "show", "{tmp}/ref"], _reference(resolution=[8, 8])),
+    ("reference n_images float", ["reference", "show", "{tmp}/ref"], _reference(n_images=2.5)),
+    ("reference feature_network text", ["reference", "show", "{tmp}/ref"], _reference(feature_network="incv3")),
+    ("reference prompts_file number", ["reference", "show", "{tmp}/ref"], _reference(prompts_file=7)),
+    ("reference prompts_file outside", ["reference", "show", "{tmp}/ref"], _reference(prompts_file="../secret.txt")),
+    ("reference prompts_file absolute", ["reference", "show", "{tmp}/ref"],
+     lambda tmp: _reference(prompts_file=str(tmp / "secret.txt"))(tmp)),
+    ("reference stats wrong dim", ["reference", "show", "{tmp}/ref"],
+     lambda tmp: _reference(mu=[0.0] * 3, sigma=[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])(tmp)),
+    ("reference stats NaN", ["reference", "show", "{tmp}/ref"], lambda tmp: _reference(sigma=_nan_sigma())(tmp)),
+    ("reference sigma asymmetric", ["reference", "show", "{tmp}/ref"],
+     lambda tmp: _reference(sigma=_asym_sigma())(tmp)),
+    ("reference build device bogus", ["reference", "build", "--images", "{tmp}", "--resolution", "8",
+                                      "--inception", "{tmp}/x.pt", "--out", "{tmp}/r", "--device", "bogus"], None),
+    ("reference build device cuda:99", ["reference", "build", "--images", "{tmp}", "--resolution", "8",
+                                        "--inception", "{tmp}/x.pt", "--out", "{tmp}/r", "--device", "cuda:99"], None),
     ("quant-analyzer images 1", ["analyze", "quant-analyzer", *M, "--images", "1"], None),
 ]
 

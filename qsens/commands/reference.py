@@ -54,9 +54,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
 
+def check_device(device: str) -> str:
+    """One line (QsensError) for a --device that torch does not know or that is not here."""
+    import torch
+
+    from quant.errors import QsensError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise QsensError(f"--device {device!r}: not a device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise QsensError(f"--device {device}: no CUDA device is visible here "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise QsensError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise QsensError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise QsensError(f"--device {device}: qsens runs on cpu, cuda or mps, not {dev.type}")
+    return device
+
+
 def run_build(args: argparse.Namespace) -> int:
     from sampling.reference import build_reference
 
+    check_device(args.device)  # before any image is read
     t0 = time.perf_counter()
     ref = build_reference(args.images, args.out, resolution=args.resolution,
                           num_images=args.num_images, inception_path=args.inception,
