@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -108,10 +109,23 @@ class PackedLayer:
             table = (levels[None, :] - p[:, 1:2]) * p[:, 0:1]
         else:  # kmc: (C_out, 2^b) codebooks; kma: (1, 2^b)
             table = p
-        w = decode_packed(src.codes, bits, numel, table, self.weight_shape[0], dtype).reshape(self.weight_shape)
+        ws = _workspace(numel, dtype, p.device) if self.__dict__.get("_in_forward") else None
+        w = decode_packed(src.codes, bits, numel, table, self.weight_shape[0], dtype, ws).reshape(self.weight_shape)
         if "_held" in self.__dict__:
             self.__dict__["_held"] = w
         return w
+
+    def forward(self, *args, **kwargs):
+        """The layer's own forward; without autograd on CPU the weight is decoded into a reused
+        per-thread workspace (no fresh allocation, so no page faults per forward) that the
+        forward consumes and releases; with autograd recording, into a fresh tensor."""
+        if torch.is_grad_enabled() or self._wdtype.device.type != "cpu" or "_held" in self.__dict__:
+            return super().forward(*args, **kwargs)
+        self.__dict__["_in_forward"] = True
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self.__dict__.pop("_in_forward", None)
 
     def extra_repr(self) -> str:
         tie = self.__dict__.get("_tied_to")
@@ -119,6 +133,22 @@ class PackedLayer:
 
 
 _CLASSES: dict[type, type] = {}
+_WS = threading.local()
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (numel,) view of this thread's decode workspace for `dtype` (grown to the largest layer:
+    one layer's float weight, transient in every forward anyway)."""
+    bufs = _WS.__dict__.setdefault("bufs", {})
+    buf = bufs.get((dtype, device))
+    if buf is None or buf.numel() < numel:
+        buf = bufs[(dtype, device)] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free this thread's decode workspace (it is rebuilt on the next packed forward)."""
+    _WS.__dict__.pop("bufs", None)
 
 
 def packed_class(cls: type[nn.Module]) -> type[nn.Module]:

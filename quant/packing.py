@@ -10,7 +10,14 @@ path for every size (there is no size threshold).
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
 from math import gcd
+from pathlib import Path
 
 import torch
 
@@ -90,7 +97,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 
 def decode_packed(packed: torch.Tensor, bits: int, numel: int, table: torch.Tensor, rows: int,
-                  dtype: torch.dtype) -> torch.Tensor:
+                  dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """Weights from packed codes and a lookup table, in one gather: (numel,) of `dtype`, the
     codes in row-major order of the weight as (rows, numel // rows).
 
@@ -100,7 +107,19 @@ def decode_packed(packed: torch.Tensor, bits: int, numel: int, table: torch.Tens
         float32 decode cast to `dtype` bit for bit.
     When the table is small next to a row, two neighbouring codes are decoded at once: a
     2·bits-bit field indexes a table of code pairs (half the gathers, half the index work).
+    On CPU the whole decode is one pass of a small C loop (`quant/_decode.c`, built on first use
+    with the system C compiler, loaded with ctypes) when it can be built; the torch ops below
+    are the fallback and the path on other devices (same bits either way).
+
+    out: a contiguous (numel,) tensor of `dtype` on `packed`'s device to write into (a reused
+    workspace spares the page faults of a fresh allocation), or None.
     """
+    if out is not None and (out.dtype != dtype or out.numel() != numel or not out.is_contiguous()
+                            or out.device != packed.device):
+        raise ValueError(f"out must be a contiguous ({numel},) {dtype} tensor on {packed.device}")
+    done = _decode_native(packed, bits, numel, table, rows, dtype, out)
+    if done is not None:
+        return done
     per_row_table = table.shape[0] != 1
     k = 1 << bits
     row_len = numel // rows
@@ -114,9 +133,13 @@ def decode_packed(packed: torch.Tensor, bits: int, numel: int, table: torch.Tens
         hi = lut[:, :, None].expand(r, k, k)
         table2 = torch.stack([lo, hi], dim=-1).reshape(r * k * k, 2).view(_pair_dtype(dtype)).reshape(-1)
         idx = _index(unpack_fields(packed, 2 * bits, numel // 2), rows if per_row_table else 0, k * k)
-        out = table2.index_select(0, idx)
-        return out.view(dtype).reshape(-1)
+        if out is not None:
+            torch.index_select(table2, 0, idx, out=out.view(table2.dtype))
+            return out
+        return table2.index_select(0, idx).view(dtype).reshape(-1)
     idx = _index(unpack_fields(packed, bits, numel), rows if per_row_table else 0, k)
+    if out is not None:
+        return torch.index_select(lut.reshape(-1), 0, idx, out=out)
     return lut.reshape(-1).index_select(0, idx)
 
 
@@ -131,3 +154,67 @@ def _index(fields: torch.Tensor, rows: int, stride: int) -> torch.Tensor:
 def _pair_dtype(dtype: torch.dtype) -> torch.dtype | None:
     size = torch.empty(0, dtype=dtype).element_size()
     return {2: torch.int32, 4: torch.int64}.get(size)
+
+
+# ------------------------------------------------------------------------------- native CPU decode
+_SRC = Path(__file__).with_name("_decode.c")
+_LIB: list = []  # [ctypes lib or None] once tried
+
+
+def native_decode_available() -> bool:
+    """Whether the C decode loop is built and loaded (QSENS_NATIVE_DECODE=0 switches it off)."""
+    return _native() is not None
+
+
+def _native():
+    if os.environ.get("QSENS_NATIVE_DECODE", "1") == "0":
+        return None
+    if _LIB:
+        return _LIB[0]
+    lib = None
+    try:
+        src = _SRC.read_bytes()
+        key = hashlib.sha256(src + platform.machine().encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("QSENS_CACHE_DIR") or Path.home() / ".cache" / "qsens")
+        so = cache / f"decode-{key}.so"
+        if not so.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            cc = os.environ.get("CC", "cc")
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+            os.close(fd)
+            subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(_SRC)], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(tmp, so)  # atomic: concurrent builders each install a whole file
+        lib = ctypes.CDLL(str(so))
+        for name in ("qsens_decode_uint16_t", "qsens_decode_uint32_t"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    except Exception:  # no compiler, read-only home, foreign platform: the torch path serves
+        lib = None
+    _LIB.append(lib)
+    return lib
+
+
+def _decode_native(packed: torch.Tensor, bits: int, numel: int, table: torch.Tensor, rows: int,
+                   dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor | None:
+    if packed.device.type != "cpu" or not 1 <= bits <= 8 or numel % rows:
+        return None
+    size = torch.empty(0, dtype=dtype).element_size()
+    if size not in (2, 4) or packed.numel() < -(-numel * bits // 8):
+        return None
+    lib = _native()
+    if lib is None:
+        return None
+    k = 1 << bits
+    lut = table.to(dtype).contiguous()
+    if lut.shape[-1] != k or lut.shape[0] not in (1, rows):
+        return None
+    packed = packed.contiguous()
+    out = torch.empty(numel, dtype=dtype) if out is None else out
+    per_row = lut.shape[0] != 1 or rows == 1
+    fn = lib.qsens_decode_uint16_t if size == 2 else lib.qsens_decode_uint32_t
+    rc = fn(packed.data_ptr(), packed.numel(), bits, numel, lut.data_ptr(), numel // rows if per_row else numel,
+            k if per_row else 0, out.data_ptr())
+    return out if rc == 0 else None

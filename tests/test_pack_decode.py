@@ -13,7 +13,8 @@ from torch import nn
 
 from quant import QuantConfig, build_bank, pack, quantized
 from quant.pack import packed_module
-from quant.packing import decode_packed, pack_codes, unpack_codes, unpack_fields
+import quant.packing as packing
+from quant.packing import decode_packed, native_decode_available, pack_codes, unpack_codes, unpack_fields
 
 OLD_SMALL = 1 << 18  # the old implementation switched paths above this many codes
 
@@ -111,6 +112,14 @@ def _params(method: str, bits: int, rows: int, gen: torch.Generator) -> torch.Te
     return torch.randn(rows if method == "kmc" else 1, k, generator=gen).half()
 
 
+def _table(layer) -> torch.Tensor:
+    method, bits, _ = layer._format
+    p = layer.params.float()
+    if method == "uaq":
+        return (torch.arange(1 << bits, dtype=torch.float32)[None, :] - p[:, 1:2]) * p[:, 0:1]
+    return p
+
+
 def _layer(shape: tuple[int, ...]) -> nn.Module:
     if len(shape) == 2:
         return nn.Linear(shape[1], shape[0])
@@ -123,9 +132,27 @@ def _layer(shape: tuple[int, ...]) -> nn.Module:
 SHAPES = [(17, 5), (8, 3, 3), (24, 7, 3, 3), (40, 64, 3, 3), (64, 520), (40, 2600, 3, 3)]
 
 
+@pytest.fixture(params=["native", "torch"])
+def decode_path(request, monkeypatch):
+    """Both CPU decoders: the C loop (quant/_decode.c) and the torch ops it falls back to."""
+    if request.param == "torch":
+        monkeypatch.setattr(packing, "_LIB", [None])
+    elif not native_decode_available():
+        pytest.skip("no C compiler: the native decoder is not built here")
+    return request.param
+
+
+def test_native_decoder_builds_where_a_compiler_exists() -> None:
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("no cc")
+    assert native_decode_available()
+
+
 @pytest.mark.parametrize("method", ["uaq", "kmc", "kma"])
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_fast_dequantize_is_bit_identical_to_the_previous_one(method: str, bits: int) -> None:
+def test_fast_dequantize_is_bit_identical_to_the_previous_one(method: str, bits: int, decode_path: str) -> None:
     gen = torch.Generator().manual_seed(bits * 7 + len(method))
     for shape in SHAPES:
         n = int(torch.Size(shape).numel())
@@ -138,9 +165,14 @@ def test_fast_dequantize_is_bit_identical_to_the_previous_one(method: str, bits:
             assert got.dtype == want.dtype == dtype and got.shape == want.shape
             ints = torch.int32 if dtype == torch.float32 else torch.int16
             assert torch.equal(got.view(ints), want.view(ints)), (method, bits, shape, dtype)
+            # into a reused workspace (what a no-grad CPU forward does)
+            ws = torch.full((n,), float("nan"), dtype=dtype)
+            got_ws = decode_packed(layer.codes, bits, n, _table(layer), shape[0], dtype, out=ws)
+            assert got_ws.data_ptr() == ws.data_ptr()
+            assert torch.equal(got_ws.view(ints), want.reshape(-1).view(ints)), (method, bits, shape, dtype)
 
 
-def test_decode_packed_pairs_and_singles_agree() -> None:
+def test_decode_packed_pairs_and_singles_agree(decode_path: str) -> None:
     gen = torch.Generator().manual_seed(5)
     rows, row_len, bits = 12, 2 * 2 * 16 * 16, 4  # long enough rows for pair decoding at 4 bits
     codes = torch.randint(0, 16, (rows * row_len,), dtype=torch.uint8, generator=gen)
@@ -164,7 +196,7 @@ class Big(nn.Module):
 
 
 @pytest.mark.parametrize("option", ["uaq3", "uaq5", "uaq6", "uaq7", "kmc3", "kma5"])
-def test_packed_equals_fake_quant_above_the_old_threshold(option: str) -> None:
+def test_packed_equals_fake_quant_above_the_old_threshold(option: str, decode_path: str) -> None:
     torch.manual_seed(0)
     model = Big().eval()
     assert model.a.weight.numel() > OLD_SMALL
@@ -176,6 +208,25 @@ def test_packed_equals_fake_quant_above_the_old_threshold(option: str) -> None:
         w_fake = model.a.weight.detach().clone()
     packed = pack(model, config, bank)
     with torch.no_grad():
-        got = packed(x)
+        got = packed(x)  # no autograd: decoded into the reused workspace
+        again = packed(x)
     assert torch.equal(packed.a.weight, w_fake)
-    assert torch.equal(got, want)
+    assert torch.equal(got, want) and torch.equal(again, want)
+    assert torch.equal(packed(x).detach(), want)  # autograd on: a fresh weight tensor
+
+
+def test_hold_dequantized_decodes_once_and_lets_go() -> None:
+    from quant.pack import hold_dequantized
+
+    torch.manual_seed(0)
+    model = Big().eval()
+    bank = build_bank(model, ["kmc3"], model_name="big", progress=False)
+    packed = pack(model, QuantConfig.uniform("big", bank.layer_names, "kmc3"), bank)
+    x = torch.randn(2, 520)
+    with torch.no_grad():
+        want = packed(x)
+        with hold_dequantized(packed):
+            w1 = packed.a.weight
+            assert packed.a.weight is w1  # kept, not decoded again
+            assert torch.equal(packed(x), want)
+        assert packed.a.weight is not w1 and "_held" not in packed.a.__dict__
