@@ -120,12 +120,14 @@ def collect_calibration(denoiser, n_samples: int, *, trajectories: int = 32, see
     def hook(_module, args, kwargs):
         calls.append((_clone(args), _clone(kwargs)))
 
+    from sampling.evaluator import Evaluator
+
     handle = denoiser.model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         kw: dict[str, Any] = {"batch_size": trajectories}
         if steps is not None:
             kw["steps"] = steps
-        denoiser.generate(trajectories, seed, **kw)
+        Evaluator(denoiser).generate(None, trajectories, seed, **kw)  # counted like every generation
     finally:
         handle.remove()
     if not calls:
