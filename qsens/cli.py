@@ -13,6 +13,7 @@ code 3, and the traceback only with QSENS_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -55,10 +56,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Write failures of the machine, not of the input: named as such, with the path where known.
+_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EFBIG: "the file size limit is reached"}
+_STORAGE_TEXT = {"no space left on device": errno.ENOSPC, "storagefull": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                 "disk quota exceeded": errno.EDQUOT, "os error 122": errno.EDQUOT,
+                 "read-only file system": errno.EROFS, "readonlyfilesystem": errno.EROFS, "os error 30": errno.EROFS,
+                 "file too large": errno.EFBIG, "os error 27": errno.EFBIG}
+
+
+def _storage_error(exc: BaseException) -> str | None:
+    """A one-line message when `exc` (or what caused it) is a full disk, an exceeded quota, a
+    read-only file system or a file size limit, whatever library raised it (OSError, safetensors'
+    SafetensorError, torch's writer RuntimeError, Arrow's IO errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+        text = str(exc).lower()
+        if code not in _STORAGE_ERRNOS:
+            code = next((c for t, c in _STORAGE_TEXT.items() if t in text.replace(" ", "") or t in text), None)
+        if code is not None:
+            where = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+            what = f"cannot write {where}" if where else "a write failed"
+            return (f"{what}: {os.strerror(code)} ({errno.errorcode[code]}): {_STORAGE_ERRNOS[code]}; "
+                    "free space or write to another place (--out / --data-dir)")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _expected_error(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or None for a bug."""
-    if isinstance(exc, QsensError):
+    if isinstance(exc, QsensError):  # already names its path (atomic writers say what is unchanged)
         return str(exc)
+    storage = _storage_error(exc)
+    if storage is not None:
+        return storage
     if isinstance(exc, UnicodeDecodeError):
         return f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start})"
     if isinstance(exc, json.JSONDecodeError):

@@ -104,7 +104,18 @@ def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        fill(tmp)
+        try:
+            fill(tmp)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = str(out)
+            raise
+        except Exception as exc:  # e.g. safetensors' SafetensorError: no path in it
+            text = str(exc)
+            for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+                if os.strerror(code).lower() in text.lower() or f"os error {code})" in text:
+                    raise OSError(code, os.strerror(code), str(out)) from exc
+            raise
         _fsync_dir(tmp)
         if not out.exists():
             os.rename(tmp, out)

@@ -456,3 +456,63 @@ def test_bank_save_leaves_old_or_new_at_every_fault(tmp_path, monkeypatch, stick
         assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
         old.save(tmp_path / "b")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], (what, k)
+
+
+# ---------------------------------------------------------------- #28.5 a full disk is not a damaged input
+class SafetensorError(Exception):  # what safetensors raises (by name) when a write fails
+    pass
+
+
+@pytest.mark.parametrize("exc,where,code", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/bank/x.safetensors"), "/data/bank/x.safetensors", "ENOSPC"),
+    (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/home/u/c.parquet"), "/home/u/c.parquet", "EDQUOT"),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/out"), "/ro/out", "EROFS"),
+    (OSError(errno.EFBIG, os.strerror(errno.EFBIG), "/big"), "/big", "EFBIG"),
+    (SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                     '"No space left on device" })'), None, "ENOSPC"),
+    (OSError("IOError: Failed to write: No space left on device"), None, "ENOSPC"),  # Arrow's, no errno
+])
+def test_storage_errors_name_the_os_error_and_path(exc, where, code):
+    from qsens.cli import _expected_error
+
+    msg = _expected_error(exc)
+    assert msg is not None and code in msg and "damaged" not in msg and "\n" not in msg
+    assert (where in msg) if where else "a write failed" in msg
+
+
+def test_storage_error_raised_inside_a_qsens_error_keeps_its_message():
+    from qsens.cli import _expected_error
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise QsensError(f"/x/y.json: cannot write ({exc.strerror}); the previous file is unchanged") from None
+    except QsensError as exc:
+        assert _expected_error(exc).startswith("/x/y.json: cannot write (No space left on device)")
+
+
+def test_bank_build_past_the_file_size_limit_is_one_line_and_keeps_the_old_bank(tiny_prepared_data, tmp_path):
+    """A real write failure (RLIMIT_FSIZE: EFBIG, as ENOSPC/EDQUOT would be) through the CLI."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    bank = tmp_path / "bank"
+    argv = [sys.executable, "-m", "qsens", "bank", "build", "digits", "--data-dir", str(tiny_prepared_data),
+            "--options", "uaq3,uaq4", "--out", str(bank), "--quiet"]
+    first = [a if a != "uaq3,uaq4" else "uaq3" for a in argv]
+    assert subprocess.run(first, capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in bank.iterdir()}
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    err = [line for line in r.stderr.strip().splitlines() if line.startswith("error")]
+    assert r.returncode == 2 and len(err) == 1, r.stderr[-2000:]
+    assert "File too large (EFBIG)" in err[0] and str(bank) in err[0] and "damaged" not in err[0]
+    assert {p.name: p.read_bytes() for p in bank.iterdir()} == before  # the old bank, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # no leftovers
