@@ -52,6 +52,12 @@ PROTOCOLS = {
         "probe": {"images": 32}, "active": {"rounds": 0}},
     "fid64": {  # today's label (FID vs real) at 64 images
         "score": {"images": 64}, "sample": {"images": 64}, "probe": {"images": 64}},
+    "multifidelity": {  # paired labels for all, FID at 500 images for the stream's first 10 configs and
+        # the active picks (at 250), the cheap label calibrated onto FID by the configs that have both
+        "score": {"images": 32}, "sample": {"images": 32, "hifi_configs": 10, "hifi_images": 500},
+        "train": {"label": "fd_fp", "label_hifi": "fid", "hifi_min_images": 250, "probe": False,
+                  "baselines": ["summed_error", "ridge", "gbt", "mlp"]},
+        "active": {"rounds": 1, "per_budget": 2, "disagreement": 2, "fid_images": 250}},
     "configs30": {  # today's label at full images, a tenth of the configs, no probe
         "sample": {"num_configs": 30}, "active": {"rounds": 0},
         "train": {"probe": False, "baselines": ["summed_error", "ridge", "gbt", "mlp"]}},

@@ -247,10 +247,36 @@ class ConfigSet:
                          None if self.provenance is None else np.asarray(self.provenance)[idx])
 
 
+def multi_fidelity_target(df: Any, label: str, label_hifi: str, min_images: int) -> tuple[np.ndarray, dict]:
+    """One target per row from two fidelities: `label_hifi` (e.g. FID vs real) where the row's
+    `n_images` >= `min_images`, else the cheap `label` mapped onto its scale by the least-squares
+    line log(hifi) = a + b·log(cheap) fitted on the rows that have both (a monotone calibration,
+    so the cheap label's ranking is kept and its scale matches the expensive one's).
+
+    Returns (target (N,), info {rows_hifi, rows_cheap, a, b, r}). Raises QsensError with fewer
+    than 3 rows carrying both labels (positive values)."""
+    cheap = df[label].to_numpy(dtype=float)
+    hi = df[label_hifi].to_numpy(dtype=float)
+    is_hi = (df["n_images"].to_numpy(dtype=float) >= min_images) & np.isfinite(hi) & (hi > 0)
+    usable = np.isfinite(cheap) & (cheap > 0)
+    both = is_hi & usable
+    if both.sum() < 3:
+        raise QsensError(f"multi-fidelity labels: {int(both.sum())} row(s) have both {label} and {label_hifi} at "
+                         f">= {min_images} images; need 3 (raise sample.hifi_configs)")
+    x, y = np.log(cheap[both]), np.log(hi[both])
+    b, a = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(y.mean()))
+    mapped = np.exp(a + b * np.log(np.where(usable, cheap, np.nan)))
+    target = np.where(is_hi, hi, mapped)
+    r = float(np.corrcoef(x, y)[0, 1]) if both.sum() > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    return target, {"rows_hifi": int(is_hi.sum()), "rows_cheap": int((~is_hi & usable).sum()),
+                    "a": float(a), "b": float(b), "r": r}
+
+
 def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = None,
-                       label: str = "fid") -> ConfigSet:
+                       label: str = "fid", label_hifi: str | None = None, hifi_min_images: int = 500) -> ConfigSet:
     """Rows of a quant_cache DataFrame (status ok, weight-only) -> ConfigSet whose `fid` holds the
-    `label` column (FID vs real, or a paired score of `sampling.paired`: `train.label`).
+    `label` column (FID vs real, or a paired score of `sampling.paired`: `train.label`), or with
+    `label_hifi` the two-fidelity target of `multi_fidelity_target`.
 
     Rows with activation quantization, another model, or a non-finite label are dropped; a cache
     without the label column is one QsensError."""
@@ -263,6 +289,10 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
         df = df[df["status"] == "ok"]
     if "act_bits" in df:
         df = df[df["act_bits"].isna()]
+    df = df.copy()
+    if label_hifi is not None:
+        df["_target"], _ = multi_fidelity_target(df, label, label_hifi, hifi_min_images)
+        label = "_target"
     df = df[np.isfinite(df[label].to_numpy(dtype=float))]
     if len(df) == 0:
         raise QsensError(f"no usable rows in the quant_cache (need status ok, weight-only, finite {label})")

@@ -71,6 +71,8 @@ class TrainParams:
     baselines: list[str] = field(default_factory=lambda: list(bl.ONE_HOT_BASELINES))
     probe: bool = False  # propagation readout on the probe's feature shifts (predictor.probe)
     label: str = "fid"  # the cache column learnt: fid (vs real) or a paired score (sampling.paired)
+    label_hifi: str | None = None  # multi-fidelity: this label where measured at >= hifi_min_images
+    hifi_min_images: int = 500  # (sample.hifi_configs), the cheap `label` calibrated to it elsewhere
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":
@@ -86,6 +88,8 @@ class TrainParams:
                   (self.rank_loss in RANK_LOSSES, f"train.rank_loss must be one of {RANK_LOSSES}"),
                   (self.target in ("fid", "reward"), "train.target must be fid or reward"),
                   (self.label in LABEL_METRICS, f"train.label must be one of {LABEL_METRICS}"),
+                  (self.label_hifi is None or self.label_hifi in LABEL_METRICS,
+                   f"train.label_hifi must be null or one of {LABEL_METRICS}"),
                   (self.target_transform in ("none", "log"), "train.target_transform must be none or log"),
                   (self.folds >= 2, "train.folds must be >= 2"),
                   (self.hidden % self.heads == 0, "train.hidden must be divisible by train.heads"),
@@ -381,7 +385,8 @@ def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, model: str | None = None,
-                       probe: str | Path | None = None, label: str = "fid") -> tuple[GraphTemplate, ConfigSet]:
+                       probe: str | Path | None = None, label: str = "fid", label_hifi: str | None = None,
+                       hifi_min_images: int = 500) -> tuple[GraphTemplate, ConfigSet]:
     """`probe`: a probe file (predictor.probe) to carry in the template, or None."""
     from graphs.io import read_graph
     from predictor.probe import Probe
@@ -393,5 +398,6 @@ def load_training_data(cache: str | Path, graph: str | Path, bank: str | Path, m
     template = GraphTemplate.build(g, b, model=model or b.model,
                                    probe=None if probe is None else Probe.load(probe))
     df = read_cache(Path(cache), ok_only=True)
-    data = configs_from_cache(df, template, model=None, label=label)
+    data = configs_from_cache(df, template, model=None, label=label, label_hifi=label_hifi,
+                              hifi_min_images=hifi_min_images)
     return template, data

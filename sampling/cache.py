@@ -52,6 +52,7 @@ CACHE_SCHEMA = pa.schema([
     ("dssim", pa.float64()),
     ("content_drop", pa.float64()),
     ("lpips", pa.float64()),
+    ("paired_images", pa.int64()),  # images behind the paired scores (n_images: behind fid/content)
     # what scoring the row cost (sampling.evaluator.CostMeter)
     ("images_generated", pa.int64()),
     ("forwards", pa.int64()),
@@ -60,7 +61,7 @@ CACHE_SCHEMA = pa.schema([
 # Absent in caches written before they existed. job_key reads as null; provenance as "random"
 # (every row written before active learning came from the random sampler); scores and costs null.
 OPTIONAL_COLUMNS = ("job_key", "provenance", "fd_fp", "feat_dist", "image_mse", "psnr", "dssim",
-                    "content_drop", "lpips", "images_generated", "forwards", "forward_samples")
+                    "content_drop", "lpips", "paired_images", "images_generated", "forwards", "forward_samples")
 DEFAULT_PROVENANCE = "random"
 _FIELDS = [f.name for f in CACHE_SCHEMA]
 

@@ -299,20 +299,28 @@ class Evaluator:
 
     # --- scoring --------------------------------------------------------------------------------
     def score(self, config: Any, n: int, seed: int, *, paired: bool = False, act_ranges: Any = None,
-              keep_images: bool = False) -> dict[str, Any]:
+              keep_images: bool = False, fid_images: int | None = None) -> dict[str, Any]:
         """Apply → generate → score. A dict: fid, content, status ("ok"/"failed"), reason,
         n_images, seconds, images_generated; with `paired`, every metric of `sampling.paired`
         against the FP images of the same seeds. Failures (NaN images, singular statistics) are
-        rows with status "failed", never exceptions; `images` kept only with `keep_images`."""
+        rows with status "failed", never exceptions; `images` kept only with `keep_images`.
+
+        fid_images > n (a multi-fidelity label): FID and content on `fid_images` images (`n_images`
+        says so), the paired scores on the first n of the same generation (`paired_images`), against
+        the first n FP images of a generation of the same size (so both sides batch alike)."""
         t0 = time.perf_counter()
-        fp = self.fp_images(n, seed) if paired else None
-        gen = self.generate(config, n, seed, act_ranges=act_ranges)
-        row = self.score_generation(gen, fp)
+        n_gen = max(int(n), int(fid_images or 0))
+        fp = self.fp_images(n_gen, seed) if paired else None
+        gen = self.generate(config, n_gen, seed, act_ranges=act_ranges)
+        row = self.score_generation(gen, fp, paired_images=n)
         row["seconds"] = time.perf_counter() - t0
         row["images_generated"] = len(gen)
         if keep_images:
             row["images"] = gen.images
         return row
+
+    def _content(self, gen: Any, k: int, images: np.ndarray) -> float:
+        return float(self.scorer.content_score(_prefix(gen, k, images)))
 
     def image_mse(self, config: Any, fp_images: np.ndarray, seed: int) -> float:
         """Mean squared pixel error (float, no uint8 wrap-around) between `config`'s images and
@@ -347,21 +355,39 @@ class Evaluator:
         return Evaluator(self.denoiser, self.bank, self.scorer, self.fp_cache, kw, self.lpips,
                          self.meter, self._checked)
 
-    def score_generation(self, gen: Any, fp: FPImages | None = None) -> dict[str, Any]:
-        """Score an existing `Generation` (see `score`)."""
+    def score_generation(self, gen: Any, fp: FPImages | None = None,
+                         paired_images: int | None = None) -> dict[str, Any]:
+        """Score an existing `Generation` (see `score`); paired scores on its first
+        `paired_images` images (default: all) against as many of `fp`'s."""
         sc = self.scorer.score(gen)
         row: dict[str, Any] = {"fid": float(sc.fid) if sc.ok else math.nan,
                                "content": float(sc.content) if sc.ok else math.nan,
                                "status": sc.status, "reason": sc.reason or "",
                                "n_images": int(sc.n_images)}
         if fp is not None and sc.ok:
+            k = len(gen) if paired_images is None else int(paired_images)
             try:
                 feats = sc.features if sc.features is not None else self.scorer.features(gen.images)
-                row.update(paired_scores(gen.images, feats, row["content"], fp.images, fp.features,
-                                         fp.content, lpips=self.lpips))
+                content, fp_content = row["content"], fp.content
+                if k < len(gen):  # a prefix: its own content scores, on both sides
+                    content, fp_content = (self._content(gen, k, gen.images),
+                                           self._content(gen, k, fp.images))
+                row.update(paired_scores(gen.images[:k], feats[:k], content, fp.images[:k],
+                                         fp.features[:k], fp_content, lpips=self.lpips))
+                row["paired_images"] = k
             except (ValueError, np.linalg.LinAlgError) as exc:
                 row.update(status="failed", reason=f"paired scores failed: {exc}")
         return row
+
+
+def _prefix(gen: Any, k: int, images: np.ndarray):
+    """The first k images of `gen`'s seeds/conditioning with `images` (same seeds) in their place."""
+    from dataclasses import replace
+
+    return replace(gen, images=images[:k], seeds=gen.seeds[:k],
+                   labels=None if gen.labels is None else gen.labels[:k],
+                   prompts=None if gen.prompts is None else gen.prompts[:k],
+                   nonfinite=gen.nonfinite[:k])
 
 
 def evaluate(denoiser: Any, scorer: Any, n: int, seed: int, **generate_kw: Any):

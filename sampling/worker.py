@@ -49,6 +49,8 @@ class SampleJob:
     device: str = "cpu"
     generate: dict[str, Any] = field(default_factory=dict)  # steps, guidance, batch_size...
     paired: bool = True  # also score each config against the FP images of the same seeds
+    hifi_configs: int = 0  # multi-fidelity: the stream's first K configs also get FID at hifi_images
+    hifi_images: int = 500
     job_key: str = ""  # set by the launcher (`job_key_for`); records carry it
 
     def to_dict(self) -> dict:
@@ -97,6 +99,7 @@ def job_key_for(job: SampleJob) -> str:
         bank=_digest_dir(Path(job.bank) / "bank.json"),
         reference=_digest_dir(reference_dir_for(job)),
         n_images=job.n_images, image_seed=job.image_seed, generate=job.generate, paired=job.paired,
+        hifi=[job.hifi_configs, job.hifi_images] if job.hifi_configs else None,
         code=code_digest([__name__, "sampling.evaluator"]),
     )
 
@@ -132,7 +135,9 @@ def score_record(evaluator: Any, job: SampleJob, index: int, config: QuantConfig
     t0 = time.perf_counter()
     spent = evaluator.meter.as_dict()
     try:
-        row = evaluator.score(config, job.n_images, job.image_seed, paired=job.paired)
+        hifi = index < job.hifi_configs and job.hifi_images > job.n_images
+        row = evaluator.score(config, job.n_images, job.image_seed, paired=job.paired,
+                              fid_images=job.hifi_images if hifi else None)
         if row["status"] != "ok":
             raise FloatingPointError(row["reason"])
         row.pop("seconds"), row.pop("reason"), row.pop("status"), row.pop("images_generated")

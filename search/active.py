@@ -74,6 +74,8 @@ class ActiveParams:
     warm_start: bool = True  # round k > 0 starts from round k-1's members
     epochs: int = 40  # training epochs of a warm-started round
     seed: int = 0  # reserved for randomised picks; part of the digest
+    fid_images: int | None = None  # multi-fidelity: the picks' FID at this many images (the expensive
+    # label, where the predictor is unsure and near the budgets); null = score.images like the cache
 
     def __post_init__(self) -> None:
         for name in ("rounds", "per_budget", "disagreement", "relinearise_rounds"):
@@ -237,12 +239,13 @@ def cache_row(config: QuantConfig, bank: Any, score: dict[str, Any], image_seed:
     return normalise_record(record)
 
 
-def _score(real: Any, config: QuantConfig, images: int, image_seed: int) -> dict[str, Any]:
+def _score(real: Any, config: QuantConfig, images: int, image_seed: int,
+           fid_images: int | None = None) -> dict[str, Any]:
     """Evaluator.score, with an exception turned into a failed score (recorded, never dropped)."""
     t0 = time.perf_counter()
     try:
         # paired too: the predictor's label (train.label) may be a paired score
-        return real.score(config, images, image_seed, paired=True)
+        return real.score(config, images, image_seed, paired=True, fid_images=fid_images)
     except Exception as exc:  # noqa: BLE001 -- any failure of one config is a failed row
         return {"fid": None, "content": None, "status": "failed", "n_images": images,
                 "reason": f"{type(exc).__name__}: {exc}"[:500], "seconds": time.perf_counter() - t0}
@@ -367,7 +370,8 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
     t0 = time.perf_counter()
     snapshot = union.before_round(k)
     if k == 0:
-        ids = set(configs_from_cache(read_cache_table(snapshot), template, label=train_params.label).config_ids) if template is not None else None
+        ids = set(configs_from_cache(read_cache_table(snapshot), template, label=train_params.label,
+                                 label_hifi=train_params.label_hifi, hifi_min_images=train_params.hifi_min_images).config_ids) if template is not None else None
         meta = reusable_initial(initial, train_params, ids) if ids is not None else None
         if meta is not None:
             shutil.rmtree(tmp)
@@ -384,7 +388,8 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
             log(f"active round 0: the train stage's predictor ({initial}) is P_0 (same params and rows)")
             return record
     write_cache(snapshot, tmp / "cache.parquet")
-    data = configs_from_cache(read_cache(tmp / "cache.parquet", ok_only=True), template, label=train_params.label)
+    data = configs_from_cache(read_cache(tmp / "cache.parquet", ok_only=True), template, label=train_params.label,
+                                 label_hifi=train_params.label_hifi, hifi_min_images=train_params.hifi_min_images)
     params, init = train_params, None
     if k > 0 and ap.warm_start:
         prev = Ensemble.load(_round_dir(out_dir, k - 1))
@@ -582,7 +587,8 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
             for p in picks:
                 if union.row(p.config.config_id) is not None:
                     continue
-                row = cache_row(p.config, ctx.bank, _score(real, p.config, images, image_seed), image_seed, k)
+                row = cache_row(p.config, ctx.bank, _score(real, p.config, images, image_seed, ap.fid_images),
+                               image_seed, k)
                 union.append(row)
                 scored += 1
                 why = {"chosen": "the search's pick", "predicted": "best predicted",

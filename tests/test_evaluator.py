@@ -191,3 +191,33 @@ def test_only_the_evaluator_applies_configs_and_generates():
                     if "den" in target or "pipe" in target:
                         offenders.append(f"{rel}:{node.lineno} {target}.generate()")
     assert not offenders, "apply/generate outside sampling/evaluator.py:\n" + "\n".join(offenders)
+
+
+def test_multi_fidelity_score_and_target(tiny_digits_denoiser, tiny_bank, tiny_digits_scorer, tmp_path,
+                                         one_torch_thread):
+    """FID on the expensive image count, paired scores on the cheap prefix of the same generation;
+    the predictor's target: the expensive label where measured, the cheap one calibrated elsewhere."""
+    import pandas as pd
+
+    from predictor.dataset import multi_fidelity_target
+    from quant.config import QuantConfig
+
+    ev = _evaluator(tiny_digits_denoiser, tiny_bank, tiny_digits_scorer, tmp_path)
+    cfg = QuantConfig.uniform("digits", tiny_bank.layer_names, "kma3")
+    row = ev.score(cfg, 8, 2, paired=True, fid_images=20)
+    assert row["n_images"] == 20 and row["paired_images"] == 8
+    gen = ev.generate(cfg, 20, 2)
+    fp = ev.fp_images(20, 2)
+    assert row["fid"] == pytest.approx(tiny_digits_scorer.score(gen).fid, rel=1e-12)
+    assert row["image_mse"] == pytest.approx(np.mean((gen.images[:8].astype(float) - fp.images[:8]) ** 2), rel=1e-12)
+
+    df = pd.DataFrame({"fd_fp": [1.0, 2.0, 4.0, 8.0, 3.0], "fid": [3.0, 6.0, 12.0, np.nan, 5.0],
+                       "n_images": [500, 500, 500, 32, 32]})
+    target, info = multi_fidelity_target(df, "fd_fp", "fid", 500)
+    # the hifi rows fit fid = 3 · fd_fp exactly (log-log line a = log 3, b = 1)
+    assert info["b"] == pytest.approx(1.0) and info["a"] == pytest.approx(math.log(3.0))
+    np.testing.assert_allclose(target, [3.0, 6.0, 12.0, 24.0, 9.0])  # row 5: its own fid is cheap (32 images)
+    from quant.errors import QsensError
+
+    with pytest.raises(QsensError, match="need 3"):
+        multi_fidelity_target(df.assign(n_images=[500, 500, 32, 32, 32]), "fd_fp", "fid", 500)

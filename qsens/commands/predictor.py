@@ -98,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise QsensError(f"{path}: no {what} for model {model!r}")
     probe = Path(args.probe or lay.probe)
     template, configs = load_training_data(cache, graph, bank, model, probe if params.needs_probe else None,
-                                           label=params.label)
+                                           label=params.label, label_hifi=params.label_hifi,
+                                           hifi_min_images=params.hifi_min_images)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
     result = train_ensemble(template, configs, params, progress=not args.quiet)

@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--paired", default=None, action=argparse.BooleanOptionalAction,
                    help="also score each config against the FP images of the same seeds (fd_fp, "
                    "feat_dist, image_mse, dssim, content_drop; default: sample.paired)")
+    p.add_argument("--hifi-configs", type=non_negative_int, default=None,
+                   help="multi-fidelity: the stream's first K configs also get FID and content at --hifi-images "
+                   "(their paired scores stay at --images; default: sample.hifi_configs)")
+    p.add_argument("--hifi-images", type=images_count, default=None,
+                   help="images behind the expensive label (default: sample.hifi_images)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-lock", action="store_true",
                    help="do not lock the shard directory (for file systems without locks, e.g. NFS without "
@@ -47,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # flag -> validator of its `sample:` key: params.yaml is the one source of defaults
 _PARAM_FLAGS = {"num_configs": positive_int, "workers": positive_int, "backend": str, "seed": non_negative_int,
                 "image_seed": non_negative_int, "images": images_count, "max_attempts": positive_int,
-                "paired": None}
+                "paired": None, "hifi_configs": non_negative_int, "hifi_images": images_count}
 
 
 def fill_from_params(args: argparse.Namespace, params_path) -> None:
@@ -88,7 +93,7 @@ def job_cost(shards: Path, key: str, job) -> dict:
             spent[k] += int(r.get("images_generated" if k == "images" else k) or 0)
         spent["seconds"] += float(r.get("seconds") or 0.0)
     spent["seconds"] = round(spent["seconds"], 3)
-    fp = job.n_images if job.paired else 0
+    fp = (job.n_images + (job.hifi_images if job.hifi_configs else 0)) if job.paired else 0
     return {"spent": {**spent, "images": spent["images"] + fp}, "label_images": spent["images"] + fp,
             "records": len(records), "fp_images": fp}
 
@@ -115,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                     num_configs=args.num_configs, seed=args.seed, image_seed=args.image_seed,
                     n_images=args.images, data_dir=str(ctx.layout.root),
                     max_attempts=args.max_attempts, threads=threads, device=ctx.spec.device,
-                    generate=ctx.generation, paired=args.paired)
+                    generate=ctx.generation, paired=args.paired, hifi_configs=args.hifi_configs,
+                    hifi_images=args.hifi_images)
     result = launch(job, workers=args.workers, backend=args.backend, address=args.address, progress=not args.quiet,
                     log=print)
     print(f"{result['finished']}/{result['planned']} configs finished in {shards} (job {result['job_key']})")
