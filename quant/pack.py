@@ -29,7 +29,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import ctypes
 import os
+import shutil
+import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -385,27 +389,122 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
     packed_keys = _packed_state_keys(model)
     rest, aliases = _dedupe(
         {k: v for k, v in model.state_dict(keep_vars=True).items() if k not in packed_keys})
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format": f"{FORMAT}/{FORMAT_VERSION}"}
-    _atomic_save(tensors, directory / WEIGHTS_FILE, meta)
-    _atomic_save(rest, directory / REST_FILE, meta)
     dtype = next(iter(packed.values()))._wdtype.dtype
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model": config.model, "fingerprint": fingerprint,
-        "config": config.to_dict(), "dtype": str(dtype).removeprefix("torch."),
-        "architecture": _architecture(model), "layout": _LAYOUT,
-        "layers": layers, "rest_aliases": aliases,
-        "files": {f: {"bytes": (directory / f).stat().st_size} for f in (WEIGHTS_FILE, REST_FILE)},
-        # n·b + 16-bit overhead of the packed layers (quant.accounting): what weights.safetensors
-        # should weigh, less its header
-        "packed_accounted_bytes": accounted_bits / 8,
-        "accounted": accounted, **(extra or {}),
-    }
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, directory / MANIFEST)
+    meta = {"format": f"{FORMAT}/{FORMAT_VERSION}"}
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    # the whole checkpoint goes to a temporary sibling and is swapped in at once: a failure (or a
+    # kill) at any point leaves the previous checkpoint in `directory` as it was; other files in
+    # `directory` (torchao.json, skip lists) are carried over
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    try:
+        _fault_point("weights")
+        _write_tensors(tensors, tmp / WEIGHTS_FILE, meta)
+        _fault_point("rest")
+        _write_tensors(rest, tmp / REST_FILE, meta)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model": config.model, "fingerprint": fingerprint,
+            "config": config.to_dict(), "dtype": str(dtype).removeprefix("torch."),
+            "architecture": _architecture(model), "layout": _LAYOUT,
+            "layers": layers, "rest_aliases": aliases,
+            "files": {f: {"bytes": (tmp / f).stat().st_size} for f in (WEIGHTS_FILE, REST_FILE)},
+            # n·b + 16-bit overhead of the packed layers (quant.accounting): what weights.safetensors
+            # should weigh, less its header
+            "packed_accounted_bytes": accounted_bits / 8,
+            "accounted": accounted, **(extra or {}),
+        }
+        _fault_point("manifest")
+        with open(tmp / MANIFEST, "w") as f:
+            f.write(json.dumps(manifest, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fault_point("carry")
+        _carry_other_files(directory, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a checkpoint is for sharing
+        _fsync_dir(tmp)
+        _fault_point("swap")
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
     return directory
+
+
+def _fault_point(where: str) -> None:
+    """A named write point of save_quantized (tests replace this to fail or die there)."""
+
+
+_CHECKPOINT_FILES = (MANIFEST, WEIGHTS_FILE, REST_FILE)
+
+
+def _carry_other_files(old: Path, new: Path) -> None:
+    """Files the old directory holds besides a checkpoint (a torchao.json or skip list written
+    next to it by `qsens export`) go into the new one too (hard links where possible)."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in _CHECKPOINT_FILES or entry.name.startswith(f".{MANIFEST}") or \
+                entry.name.startswith(f".{WEIGHTS_FILE}") or entry.name.startswith(f".{REST_FILE}"):
+            continue
+        target = new / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            try:
+                os.link(entry, target, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(entry, target, follow_symlinks=False)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Make `new` the directory `target`, atomically where the OS allows (Linux renameat2
+    RENAME_EXCHANGE); otherwise the old directory is renamed aside first, then removed."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old checkpoint
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(aside)
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _kind(module: nn.Module) -> str:
@@ -452,18 +551,21 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
         first[ak] = key
         storage = (t.device.type, t.untyped_storage().data_ptr())
         t = t.to("cpu")
-        out[key] = t.clone() if storage in storages or not t.is_contiguous() else t
+        # another view of a shared storage is copied; any memory layout (channels_last, ...) is
+        # written row-major: a layout changes no value
+        out[key] = t.contiguous().clone() if storage in storages else t.contiguous()
         storages.add(storage)
     return out, aliases
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+def _write_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors file of `tensors` (any memory layout: values are written row-major), fsynced."""
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is for sharing
-    os.replace(tmp, path)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is for sharing
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
