@@ -42,6 +42,8 @@ from quant.errors import QsensError
 
 DEFAULT_RESOLUTION = 1_000_000  # integer steps spanning the largest per-layer score range
 GAP_UNITS = 1.0  # CP-SAT stops when its proven gap is at most this many integer units
+# time_limit_s is a deterministic-time budget (see _cp_sat); the wall clock is only a safety net
+WALL_FACTOR, WALL_SLACK_S = 20.0, 60.0
 
 
 class BudgetError(QsensError):
@@ -155,7 +157,8 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
 
     Raises BudgetError (one line, naming the feasible range) for a budget no config meets, and
     when the window [budget − tolerance, budget] is empty although ≤ budget is feasible.
-    Deterministic for a fixed `workers` count (CP-SAT with one worker, or interleaved search).
+    Deterministic for a fixed `workers` count (CP-SAT with one worker, or interleaved search):
+    `time_limit_s` is CP-SAT's deterministic time, so machine load changes no result.
     """
     from ortools.sat.python import cp_model
 
@@ -196,17 +199,19 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
     if start is not None:
         start = np.array([k if keep[l, k] else _best_kept(l, k, s, b, keep) for l, k in enumerate(start)])
     solver, x, status = _cp_sat(keep, b, coef, cap, None, start, time_limit_s, workers, trust=trust)
+    used = solver.response_proto.deterministic_time  # deterministic seconds: later phases get what is left of it
     phases = 1
     if floor_ is not None and status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         total = sum(int(b[l, k]) for l in range(L) for k in range(K) if solver.BooleanValue(x[l][k]))
         if total < floor_ or status != cp_model.OPTIMAL:
-            left = max(0.1, time_limit_s - (time.perf_counter() - t0))
+            left = max(0.1, time_limit_s - used)
             solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, start, left, workers, trust=trust)
+            used += solver.response_proto.deterministic_time
             phases = 2
     if status == cp_model.INFEASIBLE:
         # The objective cut is valid by construction, but an "infeasible" that rests on it would be
         # a wrong refusal: confirm it on the model without the cut (and without dropped options).
-        left = max(1.0, time_limit_s - (time.perf_counter() - t0))
+        left = max(1.0, time_limit_s - used)
         solver, x, status = _cp_sat(allowed, b, coef, cap, floor_, None, left, workers, trust=trust,
                                     cut=False)
         phases += 1
@@ -218,7 +223,7 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
             f"{f' for {what}' if what else ''}: the options' discrete sizes leave a gap there, although "
             f"configs ≤ {budget:g} exist (feasible range {format_range(lo, hi)}); widen the tolerance")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise QsensError(f"the IP solver found no solution within {time_limit_s:g} s "
+        raise QsensError(f"the IP solver found no solution within its limit of {time_limit_s:g} deterministic s "
                          f"(status {solver.StatusName(status)}); raise search.time_limit_s")
     choice = np.array([next(k for k in range(K) if solver.BooleanValue(x[l][k])) for l in range(L)])
     total = int(b[np.arange(L), choice].sum())
@@ -229,7 +234,7 @@ def solve(scores: np.ndarray, bits: np.ndarray, n_total: int, budget: float,
                     bound=base + solver.BestObjectiveBound() / scale,
                     resolution=(L * 0.5 + GAP_UNITS) / scale,
                     extra={"cap_bits": cap, "floor_bits": floor_, "scale": scale, "phases": phases,
-                           "wall_solver_s": solver.WallTime()})
+                           "wall_solver_s": solver.WallTime(), "deterministic_s": solver.response_proto.deterministic_time})
 
 
 def dominated(s: np.ndarray, b: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -291,7 +296,11 @@ def _cp_sat(allowed, b, coef, cap, floor_, start, time_limit_s, workers, lineari
             for k in range(K):
                 model.AddHint(x[l][k], int(start[l] == k))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    # The limit is CP-SAT's deterministic time (work units, about a second each on an unloaded
+    # core), not the wall clock: the same inputs stop at the same point, so give the same
+    # solution, however loaded the machine is. Wall time only stops a runaway (WALL_FACTOR ×).
+    solver.parameters.max_deterministic_time = float(time_limit_s)
+    solver.parameters.max_time_in_seconds = float(time_limit_s) * WALL_FACTOR + WALL_SLACK_S
     solver.parameters.num_workers = max(1, int(workers))
     solver.parameters.random_seed = 0
     # stop once the proven gap is below the rounding already accepted (L/2 integer units)

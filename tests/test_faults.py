@@ -516,3 +516,45 @@ def test_bank_build_past_the_file_size_limit_is_one_line_and_keeps_the_old_bank(
     assert "File too large (EFBIG)" in err[0] and str(bank) in err[0] and "damaged" not in err[0]
     assert {p.name: p.read_bytes() for p in bank.iterdir()} == before  # the old bank, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # no leftovers
+
+
+# ---------------------------------------------------------------- #28.5 the IP's limit is deterministic
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+
+
+def test_ip_limit_is_deterministic_time_and_load_changes_nothing():
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from search.ip import WALL_FACTOR, _cp_sat, solve
+
+    rng = np.random.default_rng(3)
+    L, K = 400, 6
+    n = rng.integers(1000, 100000, size=L)
+    bits = rng.integers(2, 9, size=(L, K)) * n[:, None] + rng.integers(0, 500, size=(L, K))
+    scores = rng.normal(size=(L, K)) * rng.lognormal(0, 1, size=(L, 1))
+    budget = float(bits.min(1).sum() + 0.4 * (bits.max(1).sum() - bits.min(1).sum())) / n.sum()
+    allowed = np.ones((L, K), bool)
+    solver, _, _ = _cp_sat(allowed, bits, np.zeros((L, K), np.int64), int(bits.max(1).sum()), None, None, 0.5, 1,
+                           cut=False)
+    assert solver.parameters.max_deterministic_time == 0.5
+    assert solver.parameters.max_time_in_seconds >= 0.5 * WALL_FACTOR  # wall clock: only a safety net
+    runs = [solve(scores, bits, int(n.sum()), budget, 0.05, time_limit_s=0.05)]
+    procs = [mp.get_context("spawn").Process(target=_spin, args=(20.0,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        runs.append(solve(scores, bits, int(n.sum()), budget, 0.05, time_limit_s=0.05))  # under load
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+    runs.append(solve(scores, bits, int(n.sum()), budget, 0.05, time_limit_s=0.05))
+    assert all(np.array_equal(r.choice, runs[0].choice) for r in runs), [r.status for r in runs]
+    assert len({r.extra["deterministic_s"] for r in runs}) == 1
