@@ -265,6 +265,12 @@ def load_pipeline(source: str, torch_dtype: torch.dtype | None = None, scheduler
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would flood stderr/logs
+    try:  # transformers 5 draws a "Loading weights" bar per text encoder
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
     sched_cls = scheduler_class(scheduler) if scheduler else None
     local = Path(str(source)).expanduser().is_dir()
     files = Path(str(source)).expanduser() if local else _hub_snapshot(str(source))
