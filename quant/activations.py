@@ -35,7 +35,8 @@ ACT_MODES = ("dynamic", "static")
 
 def fake_quantize_activation(x: torch.Tensor, bits: int, reduce_dims: tuple[int, ...]) -> torch.Tensor:
     """Dynamic asymmetric min-max fake-quantization of `x`, one range per slice left after
-    reducing `reduce_dims` (same shape and dtype as `x`)."""
+    reducing `reduce_dims` (same shape and dtype as `x`; the arithmetic in float32, see
+    `_fake_quantize`)."""
     lo = x.amin(dim=reduce_dims, keepdim=True)
     hi = x.amax(dim=reduce_dims, keepdim=True)
     return _fake_quantize(x, bits, lo, hi)
@@ -44,19 +45,37 @@ def fake_quantize_activation(x: torch.Tensor, bits: int, reduce_dims: tuple[int,
 def fake_quantize_static(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
     """Static (per-tensor) fake-quantization of `x` on the fixed range [lo, hi]; values outside
     are clipped to it."""
-    lo_t = torch.tensor(lo, dtype=x.dtype, device=x.device)
-    hi_t = torch.tensor(hi, dtype=x.dtype, device=x.device)
+    dt = _compute_dtype(x.dtype)
+    lo_t = torch.tensor(lo, dtype=dt, device=x.device)
+    hi_t = torch.tensor(hi, dtype=dt, device=x.device)
     return _fake_quantize(x, bits, lo_t, hi_t)
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for fp16/bf16 (and fp32) activations, float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The grid arithmetic — range, scale, zero point, x / scale, the dequantized value — runs in
+    float32 whatever the activation's dtype (in fp16 a range over 65504 would make the scale inf
+    and the output NaN); the result is cast back to `x`'s dtype. For float32 inputs this is the
+    same computation as before, bit for bit."""
+    dt = _compute_dtype(x.dtype)
+    xf, lo, hi = x.to(dt), lo.to(dt), hi.to(dt)
     qmax = (1 << bits) - 1
     degenerate = hi <= lo
-    scale = torch.where(degenerate, torch.ones_like(hi), (hi - lo) / qmax)
+    span = hi - lo  # inf only for ranges wider than float32 (bf16 near its limits): split it then
+    span_scale = torch.where(torch.isfinite(span), span / qmax, hi / qmax - lo / qmax)
+    scale = torch.where(degenerate, torch.ones_like(hi), span_scale)
     zero = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    q = torch.clamp(torch.round(xf / scale) + zero, 0, qmax)
     # a zero-width range holds one value: keep it exactly (the grid above would round it to an integer)
-    return torch.where(degenerate, torch.minimum(torch.maximum(x, lo), hi), (q - zero) * scale)
+    out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), (q - zero) * scale)
+    if dt != x.dtype:  # a grid point a rounding step past the dtype's max must not cast to inf
+        info = torch.finfo(x.dtype)
+        out = out.clamp(info.min, info.max)
+    return out.to(x.dtype)
 
 
 def _reduce_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:

@@ -165,3 +165,52 @@ def test_calibration_ranges_and_activation_sqnr_on_a_tiny_digits_model(tiny_digi
         by_hand = sqnr_db(y, run_model(den.model, calib))
     assert got["conv_in"] == by_hand
     assert activation_sqnr(den.model, calib, ["conv_in"], 8, ranges=ranges)["conv_in"] > got["conv_in"]
+
+
+# ------------------------------------------- float32 arithmetic whatever the dtype (#23 item 1)
+def _old_fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The previous implementation (arithmetic in x's dtype): the float32 reference."""
+    qmax = (1 << bits) - 1
+    degenerate = hi <= lo
+    scale = torch.where(degenerate, torch.ones_like(hi), (hi - lo) / qmax)
+    zero = torch.round(-lo / scale)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    return torch.where(degenerate, torch.minimum(torch.maximum(x, lo), hi), (q - zero) * scale)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_float32_activation_quantization_is_unchanged(bits: int) -> None:
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(4, 7, 16, generator=g) * 3
+    x[0, 0] = 0.25  # a zero-width range
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    assert torch.equal(fake_quantize_activation(x, bits, (-1,)), _old_fake_quantize(x, bits, lo, hi))
+    lo_t, hi_t = torch.tensor(-2.5), torch.tensor(3.0)
+    assert torch.equal(fake_quantize_static(x, bits, -2.5, 3.0), _old_fake_quantize(x, bits, lo_t, hi_t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_activations_at_the_edges_of_their_range(dtype: torch.dtype) -> None:
+    big = torch.finfo(dtype).max
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0], x[0, 1] = big, -big  # a range of 2·max: over the dtype's max
+    x[1, 0], x[1, 1] = 40000.0, -40000.0
+    x[2, :] = torch.finfo(dtype).tiny  # subnormal-edge, zero-width
+    for bits in (8, 6, 4):
+        dyn = fake_quantize_activation(x, bits, (-1,))
+        sta = fake_quantize_static(x, bits, -float(big), float(big))
+        for out in (dyn, sta):
+            assert out.dtype == dtype and torch.isfinite(out).all(), (dtype, bits)
+        # within half a grid step of the input (the grid computed in float32), then the cast
+        xf = x.float()
+        step = (xf.amax(-1, keepdim=True) / ((1 << bits) - 1) - xf.amin(-1, keepdim=True) / ((1 << bits) - 1))
+        err = (dyn.float() - xf).abs()
+        assert (err <= step * 0.5 * 1.01 + xf.abs() * 2 * torch.finfo(dtype).eps).all(), (dtype, bits)
+        assert torch.equal(dyn[2], x[2])  # zero-width range: kept exactly
+    # a layer in fp16 / bf16 with dynamic A8 on such an input stays finite
+    lin = nn.Linear(8, 4).to(dtype)
+    lin.weight.data.mul_(1e-3)
+    xi = torch.zeros(1, 8, dtype=dtype)
+    xi[0, 0], xi[0, 1] = 40000.0, -40000.0
+    with torch.no_grad(), activation_quant(lin, 8):
+        assert torch.isfinite(lin(xi)).all()
