@@ -27,7 +27,9 @@ static inline uint32_t one_code(const uint8_t *p, int64_t nbytes, int bits, int6
             for (; i < end && (i & 7); i++) out[i] = tab[one_code(p, nbytes, B, i)];        \
             for (; i + 8 <= end; i += 8) {                                                  \
                 uint64_t w = 0;                                                             \
-                memcpy(&w, p + (i >> 3) * B, B);                                            \
+                int64_t at = (i >> 3) * B;                                                  \
+                if (at + 8 <= nbytes) memcpy(&w, p + at, 8); /* one unaligned load */        \
+                else memcpy(&w, p + at, B);                                                 \
                 T *o = out + i;                                                             \
                 o[0] = tab[w & m];            o[1] = tab[(w >> B) & m];                     \
                 o[2] = tab[(w >> 2 * B) & m]; o[3] = tab[(w >> 3 * B) & m];                 \
