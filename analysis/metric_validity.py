@@ -80,7 +80,7 @@ def rank_agreement(x: Sequence[float], truth: Sequence[float], bootstrap: int = 
     x, t = np.asarray(x, float), np.asarray(truth, float)
     ok = np.isfinite(x) & np.isfinite(t)
     x, t = x[ok], t[ok]
-    if len(x) < 4:
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(t) == 0:
         return {"spearman": None, "spearman_lo": None, "spearman_hi": None, "kendall": None, "configs": int(len(x))}
     rho = float(spearmanr(x, t).statistic)
     tau = float(kendalltau(x, t).statistic)
@@ -94,8 +94,12 @@ def rank_agreement(x: Sequence[float], truth: Sequence[float], bootstrap: int = 
         if np.isfinite(r):
             boots.append(r)
     lo, hi = (np.percentile(boots, [5, 95]) if boots else (math.nan, math.nan))
-    return {"spearman": rho, "spearman_lo": float(lo), "spearman_hi": float(hi), "kendall": tau,
-            "configs": int(len(x))}
+
+    def num(v: float) -> float | None:  # a constant label or truth has no rank correlation
+        return float(v) if math.isfinite(v) else None
+
+    return {"spearman": num(rho), "spearman_lo": num(float(lo)), "spearman_hi": num(float(hi)),
+            "kendall": num(tau), "configs": int(len(x))}
 
 
 def scopes(avg_bits: np.ndarray, truth: np.ndarray, budgets: Sequence[float],
@@ -151,8 +155,7 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
     """One row per config: avg_bits, truth per seed, every candidate at every n. Resumable."""
     from analysis.calibration import collect_calibration, run_model
     from quant.progress import progress_bar
-    from sampling.evaluator import CostMeter
-    from sampling.paired import paired_scores
+    from sampling.evaluator import CostMeter, prefix_generation
 
     n_max = max(int(n) for n in params.n_images)
     fp = ev.fp_images(n_max, label_seed)
@@ -176,22 +179,16 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
             finally:
                 ev.meter = ev_meter
                 ev_meter.add(meter)
-            feats = ev.scorer.features(gen.images) if not gen.n_nonfinite else None
             labels: dict[str, float | None] = {}
             for n in sorted(int(x) for x in params.n_images):
-                if feats is None:
+                if gen.n_nonfinite:
                     break
-                sub = type(gen)(images=gen.images[:n], seeds=gen.seeds[:n],
-                                labels=None if gen.labels is None else gen.labels[:n],
-                                prompts=None if gen.prompts is None else gen.prompts[:n])
-                sc = ev.scorer.score(sub)
-                if not sc.ok:
+                sc = ev.score_generation(prefix_generation(gen, n), ev.fp_prefix(fp, gen, n))
+                if sc["status"] != "ok":
                     continue
-                ps = paired_scores(sub.images, feats[:n], sc.content, fp.images[:n], fp.features[:n],
-                                   _content(ev, fp, n))
-                labels[f"fid@{n}"] = float(sc.fid)
+                labels[f"fid@{n}"] = sc["fid"]
                 for m in CANDIDATES[1:]:
-                    labels[f"{m}@{n}"] = ps[m]
+                    labels[f"{m}@{n}"] = sc[m]
             labels["output_mse@0"] = output_mse(ev, cfg, calib, y_fp, params.chunk)
             row = {"layer": cid, "option": "all", "config_id": cid, "origin": origin,
                    "avg_bits": float(ev.bank.summarize(cfg).avg_bits),
@@ -200,24 +197,6 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
             prog.add(row)
             rows.append(row)
     return rows
-
-
-def _content(ev, fp, n: int) -> float:
-    """The FP content score of the first n FP images (memoised on the FP entry)."""
-    memo = fp.__dict__.setdefault("_content_at", {})
-    if n not in memo:
-        from denoisers.base import Generation
-
-        labels = None if fp.labels is None else fp.labels[:n]
-        memo[n] = float(ev.scorer.content_score(Generation(images=fp.images[:n], seeds=np.arange(n),
-                                                           labels=labels,
-                                                           prompts=_prompts(ev, n))))
-    return memo[n]
-
-
-def _prompts(ev, n: int):
-    prompts = getattr(ev.denoiser, "prompts", None)
-    return None if not prompts else [prompts[i % len(prompts)] for i in range(n)]
 
 
 def summarize(rows: list[dict], params: MetricValidityParams, budgets: Sequence[float],

@@ -320,7 +320,13 @@ class Evaluator:
         return row
 
     def _content(self, gen: Any, k: int, images: np.ndarray) -> float:
-        return float(self.scorer.content_score(_prefix(gen, k, images)))
+        return float(self.scorer.content_score(prefix_generation(gen, k, images)))
+
+    def fp_prefix(self, fp: FPImages, gen: Any, k: int) -> FPImages:
+        """The first k of `fp`'s images as an `FPImages` of their own (content scored on them,
+        with `gen`'s conditioning of the same seeds)."""
+        return FPImages(fp.images[:k], fp.features[:k], self._content(gen, k, fp.images), fp.key,
+                        None if fp.labels is None else fp.labels[:k])
 
     def image_mse(self, config: Any, fp_images: np.ndarray, seed: int) -> float:
         """Mean squared pixel error (float, no uint8 wrap-around) between `config`'s images and
@@ -368,22 +374,21 @@ class Evaluator:
             k = len(gen) if paired_images is None else int(paired_images)
             try:
                 feats = sc.features if sc.features is not None else self.scorer.features(gen.images)
-                content, fp_content = row["content"], fp.content
-                if k < len(gen):  # a prefix: its own content scores, on both sides
-                    content, fp_content = (self._content(gen, k, gen.images),
-                                           self._content(gen, k, fp.images))
-                row.update(paired_scores(gen.images[:k], feats[:k], content, fp.images[:k],
-                                         fp.features[:k], fp_content, lpips=self.lpips))
+                content = row["content"] if k == len(gen) else self._content(gen, k, gen.images)
+                fpk = fp if k == len(fp.images) else self.fp_prefix(fp, gen, k)
+                row.update(paired_scores(gen.images[:k], feats[:k], content, fpk.images, fpk.features,
+                                         fpk.content, lpips=self.lpips))
                 row["paired_images"] = k
             except (ValueError, np.linalg.LinAlgError) as exc:
                 row.update(status="failed", reason=f"paired scores failed: {exc}")
         return row
 
 
-def _prefix(gen: Any, k: int, images: np.ndarray):
+def prefix_generation(gen: Any, k: int, images: np.ndarray | None = None):
     """The first k images of `gen`'s seeds/conditioning with `images` (same seeds) in their place."""
     from dataclasses import replace
 
+    images = gen.images if images is None else images
     return replace(gen, images=images[:k], seeds=gen.seeds[:k],
                    labels=None if gen.labels is None else gen.labels[:k],
                    prompts=None if gen.prompts is None else gen.prompts[:k],
