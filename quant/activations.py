@@ -69,9 +69,10 @@ def _fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tenso
     span_scale = torch.where(torch.isfinite(span), span / qmax, hi / qmax - lo / qmax)
     scale = torch.where(degenerate, torch.ones_like(hi), span_scale)
     zero = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(xf / scale) + zero, 0, qmax)
+    # round(x / s) + z, clamped, minus z, times s: the same ops as ever, in place (one buffer)
+    grid = torch.div(xf, scale).round_().add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
     # a zero-width range holds one value: keep it exactly (the grid above would round it to an integer)
-    out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), (q - zero) * scale)
+    out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), grid)
     if dt != x.dtype:  # a grid point a rounding step past the dtype's max must not cast to inf
         info = torch.finfo(x.dtype)
         out = out.clamp(info.min, info.max)

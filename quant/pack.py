@@ -615,7 +615,7 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_quantized(directory: str | Path, model: nn.Module | None = None, *, device: str | torch.device | None = None,
-                   verify: bool = True) -> nn.Module:
+                   verify: bool = True, activations: bool = True) -> nn.Module:
     """A packed model from a quantized checkpoint, without the bank.
 
     model None: the architecture is rebuilt from the manifest (diffusers classes) with no FP
@@ -623,6 +623,9 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
     model given: its quantizable layers are swapped for the packed ones in place (on the
         device of each layer) and its other tensors are overwritten by the checkpoint's;
         `verify` first checks its weights against the checkpoint's fingerprint.
+    activations: install the config's activation quantization (act_bits / act_options, dynamic)
+        as `pack` does; False leaves it to the caller (e.g. `qsens generate --act-bits`, which
+        installs one set of hooks of its own).
     Raises QsensError (one line) for a missing/truncated/corrupt checkpoint, another model's
     checkpoint, or an architecture that does not match the manifest.
     """
@@ -698,9 +701,10 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
         if device is not None:
             model.to(device)
         model.eval().requires_grad_(False)
-    from quant.activations import enable_config_activations
+    if activations:
+        from quant.activations import enable_config_activations
 
-    enable_config_activations(model, QuantConfig.from_dict(manifest["config"], where=str(directory / MANIFEST)))
+        enable_config_activations(model, QuantConfig.from_dict(manifest["config"], where=str(directory / MANIFEST)))
     return model
 
 

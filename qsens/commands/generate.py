@@ -34,7 +34,11 @@ def register(subparsers) -> None:
                          help="packed checkpoint from `qsens export` (no bank needed)")
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--act-bits", type=int, choices=[8, 6], default=None,
-                   help="also quantize activations dynamically (per token / per sample-channel)")
+                   help="also quantize activations dynamically (per token / per sample-channel); "
+                        "replaces the config's or checkpoint's own activation bits (one set of hooks)")
+    p.add_argument("--keep-dequantized", action="store_true",
+                   help="with --quantized: decode each packed layer's weight once and keep it for "
+                        "this run (speed over memory: float weights resident as in an FP model)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                       help="text prompt (repeatable; images cycle through them)")
@@ -81,12 +85,18 @@ def run(args: argparse.Namespace) -> int:
 
     with contextlib.ExitStack() as stack:
         applied = "fp"
+        # one set of activation hooks: --act-bits overrides the config's (or checkpoint's) own
+        # activation bits for every layer instead of stacking a second set on top of them
         if args.config:
+            import dataclasses
+
             from quant.apply import quantized
             from quant.config import QuantConfig
             from sampling.noise import load_bank_for
 
             config = QuantConfig.load(args.config)
+            if args.act_bits:
+                config = dataclasses.replace(config, act_bits=args.act_bits, act_options={})
             bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
             stack.enter_context(quantized(den.model, config, bank))
             applied = f"{args.config} ({bank.summarize(config).avg_bits:.3f} avg bits)"
@@ -94,12 +104,20 @@ def run(args: argparse.Namespace) -> int:
             from quant.pack import load_quantized, read_manifest
 
             manifest = read_manifest(args.quantized)
-            load_quantized(args.quantized, den.model)  # refuses another model's checkpoint
+            # refuses another model's checkpoint; its activation bits unless --act-bits replaces them
+            load_quantized(args.quantized, den.model, activations=not args.act_bits)
             bits = (manifest.get("accounted") or {}).get("avg_bits")
             applied = f"{args.quantized} (packed" + (f", {bits:.3f} avg bits)" if bits else ")")
-        if args.act_bits:
+            if args.act_bits:
+                stack.enter_context(activation_quant(den.model, args.act_bits))
+        elif args.act_bits:
             stack.enter_context(activation_quant(den.model, args.act_bits))
+        if args.act_bits:
             applied += f", A{args.act_bits}"
+        if args.keep_dequantized:
+            from quant.pack import hold_dequantized
+
+            stack.enter_context(hold_dequantized(den.model))
         gen = den.generate(args.n_images, args.seed, **({} if labels is None else {"labels": labels}))
     args.out.mkdir(parents=True, exist_ok=True)
     files = []
