@@ -10,10 +10,11 @@ storage), so a 12B transformer costs nothing to inspect. Printed:
 - `resident`: the denoiser's weights on the device in `--dtype` (what `qsens bank build
   --device cuda` keeps there the whole time);
 - `per-layer peak`: the largest layer's working set while its options are quantized, from what
-  `quant.bank.build_bank` allocates: the float32 copy of the weight (4 B/weight), the codes
-  (1 B/weight, uint8), the float32 dequantized weight and its difference (4 + 4 B), the float64
-  difference and its square for the MSE (8 + 8 B), plus the row-chunk temporaries of the
-  quantizers (`quant.quantizers._CHUNK_ELEMENTS` float32 elements × 18 copies at most);
+  `quant.bank.build_bank` allocates: the float32 copy of the weight (4 B/weight), the codes of
+  this option and of the previous one (uint8, 1 + 1 B), the float32 dequantized weight and its
+  difference (4 + 4 B), the float64 difference and its square for the MSE (8 + 8 B) = 30 B per
+  weight, plus the row-chunk temporaries of the quantizers (`quant.quantizers._CHUNK_ELEMENTS`
+  float32 elements × 18 copies at most);
 - `bank build peak` = resident + per-layer peak: the GPU memory one bank build needs;
 - the bank's size on disk (payload + overhead of every option, `quant.accounting.layer_bits`).
 
@@ -34,7 +35,7 @@ FLUX_DEV = {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channe
             "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
             "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}
 KNOWN = {"flux-dev": FLUX_DEV}
-BYTES_PER_WEIGHT_IN_FLIGHT = 4 + 1 + 4 + 4 + 8 + 8  # see the module docstring
+BYTES_PER_WEIGHT_IN_FLIGHT = 4 + 1 + 1 + 4 + 4 + 8 + 8  # see the module docstring
 CHUNK_COPIES = 18
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
