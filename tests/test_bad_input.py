@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,12 @@ def test_bad_input_is_one_error_line_and_changes_nothing(workspace: Path, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {err[-1500:]}"
     assert "Traceback" not in err and "internal error" not in err
     assert snapshot(workspace / "data") == before, f"{name} changed files under data/"
+    table = os.environ.get("QSENS_BAD_INPUT_TABLE")  # docs/bad_input.md is made from these lines
+    if table:
+        shown = lines[0].replace(str(tmp_path), "TMP").replace(str(workspace / "data"), "DATA")
+        with open(table, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"row": name, "argv": [a.replace(str(tmp_path), "TMP").replace(
+                str(workspace / "data"), "DATA") for a in argv], "error": shown}) + "\n")
 
 
 def test_closed_stdout_ends_quietly(workspace: Path):
