@@ -145,8 +145,8 @@ def current_run(out_dir: Path, random_cache: Path, bank_dir: Path) -> dict | Non
         return None
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    except (FileNotFoundError, ValueError):  # gone, or damaged content: not this run
+        return None  # any other OS error (EIO, EACCES...) is the machine's: it propagates, named
     inputs = state.get("inputs") or {} if isinstance(state, dict) else {}
     if inputs.get("random_cache") != _file_digest(Path(random_cache)) \
             or inputs.get("bank") != _file_digest(Path(bank_dir) / "bank.json"):

@@ -558,3 +558,116 @@ def test_ip_limit_is_deterministic_time_and_load_changes_nothing():
     runs.append(solve(scores, bits, int(n.sum()), budget, 0.05, time_limit_s=0.05))
     assert all(np.array_equal(r.choice, runs[0].choice) for r in runs), [r.status for r in runs]
     assert len({r.extra["deterministic_s"] for r in runs}) == 1
+
+
+# ---------------------------------------------------------------- #23.2 layers are what forward runs
+def _fused_tiny_sd():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_pipelines import tiny_sd
+
+    torch.manual_seed(0)
+    unet = tiny_sd().unet.eval()
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    enc = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1))
+    return unet, (x, 10), {"encoder_hidden_states": enc}
+
+
+def test_fused_qkv_layers_that_never_run_are_not_layers():
+    """fused_qkv_bank.py: after fuse_qkv_projections the old to_q/to_k/to_v are not offered,
+    banked, counted or fingerprinted; the static rule agrees with a real forward (hooks); a
+    config naming them is refused in one line."""
+    from quant import QuantConfig, build_bank
+    from quant.errors import ConfigError
+    from quant.layers import dead_layers, executed_layers, layer_fingerprints, quantizable_layers
+
+    unet, args, kwargs = _fused_tiny_sd()
+    before = list(quantizable_layers(unet))
+    assert dead_layers(unet) == {} and set(executed_layers(unet, *args, **kwargs)) == set(before)
+    unet.fuse_qkv_projections()
+    everything = list(quantizable_layers(unet, include_dead=True))
+    ran = set(executed_layers(unet, *args, **kwargs))
+    dead = dead_layers(unet)
+    assert dead and set(dead) == set(everything) - ran  # exactly the layers forward never runs
+    live = list(quantizable_layers(unet))
+    assert live == [n for n in everything if n in ran]  # module order kept
+    assert set(layer_fingerprints(unet)) == set(live)
+    bank = build_bank(unet, ["uaq2", "uaq8"], model_name="fused", progress=False)
+    assert list(bank.layers) == live and bank.dead == dead
+    with pytest.raises(ConfigError, match=r"never run: .*to_[qkv] \(replaced by .*to_(qkv|kv)") as err:
+        bank.summarize(QuantConfig("fused", {n: "uaq2" for n in dead}))
+    assert "\n" not in str(err.value)
+
+
+def test_fused_bank_round_trips_its_dead_layers(tmp_path):
+    from quant import QuantConfig, build_bank
+    from quant.bank import Bank
+    from quant.errors import ConfigError
+
+    unet, _, _ = _fused_tiny_sd()
+    unet.fuse_qkv_projections()
+    bank = build_bank(unet, ["uaq4"], model_name="fused", progress=False)
+    bank.save(tmp_path / "b")
+    loaded = Bank.load(tmp_path / "b")
+    assert loaded.dead == bank.dead and list(loaded.layers) == list(bank.layers)
+    loaded.check_model(unet)
+    with pytest.raises(ConfigError, match="never run"):
+        loaded.validate(QuantConfig("fused", {next(iter(bank.dead)): "uaq4"}))
+
+
+def test_unfused_models_keep_their_exact_layer_list_and_bank(tmp_path):
+    """No dead layers, no wrapper: the list is every Conv/Linear in module order, as before, and
+    the bank has no `dead` key (byte-identical bank.json)."""
+    from quant.bank import build_bank
+    from quant.layers import QUANTIZABLE_TYPES, quantizable_layers
+
+    unet, _, _ = _fused_tiny_sd()
+    old = []
+    seen = set()
+    for name, m in unet.named_modules():
+        if isinstance(m, QUANTIZABLE_TYPES) and id(m) not in seen:
+            seen.add(id(m))
+            old.append(name)
+    assert list(quantizable_layers(unet)) == old
+    build_bank(_tiny_model(), ["uaq3"], progress=False).save(tmp_path / "b")
+    assert "dead" not in json.loads((tmp_path / "b" / "bank.json").read_text())
+
+
+def test_wrappers_are_seen_through():
+    """torch.compile's OptimizedModule and channels_last give the same layers, names and
+    fingerprints as the model itself, so a bank built from one fits the other."""
+    from quant.bank import build_bank
+    from quant.layers import layer_fingerprints, quantizable_layers, tied_groups
+
+    unet, _, _ = _fused_tiny_sd()
+    bank = build_bank(unet, ["uaq3"], model_name="m", progress=False)
+    compiled = torch.compile(unet)  # no forward: names only
+    assert list(quantizable_layers(compiled)) == list(quantizable_layers(unet))
+    bank.check_model(compiled)
+    cl = unet.to(memory_format=torch.channels_last)
+    assert layer_fingerprints(cl) == bank.layer_fingerprints and tied_groups(cl) == []
+    bank.check_model(cl)
+    cbank = build_bank(compiled, ["uaq3"], model_name="m", progress=False)
+    assert list(cbank.layers) == list(bank.layers)
+    assert all(torch.equal(cbank.dequantize(n, "uaq3"), bank.dequantize(n, "uaq3")) for n in bank.layers)
+
+
+def test_active_run_state_read_error_is_not_taken_for_absent(tmp_path, monkeypatch):
+    """#23.5's kind elsewhere: an OS error reading rounds.json is the machine's, not 'no run'."""
+    from search.active import current_run
+
+    (tmp_path / "predictor").mkdir()
+    (tmp_path / "predictor" / "ensemble.json").write_text("{}")
+    (tmp_path / "rounds.json").write_text("{not json")
+    assert current_run(tmp_path, tmp_path / "c.parquet", tmp_path / "b") is None  # damaged: not this run
+    real = Path.read_text
+
+    def eio(self, *a, **k):
+        if self.name == "rounds.json":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        current_run(tmp_path, tmp_path / "c.parquet", tmp_path / "b")
