@@ -3,8 +3,12 @@
 Each stage writes what it generated (`qsens ... --cost FILE`: `sampling.evaluator.CostMeter`
 counts). This sums them. The GPU-hours are arithmetic, not a measurement of this run:
 
-    SD v1.5 hours = image-equivalents / (SD v1.5 images per second measured by `bench/gpu.py`) / 3600
-    SDXL hours    = SD v1.5 hours × sdxl_macs_ratio
+    SD v1.5 hours = image-equivalents × L / (SD v1.5 images per second measured by `bench/gpu.py`) / 3600
+    SDXL hours    = image-equivalents × L' / (the same rate / sdxl_macs_ratio) / 3600
+
+where L (L') is 1 for stages whose image count does not depend on the model, and for the stages
+that score one layer-option at a time (`per_layer_stages`: probe, layerwise/MixDQ) the ratio of
+SD v1.5's (SDXL's) quantizable layers to this run's model's (282 and 794 vs 51 for `digits`).
 
 An image-equivalent is one generated image, or `forwards_per_image` denoiser samples of work that
 made no image (calibration inputs, output-error proxies). The SDXL factor is the ratio of the two
@@ -29,6 +33,9 @@ class CostParams:
     gpu_result: str = "bench/results/gpu_sd15.json"  # bench/gpu.py's stored run (sd15.fp.img_s)
     sdxl_macs_ratio: float = 8.83
     forwards_per_image: float = 0.0  # 0: the run's own ratio (the sample stage's samples per image)
+    per_layer_stages: tuple[str, ...] = ("probe", "analyze")  # image counts ∝ the model's layer count
+    layers_sd15: int = 282  # quantizable layers of SD v1.5's U-Net (shipped config)
+    layers_sdxl: int = 794  # and of SDXL's
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "CostParams":
@@ -36,6 +43,8 @@ class CostParams:
 
         d = dict(d or {})
         reject_unknown(CostParams, d, "cost")
+        if isinstance(d.get("per_layer_stages"), list):
+            d["per_layer_stages"] = tuple(d["per_layer_stages"])
         p = CostParams(**d)
         if p.sdxl_macs_ratio <= 0 or p.forwards_per_image < 0:
             raise QsensError("cost.sdxl_macs_ratio must be > 0 and cost.forwards_per_image >= 0")
@@ -56,9 +65,10 @@ def gpu_rate(path: str | Path) -> tuple[float, dict[str, Any]]:
                   "batch_size": sd.get("batch_size"), "img_s": rate, "file": str(p)}
 
 
-def summarize_costs(directory: str | Path, params: CostParams) -> dict[str, Any]:
+def summarize_costs(directory: str | Path, params: CostParams, layers: int | None = None) -> dict[str, Any]:
     """{stages: {name: {images, forwards, forward_samples, seconds, image_equivalents, gpu_hours}},
-    total, label_images, gpu, assumptions} from the `<stage>.json` files in `directory`."""
+    total, label_images, gpu, assumptions} from the `<stage>.json` files in `directory`;
+    `layers`: this run's model's quantizable layers (None: per-layer stages are not rescaled)."""
     directory = Path(directory)
     files = sorted(directory.glob("*.json")) if directory.is_dir() else []
     if not files:
@@ -82,18 +92,25 @@ def summarize_costs(directory: str | Path, params: CostParams) -> dict[str, Any]
         # work that made no image (forward passes beyond the images' own) in image-equivalents
         extra = max(0.0, r["forward_samples"] - r["images"] * fpi) / fpi if fpi else 0.0
         r["image_equivalents"] = round(r["images"] + extra, 1)
+    total["gpu_hours"] = {"sd15": 0.0, "sdxl": 0.0}
+    for name, r in rows.items():
+        per_layer = layers and name in params.per_layer_stages
         h = r["image_equivalents"] / rate / 3600
-        r["gpu_hours"] = {"sd15": round(h, 3), "sdxl": round(h * params.sdxl_macs_ratio, 3)}
+        r["gpu_hours"] = {"sd15": round(h * (params.layers_sd15 / layers if per_layer else 1), 3),
+                          "sdxl": round(h * params.sdxl_macs_ratio * (params.layers_sdxl / layers if per_layer else 1), 3)}
         for k in ("images", "forwards", "forward_samples", "seconds", "image_equivalents"):
             total[k] += r[k]
-    h = total["image_equivalents"] / rate / 3600
-    total["gpu_hours"] = {"sd15": round(h, 2), "sdxl": round(h * params.sdxl_macs_ratio, 2)}
+        for k in ("sd15", "sdxl"):
+            total["gpu_hours"][k] += r["gpu_hours"][k]
+    total["gpu_hours"] = {k: round(v, 2) for k, v in total["gpu_hours"].items()}
     total["seconds"] = round(total["seconds"], 1)
     return {"stages": rows, "total": total, "forwards_per_image": round(fpi, 3),
             "label_images": {k: r.get("label_images", r["images"]) for k, r in rows.items()
                              if k in ("sample", "probe", "search")},
-            "gpu": gpu, "sdxl_macs_ratio": params.sdxl_macs_ratio,
+            "gpu": gpu, "sdxl_macs_ratio": params.sdxl_macs_ratio, "layers": layers,
+            "per_layer_stages": list(params.per_layer_stages),
+            "layers_scaled_to": {"sd15": params.layers_sd15, "sdxl": params.layers_sdxl},
             "assumptions": "GPU-hours = image-equivalents / measured SD v1.5 images/s (bench/gpu.py, "
                            "fp16, its steps and guidance) / 3600; SDXL = SD v1.5 × the U-Nets' MACs ratio "
-                           "per image at native resolution; scoring (Inception/CLIP) and training not included; "
+                           "per image at native resolution; per-layer stages scaled by the layer-count ratio; scoring (Inception/CLIP) and training not included; "
                            "stages that resumed count only what this run generated (sample counts its records)"}

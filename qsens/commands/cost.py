@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--costs", type=Path, required=True, metavar="DIR", help="directory of <stage>.json spend files")
     p.add_argument("--out", type=Path, default=Path("metrics/cost.json"), help="JSON to write (default: metrics/cost.json)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    p.add_argument("--bank", type=Path, default=None,
+                   help="the run's bank dir: its layer count rescales the per-layer stages to SD v1.5 / SDXL")
     p.set_defaults(func=run)
 
 
@@ -29,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
 
     params = CostParams.from_dict(read_params_section(args.params, "cost"))
     out = check_output_path(args.out)
-    result = summarize_costs(args.costs, params)
+    layers = None
+    if args.bank is not None:
+        from quant.bank import Bank
+
+        layers = len(Bank.load(args.bank).layer_names)
+    result = summarize_costs(args.costs, params, layers)
     write_json(out, result, sort_keys=False)
     print(f"{'stage':18s} {'images':>10s} {'fwd samples':>12s} {'SD1.5 GPU-h':>11s} {'SDXL GPU-h':>10s}")
     for name, row in result["stages"].items():
