@@ -54,7 +54,7 @@ class DiffusersPipelineDenoiser(Denoiser):
 
     def __init__(self, pipe: Any, name: str, *, prompts: list[str] | None = None,
                  num_classes: int | None = None, class_names: list[str] | None = None,
-                 steps: int = 20, guidance: float | None = None, batch_size: int = 4,
+                 steps: int | None = 20, guidance: float | None = None, batch_size: int = 4,
                  negative_prompt: str = "", resolution: int | None = None,
                  reference: ReferenceData | None = None, call_kwargs: dict[str, Any] | None = None,
                  cond_images: np.ndarray | None = None):
@@ -70,7 +70,9 @@ class DiffusersPipelineDenoiser(Denoiser):
         self.prompts = list(prompts) if prompts else None
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
-        self.steps, self.batch_size = int(steps), int(batch_size)
+        # None = the pipeline's own __call__ default (LCM 4, FLUX 28, SD 50), else 20
+        self.steps = int(steps if steps is not None else (self.traits.steps or 20))
+        self.batch_size = int(batch_size)
         # None = what users get when they call the pipeline: its own __call__ default.
         self.guidance = float(pipeline_default(pipe, "guidance_scale", 1.0) if guidance is None
                               else guidance)

@@ -94,7 +94,7 @@ class ModelSpec:
     source: str = "digits"
     name: str = "digits"
     reference: str | None = None  # real models: a dir written by `qsens reference build`
-    steps: int = 20  # real models (digits: digits.steps)
+    steps: int | None = 20  # real models (digits: digits.steps); None = the pipeline's own __call__ default
     guidance: float | None = None  # real models; None = the pipeline's own __call__ default
     negative_prompt: str = ""
     resolution: int | None = None  # real models: output side in px; None = the pipeline's
@@ -109,8 +109,8 @@ class ModelSpec:
                              "most 64 characters): it names every data path")
         if self.dtype not in DTYPES:
             raise QsensError(f"model.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
-        if int(self.steps) < 1:
-            raise QsensError(f"model.steps must be >= 1, got {self.steps}")
+        if self.steps is not None and int(self.steps) < 1:
+            raise QsensError(f"model.steps must be >= 1 (or null: the pipeline's default), got {self.steps}")
         if int(self.batch_size) < 1:
             raise QsensError(f"model.batch_size must be >= 1, got {self.batch_size}")
         if self.guidance is not None and not float(self.guidance) >= 0:
