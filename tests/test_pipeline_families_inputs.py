@@ -125,3 +125,40 @@ def test_a_prequantized_torchao_checkpoint_is_dequantized_with_one_line(tmp_path
     assert "saved quantized (torchao Int8WeightOnlyConfig" in err and "dequantized to float32" in err
     bank = json.loads((tmp_path / "data" / "bank" / "preq" / "bank.json").read_text())
     assert len(bank["layer_fingerprints"]) > 10
+
+
+WANT = {  # kind: (conditioning, image input, native px, prediction, guidance kind)
+    "flux": ("text", None, 256, "flow", "embedded"),  # default_sample_size 128 x VAE factor 2
+    "sana": ("text", None, 32, "flow", "cfg"),
+    "sd3": ("text", None, 16, "flow", "cfg"),
+    "hunyuan": ("text", None, 16, "v_prediction", "cfg"),
+    "lcm": ("text", None, 16, "epsilon", "embedded"),
+    "ddpm": ("none", None, 16, "epsilon", "none"),
+    "img2img": ("text", "init", 16, "epsilon", "cfg"),
+    "controlnet": ("text", "control", 16, "epsilon", "cfg"),
+    "sd": ("text", None, 16, "epsilon", "cfg"),
+    "dit": ("class", None, 16, "epsilon", "cfg"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WANT))
+def test_traits_are_asked_of_the_pipeline(kind):
+    from denoisers.traits import check_drivable, pipeline_traits
+    from tests.tiny_pipelines import tiny_pipeline
+
+    pipe = tiny_pipeline(kind)
+    t = pipeline_traits(pipe)
+    check_drivable(pipe, t)
+    assert (t.conditioning, t.image_input, t.resolution, t.prediction, t.guidance_kind) == WANT[kind]
+
+
+def test_a_pipeline_needing_a_mask_is_refused_in_one_line():
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from denoisers.pipeline import DiffusersPipelineDenoiser
+    from quant.errors import QsensError
+    from tests.tiny_pipelines import tiny_pipeline
+
+    pipe = StableDiffusionInpaintPipeline(**tiny_pipeline("sd").components, requires_safety_checker=False)
+    with pytest.raises(QsensError, match=r"needs a mask image \(inpainting\) \(`mask_image`\)"):
+        DiffusersPipelineDenoiser(pipe, "inpaint", prompts=["a cat"])
