@@ -33,8 +33,8 @@ from quant.activations import config_activation_bits
 from quant.config import QuantConfig
 from quant.errors import BankFormatError, BankMismatchError, ConfigError
 from quant.jsonio import read_json, write_json
-from quant.layers import (LayerInfo, check_finite_weights, combine_fingerprints, layer_fingerprints,
-                          layer_infos, quantizable_layers, tied_groups)
+from quant.layers import (LayerInfo, check_finite_weights, combine_fingerprints, dead_layers,
+                          layer_fingerprints, layer_infos, quantizable_layers, tied_groups)
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
 from quant.progress import progress_bar
@@ -75,6 +75,7 @@ class Bank:
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # in-memory (unsaved)
     _handles: dict[str, object] = field(default_factory=dict, repr=False)
     tied: list[list[str]] = field(default_factory=list)  # groups of layers sharing one weight tensor
+    dead: dict[str, str] = field(default_factory=dict)  # layers in the module tree forward never runs: why
 
     def unit(self, layer: str) -> str:
         """The layer whose stored tensors `layer` uses: the first of its tied group, else itself."""
@@ -113,6 +114,13 @@ class Bank:
         layers, or a stated `avg_bits` that this bank's accounting does not reproduce (within
         AVG_BITS_TOLERANCE: files may round it)."""
         where = where or getattr(config, "source", None) or "config"
+        named_dead = [n for n in list(config.options) + list(getattr(config, "act_options", {}) or {})
+                      if n in self.dead]
+        if named_dead:
+            raise ConfigError(f"{where} names {len(named_dead)} layer(s) that exist but never run: "
+                              f"{named_dead[0]} ({self.dead[named_dead[0]]})"
+                              f"{f' and {len(named_dead) - 1} more' if len(named_dead) > 1 else ''}; "
+                              "quantizing them would change nothing: remove them from the config")
         if config.model != self.model:
             raise ConfigError(f"{where} is for model {config.model!r} but the bank is for {self.model!r}")
         config = config.validate(self.layers, self.options, where=where, tied=self.tied)
@@ -208,6 +216,8 @@ class Bank:
         }
         if self.tied:  # absent for untied models: their bank.json stays byte-identical to before
             meta["tied"] = [list(g) for g in self.tied]
+        if self.dead:  # likewise absent for models without dead (fused-away) layers
+            meta["dead"] = dict(self.dead)
         recover(directory)
         foreign = ([p for p in directory.iterdir() if not (p.name == META_FILE or
                     (p.name.startswith("bank-") and p.name.endswith(".safetensors")))]
@@ -255,8 +265,12 @@ class Bank:
                                                 for g in tied)):
             raise BankFormatError(f"{meta_path}: `tied` must list groups of ≥ 2 of the bank's layers; "
                                   "rebuild the bank")
+        dead = meta.get("dead", {})
+        if not (isinstance(dead, dict) and all(isinstance(k, str) and isinstance(v, str) and k not in layers
+                                               for k, v in dead.items())):
+            raise BankFormatError(f"{meta_path}: `dead` must map layers outside the bank to reasons; rebuild the bank")
         bank = Bank(meta["model"], list(meta["options"]), layers, entries, dict(meta["layer_fingerprints"]),
-                    path=directory, tied=[list(g) for g in tied])
+                    path=directory, tied=[list(g) for g in tied], dead=dict(dead))
         for shard in sorted({e.shard for opts in entries.values() for e in opts.values()}):
             if not (directory / shard).is_file():
                 raise BankFormatError(f"{directory / shard}: bank shard missing; rebuild with `qsens bank build`")
@@ -313,4 +327,5 @@ def build_bank(
             shard_bytes += packed.numel() + params.numel() * 2
             if shard_bytes > SHARD_BYTES:
                 shard_index, shard_bytes = shard_index + 1, 0
-    return Bank(model_name, option_names, infos, entries, layer_fingerprints(model), _tensors=tensors, tied=tied)
+    return Bank(model_name, option_names, infos, entries, layer_fingerprints(model), _tensors=tensors, tied=tied,
+                dead=dead_layers(model))

@@ -30,18 +30,86 @@ class LayerInfo:
                          int(d["c_out"]), int(d.get("macs", 0)))
 
 
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv1d/Conv2d/Linear of `model`, by fully qualified name, in module order.
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model users' tools wrap: torch.compile's OptimizedModule (`_orig_mod`) and similar
+    (`module` of DataParallel/DDP-style wrappers), so layer names are those of the model itself."""
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__ in ("DataParallel", "DistributedDataParallel"):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
+# Attention fusions that leave the replaced projections in the module tree, unused by forward:
+# diffusers' `fuse_qkv_projections()` sets `fused_projections` on each Attention and adds
+# `to_qkv` (self-attention: replaces to_q/to_k/to_v) or `to_kv` (cross-attention: to_k/to_v), and
+# on joint attention `to_added_qkv` (replaces add_q_proj/add_k_proj/add_v_proj).
+_FUSIONS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_kv", ("to_k", "to_v")),
+            ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
+
+
+def dead_layers(model: nn.Module) -> dict[str, str]:
+    """{layer: why} for quantizable layers that exist in the module tree but that forward never
+    runs because a fusion replaced them (see _FUSIONS). Empty for models without fusions, so
+    their layer lists are exactly what they were. `executed_layers` checks the same from a real
+    forward pass."""
+    model = unwrap(model)
+    dead: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        children = dict(module.named_children())
+        for fused, parts in _FUSIONS:
+            if isinstance(children.get(fused), QUANTIZABLE_TYPES):
+                for part in parts:
+                    if isinstance(children.get(part), QUANTIZABLE_TYPES):
+                        full = f"{name}.{part}" if name else part
+                        dead.setdefault(full, f"replaced by {name + '.' if name else ''}{fused} "
+                                              "(fuse_qkv_projections): forward never runs it")
+    return dead
+
+
+def quantizable_layers(model: nn.Module, include_dead: bool = False) -> dict[str, nn.Module]:
+    """Every Conv1d/Conv2d/Linear of `model` that forward runs, by fully qualified name, in
+    module order: the one definition the bank, the accounting, apply, pack, export and the
+    fingerprint share.
 
     A module reachable under two names (shared weights) is listed once, under its first name.
+    Wrappers are seen through (`unwrap`: torch.compile), and layers a fusion left in the tree but
+    forward never runs (`dead_layers`: diffusers' fuse_qkv_projections) are left out unless
+    `include_dead`. For a model with neither, the list is every such module in module order.
     """
+    model = unwrap(model)
+    dead = {} if include_dead else dead_layers(model)
     layers: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
         if isinstance(module, QUANTIZABLE_TYPES) and id(module) not in seen:
             seen.add(id(module))
-            layers[name] = module
+            if name not in dead:
+                layers[name] = module
     return layers
+
+
+@torch.no_grad()
+def executed_layers(model: nn.Module, *args, **kwargs) -> list[str]:
+    """The quantizable layers (dead ones included) that one forward pass at the given inputs
+    runs, in the order they first run (forward hooks)."""
+    ran: list[str] = []
+    hooks = []
+    for name, module in quantizable_layers(model, include_dead=True).items():
+        hooks.append(module.register_forward_hook(lambda _m, _i, _o, name=name: ran.append(name)))
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(ran))
 
 
 def non_finite_layers(layers: dict[str, nn.Module] | nn.Module) -> dict[str, int]:
