@@ -627,3 +627,47 @@ def test_case4_config_act_bits_follow_the_same_integer_rule(tmp_path) -> None:
         path.write_text(json.dumps({"model": "m", "options": {}, "act_bits": bad}))
         with pytest.raises(ConfigError, match=r"'act_bits' = .*: expected null, 8 or 6"):
             QuantConfig.load(path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CASES.is_dir(), reason="../shared/cases not present")
+def test_issue23_case_scripts(tmp_path) -> None:
+    """The #23 case scripts (non-finite weights, no locks, pandas round trip, skip list, fused
+    QKV) from the project root, with their expected outcomes."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda *args: subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                                       text=True, timeout=600, env=env)
+    tiny = tmp_path / "tiny"
+    assert run(CASES / "make_tiny_data.py", tiny).returncode == 0
+    M = ["--model", "digits", "--data-dir"]
+    assert run("-m", "qsens", "bank", "build", *M, tiny, "--out", tiny / "bank" / "digits", "--quiet").returncode == 0
+    # 1. a NaN weight: refused in one line naming the layer, with UAQ-only and k-means options alike
+    assert run(CASES / "poison_weights.py", tiny, tmp_path / "nan", "nan", "mid_block.resnets.0.conv2").returncode == 0
+    for opts in ("uaq3,uaq4", "kmc3,uaq4"):
+        r = run("-m", "qsens", "bank", "build", *M, tmp_path / "nan", "--options", opts, "--out", tmp_path / "nb", "--quiet")
+        err = [l for l in r.stderr.splitlines() if l.startswith("error")]
+        assert r.returncode == 2 and len(err) == 1 and "mid_block.resnets.0.conv2" in err[0], r.stderr[-800:]
+        assert not (tmp_path / "nb").exists()
+    # 5. no locks on the file system: what the OS said, not "another qsens"
+    r = run(CASES / "nfs_no_locks.py", "sample", *M, tiny, "--num-configs", "2", "--images", "4", "--workers", "1",
+            "--shards", tmp_path / "s", "--quiet")
+    err = [l for l in r.stderr.splitlines() if l.startswith("error")]
+    assert r.returncode == 2 and len(err) == 1 and "No locks available (ENOLCK)" in err[0], r.stderr[-800:]
+    # 6. a cache written back by pandas reads the same
+    r = run("-m", "qsens", "sample", *M, tiny, "--num-configs", "2", "--images", "4", "--workers", "1",
+            "--shards", tmp_path / "s2", "--quiet")
+    assert r.returncode == 0, r.stderr[-800:]
+    assert run("-m", "qsens", "cache", "merge", "--shards", tmp_path / "s2", "--out", tmp_path / "c.parquet").returncode == 0
+    assert run(CASES / "cache_pandas_roundtrip.py", tmp_path / "c.parquet", tmp_path / "rt").returncode == 0
+    shown = run("-m", "qsens", "cache", "show", tmp_path / "c.parquet").stdout
+    for f in ("filtered", "concat"):
+        r = run("-m", "qsens", "cache", "show", tmp_path / f"rt-{f}.parquet")
+        assert r.returncode == 0 and r.stdout.splitlines()[1:] == shown.splitlines()[1:], r.stderr[-800:]
+    # 3. the skip list keeps exactly the ranked layer under diffusers+torchao's own rule
+    r = run(CASES / "skiplist_diffusers_torchao.py", tmp_path / "flux")
+    assert "really left in FP: ['transformer_blocks.0.attn.to_q']" in r.stdout, r.stdout + r.stderr[-800:]
+    # 2. fused QKV: the dead projections are neither banked nor counted
+    r = run(CASES / "fused_qkv_bank.py")
+    assert "dead layers in the bank: 0" in r.stdout and "avg_bits 16.000" in r.stdout, r.stdout + r.stderr[-800:]
