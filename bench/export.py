@@ -350,7 +350,8 @@ def bench_digits(args, log) -> dict[str, Any]:
                    fingerprint=bank.fingerprint, accounted=stats.to_dict())
     manifest = read_manifest(work / "q")
     packed = load_quantized(work / "q", copy.deepcopy(fp))
-    inputs = {b: den.example_inputs(b) for b in args.batches}
+    batches = sorted(set(args.batches) | {int(params.gen_batch_size)})  # + the generation batch
+    inputs = {b: den.example_inputs(b) for b in batches}
     with torch.inference_mode():
         exact = bool(torch.equal(packed(*inputs[1][0], **inputs[1][1])[0], fake(*inputs[1][0], **inputs[1][1])[0]))
     accounted = manifest["packed_accounted_bytes"]
@@ -358,7 +359,11 @@ def bench_digits(args, log) -> dict[str, Any]:
     mem = weight_bytes(packed)
     log(f"digits: {len(bank.layer_names)} layers, {stats.avg_bits:.3f} avg bits; weights on disk {disk:,} B / "
         f"accounted {accounted:,.0f} B = {disk / accounted:.4f}; packed == fake-quant forward: {exact}")
-    models = {"fp": fp, "fake_quant": fake, "packed": packed}
+    from quant.activations import enable_activation_quant
+
+    fake_a8 = copy.deepcopy(fake)  # weight-only config + one set of dynamic A8 hooks (`--act-bits 8`)
+    enable_activation_quant(fake_a8, 8)
+    models = {"fp": fp, "fake_quant": fake, "packed": packed, "fake_quant_a8": fake_a8}
     quiet = lambda s: None  # noqa: E731  (hundreds of short runs)
     best = interleaved(models, inputs, args.digits_rounds, quiet)
     out: dict[str, Any] = {
@@ -376,7 +381,11 @@ def bench_digits(args, log) -> dict[str, Any]:
             best |= {k: v for k, v in interleaved({"fp": fp, **runnable}, inputs, args.digits_rounds, quiet).items()
                      if k.startswith("torchao")}
     out["seconds"] = best
-    out["ratios"] = ratios(best, args.batches, ["fp", "fake_quant", "packed", "torchao_int8", "torchao_int4"])
+    out["batches"] = batches
+    out["ratios"] = ratios(best, batches, ["fp", "fake_quant", "packed", "fake_quant_a8", "torchao_int8",
+                                           "torchao_int4"])
+    for b in batches:  # --act-bits against the weight-only time
+        out["ratios"][f"a8_vs_weight_only_cpu_b{b}"] = best[f"fake_quant_a8_b{b}"]["cpu"] / best[f"fake_quant_b{b}"]["cpu"]
     for k, v in out["ratios"].items():
         if "_cpu_" in k:
             log(f"digits {k} = {v:.3f}")

@@ -427,6 +427,17 @@ def bench_model(key: str, make: Callable[[], tuple[Any, dict]], args: argparse.N
         "extrapolated": True,
         "how": f"{SCORED_IMAGES} / measured quantized img/s + apply + restore; scoring not included",
     }
+    # the same config as packed layers: codes + params moved to the device, decoded there in every
+    # forward (eager and under torch.compile), applied by swapping modules, restored by swapping back
+    captured = capture_forward_inputs(model, lambda: generate(bs, seed=0, steps_=1))
+    r["packed"] = packed_comparison(model, bank, config, device, captured, batch_s=fp_s / n_batches,
+                                    compile_backend="eager" if device.type == "cpu" else "inductor")
+    log(f"[{key}] packed: apply {r['packed']['apply_s']:.3f} s + restore {r['packed']['restore_s']:.3f} s "
+        f"= {r['packed']['apply_restore_over_batch']:.3f}x one batch; forward FP {r['packed']['forward_fp_s']:.4f} s, "
+        f"packed {r['packed']['forward_packed_s']:.4f} s ({r['packed']['packed_vs_fp_forward']:.3f}x), compiled "
+        f"{r['packed'].get('forward_packed_compiled_s', math.nan):.4f} s "
+        f"({r['packed'].get('packed_compiled_vs_fp_forward', math.nan):.3f}x)")
+    save()
     r["status"] = "ok"
     if device.type == "cuda":
         r["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -439,6 +450,94 @@ def bench_model(key: str, make: Callable[[], tuple[Any, dict]], args: argparse.N
         f"{r['config_s_1000_images']['seconds']:.1f} s")
     save()
     del bank, den, pipe, model, qlayers, fp_gen, q_gen
+
+
+def capture_forward_inputs(model: torch.nn.Module, run: Callable[[], Any]) -> tuple[tuple, dict]:
+    """(args, kwargs) of the first forward of `model` while `run()` runs (a real sampler step's
+    inputs: CFG batch, latents, time step, text states)."""
+    seen: list = []
+
+    def hook(_m, args, kwargs):
+        if not seen:
+            seen.append((args, dict(kwargs)))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def packed_comparison(model: torch.nn.Module, bank, config, device: torch.device, inputs: tuple[tuple, dict],
+                      batch_s: float, compile_backend: str = "inductor", repeats: int = 3) -> dict[str, Any]:
+    """Packed layers on `device` against the FP model, on one denoiser forward.
+
+    apply: `quant.pack` (the bank's packed codes and fp16 params copied to the device, no
+    unpacking on the CPU); restore: the FP modules swapped back. Forward: best of `repeats` for FP,
+    packed eager and packed under torch.compile (`compile_backend`; "eager" for a CPU dry run).
+    Returns seconds and ratios; apply + restore over `batch_s` (one generation batch)."""
+    from quant.layers import quantizable_layers
+    from quant.pack import _replace, pack, packed_layers
+
+    args, kwargs = inputs
+    originals = quantizable_layers(model)
+
+    def forward(m) -> tuple[Any, float]:
+        best, out = math.inf, None
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            with torch.inference_mode():
+                out = m(*args, **kwargs)
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+        return out, best
+
+    fp_out, fp_s = forward(model)
+    sync(device)
+    t0 = time.perf_counter()
+    pack(model, config, bank, verify=False)
+    sync(device)
+    apply_s = time.perf_counter() - t0
+    layers = packed_layers(model)
+    on_device = all(m.codes.device.type == device.type for m in layers.values() if "codes" in m._buffers)
+    out: dict[str, Any] = {"apply_s": apply_s, "codes_on_device": on_device, "layers_packed": len(layers),
+                           "forward_fp_s": fp_s, "compile_backend": compile_backend}
+    try:
+        p_out, p_s = forward(model)
+        out["forward_packed_s"] = p_s
+        out["packed_vs_fp_forward"] = p_s / fp_s
+        first = lambda o: o[0] if isinstance(o, (tuple, list)) else getattr(o, "sample", o)  # noqa: E731
+        out["max_abs_diff_vs_fp"] = float((first(p_out).float() - first(fp_out).float()).abs().max())
+        try:
+            import torch._dynamo as dynamo  # (a plain `import torch._dynamo` would make `torch` local here)
+
+            dynamo.reset()
+            compiled = torch.compile(model, backend=compile_backend)
+            sync(device)
+            t = time.perf_counter()
+            with torch.inference_mode():
+                c_out = compiled(*args, **kwargs)
+            sync(device)
+            out["compile_s"] = time.perf_counter() - t
+            _, c_s = forward(compiled)
+            out["forward_packed_compiled_s"] = c_s
+            out["packed_compiled_vs_fp_forward"] = c_s / fp_s
+            out["compiled_max_abs_diff_vs_eager"] = float((first(c_out).float() - first(p_out).float()).abs().max())
+        except Exception as exc:  # a compile failure is a result to store, not a crash
+            out["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    finally:
+        sync(device)
+        t0 = time.perf_counter()
+        current = quantizable_layers(model)
+        _replace(model, {id(current[n]): originals[n] for n in current if current[n] is not originals[n]})
+        sync(device)
+        out["restore_s"] = time.perf_counter() - t0
+    out["restored"] = all(a is b for a, b in zip(quantizable_layers(model).values(), originals.values()))
+    out["apply_restore_over_batch"] = (out["apply_s"] + out["restore_s"]) / batch_s
+    out["batch_s"] = batch_s
+    return out
 
 
 def free(device: torch.device) -> None:

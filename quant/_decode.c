@@ -62,3 +62,118 @@ ALL(uint32_t)
     }
 DISPATCH(uint16_t)
 DISPATCH(uint32_t)
+
+/* Activation fake-quantization grid (quant.activations._fake_quantize), float32, one pass:
+ * out = (clamp(round(x / s) + z, 0, qmax) - z) * s with s, z per row of `row_len` values
+ * (rstride 1) or one pair for all (rstride 0). The same IEEE operations, in the same order, as
+ * the torch ops it replaces (round = nearbyint, ties to even; clamp passes NaN through); build
+ * without -ffast-math and with -ffp-contract=off so none is fused or reordered. */
+#include <math.h>
+#include <stdlib.h>
+int qsens_fq_grid_f32(const float *x, int64_t numel, int64_t row_len, const float *scale,
+                      const float *zero, int64_t rstride, float qmax, float *out) {
+    if (row_len <= 0 || numel % row_len) return 1;
+    for (int64_t r0 = 0, r = 0; r0 < numel; r0 += row_len, r++) {
+        const float s = scale[r * rstride], z = zero[r * rstride];
+        for (int64_t i = r0; i < r0 + row_len; i++) {
+            float v = nearbyintf(x[i] / s) + z;
+            v = v < 0.0f ? 0.0f : (v > qmax ? qmax : v);
+            out[i] = (v - z) * s;
+        }
+    }
+    return 0;
+}
+
+/* The whole dynamic/static grid from the ranges: per row, s = (hi - lo) / qmax (hi/qmax - lo/qmax
+ * when hi - lo overflows), s = 1 for a zero-width range (hi <= lo), z = round(-lo / s), then the
+ * grid above. Returns 0, or 3 when some row's range is zero-width (the caller keeps those values
+ * as they are, as the torch path does). */
+int qsens_fq_range_f32(const float *x, int64_t numel, int64_t row_len, const float *lo,
+                       const float *hi, int64_t rstride, float qmax, float *out) {
+    int degenerate = 0;
+    if (row_len <= 0 || numel % row_len) return 1;
+    for (int64_t r0 = 0, r = 0; r0 < numel; r0 += row_len, r++) {
+        const float l = lo[r * rstride], h = hi[r * rstride];
+        float s;
+        if (h <= l) { s = 1.0f; degenerate = 1; }
+        else {
+            float span = h - l;
+            s = isfinite(span) ? span / qmax : h / qmax - l / qmax;
+        }
+        const float z = nearbyintf(-l / s);
+        for (int64_t i = r0; i < r0 + row_len; i++) {
+            float v = nearbyintf(x[i] / s) + z;
+            v = v < 0.0f ? 0.0f : (v > qmax ? qmax : v);
+            out[i] = (v - z) * s;
+        }
+    }
+    return degenerate ? 3 : 0;
+}
+
+/* Dynamic ranges too: each row's min and max (NaN if the row holds a NaN, as torch.amin/amax),
+ * written to lo/hi, then the grid as qsens_fq_range_f32. */
+int qsens_fq_dynamic_f32(const float *x, int64_t numel, int64_t row_len, float *lo, float *hi,
+                         float qmax, float *out) {
+    if (row_len <= 0 || numel % row_len) return 1;
+    for (int64_t r0 = 0, r = 0; r0 < numel; r0 += row_len, r++) {
+        float l = x[r0], h = x[r0];
+        int nan = isnan(l);
+        for (int64_t i = r0 + 1; i < r0 + row_len; i++) {
+            const float v = x[i];
+            if (isnan(v)) nan = 1;
+            l = v < l ? v : l;
+            h = v > h ? v : h;
+        }
+        lo[r] = nan ? NAN : l;
+        hi[r] = nan ? NAN : h;
+    }
+    return qsens_fq_range_f32(x, numel, row_len, lo, hi, 1, qmax, out);
+}
+
+/* The same for a channels-last (N, L, C) layout, ranges per (n, c) over L: no transposing copy. */
+int qsens_fq_dynamic_cl_f32(const float *x, int64_t n_, int64_t l_, int64_t c_, float *lo, float *hi,
+                            float qmax, float *out) {
+    int degenerate = 0;
+    if (l_ <= 0 || c_ <= 0) return 1;
+    float *s = malloc(2 * c_ * sizeof(float)), *z;
+    if (!s) return 1;
+    z = s + c_;
+    for (int64_t n = 0; n < n_; n++) {
+        const float *xn = x + n * l_ * c_;
+        float *ln = lo + n * c_, *hn = hi + n * c_, *on = out + n * l_ * c_;
+        for (int64_t c = 0; c < c_; c++) { ln[c] = xn[c]; hn[c] = xn[c]; }
+        for (int64_t l = 1; l < l_; l++) {
+            const float *row = xn + l * c_;
+            for (int64_t c = 0; c < c_; c++) {
+                const float v = row[c];
+                ln[c] = (v < ln[c] || isnan(v)) ? v : ln[c];  /* a NaN, once in, stays (v<NaN false, NaN!=NaN) */
+                hn[c] = (v > hn[c] || isnan(v)) ? v : hn[c];
+            }
+        }
+        for (int64_t c = 0; c < c_; c++) {
+            if (isnan(ln[c]) || isnan(hn[c])) { ln[c] = NAN; hn[c] = NAN; }
+        }
+        for (int64_t c = 0; c < c_; c++) {
+            const float lo_c = ln[c], hi_c = hn[c];
+            float sc;
+            if (hi_c <= lo_c) { sc = 1.0f; degenerate = 1; }
+            else {
+                float span = hi_c - lo_c;
+                sc = isfinite(span) ? span / qmax : hi_c / qmax - lo_c / qmax;
+            }
+            s[c] = sc;
+            z[c] = nearbyintf(-lo_c / sc);
+        }
+        for (int64_t l = 0; l < l_; l++) {
+            const float *row = xn + l * c_;
+            float *orow = on + l * c_;
+            for (int64_t c = 0; c < c_; c++) {
+                float v = nearbyintf(row[c] / s[c]) + z[c];
+                v = v < 0.0f ? 0.0f : (v > qmax ? qmax : v);
+                orow[c] = (v - z[c]) * s[c];
+            }
+        }
+    }
+    free(s);
+    return degenerate ? 3 : 0;
+}

@@ -28,6 +28,7 @@ from torch import nn
 from quant.config import MIN_ACT_BITS, MAX_ACT_BITS
 from quant.errors import ConfigError
 from quant.layers import quantizable_layers
+from quant.packing import native_fake_quant, native_fake_quant_dynamic, native_grid
 
 ACT_BITS = (8, 6)  # the global setting (QuantConfig.act_bits, `--act-bits`)
 ACT_MODES = ("dynamic", "static")
@@ -37,9 +38,25 @@ def fake_quantize_activation(x: torch.Tensor, bits: int, reduce_dims: tuple[int,
     """Dynamic asymmetric min-max fake-quantization of `x`, one range per slice left after
     reducing `reduce_dims` (same shape and dtype as `x`; the arithmetic in float32, see
     `_fake_quantize`)."""
+    xf = x.to(_compute_dtype(x.dtype))
+    fast = native_fake_quant_dynamic(xf, reduce_dims, (1 << bits) - 1)  # CPU: one C call, same values
+    if fast is not None:
+        out, lo, hi, some_degenerate = fast
+        if some_degenerate:
+            out = torch.where(hi <= lo, torch.minimum(torch.maximum(xf, lo), hi), out)
+        return _cast_back(out, x.dtype)
     lo = x.amin(dim=reduce_dims, keepdim=True)
     hi = x.amax(dim=reduce_dims, keepdim=True)
     return _fake_quantize(x, bits, lo, hi)
+
+
+def _cast_back(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 results in the activation's dtype; a grid point a rounding step past the dtype's
+    max must not cast to inf."""
+    if out.dtype == dtype:
+        return out
+    info = torch.finfo(dtype)
+    return out.clamp(info.min, info.max).to(dtype)
 
 
 def fake_quantize_static(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
@@ -64,19 +81,30 @@ def _fake_quantize(x: torch.Tensor, bits: int, lo: torch.Tensor, hi: torch.Tenso
     dt = _compute_dtype(x.dtype)
     xf, lo, hi = x.to(dt), lo.to(dt), hi.to(dt)
     qmax = (1 << bits) - 1
+    fast = native_fake_quant(xf, lo, hi, qmax)  # CPU float32: one C call, the same ops
+    if fast is not None:
+        out, some_degenerate = fast
+        if some_degenerate:
+            degenerate = hi <= lo
+            out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), out)
+        return _cast_back(out, x.dtype)
     degenerate = hi <= lo
     span = hi - lo  # inf only for ranges wider than float32 (bf16 near its limits): split it then
     span_scale = torch.where(torch.isfinite(span), span / qmax, hi / qmax - lo / qmax)
     scale = torch.where(degenerate, torch.ones_like(hi), span_scale)
     zero = torch.round(-lo / scale)
-    # round(x / s) + z, clamped, minus z, times s: the same ops as ever, in place (one buffer)
-    grid = torch.div(xf, scale).round_().add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
-    # a zero-width range holds one value: keep it exactly (the grid above would round it to an integer)
-    out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), grid)
-    if dt != x.dtype:  # a grid point a rounding step past the dtype's max must not cast to inf
-        info = torch.finfo(x.dtype)
-        out = out.clamp(info.min, info.max)
-    return out.to(x.dtype)
+    # round(x / s) + z, clamped, minus z, times s: the same ops as ever — one pass of the C loop
+    # on CPU (quant/_decode.c, same IEEE ops), else in place in one buffer
+    grid = native_grid(xf, scale, zero, qmax)
+    if grid is None:
+        grid = torch.div(xf, scale).round_().add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
+    # a zero-width range holds one value: keep it exactly (the grid above would round it to an integer);
+    # on CPU the check is free, so the three full-size ops are skipped when no range is degenerate
+    if x.device.type == "cpu" and not bool(degenerate.any()):
+        out = grid
+    else:
+        out = torch.where(degenerate, torch.minimum(torch.maximum(xf, lo), hi), grid)
+    return _cast_back(out, x.dtype)
 
 
 def _reduce_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:

@@ -182,7 +182,8 @@ def _native():
             cc = os.environ.get("CC", "cc")
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
             os.close(fd)
-            subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(_SRC)], check=True,
+            subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-o", tmp,
+                            str(_SRC), "-lm"], check=True,
                            capture_output=True, timeout=120)
             os.replace(tmp, so)  # atomic: concurrent builders each install a whole file
         lib = ctypes.CDLL(str(so))
@@ -191,10 +192,111 @@ def _native():
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        fn = lib.qsens_fq_dynamic_cl_f32
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
+        fn = lib.qsens_fq_dynamic_f32
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_float, ctypes.c_void_p]
+        for name in ("qsens_fq_grid_f32", "qsens_fq_range_f32"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
     except Exception:  # no compiler, read-only home, foreign platform: the torch path serves
         lib = None
     _LIB.append(lib)
     return lib
+
+
+def native_fake_quant_dynamic(x: torch.Tensor, reduce_dims: tuple[int, ...], qmax: int):
+    """Dynamic fake-quantization of float32 CPU `x` over trailing `reduce_dims` in one C call
+    (ranges, scale, zero point, grid): (out, lo, hi, some range is zero-width), or None when it
+    does not apply (other dtype/device/layout, reduced dims not the trailing ones, no library)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
+        return None
+    dims = sorted({d % x.dim() for d in reduce_dims})
+    if not dims or dims != list(range(dims[0], x.dim())):
+        return None
+    lib = _native()
+    if lib is None:
+        return None
+    if x.dim() == 4 and dims == [2, 3] and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        lo = torch.empty(n, c, 1, 1, dtype=torch.float32)
+        hi = torch.empty(n, c, 1, 1, dtype=torch.float32)
+        out = torch.empty_like(x)  # channels_last too
+        rc = lib.qsens_fq_dynamic_cl_f32(x.data_ptr(), n, h * w, c, lo.data_ptr(), hi.data_ptr(), float(qmax),
+                                         out.data_ptr())
+        return None if rc not in (0, 3) else (out, lo, hi, rc == 3)
+    x = x.contiguous()  # one copy (a transposed attention input) beats the torch path's passes
+    keep = tuple(x.shape[:dims[0]]) + (1,) * len(dims)
+    lo = torch.empty(keep, dtype=torch.float32)
+    hi = torch.empty(keep, dtype=torch.float32)
+    out = torch.empty_like(x)
+    rc = lib.qsens_fq_dynamic_f32(x.data_ptr(), x.numel(), x.numel() // max(lo.numel(), 1), lo.data_ptr(),
+                                  hi.data_ptr(), float(qmax), out.data_ptr())
+    return None if rc not in (0, 3) else (out, lo, hi, rc == 3)
+
+
+def native_fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch.Tensor, bool] | None:
+    """The activation grid from the ranges in one C call (scale, zero point and grid: the same
+    float32 ops as quant.activations._fake_quantize's torch path): (out, some range is zero-width)
+    — the caller keeps those rows' values — or None when it does not apply (see `native_grid`)."""
+    if not _grid_fits(x, lo) or hi.shape != lo.shape or hi.dtype != torch.float32:
+        return None
+    lib = _native()
+    if lib is None:
+        return None
+    rows = lo.numel()
+    lo, hi = lo.contiguous(), hi.contiguous()
+    out = torch.empty_like(x)
+    rc = lib.qsens_fq_range_f32(x.data_ptr(), x.numel(), x.numel() // rows, lo.data_ptr(), hi.data_ptr(),
+                                1 if rows > 1 else 0, float(qmax), out.data_ptr())
+    return None if rc not in (0, 3) else (out, rc == 3)
+
+
+def _grid_fits(x: torch.Tensor, per_row: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous() or x.numel() == 0:
+        return False
+    rows = per_row.numel()
+    if per_row.dtype != torch.float32 or x.numel() % rows:
+        return False
+    lead = _lead(per_row)
+    return rows == 1 or (per_row.dim() == x.dim() and tuple(per_row.shape[:lead]) == tuple(x.shape[:lead]))
+
+
+def native_grid(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor | None:
+    """`(clamp(round(x / scale) + zero, 0, qmax) - zero) * scale` in one pass of the C loop, bit for
+    bit the torch ops' result; x float32 contiguous on CPU, scale/zero float32 of one value per
+    row of x's last dims (x.numel() / scale.numel() values each) or one value. None when the
+    native library is absent or the layout does not fit (the caller uses torch ops then)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous() or x.numel() == 0:
+        return None
+    lib = _native()
+    if lib is None:
+        return None
+    rows = scale.numel()
+    if zero.numel() != rows or x.numel() % rows or scale.dtype != torch.float32 or zero.dtype != torch.float32:
+        return None
+    if rows > 1 and (scale.dim() != x.dim() or any(
+            a != b for a, b in zip(scale.shape[:_lead(scale)], x.shape[:_lead(scale)]))):
+        return None
+    scale, zero = scale.contiguous(), zero.contiguous()
+    out = torch.empty_like(x)
+    rc = lib.qsens_fq_grid_f32(x.data_ptr(), x.numel(), x.numel() // rows, scale.data_ptr(), zero.data_ptr(),
+                               1 if rows > 1 else 0, float(qmax), out.data_ptr())
+    return out if rc == 0 else None
+
+
+def _lead(t: torch.Tensor) -> int:
+    """Number of leading dims of a keepdim-reduced tensor before its trailing size-1 dims."""
+    n = t.dim()
+    while n > 0 and t.shape[n - 1] == 1:
+        n -= 1
+    return n
 
 
 def _decode_native(packed: torch.Tensor, bits: int, numel: int, table: torch.Tensor, rows: int,

@@ -214,3 +214,30 @@ def test_half_precision_activations_at_the_edges_of_their_range(dtype: torch.dty
     xi[0, 0], xi[0, 1] = 40000.0, -40000.0
     with torch.no_grad(), activation_quant(lin, 8):
         assert torch.isfinite(lin(xi)).all()
+
+
+@pytest.mark.parametrize("bits", [2, 6, 8])
+def test_native_grid_equals_the_torch_ops_bit_for_bit(bits: int, monkeypatch) -> None:
+    import quant.packing as packing
+
+    if not packing.native_decode_available():
+        pytest.skip("no C compiler here")
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(3, 5, 4, 6, generator=g) * 7
+    x[0, 0, 0, :3] = torch.tensor([0.5, -0.5, 2.5])  # ties
+    x[1, 1, 1, 1] = float("nan")
+    x[2, 2] = -0.0
+    cl = x.to(memory_format=torch.channels_last)
+    cases = [((-1,), x), ((2, 3), x), ((0,), x), ((-1,), x[:, :, :, :4]),  # not contiguous
+             ((2, 3), cl), ((-1,), x.transpose(1, 2))]
+    for dims, xi in cases:
+        native = fake_quantize_activation(xi, bits, dims)
+        native_static = fake_quantize_static(xi, bits, -3.0, 4.5)
+        with monkeypatch.context() as m:
+            m.setattr(packing, "_LIB", [None])
+            ref = fake_quantize_activation(xi, bits, dims)
+            ref_static = fake_quantize_static(xi, bits, -3.0, 4.5)
+        for a, b in ((native, ref), (native_static, ref_static)):
+            both_nan = a.isnan() & b.isnan()  # NaN in, NaN out (its sign bit is no value)
+            assert torch.equal(a.isnan(), b.isnan()), dims
+            assert torch.equal(a.view(torch.int32)[~both_nan], b.view(torch.int32)[~both_nan]), dims
