@@ -32,9 +32,9 @@ class CountingScorer:
     def __init__(self, real):
         self.real, self.calls = real, []
 
-    def score(self, config, n, seed):
+    def score(self, config, n, seed, **kw):
         self.calls.append(None if config is None else config.config_id)
-        return self.real.score(config, n, seed)
+        return self.real.score(config, n, seed, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_failed_scores_are_rows(world) -> None:
     cfg = QuantConfig("digits", {bank.layer_names[0]: "uaq3"})
 
     class Boom:
-        def score(self, config, n, seed):
+        def score(self, config, n, seed, **kw):
             raise FloatingPointError("NaN images")
 
     row = cache_row(cfg, bank, _score(Boom(), cfg, 10, 5), 5, 2)

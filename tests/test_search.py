@@ -169,7 +169,7 @@ class FakeSelector:
         self.bank = bank
         self.scored = []
 
-    def score(self, config, n, seed):
+    def score(self, config, n, seed, **kw):
         self.scored.append(config.config_id if config else None)
         fid = 0.0 if config is None else self.bank.summarize(config).quantized_error
         return {"fid": fid, "content": 1.0, "status": "ok", "reason": "", "n_images": n, "seconds": 0.0,
@@ -392,7 +392,7 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
     real = RealScorer(den, bank, tiny_digits_scorer)
     calls: list[int] = []
     score = real.score
-    real.score = lambda cfg, n, seed: (calls.append(seed), score(cfg, n, seed))[1]  # counts real scores
+    real.score = lambda cfg, n, seed, **kw: (calls.append(seed), score(cfg, n, seed, **kw))[1]  # counts real scores
     sp = SearchParams(select_seed=11)
     ctx = SearchContext(bank, sp)
     ep = EvaluateParams(images=10, image_seeds=(23, 24))
@@ -423,6 +423,15 @@ def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank,
     again = run_evaluation(ctx, real, log=lambda m: None, **kw)
     assert calls == [], calls
     assert [(r["fids"], r["avg_bits"]) for r in again] == [(r["fids"], r["avg_bits"]) for r in rows]
+    # another FID reference (statistics) re-scores every row: nothing is reused across references
+    from sampling.scoring import DigitsScorer
+
+    other = RealScorer(den, bank, DigitsScorer(tiny_digits_scorer.classifier, tiny_digits_scorer.ref_mu + 0.5,
+                                               tiny_digits_scorer.ref_sigma))
+    moved = run_evaluation(ctx, other, log=lambda m: None, **{**kw, "metrics_path": tmp_path / "m" / "search.json"})
+    assert all(a["fids"] != pytest.approx(b["fids"]) for a, b in zip(moved, rows))
+    assert moved[0]["fids"] == pytest.approx([other.score(None, 10, s)["fid"] for s in (23, 24)], rel=1e-9)
+    run_evaluation(ctx, real, log=lambda m: None, **kw)  # back to the first reference
     # a lost row is redone, deterministically
     kept = read_rows(tmp_path / "m" / "search.json")
     (tmp_path / "m" / "search.json").write_text(json.dumps(kept[:2]))
