@@ -49,8 +49,13 @@ class ShardWriter:
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, allow_nan=True, separators=(",", ":"))
-        self._fh.write(line + "\n")
-        self._sync()
+        try:
+            self._fh.write(line + "\n")
+            self._sync()
+        except OSError as exc:  # a full disk names the shard, not "a file" (qsens.cli names ENOSPC...)
+            if exc.filename is None:
+                exc.filename = str(self.path)
+            raise
 
     def _sync(self) -> None:
         self._fh.flush()

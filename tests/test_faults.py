@@ -671,3 +671,20 @@ def test_active_run_state_read_error_is_not_taken_for_absent(tmp_path, monkeypat
     monkeypatch.setattr(Path, "read_text", eio)
     with pytest.raises(OSError, match="Input/output error"):
         current_run(tmp_path, tmp_path / "c.parquet", tmp_path / "b")
+
+
+def test_shard_write_failure_names_the_shard(tmp_path, monkeypatch):
+    from qsens.cli import _expected_error
+    from sampling.shards import ShardWriter
+
+    w = ShardWriter(tmp_path / "worker-000.jsonl")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as err:
+        w.append({"config_id": "x", "status": "ok"})
+    msg = _expected_error(err.value)
+    assert str(tmp_path / "worker-000.jsonl") in msg and "ENOSPC" in msg
+    w.close()
