@@ -97,6 +97,14 @@ class Context:
         """The spec's denoiser with the command line's generation overrides applied."""
         from quant.layers import check_finite_weights
 
+        if self.spec.reference and Path(self.spec.reference).is_dir():
+            # a reference.json of the wrong types, or naming files outside its dir: one line here,
+            # before the model's adapter reads it (and statistics of the wrong shape when scored)
+            from quant.atomicdir import recover
+            from sampling.reference import validate_reference_json
+
+            recover(Path(self.spec.reference))
+            validate_reference_json(Path(self.spec.reference))
         den = self.spec.load(self.layout.root)
         # A damaged checkpoint (NaN/inf weights) is refused here, naming its layers, before any
         # command does work with it (bank, score, sample, analyze, export, generate...).

@@ -688,3 +688,20 @@ def test_shard_write_failure_names_the_shard(tmp_path, monkeypatch):
     msg = _expected_error(err.value)
     assert str(tmp_path / "worker-000.jsonl") in msg and "ENOSPC" in msg
     w.close()
+
+
+def test_every_command_checks_the_reference_json_before_loading(tmp_path, monkeypatch):
+    """#23.7 through the model load every command uses (Context.load_denoiser), before the
+    model's adapter reads reference.json (where a wrong type was an internal error, rc 3)."""
+    from denoisers.spec import ModelSpec
+    from qsens.context import Context, Layout
+
+    d = tmp_path / "ref"
+    d.mkdir()
+    (d / "reference.json").write_text(json.dumps({"format": 1, "kind": "inception", "resolution": "512",
+                                                  "n_images": 2, "feature_network": {}}))
+    spec = ModelSpec(source="digits", name="digits", reference=str(d))
+    monkeypatch.setattr(ModelSpec, "load", lambda *a, **k: pytest.fail("the model was loaded first"))
+    ctx = Context(tmp_path / "params.yaml", spec, Layout(tmp_path, "digits"))
+    with pytest.raises(QsensError, match=r"resolution '512' is not an integer"):
+        ctx.load_denoiser()
