@@ -392,7 +392,35 @@ def bench_digits(args, log) -> dict[str, Any]:
     return out
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The docs/export.md table from a bench/results/export.json: one row per model × variant ×
+    batch, best CPU and wall seconds of one forward and the ratio to FP measured in the same run."""
+    rows = ["| model | variant | batch | CPU s / forward | wall s / forward | CPU vs FP | runs |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model in ("sd15", "digits"):
+        r = result.get(model)
+        if not r:
+            continue
+        secs = dict(r.get("seconds", {}))
+        for k, v in (r.get("torchao_seconds") or {}).items():
+            secs.setdefault(k if not k.startswith("fp_") else f"fp(torchao phase)_{k[3:]}", v)
+        for key, v in secs.items():
+            name, _, b = key.rpartition("_b")
+            fp = ((r.get("torchao_seconds") or {}).get(f"fp_b{b}") if name.startswith("torchao") else None) \
+                or secs.get(f"fp_b{b}")
+            ratio = f"{v['cpu'] / fp['cpu']:.3f}" if fp and not name.startswith("fp") else "1 (ref)" if name.startswith("fp") else ""
+            ms = lambda s: f"{s:.3f}" if s >= 0.1 else f"{s * 1e3:.2f} ms"  # noqa: E731
+            rows.append(f"| {model} | {name} | {b} | {ms(v['cpu'])} | {ms(v['wall'])} | {ratio} | {v['runs']} |")
+        for k, v in (r.get("torchao") or {}).items():
+            if isinstance(v, str) and k in ("int8", "int4") and v != "ran":
+                rows.append(f"| {model} | torchao_{k} | – | not run | | {v} | |")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # render docs/export.md's table from a result
+        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["digits", "sd15"], choices=("digits", "sd15"))
     ap.add_argument("--threads", type=int, default=1)
