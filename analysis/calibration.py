@@ -47,6 +47,22 @@ class CalibrationSet:
             yield _take(self.args, idx, len(self)), _take(self.kwargs, idx, len(self))
 
 
+# keyword inputs that are one tensor per call whatever their shape (Hunyuan-DiT's rotary
+# embedding is (1, D) on a small model, FLUX's ids (N, 3)): never split into samples
+STATIC_KWARGS = frozenset({"image_rotary_emb", "img_ids", "txt_ids"})
+
+
+class _Static:
+    """A denoiser input that is one tensor for the whole call, not one row per sample (rotary
+    embeddings, position ids: Hunyuan-DiT's `image_rotary_emb`, FLUX's `img_ids`/`txt_ids`):
+    kept once and passed as it is to every chunk."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+
 def _clone(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
@@ -59,6 +75,8 @@ def _clone(obj: Any) -> Any:
 
 def _take(obj: Any, idx: torch.Tensor, batch: int) -> Any:
     """Rows `idx` of every tensor whose first dim is the batch; others pass through."""
+    if isinstance(obj, _Static):
+        return obj.value
     if isinstance(obj, torch.Tensor):
         if obj.ndim >= 1 and obj.shape[0] == batch:
             return obj.index_select(0, idx.to(obj.device))
@@ -73,8 +91,11 @@ def _take(obj: Any, idx: torch.Tensor, batch: int) -> Any:
 def _gather(calls: list[tuple[tuple, dict]], picks: list[tuple[int, int]], batch: int) -> tuple[tuple, dict]:
     """Stack row r of call s for every (s, r) in picks into one batch (0-dim tensors expand)."""
 
-    def one(objs: list[Any], rows: list[int]) -> Any:
+    def one(objs: list[Any], rows: list[int], static: bool = False) -> Any:
         first = objs[0]
+        if static or (isinstance(first, torch.Tensor) and first.ndim >= 1
+                      and first.shape[0] not in (batch, 1)):
+            return _Static(first)  # one tensor per call (positions, rotary embeddings)
         if isinstance(first, torch.Tensor):
             parts = []
             for o, r in zip(objs, rows):
@@ -86,7 +107,7 @@ def _gather(calls: list[tuple[tuple, dict]], picks: list[tuple[int, int]], batch
         if isinstance(first, (tuple, list)):
             return type(first)(one([o[i] for o in objs], rows) for i in range(len(first)))
         if isinstance(first, dict):
-            return {k: one([o[k] for o in objs], rows) for k in first}
+            return {k: one([o[k] for o in objs], rows, k in STATIC_KWARGS) for k in first}
         return first
 
     args = one([calls[s][0] for s, _ in picks], [r for _, r in picks])

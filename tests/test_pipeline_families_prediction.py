@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -152,3 +154,20 @@ def test_calibration_outputs_are_in_eps_space(prediction, tiny_digits_denoiser, 
         want_c = den._scheduler().alphas_cumprod.double()[t.round().long()].sqrt()
     torch.testing.assert_close(calib.eps_scale, want_c)
     torch.testing.assert_close(got, raw * want_c.reshape(-1, 1, 1, 1))
+
+
+def test_calibration_keeps_per_call_inputs_whole():
+    """Rotary embeddings / position ids are one tensor per call (Hunyuan-DiT's is (1, D) on a
+    small model, FLUX's ids (N, 3)): never split into samples, passed whole to every chunk."""
+    from analysis.calibration import CalibrationSet, _gather
+
+    rot = (torch.ones(1, 8), torch.zeros(1, 8))
+    ids = torch.arange(12.0).reshape(4, 3)  # 4 tokens: the batch is 2
+    calls = [((torch.full((2, 3), float(s)), torch.tensor(float(s))),
+              {"image_rotary_emb": rot, "img_ids": ids, "scale": torch.ones(2, 1)}) for s in range(3)]
+    args, kwargs = _gather(calls, [(0, 1), (2, 0), (1, 1)], batch=2)
+    assert args[0].shape == (3, 3) and args[1].tolist() == [0.0, 2.0, 1.0]
+    calib = CalibrationSet(args, kwargs, np.array([0, 2, 1]), np.array([1, 0, 1]), 3)
+    for a, k in calib.chunks(2):
+        assert k["image_rotary_emb"][0] is rot[0] and k["img_ids"] is ids
+        assert k["scale"].shape[0] == a[0].shape[0]
