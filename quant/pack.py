@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import ctypes
 import os
 import shutil
-import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from quant.accounting import layer_bits
+from quant.atomicdir import recover, write_dir
 from quant.bank import Bank
 from quant.config import QuantConfig, check_tied
 from quant.errors import QsensError
@@ -391,13 +389,10 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
         {k: v for k, v in model.state_dict(keep_vars=True).items() if k not in packed_keys})
     dtype = next(iter(packed.values()))._wdtype.dtype
     meta = {"format": f"{FORMAT}/{FORMAT_VERSION}"}
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    # the whole checkpoint goes to a temporary sibling and is swapped in at once: a failure (or a
-    # kill) at any point leaves the previous checkpoint in `directory` as it was; other files in
-    # `directory` (torchao.json, skip lists) are carried over
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-    try:
+    # the whole checkpoint is written into a temporary sibling and swapped in at once
+    # (quant.atomicdir.write_dir): a failure (or a kill) at any point leaves the previous checkpoint
+    # in `directory` as it was; other files in `directory` (torchao.json, skip lists) are carried over
+    def fill(tmp: Path) -> None:
         _fault_point("weights")
         _write_tensors(tensors, tmp / WEIGHTS_FILE, meta)
         _fault_point("rest")
@@ -421,16 +416,9 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
             os.fsync(f.fileno())
         _fault_point("carry")
         _carry_other_files(directory, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a checkpoint is for sharing
-        _fsync_dir(tmp)
         _fault_point("swap")
-        _swap_in(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(parent)
+
+    write_dir(directory, fill)
     return directory
 
 
@@ -458,53 +446,6 @@ def _carry_other_files(old: Path, new: Path) -> None:
                 os.link(entry, target, follow_symlinks=False)
             except OSError:
                 shutil.copy2(entry, target, follow_symlinks=False)
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Make `new` the directory `target`, atomically where the OS allows (Linux renameat2
-    RENAME_EXCHANGE); otherwise the old directory is renamed aside first, then removed."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if _exchange(new, target):
-        shutil.rmtree(new, ignore_errors=True)  # now holds the old checkpoint
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(aside)
-    os.rename(target, aside)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    if sys.platform != "linux":
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _kind(module: nn.Module) -> str:
@@ -573,6 +514,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     the manifest or a tensor file is missing, of another format, or a file's size differs from
     the manifest's (a truncated copy)."""
     directory = Path(directory)
+    recover(directory)  # a swap killed between its two renames leaves the old checkpoint aside
     path = directory / MANIFEST
     if not directory.is_dir():
         raise QsensError(f"{directory}: no such quantized checkpoint directory (write one with `qsens export`)")
