@@ -82,8 +82,9 @@ def fill_from_params(args: argparse.Namespace, params_path) -> None:
 
 
 def job_cost(shards: Path, key: str, job) -> dict:
-    """What the job's shard records cost (deterministic: the same records, the same sums), plus
-    the FP images of the paired scores (one seed set, generated once and cached)."""
+    """What the job's shard records cost (deterministic: the same records, the same sums). A
+    record carries what its scoring generated, the FP images of the paired scores included the
+    first time a worker needed them (later ones read the FP image cache)."""
     from sampling.shards import scan_shards
 
     spent = {"images": 0, "forwards": 0, "forward_samples": 0, "seconds": 0.0}
@@ -93,9 +94,7 @@ def job_cost(shards: Path, key: str, job) -> dict:
             spent[k] += int(r.get("images_generated" if k == "images" else k) or 0)
         spent["seconds"] += float(r.get("seconds") or 0.0)
     spent["seconds"] = round(spent["seconds"], 3)
-    fp = (job.n_images + (job.hifi_images if job.hifi_configs else 0)) if job.paired else 0
-    return {"spent": {**spent, "images": spent["images"] + fp}, "label_images": spent["images"] + fp,
-            "records": len(records), "fp_images": fp}
+    return {"spent": spent, "label_images": spent["images"], "records": len(records)}
 
 
 def run(args: argparse.Namespace) -> int:
