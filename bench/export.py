@@ -79,8 +79,9 @@ def interleaved(models: dict[str, torch.nn.Module], inputs: dict[int, tuple[tupl
                 with torch.inference_mode():
                     _, w, c = timed(lambda: model(*args, **kwargs))
                 key = f"{name}_b{batch}"
-                b = best.setdefault(key, {"wall": float("inf"), "cpu": float("inf"), "runs": 0})
+                b = best.setdefault(key, {"wall": float("inf"), "cpu": float("inf"), "runs": 0, "cpu_all": []})
                 b["wall"], b["cpu"], b["runs"] = min(b["wall"], w), min(b["cpu"], c), b["runs"] + 1
+                b["cpu_all"].append(c)
                 log(f"  round {r + 1}/{rounds} {key}: wall {w:.3f} s, cpu {c:.3f} s")
     return best
 
@@ -94,6 +95,11 @@ def ratios(best: dict[str, dict], batches, names) -> dict[str, float]:
             if fp and cur and n != "fp":
                 out[f"{n}_vs_fp_cpu_b{b}"] = cur["cpu"] / fp["cpu"]
                 out[f"{n}_vs_fp_wall_b{b}"] = cur["wall"] / fp["wall"]
+                pairs = [c / f for c, f in zip(cur.get("cpu_all", []), fp.get("cpu_all", []))]
+                if pairs:  # each round's ratio (same round, adjacent runs): the spread is the noise
+                    out[f"{n}_vs_fp_cpu_b{b}_per_round"] = pairs
+                    out[f"{n}_vs_fp_cpu_b{b}_median_round"] = float(sorted(pairs)[len(pairs) // 2]) \
+                        if len(pairs) % 2 else float(sum(sorted(pairs)[len(pairs) // 2 - 1: len(pairs) // 2 + 1]) / 2)
     return out
 
 
@@ -387,7 +393,7 @@ def bench_digits(args, log) -> dict[str, Any]:
     for b in batches:  # --act-bits against the weight-only time
         out["ratios"][f"a8_vs_weight_only_cpu_b{b}"] = best[f"fake_quant_a8_b{b}"]["cpu"] / best[f"fake_quant_b{b}"]["cpu"]
     for k, v in out["ratios"].items():
-        if "_cpu_" in k:
+        if "_cpu_" in k and isinstance(v, float):
             log(f"digits {k} = {v:.3f}")
     return out
 
@@ -395,8 +401,9 @@ def bench_digits(args, log) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any]) -> str:
     """The docs/export.md table from a bench/results/export.json: one row per model × variant ×
     batch, best CPU and wall seconds of one forward and the ratio to FP measured in the same run."""
-    rows = ["| model | variant | batch | CPU s / forward | wall s / forward | CPU vs FP | runs |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| model | variant | batch | CPU s / forward | wall s / forward | CPU vs FP (best / best) | "
+            "CPU vs FP per round (median) | runs |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for model in ("sd15", "digits"):
         r = result.get(model)
         if not r:
@@ -410,10 +417,13 @@ def markdown_table(result: dict[str, Any]) -> str:
                 or secs.get(f"fp_b{b}")
             ratio = f"{v['cpu'] / fp['cpu']:.3f}" if fp and not name.startswith("fp") else "1 (ref)" if name.startswith("fp") else ""
             ms = lambda s: f"{s:.3f}" if s >= 0.1 else f"{s * 1e3:.2f} ms"  # noqa: E731
-            rows.append(f"| {model} | {name} | {b} | {ms(v['cpu'])} | {ms(v['wall'])} | {ratio} | {v['runs']} |")
+            per = [c / f for c, f in zip(v.get("cpu_all", []), (fp or {}).get("cpu_all", []))]
+            med = f"{sorted(per)[len(per) // 2]:.3f}" if per and not name.startswith("fp") and len(per) % 2 else \
+                f"{sum(sorted(per)[len(per) // 2 - 1: len(per) // 2 + 1]) / 2:.3f}" if per and not name.startswith("fp") else ""
+            rows.append(f"| {model} | {name} | {b} | {ms(v['cpu'])} | {ms(v['wall'])} | {ratio} | {med} | {v['runs']} |")
         for k, v in (r.get("torchao") or {}).items():
             if isinstance(v, str) and k in ("int8", "int4") and v != "ran":
-                rows.append(f"| {model} | torchao_{k} | – | not run | | {v} | |")
+                rows.append(f"| {model} | torchao_{k} | – | not run | | {v} | | |")
     return "\n".join(rows)
 
 
