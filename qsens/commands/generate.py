@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             raise QsensError(f"--class-id {bad}: {ctx.spec.name} has classes 0..{n_classes - 1}")
         labels = np.array([args.class_id[i % len(args.class_id)] for i in range(args.n_images)])
 
+    from sampling.evaluator import Evaluator
+
     with contextlib.ExitStack() as stack:
         applied = "fp"
         # one set of activation hooks: --act-bits overrides the config's (or checkpoint's) own
@@ -90,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             import dataclasses
 
-            from quant.apply import quantized
             from quant.config import QuantConfig
             from sampling.noise import load_bank_for
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             if args.act_bits:
                 config = dataclasses.replace(config, act_bits=args.act_bits, act_options={})
             bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
-            stack.enter_context(quantized(den.model, config, bank))
+            stack.enter_context(Evaluator(den, bank).applied(config))  # checks the bank against the model
             applied = f"{args.config} ({bank.summarize(config).avg_bits:.3f} avg bits)"
         elif args.quantized:
             from quant.pack import load_quantized, read_manifest
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             from quant.pack import hold_dequantized
 
             stack.enter_context(hold_dequantized(den.model))
-        gen = den.generate(args.n_images, args.seed, **({} if labels is None else {"labels": labels}))
+        gen = Evaluator(den).generate(None, args.n_images, args.seed,
+                                      **({} if labels is None else {"labels": labels}))
     args.out.mkdir(parents=True, exist_ok=True)
     files = []
     for i, img in enumerate(gen.images):
