@@ -208,6 +208,9 @@ def summarize(rows: list[dict], params: MetricValidityParams, budgets: Sequence[
     truth = np.array([np.mean(r["truth"]) for r in ok])
     bits = np.array([r["avg_bits"] for r in ok])
     masks = scopes(bits, truth, budgets, params.window)
+    empty = [s for s, m in masks.items() if s.startswith("window-") and m.sum() < 4]
+    if empty:
+        print(f"note: fewer than 4 configs in {', '.join(empty)} (±{params.window} avg bits): no correlation there")
     half_a = np.array([np.mean(r["truth"][0::2]) for r in ok])
     half_b = np.array([np.mean(r["truth"][1::2]) for r in ok])
     retest = [{"scope": s, **rank_agreement(half_a[m], half_b[m], params.bootstrap, params.seed)}
@@ -236,7 +239,8 @@ def summarize(rows: list[dict], params: MetricValidityParams, budgets: Sequence[
                              "configs": len(ok), "origins": {o: sum(r["origin"] == o for r in ok)
                                                             for o in sorted({r["origin"] for r in ok})},
                              "avg_bits_range": [float(bits.min()), float(bits.max())],
-                             "retest_split": "mean FID over seed sets 1,3,5 vs 2,4", "retest": retest},
+                             "retest_split": f"mean FID over seed sets {list(eval_seeds)[0::2]} vs {list(eval_seeds)[1::2]}",
+                             "retest": retest},
             "metrics": metrics, "cheapest": cheapest, "goal_spearman_all": params.spearman_goal}
 
 
@@ -272,7 +276,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("images per label")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Spearman vs FID (5 × 500 images)")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

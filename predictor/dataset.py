@@ -230,6 +230,8 @@ class ConfigSet:
     # (B,) str: the cache's `provenance` ("random" | "active-r{round}"); None = all random.
     # Only random rows enter the test split and the val parts (predictor.train).
     provenance: np.ndarray | None = None
+    # what `fid` holds: {"label", "label_hifi", ...the multi-fidelity fit (rows_hifi, rows_cheap, a, b, r)}
+    label_info: dict | None = None
 
     def __len__(self) -> int:
         return len(self.config_ids)
@@ -261,8 +263,10 @@ def multi_fidelity_target(df: Any, label: str, label_hifi: str, min_images: int)
     usable = np.isfinite(cheap) & (cheap > 0)
     both = is_hi & usable
     if both.sum() < 3:
+        counts = sorted({int(n) for n in df["n_images"].dropna()})
         raise QsensError(f"multi-fidelity labels: {int(both.sum())} row(s) have both {label} and {label_hifi} at "
-                         f">= {min_images} images; need 3 (raise sample.hifi_configs)")
+                         f">= {min_images} images (the cache's rows have {counts} images); need 3: lower "
+                         "train.hifi_min_images, or raise sample.hifi_configs / sample.hifi_images")
     x, y = np.log(cheap[both]), np.log(hi[both])
     b, a = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(y.mean()))
     mapped = np.exp(a + b * np.log(np.where(usable, cheap, np.nan)))
@@ -280,9 +284,13 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
 
     Rows with activation quantization, another model, or a non-finite label are dropped; a cache
     without the label column is one QsensError."""
-    if label not in df:
-        raise QsensError(f"the quant_cache has no {label!r} column (train.label): score the configs with "
-                         "`qsens sample --paired` to record paired scores")
+    if label_hifi is not None and label_hifi == label:
+        raise QsensError(f"train.label_hifi {label_hifi!r} is train.label itself: name the cheap label in train.label")
+    for name in (label, label_hifi):
+        if name is not None and (name not in df or not np.isfinite(df[name].to_numpy(dtype=float)).any()):
+            why = ("no LPIPS network was given when the configs were scored" if name == "lpips" else
+                   "score the configs with `qsens sample --paired` to record paired scores")
+            raise QsensError(f"the quant_cache has no {name!r} values (train.label/label_hifi): {why}")
     if model is not None and "model" in df:
         df = df[df["model"] == model]
     if "status" in df:
@@ -290,8 +298,10 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
     if "act_bits" in df:
         df = df[df["act_bits"].isna()]
     df = df.copy()
+    info: dict = {"label": label}
     if label_hifi is not None:
-        df["_target"], _ = multi_fidelity_target(df, label, label_hifi, hifi_min_images)
+        df["_target"], fit = multi_fidelity_target(df, label, label_hifi, hifi_min_images)
+        info.update(label_hifi=label_hifi, hifi_min_images=int(hifi_min_images), **fit)
         label = "_target"
     df = df[np.isfinite(df[label].to_numpy(dtype=float))]
     if len(df) == 0:
@@ -303,7 +313,7 @@ def configs_from_cache(df: Any, template: GraphTemplate, model: str | None = Non
         provenance = np.array([RANDOM if p is None or p != p else str(p) for p in df["provenance"]], dtype=object)
     else:
         provenance = np.full(len(df), RANDOM, dtype=object)
-    return ConfigSet(list(df["config_id"]), opt_idx, df[label].to_numpy(dtype=float), avg_bits, provenance)
+    return ConfigSet(list(df["config_id"]), opt_idx, df[label].to_numpy(dtype=float), avg_bits, provenance, info)
 
 
 def _unit_hash(seed: int, salt: str, config_id: str) -> float:

@@ -54,6 +54,9 @@ class CostParams:
 def gpu_rate(path: str | Path) -> tuple[float, dict[str, Any]]:
     """SD v1.5 FP images per second and its conditions from a stored `bench/gpu.py` result."""
     p = Path(path)
+    if not p.is_file():
+        raise QsensError(f"cost.gpu_result {p}: file not found (relative paths are read from {Path.cwd()}); "
+                         "it is bench/gpu.py's stored result")
     try:
         d = json.loads(p.read_text())
         rate = float(d["sd15"]["fp"]["img_s"])
@@ -70,7 +73,9 @@ def summarize_costs(directory: str | Path, params: CostParams, layers: int | Non
     total, label_images, gpu, assumptions} from the `<stage>.json` files in `directory`;
     `layers`: this run's model's quantizable layers (None: per-layer stages are not rescaled)."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    if not directory.is_dir():
+        raise QsensError(f"{directory}: no such directory of stage cost files")
+    files = sorted(directory.glob("*.json"))
     if not files:
         raise QsensError(f"{directory}: no stage cost files (the stages write them with --cost)")
     rows: dict[str, dict[str, Any]] = {}

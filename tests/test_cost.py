@@ -39,7 +39,7 @@ def test_cost_refuses_missing_inputs(tmp_path):
     with pytest.raises(QsensError, match="no stage cost files"):
         summarize_costs(tmp_path, CostParams())
     (tmp_path / "sample.json").write_text(json.dumps({"images": 1, "forwards": 1, "forward_samples": 1, "seconds": 0}))
-    with pytest.raises(QsensError, match="no SD v1.5 images/s"):
+    with pytest.raises(QsensError, match="file not found"):
         summarize_costs(tmp_path, CostParams(gpu_result=str(tmp_path / "absent.json")))
     with pytest.raises(QsensError, match="sdxl_macs_ratio"):
         CostParams.from_dict({"sdxl_macs_ratio": 0})

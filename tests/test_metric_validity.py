@@ -75,3 +75,18 @@ def test_metric_validity_on_a_tiny_model(tiny_digits_denoiser, tiny_digits_score
                                tmp_path / "work", progress=False)
     assert ev.meter.images == spent
     assert res2["metrics"] == res["metrics"]
+
+
+def test_analyze_metrics_reads_the_shipped_params(tiny_prepared_data, tmp_path, capsys):
+    """The shipped params.yaml (evaluate's act_* keys included) is accepted: the first error is the
+    missing cache, not the params."""
+    from pathlib import Path
+
+    from qsens.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    rc = main(["analyze", "metrics", "--model", "digits", "--data-dir", str(tiny_prepared_data),
+               "--params", str(root / "params.yaml"), "--cache", str(tmp_path / "absent.parquet"),
+               "--out", str(tmp_path / "mv.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "absent.parquet" in err and "unknown" not in err, err

@@ -187,10 +187,11 @@ def run_metrics_command(args: argparse.Namespace) -> int:
     from sampling.cache import read_cache
     from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams
-    from search.params import EvaluateParams, SearchParams
+    from search.activation import evaluate_params
+    from search.params import SearchParams
 
     params = load_section(MetricValidityParams, args.params, "metric_validity", lists_as_tuples=True)
-    ep = EvaluateParams.from_yaml(args.params)
+    ep = evaluate_params(args.params)[0]  # the act_* keys belong to the W/A rows
     budgets = [float(b) for b in SearchParams.from_yaml(args.params).budgets]
     label_seed = ScoreParams.from_yaml(args.params).seed
     out = check_output_path(args.out or Path("metrics/metric_validity.json"))
@@ -211,14 +212,19 @@ def run_metrics_command(args: argparse.Namespace) -> int:
                 continue
             if cfg.act_bits is None and not cfg.act_options:
                 by_id[cfg.config_id] = cfg
-        for r in json.loads(args.evaluated.read_text()):
+        rows = [r for r in json.loads(args.evaluated.read_text()) if r.get("act") is None and r.get("config_id")]
+        for r in rows:
             cid = r.get("config_id")
-            if (r.get("act") is None and r.get("status") == "ok" and cid in by_id
+            if (r.get("status") == "ok" and cid in by_id
                     and [int(s) for s in r.get("image_seeds") or []] == [int(s) for s in ep.image_seeds]
                     and int(r.get("images") or 0) == ep.images):
                 family[cid] = by_id[cid]
                 truth[cid] = [float(f) for f in r["fids"]]
-    elif not args.quiet:
+        if len(family) < len(rows):
+            print(f"warning: {len(family)} of {len(rows)} evaluated configs in {args.evaluated} join the table "
+                  f"(the others: no config file in {configs_dir}, failed, or scored with other images/seeds "
+                  "than evaluate.*)")
+    else:
         print(f"warning: no {args.evaluated}: the table has only cache configs")
     ev = Evaluator.for_cli(ctx, args.bank or ctx.layout.bank, steps=ep.steps)
     res = run_metric_validity(ev, cache, family, truth, params, budgets, label_seed, ep.images, ep.image_seeds,

@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from sampling.cost import CostParams, summarize_costs
     from quant.jsonio import check_output_path, write_json
 
+    from quant.errors import QsensError
+
+    if not args.params.is_file():
+        raise QsensError(f"params file {args.params} not found")
     params = CostParams.from_dict(read_params_section(args.params, "cost"))
     out = check_output_path(args.out)
     layers = None

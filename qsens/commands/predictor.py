@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                    "train.probe is true or a probe baseline is listed)")
     t.add_argument("--metrics", default="metrics/predictor.json", help="metrics JSON to write")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a train param, e.g. --set epochs=50 (repeatable)")
+                   help="override a train param, e.g. --set epochs=50 or --set train.label=fd_fp (repeatable)")
     t.add_argument("--no-inspect", action="store_true", help="skip the inspection report")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
@@ -90,7 +90,8 @@ def run_train(args: argparse.Namespace) -> int:
         if "=" not in item:
             raise QsensError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        overrides[k.strip()] = _parse_value(v)
+        k = k.strip()
+        overrides[k[len("train."):] if k.startswith("train.") else k] = _parse_value(v)
     if overrides:
         params = TrainParams.from_dict({**asdict(params), **overrides})
     for path, what in ((cache, "quant_cache"), (graph, "graph"), (bank, "bank")):
@@ -102,7 +103,13 @@ def run_train(args: argparse.Namespace) -> int:
                                            hifi_min_images=params.hifi_min_images)
     print(f"{model}: {len(configs)} configs, {template.num_layers} layers, {template.num_nodes} nodes, "
           f"options {', '.join(template.options[1:])}")
+    li = configs.label_info or {"label": params.label}
+    print(f"label: {li['label']}" + (f", {li['label_hifi']} where measured at >= {li['hifi_min_images']} images "
+                                      f"({li['rows_hifi']} rows; the others calibrated: log {li['label_hifi']} = "
+                                      f"{li['a']:.3f} + {li['b']:.3f}·log {li['label']}, r {li['r']:.3f})"
+                                      if "label_hifi" in li else ""))
     result = train_ensemble(template, configs, params, progress=not args.quiet)
+    result.metrics["info"]["label"] = li
     save_result(result, out)
     write_metrics(result.metrics, args.metrics)
     from predictor.api import Ensemble

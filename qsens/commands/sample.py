@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     check_model_spec(ctx.spec.source)
     bank = args.bank or ctx.layout.bank
     shards = args.shards or ctx.layout.shards
+    if args.hifi_configs and args.hifi_images <= args.images:
+        raise QsensError(f"--hifi-images {args.hifi_images} must exceed --images {args.images} for the "
+                         f"{args.hifi_configs} multi-fidelity configs (sample.hifi_images vs sample.images)")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     job = SampleJob(model=ctx.spec.to_dict(), bank=str(bank), shards=str(shards),
                     num_configs=args.num_configs, seed=args.seed, image_seed=args.image_seed,
