@@ -99,9 +99,12 @@ def label_images(costs: dict[str, dict]) -> int:
                    if s in costs))
 
 
-def run_protocol(name: str, over: dict, base: dict, model_name: str, out_root: Path) -> dict:
+def run_protocol(name: str, over: dict, base: dict, model_name: str, out_root: Path, reuse: bool = False) -> dict:
     d = out_root / name
     data = d / "data"
+    done = d / "result.json"
+    if reuse and done.is_file() and json.loads(done.read_text()).get("overrides") == over:
+        return json.loads(done.read_text())
     if d.exists():
         shutil.rmtree(d)
     data.mkdir(parents=True)
@@ -135,10 +138,12 @@ def run_protocol(name: str, over: dict, base: dict, model_name: str, out_root: P
           "--cost", str(cost / "evaluate.json"), log=log)
     costs = {p.stem: json.loads(p.read_text()) for p in cost.glob("*.json")}
     budgets = [float(b) for b in params["search"]["budgets"]]
-    return {"name": name, "overrides": over, "label_images": label_images(costs),
-            "fids": predictor_fids(json.loads((d / "search.json").read_text()), budgets),
-            "cost": {k: {kk: v[kk] for kk in ("images", "forward_samples", "seconds")} for k, v in costs.items()},
-            "seconds": round(time.perf_counter() - t0, 1)}
+    result = {"name": name, "overrides": over, "label_images": label_images(costs),
+              "fids": predictor_fids(json.loads((d / "search.json").read_text()), budgets),
+              "cost": {k: {kk: v[kk] for kk in ("images", "forward_samples", "seconds")} for k, v in costs.items()},
+              "seconds": round(time.perf_counter() - t0, 1)}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def compare(protocol: dict, reference: dict) -> dict:
@@ -193,8 +198,17 @@ def main() -> int:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma list of " + ", ".join(PROTOCOLS))
     ap.add_argument("--work", type=Path, default=ROOT / "data" / "label_study")
     ap.add_argument("--out", type=Path, default=ROOT / "metrics" / "label_efficiency.json")
+    ap.add_argument("--run-only", action="store_true",
+                    help="run the protocols (each keeps its result.json) without the reference comparison")
+    ap.add_argument("--reuse", action="store_true", help="keep a protocol's finished result.json (same overrides)")
     args = ap.parse_args()
     base = yaml.safe_load(args.params.read_text())
+    if args.run_only:
+        for name in [p.strip() for p in args.protocols.split(",") if p.strip()]:
+            print(f"protocol {name} ...", flush=True)
+            r = run_protocol(name, PROTOCOLS[name], base, args.name, args.work / args.name, args.reuse)
+            print(f"  {r['label_images']} label images in {r['seconds']} s", flush=True)
+        return 0
     ref_rows = json.loads((ROOT / "metrics" / "search.json").read_text())
     budgets = [float(b) for b in base["search"]["budgets"]]
     ref_cost = json.loads((ROOT / "metrics" / "cost.json").read_text())["stages"]
@@ -204,7 +218,7 @@ def main() -> int:
     protocols = []
     for name in [p.strip() for p in args.protocols.split(",") if p.strip()]:
         print(f"protocol {name} ...", flush=True)
-        res = run_protocol(name, PROTOCOLS[name], base, args.name, args.work / args.name)
+        res = run_protocol(name, PROTOCOLS[name], base, args.name, args.work / args.name, args.reuse)
         res.update(compare(res, reference))
         protocols.append(res)
         print(f"  {res['label_images']} label images ({res['label_fraction']:.1%} of the reference), holds={res['holds']}: "
