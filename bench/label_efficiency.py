@@ -179,6 +179,7 @@ def plot(result: dict, path: Path) -> None:
             ax.errorbar(e["label_images"], f.mean(), yerr=f.std(ddof=1) / math.sqrt(len(f)), marker="o",
                         capsize=3, label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # overlapping 2×10⁴, 3×10⁴ labels
         ax.set_title(f"{b} bits")
         ax.set_xlabel("label images (cache + probe + active + selection)")
         ax.grid(alpha=0.3)
@@ -201,6 +202,9 @@ def main() -> int:
     ap.add_argument("--run-only", action="store_true",
                     help="run the protocols (each keeps its result.json) without the reference comparison")
     ap.add_argument("--reuse", action="store_true", help="keep a protocol's finished result.json (same overrides)")
+    ap.add_argument("--reference-label-images", type=int, default=None,
+                    help="the reference protocol's label images when metrics/cost.json lacks a stage (state how counted)")
+    ap.add_argument("--reference-note", default="", help="how the reference figures were obtained (stored)")
     args = ap.parse_args()
     base = yaml.safe_load(args.params.read_text())
     if args.run_only:
@@ -211,8 +215,10 @@ def main() -> int:
         return 0
     ref_rows = json.loads((ROOT / "metrics" / "search.json").read_text())
     budgets = [float(b) for b in base["search"]["budgets"]]
-    ref_cost = json.loads((ROOT / "metrics" / "cost.json").read_text())["stages"]
-    reference = {"label_images": label_images(ref_cost), "fids": predictor_fids(ref_rows, budgets),
+    ref_images = args.reference_label_images
+    if ref_images is None:
+        ref_images = label_images(json.loads((ROOT / "metrics" / "cost.json").read_text())["stages"])
+    reference = {"label_images": ref_images, "fids": predictor_fids(ref_rows, budgets), "note": args.reference_note,
                  "protocol": {"sample": base["sample"], "score": base["score"], "probe": base["probe"],
                               "active_rounds": base["active"]["rounds"], "label": base["train"].get("label", "fid")}}
     protocols = []
