@@ -52,7 +52,8 @@ from scipy import linalg
 
 from quant.errors import QsensError
 
-__all__ = ["FidInputError", "FrechetReference", "rounding_tolerance", "trace_sqrt_from_eigenvalues"]
+__all__ = ["FidInputError", "FrechetReference", "frechet_distance_between_features", "rounding_tolerance",
+           "trace_sqrt_from_eigenvalues"]
 
 # A covariance must be symmetric to this relative tolerance (max |s - s^T| / max |s|); np.cov's
 # output is symmetric to rounding, anything further off is not a covariance matrix.
@@ -200,3 +201,29 @@ def _as_features(name: str, features, d: int | None = None) -> np.ndarray:
         raise FidInputError(f"{name}: need at least 2 rows to estimate a covariance, got {x.shape[0]}")
     _finite(name, x)
     return x
+
+
+def frechet_distance_between_features(x1, x2) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets (n1, d) and (n2, d)
+    (mean and unbiased covariance each, as clean-fid fits them), exact up to rounding.
+
+    With centred A = X1 - mu1, B = X2 - mu2, sigma1 sigma2 = A^T A B^T B / ((n1-1)(n2-1)), whose
+    nonzero eigenvalues are those of M M^T with M = A B^T (n1×n2), so
+    Tr(sqrtm(sigma1 sigma2)) = ||A B^T||_* / sqrt((n1-1)(n2-1)) (nuclear norm: the sum of M's
+    singular values, no square root of rounding noise). That is O(n1·n2·d) and one small SVD
+    instead of a d×d Schur square root (~16-20 s at d = 2048): the paired "FID to FP" label at
+    32 images costs milliseconds. When a set has ≥ d rows the d×d symmetric route of
+    `FrechetReference` is used instead. Raises FidInputError (shapes, < 2 rows, non-finite).
+    """
+    a = _as_features("features", x1)
+    b = _as_features("features", x2, a.shape[1])
+    n1, n2, d = a.shape[0], b.shape[0], a.shape[1]
+    if max(n1, n2) >= d:
+        return FrechetReference.from_features(b).distance_from_features(a)
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    ac, bc = a - mu1, b - mu2
+    diff = mu1 - mu2
+    trace1 = float(np.einsum("ij,ij->", ac, ac)) / (n1 - 1)
+    trace2 = float(np.einsum("ij,ij->", bc, bc)) / (n2 - 1)
+    nuclear = float(linalg.svdvals(ac @ bc.T, check_finite=False).sum())
+    return float(diff @ diff + trace1 + trace2 - 2.0 * nuclear / np.sqrt((n1 - 1) * (n2 - 1)))

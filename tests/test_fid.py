@@ -225,3 +225,21 @@ def test_reference_errors():
     with pytest.raises(QsensError) as e:
         FrechetReference.from_features(np.zeros((1, 4)))
     assert "reference features: need at least 2 rows" in one_line(e)
+
+
+@pytest.mark.parametrize("d,n1,n2", [(256, 40, 40), (256, 30, 50), (64, 100, 100)])
+def test_two_feature_sets_exact_against_svd_route(d, n1, n2):
+    """The paired "FID to FP" route (n×n nuclear norm; d×d when n ≥ d) equals the independent
+    sqrtm + SVD route to rounding, and clean-fid's Schur sqrtm to its own ~1e-6."""
+    from sampling.fid import frechet_distance_between_features
+
+    ref, _ = features(d, 4 * d, 1)
+    _, gen = features(d, 1, max(n1, n2), seed=1)
+    x1, x2 = gen[:n1], ref[:n2]
+    # the SVD route needs a full-rank sigma_2: take it from a set with more rows than d
+    wide = ref[: 2 * d]
+    assert frechet_distance_between_features(x1, wide) == pytest.approx(exact_by_svd(wide, x1), rel=1e-10)
+    got = frechet_distance_between_features(x1, x2)
+    assert got == pytest.approx(cleanfid(*stats(x1), *stats(x2)), rel=1e-5)
+    assert got == pytest.approx(frechet_distance_between_features(x2, x1), rel=1e-10)  # symmetric
+    assert frechet_distance_between_features(x1, x1) == pytest.approx(0.0, abs=1e-9 * np.trace(stats(x1)[1]))

@@ -137,5 +137,5 @@ def test_graph_of_each_denoiser_holds_every_layer(kind, loaded):
 
 
 def test_unknown_kind(tmp_path):
-    with pytest.raises(ValueError, match="unknown tiny pipeline kind 'sd3'"):
-        build_tiny_pipeline("sd3", tmp_path)
+    with pytest.raises(ValueError, match="unknown tiny pipeline kind 'sd9'"):
+        build_tiny_pipeline("sd9", tmp_path)
