@@ -21,7 +21,7 @@ repro: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 test: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -m 'slow or not slow'
 
 bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -67,6 +67,7 @@ def dvc(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_whole_pipeline_micro(tmp_path: Path) -> None:
     tracked_copy(tmp_path)
@@ -107,6 +108,7 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     assert stale_stages == {"search", "evaluate", "metric_validity"}, stale
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path) -> None:
     """`dvc repro` with `model:` naming a tiny StableDiffusionPipeline directory outside the
