@@ -19,7 +19,8 @@ the others read them (one copy in memory and on disk).
 Checkpoint directory (DESIGN.md "Quantized checkpoint"):
     manifest.json         format, model name + weight fingerprint, the QuantConfig, dtype, the
                           architecture (diffusers class + config) and per layer: option, format,
-                          bits, shape, tensor keys, tie; byte sizes of both files
+                          bits, shape, tensor keys, tie; byte sizes of both files and the SHA-256
+                          of every tensor in them (checked on load: a swapped tensor is refused)
     weights.safetensors   `{layer}.codes` uint8 (little-endian bit stream: bit j of code i at
                           stream bit i·b + j) and `{layer}.params` float16, per stored layer
     rest.safetensors      every other tensor of the model's state dict (biases, norms,
@@ -27,6 +28,7 @@ Checkpoint directory (DESIGN.md "Quantized checkpoint"):
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -53,7 +55,7 @@ from quant.options import FP16, parse_option
 from quant.packing import decode_packed
 
 FORMAT = "qsens-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-tensor SHA-256 in the manifest (a swapped or edited tensor is refused)
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 REST_FILE = "rest.safetensors"
@@ -404,6 +406,7 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
             "architecture": _architecture(model), "layout": _LAYOUT,
             "layers": layers, "rest_aliases": aliases,
             "files": {f: {"bytes": (tmp / f).stat().st_size} for f in (WEIGHTS_FILE, REST_FILE)},
+            "tensor_sha256": {WEIGHTS_FILE: tensor_digests(tensors), REST_FILE: tensor_digests(rest)},
             # n·b + 16-bit overhead of the packed layers (quant.accounting): what weights.safetensors
             # should weigh, less its header
             "packed_accounted_bytes": accounted_bits / 8,
@@ -420,6 +423,32 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
 
     write_dir(directory, fill)
     return directory
+
+
+def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{name: SHA-256 of dtype, shape and row-major bytes}: what the manifest records so that a
+    tensor swapped with another of the same shape, or edited in place, is refused on load."""
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        out[name] = h.hexdigest()
+    return out
+
+
+def _check_digests(file: Path, tensors: dict[str, torch.Tensor], want: Any) -> None:
+    if not isinstance(want, dict):
+        raise QsensError(f"{file.parent / MANIFEST}: no valid tensor digests for {file.name}; export it again")
+    have = tensor_digests(tensors)
+    if set(have) != set(want):
+        odd = sorted(set(have) ^ set(want))
+        raise QsensError(f"{file}: tensors differ from the manifest's ({len(odd)} named in only one; "
+                         f"first: {odd[0]}); export it again")
+    bad = [k for k in want if have[k] != want[k]]
+    if bad:
+        raise QsensError(f"{file}: {len(bad)} tensor(s) differ from the manifest's SHA-256 (first: {bad[0]}): "
+                         "swapped, edited or corrupted; export it again")
 
 
 def _fault_point(where: str) -> None:
@@ -593,6 +622,9 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
     _check_unpacked(modules, [n for n, l in layers.items() if l["format"] != "fp"])
     weights = _read_tensors(directory / WEIGHTS_FILE)
     rest = _read_tensors(directory / REST_FILE)
+    digests = manifest.get("tensor_sha256") or {}
+    _check_digests(directory / WEIGHTS_FILE, weights, digests.get(WEIGHTS_FILE))
+    _check_digests(directory / REST_FILE, rest, digests.get(REST_FILE))
     dtype = getattr(torch, str(manifest["dtype"]), None)
     if not isinstance(dtype, torch.dtype):
         raise QsensError(f"{directory / MANIFEST}: unknown dtype {manifest['dtype']!r}")

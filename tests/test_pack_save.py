@@ -148,3 +148,31 @@ def test_a_completed_export_replaces_the_checkpoint(tmp_path: Path) -> None:
     after = _output(out)
     assert not torch.equal(before, after)
     assert not _leftovers(tmp_path, "q")
+
+
+@pytest.mark.parametrize("file,edit", [("rest.safetensors", "swap"), ("weights.safetensors", "flip")])
+def test_a_swapped_or_edited_tensor_is_refused_in_one_line(tmp_path: Path, file: str, edit: str) -> None:
+    """Same shapes, same file size: only the manifest's per-tensor SHA-256 can tell (#28 item 4)."""
+    from safetensors.torch import load_file, save_file
+
+    from quant.errors import QsensError
+
+    model, bank, config = _setup()
+    out = _export(model, bank, config, tmp_path / "q")
+    path = out / file
+    size = path.stat().st_size
+    tensors = load_file(str(path))
+    if edit == "swap":  # two biases of the same shape change places
+        tensors["conv.bias"], tensors["conv2.bias"] = tensors["conv2.bias"], tensors["conv.bias"]
+        bad = "conv.bias"
+    else:  # one bit of one layer's codes
+        codes = tensors["conv.codes"].clone()
+        codes.view(-1)[0] ^= 1
+        tensors["conv.codes"] = codes
+        bad = "conv.codes"
+    save_file(tensors, str(path), metadata={"format": f"{qpack.FORMAT}/{qpack.FORMAT_VERSION}"})
+    assert path.stat().st_size == size  # the byte-size check alone would pass it
+    with pytest.raises(QsensError) as err:
+        _output(out)
+    msg = str(err.value)
+    assert "\n" not in msg and file in msg and "SHA-256" in msg and bad in msg, msg

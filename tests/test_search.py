@@ -483,3 +483,55 @@ def test_families_solve_budgets_upwards_and_keep_a_better_incumbent(tiny_bank) -
     assert total(kept.config) >= total(best_high) - 1e-9
     with pytest.raises(QsensError, match="budgets must increase"):
         run_strategy(ctx, "error", b, incumbent=best_high)
+
+
+def _family_for_given(tiny_prepared_data, tmp_path):
+    """A uniform family written by `qsens search --budgets` on the tiny digits data (bank built)."""
+    import shutil
+
+    from qsens.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_prepared_data, data)
+    base = ["--model", "digits", "--data-dir", str(data), "--quiet"]
+    assert main(["bank", "build", *base]) == 0
+    base += ["--threads", "1"]
+    fam = data / "fam"
+    assert main(["search", "--strategy", "uniform", "--budgets", "4.0", "--out", str(fam), "--no-select", *base]) == 0
+    return base, fam
+
+
+def test_evaluate_given_checks_every_config_it_is_handed(tiny_prepared_data, tmp_path, capsys):
+    """#28 item 4: a replaced config, a config outside the family/data dirs and a family naming a
+    missing cache are each refused in one line before anything is scored."""
+    import shutil
+
+    from qsens.cli import main
+
+    base, fam = _family_for_given(tiny_prepared_data, tmp_path)
+    rows = json.loads((fam / "family.json").read_text())
+    cfg = Path(rows[0]["config"])
+    assert rows[0]["config_sha256"]
+    argv = ["evaluate", "--strategies", "uniform", "--given", f"uniform={fam}", "--budgets", "4.0",
+            "--images", "4", "--metrics", str(tmp_path / "m.json"), *base]
+
+    def one_error(*want: str) -> None:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
+        assert len(err) == 1 and all(w in err[0] for w in want), err
+        assert not (tmp_path / "m.json").exists()
+
+    original = cfg.read_bytes()
+    cfg.write_text(cfg.read_text() + " ")  # replaced after the search (one byte is enough)
+    one_error(str(cfg), "changed since the search")
+    cfg.write_bytes(original)
+
+    outside = tmp_path / "elsewhere" / cfg.name
+    outside.parent.mkdir()
+    shutil.copy(cfg, outside)
+    (fam / "family.json").write_text(json.dumps([{**rows[0], "config": str(outside)}]))
+    one_error(str(outside), "outside the family dir")
+
+    (fam / "family.json").write_text(json.dumps([{**rows[0], "cache": str(tmp_path / "no-such.parquet")}]))
+    one_error("no-such.parquet", "does not exist")

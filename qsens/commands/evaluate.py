@@ -5,6 +5,7 @@ from qsens.context import add_cost_arg, with_cost
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from qsens.argtypes import images_count
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"unknown strategies {bad}; known: {', '.join(STRATEGIES)}")
     budgets = (parse_budget_list(args.budgets, ctx, True) if args.budgets
                else [float(b) for b in ctx.params.budgets])
-    given = {k: load_family(v, ctx, k) for k, v in (_pair(g) for g in args.given)}
+    given = {k: load_family(v, ctx, k, data_root=cli.layout.root) for k, v in (_pair(g) for g in args.given)}
     if "predictor" in strategies and "predictor" not in given:
         from qsens.commands.search import with_active_predictor
 
@@ -80,14 +81,19 @@ def run(args: argparse.Namespace) -> int:
     for k in given:
         if k not in strategies:
             raise QsensError(f"--given {k}=...: {k} is not among the evaluated strategies ({', '.join(strategies)})")
-    cache_for_seeds = Path(given_cache(given) or ctx.cache_path) if ctx.cache_path else None
+    named = given_cache(given)
+    if named and not Path(named).is_file():  # a family that names a cache must have it
+        raise QsensError(f"the given family names the quant_cache {named}, which does not exist: "
+                         "cannot check the evaluation seeds against the labels' seeds")
+    cache_for_seeds = Path(named or ctx.cache_path) if (named or ctx.cache_path) else None
     used: dict[str, list[int]] = {}
     if cache_for_seeds and cache_for_seeds.exists():
         from sampling.cache import read_cache
 
         used[f"the quant_cache ({cache_for_seeds})"] = sorted(set(read_cache(cache_for_seeds)["image_seed"].dropna().astype(int)))
-    elif not args.quiet:
-        print(f"warning: no quant_cache at {ctx.cache_path}: cannot check the evaluation seeds against it")
+    else:  # a warning, not progress: printed under --quiet too
+        print(f"warning: no quant_cache at {ctx.cache_path}: cannot check the evaluation seeds against it",
+              file=sys.stderr)
     ap = AnalysisParams.from_yaml(args.params)
     used["the measured-sensitivity analysis"] = [ap.image_seed, ap.calib_seed, ap.ssim_seed]
     used["the predictor's probe (probe.seed)"] = [load_section(ProbeParams, args.params, "probe").seed]
@@ -102,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
             return digest_paths([Path(real.denoiser.model_dir) / "qsens_digits.json"]
                                 if getattr(real.denoiser, "model_dir", None) else [])
         if strategy in given:
-            return digest_paths([Path(dict(_pair(g) for g in args.given)[strategy]) / "family.json"])
+            fam_dir = Path(dict(_pair(g) for g in args.given)[strategy])
+            return digest_paths([fam_dir / "family.json"]
+                                + [Path(r.report["config"]) for _, r in sorted(given[strategy].items())])
         return digest_paths(REGISTRY[strategy].inputs(ctx))
 
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
@@ -125,9 +133,15 @@ def _pair(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def load_family(directory: str, ctx, strategy: str) -> dict:
+def load_family(directory: str, ctx, strategy: str, data_root: str | Path | None = None) -> dict:
     """{budget: SearchResult} from a family dir (`family.json` + each config), validated against
-    the bank; one error line names the file when something is missing or belongs elsewhere."""
+    the bank; one error line names the file when something is missing or belongs elsewhere.
+
+    Each config must lie inside the family dir or `data_root` (a family.json cannot point the
+    evaluation at files elsewhere on disk) and hash to the `config_sha256` search recorded (a
+    replaced config is refused, never scored under the family's id or reused on resume)."""
+    from sampling.inception import sha256_file
+
     from quant.config import QuantConfig
     from quant.errors import QsensError
     from search.context import SearchResult
@@ -150,6 +164,17 @@ def load_family(directory: str, ctx, strategy: str) -> dict:
         cfg_path = Path(r["config"])
         if not cfg_path.is_file():
             raise QsensError(f"{path}: config {cfg_path} is missing")
+        homes = [Path(directory).resolve()] + ([Path(data_root).resolve()] if data_root else [])
+        if not any(cfg_path.resolve().is_relative_to(h) for h in homes):
+            raise QsensError(f"{path}: config {cfg_path} lies outside the family dir and the data dir "
+                             f"({', '.join(map(str, homes))}); copy it into the family dir")
+        want = r.get("config_sha256")
+        if not isinstance(want, str):
+            raise QsensError(f"{path}: no config_sha256 for {cfg_path} (written by an older qsens); "
+                             f"run `qsens search --budgets params --strategy {strategy}` again")
+        if sha256_file(cfg_path) != want:
+            raise QsensError(f"{path}: config {cfg_path} changed since the search wrote it (SHA-256 differs); "
+                             f"run the search again or restore the file")
         cfg = ctx.bank.validate(QuantConfig.load(cfg_path), where=str(cfg_path))
         cfg.avg_bits = float(ctx.bank.summarize(cfg).avg_bits)
         out[float(r["budget"])] = SearchResult(strategy, float(r["budget"]), cfg, dict(r),
