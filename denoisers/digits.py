@@ -356,19 +356,11 @@ def train_denoiser(arch: str, images_u8: np.ndarray, labels: np.ndarray, params:
 
 
 def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
-    from quant.progress import progress_bar
-
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed + 7)
     model = build_model(arch, params)
     if arch == "dit":
         _disable_dit_random_label_dropout(model)  # we drop labels ourselves (deterministic)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    noise_sched = make_train_scheduler(params)
-    alphas = noise_sched.alphas_cumprod.float()
-    x0_all = images_to_model_space(images_u8, params.resolution)
-    y_all = torch.from_numpy(labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=0.0)
     warmup = min(200, params.train_steps // 10 + 1)
 
     def lr_at(step: int) -> float:
@@ -377,14 +369,41 @@ def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
         frac = (step - warmup) / max(1, params.train_steps - warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
 
+    ema, losses = train_steps(model, images_to_model_space(images_u8, params.resolution),
+                              torch.from_numpy(labels), params, params.train_steps, params.lr, lr_at, gen,
+                              desc=f"train {arch}", progress=progress, log_every=log_every)
+    info = {"arch": arch, "train_steps": params.train_steps, "train_batch": params.train_batch,
+            "final_loss": float(np.mean(losses[-100:])) if losses else None, "n_train": int(len(labels)),
+            "parameters": int(sum(p.numel() for p in ema.parameters()))}
+    return ema, info
+
+
+def train_steps(model: nn.Module, x0_all: torch.Tensor, y_all: torch.Tensor, params: DigitsParams, steps: int,
+                lr: float, lr_at, gen: torch.Generator, *, weights: torch.Tensor | None = None,
+                ema_decay: float | None = None, desc: str = "train", progress: bool = False,
+                log_every: int = 0) -> tuple[nn.Module, list[float]]:
+    """`steps` steps of epsilon-prediction training of `model` (in place) with class dropout and
+    an EMA copy -> (the EMA model, per-step losses). x0_all: (N, 1, R, R) images in model space;
+    y_all: (N,) int labels; lr_at: step -> multiplier of `lr`; weights: (N,) sampling weights of
+    the training images (None: uniform, by `torch.randint` as the base training always drew).
+    Deterministic given `gen` and torch's global seed."""
+    from quant.progress import progress_bar
+
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    alphas = make_train_scheduler(params).alphas_cumprod.float()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    decay_max = params.ema_decay if ema_decay is None else ema_decay
     t0 = time.perf_counter()
     losses: list[float] = []
     model.train()
     n = len(x0_all)
-    bar = progress_bar(range(params.train_steps), desc=f"train {arch}", disable=not progress)
+    bar = progress_bar(range(steps), desc=desc, disable=not progress)
     for step in bar:
-        idx = torch.randint(0, n, (params.train_batch,), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, n, (params.train_batch,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, params.train_batch, replacement=True, generator=gen)
         x0, y = x0_all[idx], y_all[idx].clone()
         drop = torch.rand(len(y), generator=gen) < params.class_dropout
         y[drop] = NULL_CLASS
@@ -399,7 +418,7 @@ def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         lr_sched.step()
-        decay = min(params.ema_decay, (1 + step) / (10 + step))
+        decay = min(decay_max, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
@@ -409,10 +428,8 @@ def _train_denoiser(arch, images_u8, labels, params, progress, log_every):
         if log_every and step % log_every == 0:
             print(f"step {step} loss {np.mean(losses[-log_every:]):.4f} "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
-    info = {"arch": arch, "train_steps": params.train_steps, "train_batch": params.train_batch,
-            "final_loss": float(np.mean(losses[-100:])) if losses else None, "n_train": int(n),
-            "parameters": int(sum(p.numel() for p in ema.parameters()))}
-    return ema, info
+    model.eval()
+    return ema, losses
 
 
 def _disable_dit_random_label_dropout(model: nn.Module) -> None:

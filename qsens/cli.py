@@ -25,7 +25,8 @@ from quant.errors import QsensError
 
 # Order = order in `qsens --help`. A module missing here is simply not offered.
 COMMAND_MODULES = ("reference", "prepare", "bank", "graph", "score", "noise", "sample", "cache",
-                   "config", "predictor", "analyze", "search", "evaluate", "generate", "export", "cost")
+                   "config", "predictor", "analyze", "search", "transfer", "evaluate", "generate", "export",
+                   "cost")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -347,12 +347,15 @@ def reusable_initial(initial: Path | None, train_params: Any, config_ids: set[st
 
 
 def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap: ActiveParams,
-                out_dir: Path, log: Callable[[str], None], initial: Path | None = None) -> dict[str, Any]:
+                out_dir: Path, log: Callable[[str], None], initial: Path | None = None,
+                warm_from: Path | None = None) -> dict[str, Any]:
     """P_k into rounds/r{k}/ (reused when already there) -> its round.json dict.
 
     Trains on `union.before_round(k)` (written as rounds/r{k}/cache.parquet); k > 0 with
     warm_start: members start from rounds/r{k-1}/ and train `ap.epochs` epochs. k = 0 copies
-    `initial` (the train stage's predictor) instead when `reusable_initial` accepts it."""
+    `initial` (the train stage's predictor) instead when `reusable_initial` accepts it.
+    warm_from: another model's predictor dir (`qsens transfer`): round 0 starts its members from
+    that ensemble's (same architecture and layers) and trains `ap.epochs` epochs."""
     from predictor.api import Ensemble
     from predictor.dataset import configs_from_cache
     from predictor.sensitivity import write_tables
@@ -369,7 +372,7 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
     snapshot = union.before_round(k)
-    if k == 0:
+    if k == 0 and warm_from is None:
         ids = set(configs_from_cache(read_cache_table(snapshot), template, label=train_params.label,
                                  label_hifi=train_params.label_hifi, hifi_min_images=train_params.hifi_min_images).config_ids) if template is not None else None
         meta = reusable_initial(initial, train_params, ids) if ids is not None else None
@@ -391,8 +394,10 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
     data = configs_from_cache(read_cache(tmp / "cache.parquet", ok_only=True), template, label=train_params.label,
                                  label_hifi=train_params.label_hifi, hifi_min_images=train_params.hifi_min_images)
     params, init = train_params, None
-    if k > 0 and ap.warm_start:
-        prev = Ensemble.load(_round_dir(out_dir, k - 1))
+    if (k > 0 and ap.warm_start) or (k == 0 and warm_from is not None):
+        prev = Ensemble.load(_round_dir(out_dir, k - 1) if k > 0 else Path(warm_from))
+        if len(prev.members) != train_params.folds:
+            raise QsensError(f"{warm_from}: {len(prev.members)} members, train.folds is {train_params.folds}")
         init = [MemberInit({n: t.clone() for n, t in m.state_dict().items()}, sc)
                 for m, sc in zip(prev.members, prev.scalers)]
         params = replace(train_params, epochs=ap.epochs)
@@ -515,7 +520,7 @@ def _prepare_out_dir(out_dir: Path, digest: str, log: Callable[[str], None]) -> 
 def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, *, random_cache: Path,
                graph: Path, bank_dir: Path, probe: Path | None, train_params: Any, image_seed: int,
                images: int, out_dir: Path, log: Callable[[str], None] = print,
-               initial: Path | None = None) -> list[dict]:
+               initial: Path | None = None, warm_from: Path | None = None, template: Any = None) -> list[dict]:
     """Run (or resume) the active-learning rounds (module docstring) -> the learning-curve rows.
     initial: the train stage's predictor dir, reused as P_0 when trained with the same params.
 
@@ -527,6 +532,8 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     ones. Row k: {round, n_active, n_configs, budgets: [{budget, config_id, avg_bits,
     predicted_fid, predicted_std, measured_fid, measured_status, measured_before, picks: [...]}],
     test_spearman, scored, failed, seconds: {train, search, score}}.
+    warm_from / template: `search.transfer` (round 0 warm-started from another model's predictor;
+    the template built by the caller, e.g. with that predictor's probe rows).
     Raises QsensError for unusable inputs (missing files, a budget outside the bank's range...)."""
     from quant.jsonio import write_json
 
@@ -542,6 +549,8 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
         raise QsensError("active learning needs at least one budget")
     inputs = run_inputs(ctx, budgets, ap, random_cache=random_cache, graph=graph, bank_dir=bank_dir,
                         probe=probe, train_params=train_params, image_seed=image_seed, images=images)
+    if warm_from is not None:
+        inputs["warm_from"] = _file_digest(Path(warm_from) / "ensemble.json")
     digest = _digest(inputs)
     rows = _prepare_out_dir(out_dir, digest, log)
     union_path = out_dir / "quant_cache.parquet"
@@ -558,7 +567,8 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     for k in range(len(rows), ap.rounds + 1):
         if template is None and not (_round_dir(out_dir, k) / "round.json").is_file():
             template = _build_template(Path(graph), Path(bank_dir), probe, train_params)
-        rec = train_round(k, union, template, train_params, ap, out_dir, log, initial=initial)
+        rec = train_round(k, union, template, train_params, ap, out_dir, log, initial=initial,
+                          warm_from=warm_from)
         rdir = _round_dir(out_dir, k)
         _publish_predictor(rdir, out_dir)
         # search: every budget before any scoring, on the snapshot P_k was trained on, so that an

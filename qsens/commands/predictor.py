@@ -55,6 +55,19 @@ def register(subparsers) -> None:
     i.add_argument("--top", type=positive_int, default=10, help="top-k layers/blocks per option")
     i.add_argument("--plots-dir", default="metrics", help="where the DVC-plot CSVs go")
     i.set_defaults(func=run_inspect)
+
+    d = sub.add_parser("diff", help="how the sensitivity changed between two checkpoints (JSON + plot)",
+                       description="Per layer and per block, the change of the predicted one-layer ΔFID "
+                       "between predictor A (e.g. the base model's) and predictor B (e.g. the fine-tune's, "
+                       "from `qsens transfer`), with the members' spread as the error (z ≥ 2: more "
+                       "sensitive); with --measured, the measured layerwise tables' change too.")
+    d.add_argument("a", help="predictor dir A (sensitivity.parquet)")
+    d.add_argument("b", help="predictor dir B")
+    d.add_argument("--measured", nargs=2, metavar=("LAYERWISE_A", "LAYERWISE_B"), default=None,
+                   help="measured one-layer tables (layerwise.parquet of `qsens analyze`) of A and B")
+    d.add_argument("--out", default="metrics/sensitivity_diff.json", help="JSON report (default: %(default)s)")
+    d.add_argument("--plot", default=None, help="PNG (default: the JSON path with .png)")
+    d.set_defaults(func=run_diff)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -184,4 +197,22 @@ def run_inspect(args: argparse.Namespace) -> int:
             print(f"  {key}: {f[key]}")
     low_opt = min(report["top_layers"], key=lambda o: int(o[-1]))
     print(f"  top layers at {low_opt}: " + ", ".join(r["layer"] for r in report["top_layers"][low_opt][:5]))
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from predictor.diff import plot_diff, sensitivity_diff
+    from quant.jsonio import write_json
+
+    report = sensitivity_diff(args.a, args.b, tuple(map(Path, args.measured)) if args.measured else None)
+    out = Path(args.out)
+    write_json(out, report)
+    png = plot_diff(report, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    s = report["summary"]
+    rho = s["spearman_layers"]
+    print(f"{s['layer_options']} layer-options: max |change| {s['max_abs_change']:.4g} FID, "
+          f"{s['more_sensitive']} more sensitive in B (z >= 2), Spearman A vs B "
+          + ("n/a" if rho is None else f"{rho:.3f}") + f" -> {out}, {png}")
     return 0

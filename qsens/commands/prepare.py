@@ -33,6 +33,10 @@ def register(subparsers) -> None:
                    help="also write the training figures to this JSON file")
     p.add_argument("--retrain-classifier", action="store_true",
                    help="digits: retrain the classifier even if one with the same params exists")
+    p.add_argument("--derive", choices=("finetune", "lora", "fewstep"), default=None,
+                   help="digits: instead of training, build a derived checkpoint of the prepared model "
+                   "(params `derive:`) as DATA/models/NAME-KIND (a fine-tune on shifted digits, a merged "
+                   "low-rank update, or the same weights at fewer sampler steps; see denoisers/derived.py)")
     p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -44,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     configure_torch(args.threads)
     ctx = context(args, installed_reference=False)
     t0 = time.perf_counter()
-    figures = prepare_builtin(ctx, args) if ctx.spec.is_builtin else prepare_pipeline(ctx)
+    if args.derive:
+        figures = prepare_derived(ctx, args)
+    else:
+        figures = prepare_builtin(ctx, args) if ctx.spec.is_builtin else prepare_pipeline(ctx)
     figures["seconds_total"] = round(time.perf_counter() - t0, 1)
     for k, v in figures.items():
         print(f"{k:28s} {v}")
@@ -76,6 +83,27 @@ def prepare_builtin(ctx, args) -> dict:
         "seconds_denoiser": res.seconds.get("denoiser"),
         "seconds_reference": round(time.perf_counter() - t1, 2),
     }
+
+
+def prepare_derived(ctx, args) -> dict:
+    """DATA/models/NAME-KIND (+ the base's reference as DATA/reference/NAME-KIND)."""
+    from denoisers.derived import DeriveParams, derive_checkpoint
+
+    if not ctx.spec.is_builtin:
+        raise QsensError(f"--derive builds checkpoints of the digits models; {ctx.spec.name} is a "
+                         "diffusers pipeline: give your fine-tune's pipeline dir as its own model instead")
+    base_dir = ctx.layout.models
+    if not base_dir.is_dir():
+        raise QsensError(f"{base_dir}: no prepared {ctx.spec.name} model to derive from (run `qsens prepare` first)")
+    name = f"{ctx.spec.name}-{args.derive}"
+    root = ctx.layout.root
+    ref = root / "reference" / name
+    _replace_dir(root / "reference" / ctx.spec.name, ref)
+    info = derive_checkpoint(base_dir, args.derive, DeriveParams.from_yaml(ctx.params), root / "models" / name,
+                             ref, name, progress=not args.quiet)
+    print(f"wrote {root / 'models' / name} and {ref}")
+    return {"model": name, **{k: info[k] for k in ("kind", "final_loss", "mean_relative_weight_change",
+                                                    "sampler_steps")}}
 
 
 def prepare_pipeline(ctx) -> dict:
