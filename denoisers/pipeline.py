@@ -77,6 +77,7 @@ class DiffusersPipelineDenoiser(Denoiser):
         self.guidance = float(pipeline_default(pipe, "guidance_scale", 1.0) if guidance is None
                               else guidance)
         self.negative_prompt = negative_prompt or ""
+        self._negative_noted: set[str] = set()  # reasons already said (one line per reason)
         self.resolution = int(resolution) if resolution else native_resolution(pipe)
         self._reference = reference
         self.call_kwargs = dict(call_kwargs or {})
@@ -179,6 +180,7 @@ class DiffusersPipelineDenoiser(Denoiser):
                              "given: build its reference with `qsens reference build ... "
                              "--cond-images DIR` (img2img: --cond-images source) and set "
                              "model.reference")
+        self._note_unused_negative(guidance)
         gen_device = "cpu" if self.device.type == "mps" else self.device
         images, bad = [], []
         for b0 in progress_bar(range(0, n, batch_size), desc=f"generate {self.name}", disable=not progress):
@@ -205,11 +207,55 @@ class DiffusersPipelineDenoiser(Denoiser):
                           seconds=time.perf_counter() - t0,
                           params={"steps": steps, "guidance": guidance, "batch_size": batch_size})
 
+    def negative_prompt_unused(self, guidance: float | None = None) -> str | None:
+        """Why `negative_prompt` cannot change this pipeline's images at `guidance` (default: the
+        configured one), in words; None when it is passed (or there is none). A negative prompt
+        acts only through classifier-free guidance: the pipeline's `__call__` must take
+        `negative_prompt` (SD, SDXL, PixArt, SD3, Hunyuan-DiT, Sana, ...) and guidance must be on
+        (> 1; FLUX: `true_cfg_scale` > 1, its `guidance_scale` is an embedding)."""
+        if not self.negative_prompt:
+            return None
+        traits = self.traits
+        guidance = float(self.guidance if guidance is None else guidance)
+        if traits.conditioning != "text":
+            return f"{traits.pipeline} takes no prompt"
+        if "negative_prompt" not in traits.params:
+            return f"{traits.pipeline} takes no negative prompt"
+        if traits.guidance_kind == "embedded":
+            if "true_cfg_scale" in traits.params and float(self.call_kwargs.get("true_cfg_scale", 1.0)) > 1.0:
+                return None
+            return (f"{traits.pipeline}'s guidance is an input of the model, not classifier-free "
+                    "guidance")
+        if traits.guidance_kind != "cfg":
+            return f"{traits.pipeline} has no classifier-free guidance"
+        if guidance <= 1.0:
+            return f"guidance {guidance:g} turns classifier-free guidance off (> 1 turns it on)"
+        return None
+
+    def _note_unused_negative(self, guidance: float) -> None:
+        """One line on stderr, once per reason, when the negative prompt cannot be used.
+
+        A warning, not an error: `model.negative_prompt` is one params value shared by every
+        stage and by every model a project compares (an SD model's negative prompt must not stop
+        an LCM run of the same params), and the images are exactly what the pipeline draws
+        without one, so nothing measured is wrong; what a user must not get is silence."""
+        reason = self.negative_prompt_unused(guidance)
+        if reason is None or reason in self._negative_noted:
+            return
+        import sys
+
+        self._negative_noted.add(reason)
+        print(f"warning: {self.name}: the negative prompt (model.negative_prompt / --negative-prompt) "
+              f"is not used: {reason}; images are drawn without it", file=sys.stderr)
+
     def _prompt_kwargs(self, prompts: list[str], guidance: float) -> dict[str, Any]:
         keys = _EMBED_KEYS.get(type(self.pipe).__name__)
         if keys is None or not hasattr(self.pipe, "encode_prompt"):
-            return {"prompt": prompts}
-        cache_key = (tuple(prompts), guidance > 1.0)
+            kw: dict[str, Any] = {"prompt": prompts}
+            if self.negative_prompt and self.negative_prompt_unused(guidance) is None:
+                kw["negative_prompt"] = [self.negative_prompt] * len(prompts)
+            return kw
+        cache_key = (tuple(prompts), guidance > 1.0, self.negative_prompt)
         if cache_key not in self._embed_cache:
             negative = [self.negative_prompt] * len(prompts) if guidance > 1.0 else None
             out = self.pipe.encode_prompt(prompt=prompts, device=self.device,

@@ -60,3 +60,9 @@ def load_denoiser(spec: ModelSpec | str | Path, data_dir: str | Path = "data") -
 def _digits_only(spec: ModelSpec) -> None:
     if spec.dtype != "fp32":
         raise QsensError(f"the digits models run in fp32 (model.dtype is {spec.dtype})")
+    if spec.negative_prompt:  # a line, not an error: see DiffusersPipelineDenoiser._note_unused_negative
+        import sys
+
+        print(f"warning: {spec.name}: the negative prompt (model.negative_prompt / --negative-prompt) "
+              "is not used: the digits models are class-conditional and take no prompt",
+              file=sys.stderr)

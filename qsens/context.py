@@ -38,6 +38,10 @@ def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
                        help="classifier-free guidance scale (1 = off)")
         g.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per pipeline call")
+        g.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                       help="negative prompt for classifier-free guidance, wherever the pipeline "
+                       "takes one (SD, SDXL, PixArt, SD3, Hunyuan-DiT, Sana...); a pipeline that "
+                       "cannot use it (LCM, DiT, guidance 1) says so on stderr (\"\" = none)")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def context(args: argparse.Namespace, installed_reference: bool = True,
     params = Path(getattr(args, "params", "params.yaml"))
     gen = {k: getattr(args, k, None) for k in ("steps", "guidance", "batch_size")}
     gen = {k: v for k, v in gen.items() if v is not None}
-    overrides = {k: getattr(args, k, None) for k in ("reference", "device", "dtype")}
+    overrides = {k: getattr(args, k, None) for k in ("reference", "device", "dtype", "negative_prompt")}
     model, name = getattr(args, "model", None), getattr(args, "name", None)
     if not loads_model and model is not None and name is None:
         try:
