@@ -163,12 +163,34 @@ def draw_graph(graph: nx.DiGraph, path: str | Path, scores: Mapping[str, float] 
     """Draw `graph` to `path` (.png or .svg).
 
     layout: auto | graphviz | unet | layered-lr | layered-tb. `scores`: {layer: value} colours
-    weight nodes. `prefix` is stripped from labels (e.g. the block being drawn)."""
+    weight nodes. `prefix` is stripped from labels (e.g. the block being drawn). No two labels
+    overlap (see `graph_figure`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if layout == "graphviz" or (layout == "auto" and _has_graphviz() and scores is None
                                 and graph.number_of_nodes() <= 400):
         return _draw_graphviz(graph, path, title, prefix)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = graph_figure(graph, scores, title, prefix, layout, labels)
+    fig.savefig(path, dpi=DPI if path.suffix.lower() == ".png" else None)
+    plt.close(fig)
+    return path
+
+
+def graph_figure(graph: nx.DiGraph, scores: Mapping[str, float] | None = None,
+                 title: str | None = None, prefix: str = "", layout: str = "auto",
+                 labels: bool | None = None):
+    """The matplotlib Figure `draw_graph` saves (the caller closes it).
+
+    Labels never overlap: node labels get room by widening (or heightening) the figure until
+    every pair of label boxes is apart, measured on the rendered text; a graph whose labels
+    cannot fit in the largest figure (`MAX_WIDTH` x `MAX_HEIGHT` in) is drawn with markers
+    instead (`labels=None`: markers from 60 nodes). Section names under a marker drawing are
+    staggered onto extra lines where neighbours would touch. The title sits above the legend."""
     if layout == "auto":
         if skip_concats(graph):
             layout = "unet"
@@ -176,12 +198,141 @@ def draw_graph(graph: nx.DiGraph, path: str | Path, scores: Mapping[str, float] 
             layout = "layered-tb" if graph.number_of_nodes() <= 60 else "layered-lr"
     if layout == "unet":
         pos = unet_positions(graph)
-    else:
+    elif layout in ("layered-lr", "layered-tb"):
         pos = layered_positions(graph, "TB" if layout == "layered-tb" else "LR")
+    else:
+        raise ValueError(f"unknown layout {layout!r}: auto, graphviz, unet, layered-lr, layered-tb")
     if labels is None:
         labels = graph.number_of_nodes() <= 60
-    return _draw_matplotlib(graph, pos, path, scores, title, prefix, labels,
-                            rank_axis=1 if layout == "layered-tb" else 0)
+    rank_axis = 1 if layout == "layered-tb" else 0
+    if labels:
+        fig = _draw_matplotlib(graph, pos, scores, title, prefix, True, rank_axis)
+        if _spread_labels(fig):
+            return fig
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # too many labels for the largest figure: markers and section names
+    return _draw_matplotlib(graph, pos, scores, title, prefix, False, rank_axis)
+
+
+DPI = 120
+MAX_WIDTH, MAX_HEIGHT = 120.0, 60.0  # inches
+LABEL_GAP_PX = 3.0  # the least space between two labels, in pixels at DPI
+
+
+def _label_boxes(fig) -> list[tuple[str, object]]:
+    """(text, display-space Bbox) of every label `graph_figure` places (node labels with their
+    box, section names), plus the legend and the title."""
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        for t in ax.texts:
+            if t.get_gid() != "qsens-label" or not t.get_visible():
+                continue
+            patch = t.get_bbox_patch()
+            if patch is not None:
+                t.update_bbox_position_size(renderer)
+                box = patch.get_window_extent(renderer)
+            else:
+                box = t.get_window_extent(renderer)
+            out.append((t.get_text(), box))
+        legend = ax.get_legend()
+        if legend is not None:
+            out.append(("<legend>", legend.get_window_extent(renderer)))
+    suptitle = getattr(fig, "_suptitle", None)
+    if suptitle is not None and suptitle.get_text():
+        out.append(("<title>", suptitle.get_window_extent(renderer)))
+    return out
+
+
+def label_overlaps(fig, gap_px: float = 0.0) -> list[tuple[str, str]]:
+    """Pairs of labels (see `_label_boxes`) whose boxes overlap or are closer than `gap_px`."""
+    boxes = _label_boxes(fig)
+    out = []
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1:]:
+            if (ba.x0 < bb.x1 + gap_px and bb.x0 < ba.x1 + gap_px
+                    and ba.y0 < bb.y1 + gap_px and bb.y0 < ba.y1 + gap_px):
+                out.append((a, b))
+    return out
+
+
+def _spread_labels(fig, rounds: int = 6) -> bool:
+    """Enlarge `fig` until no two node labels overlap: for each touching pair, the factor by
+    which the figure must grow along x (or y, whichever is the smaller stretch) to set their
+    centres apart by their half-sizes plus `LABEL_GAP_PX`; the largest factor per axis is
+    applied and the layout redone. False when the labels do not fit in MAX_WIDTH x MAX_HEIGHT."""
+    for _ in range(rounds):
+        boxes = [b for name, b in _label_boxes(fig) if not name.startswith("<")]
+        fx = fy = 1.0
+        for i, ba in enumerate(boxes):
+            for bb in boxes[i + 1:]:
+                need_x = (ba.width + bb.width) / 2 + LABEL_GAP_PX
+                need_y = (ba.height + bb.height) / 2 + LABEL_GAP_PX
+                dx = abs((ba.x0 + ba.x1) - (bb.x0 + bb.x1)) / 2
+                dy = abs((ba.y0 + ba.y1) - (bb.y0 + bb.y1)) / 2
+                if dx >= need_x or dy >= need_y:
+                    continue
+                sx = need_x / dx if dx > 0.5 else math.inf
+                sy = need_y / dy if dy > 0.5 else math.inf
+                if sx <= sy:
+                    fx = max(fx, sx)
+                else:
+                    fy = max(fy, sy)
+        if fx == 1.0 and fy == 1.0:
+            return True
+        if math.isinf(fx) or math.isinf(fy):
+            return False  # two labels at the same place: no stretch separates them
+        w, h = fig.get_size_inches()
+        new_w, new_h = w * fx * 1.03 if fx > 1 else w, h * fy * 1.03 if fy > 1 else h
+        if new_w > MAX_WIDTH or new_h > MAX_HEIGHT:
+            return False
+        fig.set_size_inches(new_w, new_h)
+        _layout(fig)
+    return not label_overlaps(fig)
+
+
+def _layout(fig) -> None:
+    """tight_layout below the title: the title's height (plus a little) is kept free at the top,
+    so the legend above the axes never runs into it."""
+    import warnings
+
+    suptitle = getattr(fig, "_suptitle", None)
+    top = 1.0
+    if suptitle is not None and suptitle.get_text():
+        renderer = fig.canvas.get_renderer()
+        height_px = suptitle.get_window_extent(renderer).height + 8
+        top = max(0.5, 1.0 - height_px / (fig.get_size_inches()[1] * fig.dpi))
+    with warnings.catch_warnings():  # "not compatible with tight_layout" for odd sizes: harmless
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
+
+
+def _stagger_sections(fig, ax, texts: list, y0: float, y_top: float) -> None:
+    """Section names under a marker drawing: each goes on the first line (from the top) where it
+    keeps LABEL_GAP_PX from the name before it; the y range grows to hold the extra lines."""
+    if not texts:
+        return
+    renderer = fig.canvas.get_renderer()
+    line_pt = 11.0
+    ends: list[float] = []  # right edge (px) of the last name on each line
+    lines = 0
+    for t in sorted(texts, key=lambda t: t.xy[0]):
+        box = t.get_window_extent(renderer)
+        half = box.width / 2
+        cx = ax.transData.transform(t.xy)[0]
+        row = next((i for i, end in enumerate(ends) if cx - half > end + LABEL_GAP_PX), len(ends))
+        if row == len(ends):
+            ends.append(-math.inf)
+        ends[row] = cx + half
+        t.xyann = (0.0, -line_pt * row)
+        lines = max(lines, row + 1)
+    if lines > 1:  # room below y0 for the extra lines: bottom such that they fit in the axes
+        height_pt = ax.get_window_extent(renderer).height * 72.0 / fig.dpi
+        need = (lines * line_pt + 4.0) / height_pt
+        if need < 0.9:
+            bottom = (y0 - need * y_top) / (1.0 - need)
+            ax.set_ylim(min(ax.get_ylim()[0], bottom), y_top)
 
 
 def _draw_graphviz(graph: nx.DiGraph, path: Path, title: str | None, prefix: str) -> Path:
@@ -195,9 +346,10 @@ def _draw_graphviz(graph: nx.DiGraph, path: Path, title: str | None, prefix: str
     return path
 
 
-def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], path: Path,
+def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]],
                      scores: Mapping[str, float] | None, title: str | None, prefix: str,
-                     labels: bool, rank_axis: int = 0) -> Path:
+                     labels: bool, rank_axis: int = 0):
+    """The Figure (not saved); labels are tagged gid "qsens-label" for `label_overlaps`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +368,7 @@ def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], pat
         sx, sy = min(0.2, 18.0 / span_x), 0.3
     width = min(max(5.0, span_x * sx + 1.0), 120.0)
     height = min(max(3.0, span_y * sy + 1.4), 60.0)
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
 
     # edges: straight between neighbouring ranks, arcs when they jump ranks (residuals,
     # modulation, skips) so they never hide behind the nodes they pass
@@ -255,7 +407,7 @@ def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], pat
         faded = bool(d.get("boundary"))
         if labels:
             ax.text(x, y, short_label(n, d, prefix), ha="center", va="center", fontsize=8,
-                    zorder=3, color="#555555" if faded else "black",
+                    zorder=3, gid="qsens-label", color="#555555" if faded else "black",
                     bbox=dict(boxstyle="square,pad=0.3" if d["kind"] == "weight" else "round,pad=0.3",
                               fc=color, ec="#aaaaaa" if faded else "#333333", lw=0.7,
                               alpha=0.35 if faded else 1.0))
@@ -270,10 +422,10 @@ def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], pat
                 sec = d["section"] + (f".{d['stage']}" if d.get("stage", -1) >= 0
                                       and d["section"].endswith("blocks") else "")
                 spans.setdefault(sec, []).append(pos[n][0])
-        for sec, sx_ in spans.items():
-            if len(sx_) >= 4:
-                ax.text(sum(sx_) / len(sx_), min(ys) - 1.0, sec, ha="center", va="top", fontsize=8,
-                        color="#333333")
+        sections = [ax.annotate(sec, (sum(sx_) / len(sx_), min(ys) - 1.0), xytext=(0.0, 0.0),
+                                textcoords="offset points", ha="center", va="top", fontsize=8,
+                                color="#333333", gid="qsens-label", annotation_clip=False)
+                    for sec, sx_ in spans.items() if len(sx_) >= 4]
     pad = 0.9 if labels else 0.6
     ax.set_xlim(min(xs) - pad, max(xs) + pad)
     ax.set_ylim(min(ys) - (0.8 if labels else 2.2), max(ys) + 0.8)
@@ -291,7 +443,7 @@ def _draw_matplotlib(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], pat
         fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01, label="layer score")
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120 if path.suffix.lower() == ".png" else None)
-    plt.close(fig)
-    return path
+    _layout(fig)
+    if not labels:
+        _stagger_sections(fig, ax, sections, min(ys) - 1.0, max(ys) + 0.8)
+    return fig

@@ -188,7 +188,8 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
     }
     if grid_path:
         sample_grid(grid_rows, grid_path, columns=params.grid_columns,
-                    titles={k: _row_title(k, uniform, fp_fids[0], fp_accs[0]) for k in grid_rows})
+                    titles={k: _row_title(k, uniform, fp_fids[0], fp_accs[0],
+                                          fp_scores[0].content_metric) for k in grid_rows})
     return result, records
 
 
@@ -201,9 +202,23 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float | None) -> str:
+# how a sample grid names each content metric (`Score.content_metric`); "none": not shown
+CONTENT_LABELS = {"clip": "CLIP score", "accuracy": "accuracy",
+                  "clip_zeroshot_accuracy": "CLIP zero-shot accuracy"}
+
+
+def content_label(metric: str | None) -> str | None:
+    """The words a plot uses for a scorer's content metric: "CLIP score" (prompts), "accuracy"
+    (the digits classifier), "CLIP zero-shot accuracy" (class labels); None for "none"."""
+    return CONTENT_LABELS.get(str(metric)) if metric else None
+
+
+def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float | None,
+               metric: str | None = "accuracy") -> str:
+    label = content_label(metric)
+
     def content(x: float | None) -> str:  # real models without a CLIP model have no content score
-        return "" if x is None or not math.isfinite(x) else f", acc {x:.2f}"
+        return "" if label is None or x is None or not math.isfinite(x) else f", {label} {x:.2f}"
 
     if key == "fp":
         return f"FP: FID {fp_fid:.1f}{content(fp_acc)}"
@@ -216,16 +231,27 @@ def _row_title(key: str, uniform: dict, fp_fid: float, fp_acc: float | None) -> 
 def sample_grid(rows: dict[str, np.ndarray], path: str | Path, columns: int = 10,
                 titles: dict[str, str] | None = None) -> Path:
     """A PNG with one row per entry (first `columns` images each), labelled on the left."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = grid_figure(rows, columns, titles)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def grid_figure(rows: dict[str, np.ndarray], columns: int = 10, titles: dict[str, str] | None = None):
+    """The Figure `sample_grid` saves (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(rows)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(columns * 0.55 + 3.2, len(keys) * 0.7 + 0.2),
-                             squeeze=False)
+    width = columns * 0.55 + 3.2
+    fig, axes = plt.subplots(len(keys), 1, figsize=(width, len(keys) * 0.7 + 0.2), squeeze=False)
+    texts = []
     for ax, key in zip(axes[:, 0], keys):
         imgs = rows[key][:columns]
         if imgs.ndim == 4 and imgs.shape[-1] == 1:
@@ -235,12 +261,17 @@ def sample_grid(rows: dict[str, np.ndarray], path: str | Path, columns: int = 10
         ax.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.text(-0.02, 0.5, (titles or {}).get(key, key), transform=ax.transAxes, ha="right",
-                va="center", fontsize=8)
-    fig.subplots_adjust(left=0.36, right=0.99, top=0.98, bottom=0.02, hspace=0.15)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        texts.append(ax.text(-0.02, 0.5, (titles or {}).get(key, key), transform=ax.transAxes,
+                             ha="right", va="center", fontsize=8))
+    # the left margin holds the longest row title (e.g. "..., CLIP zero-shot accuracy 0.85")
+    renderer = fig.canvas.get_renderer()
+    title_in = max(t.get_window_extent(renderer).width for t in texts) / fig.dpi
+    left_in = max(0.36 * width, title_in + 0.25)
+    total = left_in + 0.64 * width
+    fig.set_size_inches(total, fig.get_size_inches()[1])
+    fig.subplots_adjust(left=left_in / total, right=1.0 - 0.01 * width / total, top=0.98,
+                        bottom=0.02, hspace=0.15)
+    return fig
 
 
 def write_noise_outputs(result: dict[str, Any], records: list[dict[str, Any]],

@@ -391,13 +391,55 @@ def write_pareto_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def plot_pareto(rows: list[dict], path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = pareto_figure(rows)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plain_log_ticks(axis) -> None:
+    """Plain numbers ("76.95", "80") on a log-scale axis instead of matplotlib's "7.695×10¹":
+    a ScalarFormatter without offset or scientific notation for the major ticks, and for the
+    minor ticks one that labels just those matplotlib's log formatter would label (all of them
+    in a narrow range, none across several decades, so they never crowd)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    class _Plain(ScalarFormatter):
+        def __init__(self, shown=None):
+            super().__init__(useOffset=False)
+            self.set_scientific(False)
+            self._shown = shown
+
+        def set_axis(self, ax_):
+            super().set_axis(ax_)
+            if self._shown is not None:
+                self._shown.set_axis(ax_)
+
+        def set_locs(self, locs):
+            super().set_locs(locs)
+            if self._shown is not None:
+                self._shown.set_locs(locs)
+
+        def __call__(self, x, pos=None):
+            if self._shown is not None and not self._shown(x, pos):
+                return ""
+            return super().__call__(x, pos)
+
+    axis.set_major_formatter(_Plain())
+    axis.set_minor_formatter(_Plain(axis.get_minor_formatter()))
+
+
+def pareto_figure(rows: list[dict]):
+    """The Pareto plot's Figure (FID, log scale, over average bits); the caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     # weight-only series only: W/A rows sit at their weights' bits and would hide them
     series = list(dict.fromkeys(series_label(r) for r in rows if r["strategy"] != FP_STRATEGY and not r.get("act")))
@@ -416,15 +458,14 @@ def plot_pareto(rows: list[dict], path: str | Path) -> Path:
         if se:
             ax.axhspan(f - se, f + se, color="k", alpha=0.08)
     ax.set_yscale("log")
+    plain_log_ticks(ax.yaxis)
     ax.set_xlabel("average bits per weight (overhead included)")
     ax.set_ylabel("FID (log scale, lower is better)")
     ax.set_title(f"found configs on {n_seeds} fresh seed sets: mean ± standard error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def images_path(out_dir: Path, tag: str) -> Path:
