@@ -157,6 +157,12 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
         train_params = replace(base_params(base, train_params), baselines=[])
     else:
         train_params = replace(train_params, probe=False, baselines=[])
+    n_test = int(round(train_params.test_fraction * tp.random_configs))
+    if n_test < 2 or tp.random_configs - n_test < 2 * train_params.folds:
+        raise QsensError(f"transfer.random_configs = {tp.random_configs} leaves {n_test} test and "
+                         f"{tp.random_configs - n_test} train/val configs; train.test_fraction "
+                         f"{train_params.test_fraction} and {train_params.folds} folds need >= 2 and >= "
+                         f"{2 * train_params.folds}: raise transfer.random_configs")
     before = (METER.images, METER.forwards)
     t0 = time.perf_counter()
     random_path = score_random(real, ctx.bank, template.layer_names, tp, images, image_seed,
