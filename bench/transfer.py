@@ -1,0 +1,197 @@
+"""Does sensitivity carry over to a fine-tune? The transfer study of issue #24.
+
+Needs a finished `dvc repro` on `digits` (the base campaign: model, bank, graph, quant_cache,
+active-learning predictor, evaluated family and the cost files). For each derived checkpoint
+(`qsens prepare --derive KIND`, params `derive:`), through the real CLI:
+
+    (a) unchanged     the base pipeline's predictor family, applied to the new checkpoint as is
+    (b) transfer      `qsens transfer --base-predictor data/active/digits/predictor`
+    (c) scratch_small `qsens transfer --scratch`: the same campaign (random + active labels) with
+                      members trained from scratch, no probe: what the same spend buys without reuse
+    (d) scratch_full  (--full) the base campaign's protocol on the new checkpoint: sample, probe,
+                      train, search with active learning (bench/label_efficiency.py's runner)
+
+each family scored by `qsens evaluate --given` on the pipeline's evaluation seeds (`evaluate.images`
+× `evaluate.image_seeds`), so every FID pairs with the others seed by seed.
+
+    python bench/transfer.py                      # finetune, lora, fewstep; (a)-(c)
+    python bench/transfer.py --kinds finetune --full
+
+Writes metrics/transfer.json ({"checkpoints": [{"name", "label_images": {"transfer",
+"base_campaign"}, "fids": {"unchanged"|"transfer"|"scratch_small"|"scratch_full": {budget: [per
+seed]}}, "holds"}]}; holds = (b) within one paired SE of (d) at every budget with ≤ 10 % of the base
+campaign's label images; null when (d) was not run) + metrics/transfer.png, and a copy with the
+machine in bench/results/transfer_digits.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from label_efficiency import label_images, predictor_fids, qsens, run_protocol  # noqa: E402
+
+BASE = "digits"
+CONDITIONS = ("unchanged", "transfer", "scratch_small", "scratch_full")
+
+
+def evaluate(name: str, family: Path, common: list[str], out: Path, log: Path) -> dict[str, list[float]]:
+    qsens("evaluate", *common, "--name", name, "--strategies", "predictor", "--given", f"predictor={family}",
+          "--no-act", "--out", str(out), "--metrics", str(out / "search.json"), "--pareto-csv",
+          str(out / "pareto.csv"), "--quiet", "--cost", str(out / "cost.json"), log=log)
+    return json.loads((out / "search.json").read_text())
+
+
+def retarget(family: Path, name: str, out: Path) -> Path:
+    """The base family's configs, option for option, as configs of model `name` (a family dir of
+    its own, with the SHA-256 `evaluate --given` checks): the base config applied unchanged."""
+    from quant.config import QuantConfig
+    from sampling.inception import sha256_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in json.loads((family / "family.json").read_text()):
+        cfg = QuantConfig.load(r["config"])
+        cfg.model = name
+        path = out / Path(r["config"]).name
+        cfg.save(path)
+        rows.append({**r, "config": str(path), "config_sha256": sha256_file(path), "cache": None})
+    (out / "family.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    return out
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    d = np.asarray(a) - np.asarray(b)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+
+
+def run_kind(kind: str, params: Path, budgets: list[float], base_labels: int, full: bool, root: Path) -> dict:
+    name = f"{BASE}-{kind}"
+    d = root / kind
+    d.mkdir(parents=True, exist_ok=True)
+    log = d / "log.txt"
+    common = ["--params", str(params), "--data-dir", str(ROOT / "data")]
+    t0 = time.perf_counter()
+    qsens("prepare", *common, "--model", BASE, "--derive", kind, "--quiet", "--threads", "1", log=log)
+    qsens("bank", "build", *common, "--name", name, "--quiet", log=log)
+    qsens("graph", *common, "--name", name, log=log)
+    fams = {"unchanged": retarget(ROOT / "data" / "search" / BASE / "family" / "predictor", name, d / "unchanged")}
+    summaries = {}
+    for cond, extra in (("transfer", ["--base-predictor", str(ROOT / "data" / "active" / BASE / "predictor")]),
+                        ("scratch_small", ["--scratch"])):
+        out = d / cond
+        qsens("transfer", *common, "--name", name, *extra, "--out", str(out), "--threads", "1", "--quiet",
+              "--cost", str(d / f"{cond}.cost.json"), log=log)
+        summaries[cond] = json.loads((out / "transfer.json").read_text())
+        fams[cond] = out / "family"
+    fids = {}
+    for cond, fam in fams.items():
+        rows = evaluate(name, fam, common, d / f"eval-{cond}", log)
+        fids[cond] = predictor_fids(rows, budgets)
+    if full:
+        base = yaml.safe_load(params.read_text())
+        res = run_protocol(f"full-{kind}", {"model": {"name": name}}, base, name, d, reuse=True)
+        fids["scratch_full"] = res["fids"]
+        summaries["scratch_full"] = {"label_images": res["label_images"]}
+    holds = None
+    per_budget = {}
+    for b in (f"{x:g}" for x in budgets):
+        row = {}
+        for cond in ("unchanged", "transfer", "scratch_small"):
+            row[cond] = float(np.mean(fids[cond][b]))
+        if "scratch_full" in fids:
+            diff, se = paired(fids["transfer"][b], fids["scratch_full"][b])
+            row |= {"scratch_full": float(np.mean(fids["scratch_full"][b])), "transfer_minus_full": diff,
+                    "paired_se": se, "within_one_se": bool(diff <= se)}
+        diff, se = paired(fids["transfer"][b], fids["scratch_small"][b])
+        row |= {"transfer_minus_small": diff, "paired_se_small": se}
+        diff, se = paired(fids["transfer"][b], fids["unchanged"][b])
+        row |= {"transfer_minus_unchanged": diff, "paired_se_unchanged": se}
+        per_budget[b] = row
+    t_labels = summaries["transfer"]["label_images"]
+    if "scratch_full" in fids:
+        holds = bool(all(r["within_one_se"] for r in per_budget.values()) and t_labels <= 0.1 * base_labels)
+    return {"name": name, "kind": kind,
+            "label_images": {"transfer": t_labels, "scratch_small": summaries["scratch_small"]["label_images"],
+                             "base_campaign": base_labels,
+                             **({"scratch_full": summaries["scratch_full"]["label_images"]} if full else {})},
+            "spend": {c: s.get("spend") for c, s in summaries.items()},
+            "fids": fids, "per_budget": per_budget, "holds": holds,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cks = result["checkpoints"]
+    fig, axes = plt.subplots(1, len(cks), figsize=(5 * len(cks), 4), squeeze=False)
+    for ax, ck in zip(axes[0], cks):
+        budgets = sorted(ck["fids"]["transfer"], key=float)
+        for cond, style in zip(CONDITIONS, ("s--", "o-", "^:", "d-.")):
+            if cond not in ck["fids"]:
+                continue
+            m = [np.mean(ck["fids"][cond][b]) for b in budgets]
+            se = [np.std(ck["fids"][cond][b], ddof=1) / math.sqrt(len(ck["fids"][cond][b])) for b in budgets]
+            ax.errorbar([float(b) for b in budgets], m, yerr=se, fmt=style, capsize=3,
+                        label=f"{cond} ({ck['label_images'].get(cond, ck['label_images']['base_campaign'] if cond == 'unchanged' else 0):,} label images)"
+                        if cond != "unchanged" else "base config unchanged")
+        ax.set_title(ck["name"])
+        ax.set_xlabel("budget (avg bits)")
+        ax.set_ylabel("FID (mean ± SE over seed sets)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", default="finetune,lora,fewstep")
+    ap.add_argument("--full", action="store_true", help="also (d): the base campaign's protocol per checkpoint")
+    ap.add_argument("--out", type=Path, default=ROOT / "metrics" / "transfer.json")
+    args = ap.parse_args()
+    params = ROOT / "params.yaml"
+    p = yaml.safe_load(params.read_text())
+    budgets = [float(b) for b in p["search"]["budgets"]]
+    cost_dir = ROOT / "data" / "cost" / BASE
+    costs = {f.stem: json.loads(f.read_text()) for f in cost_dir.glob("*.json")}
+    if "sample" not in costs:
+        raise SystemExit(f"error: {cost_dir}: no cost files of the base campaign (run `dvc repro` first)")
+    base_labels = label_images(costs)
+    root = ROOT / "data" / "transfer_study"
+    cks = [run_kind(k.strip(), params, budgets, base_labels, args.full, root) for k in args.kinds.split(",")]
+    result = {"base": BASE, "budgets": budgets, "base_campaign_label_images": base_labels,
+              "evaluation": {"images": p["evaluate"]["images"], "image_seeds": p["evaluate"]["image_seeds"]},
+              "checkpoints": cks}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    from machine import machine_info
+
+    res = ROOT / "bench" / "results" / "transfer_digits.json"
+    res.write_text(json.dumps({**result, "machine": machine_info()}, indent=2) + "\n")
+    for ck in cks:
+        print(f"{ck['name']}: transfer {ck['label_images']['transfer']:,} label images "
+              f"({ck['label_images']['transfer'] / base_labels:.1%} of {base_labels:,}); holds {ck['holds']}")
+        for b, r in ck["per_budget"].items():
+            print(f"  {b}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)))
+    shutil.rmtree(root / "tmp", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
