@@ -38,7 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/sampling.py must not shadow the package
 
 from label_efficiency import label_images, predictor_fids, qsens, run_protocol  # noqa: E402
 

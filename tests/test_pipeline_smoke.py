@@ -110,23 +110,30 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path) -> None:
-    """`dvc repro` with `model:` naming a tiny StableDiffusionPipeline directory outside the
-    repo copy (absolute path) and a reference built by `qsens reference build`."""
+@pytest.mark.parametrize("kind", ["sd", "sd3"])  # epsilon U-Net; flow-matching transformer (#22)
+def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path, kind: str) -> None:
+    """`dvc repro` with `model:` naming a tiny pipeline directory of a real class (SD 1.5's
+    StableDiffusionPipeline, SD3's flow-matching StableDiffusion3Pipeline) outside the repo copy
+    (absolute path) and a reference built by `qsens reference build`."""
+    from denoisers.pipeline import load_pipeline
+    from denoisers.traits import pipeline_traits
     from tests.standins import write_standin_inception, write_test_images
     from tests.tiny_pipelines import build_tiny_pipeline
 
     repo = tmp_path / "repo"
     tracked_copy(repo)
-    source = build_tiny_pipeline("sd", tmp_path / "models" / "tiny-sd")
+    name = f"tiny-{kind}"
+    source = build_tiny_pipeline(kind, tmp_path / "models" / name)
+    traits = pipeline_traits(load_pipeline(source))
+    resolution = traits.resolution
     inception = write_standin_inception(tmp_path / "standin-inception-random-weights.pt")
     names = write_test_images(tmp_path / "images")
     (tmp_path / "captions.txt").write_text("\n".join(f"a photo of thing {i}" for i in range(len(names))))
     from qsens.cli import main
 
-    ref = tmp_path / "reference-16"
+    ref = tmp_path / f"reference-{resolution}"
     assert main(["reference", "build", "--images", str(tmp_path / "images"), "--captions",
-                 str(tmp_path / "captions.txt"), "--resolution", "16", "--num-images", str(len(names)),
+                 str(tmp_path / "captions.txt"), "--resolution", str(resolution), "--num-images", str(len(names)),
                  "--inception", str(inception), "--out", str(ref)]) == 0
     micro = {k: v for k, v in MICRO.items() if k != "digits"}
     micro["bank"] = {"options": "uaq4,kma3"}  # analysis costs layers × options generations
@@ -136,7 +143,7 @@ def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path) -> None:
     # W/A rows are covered by the digits micro run and tests/test_act_search.py; here they would
     # only add generate-and-score runs of a CLIP-conditioned model to CI
     micro["evaluate"] = {**MICRO["evaluate"], "act_strategies": [], "act_mixed_bits": None}
-    micro["model"] = {"source": str(source), "name": "tiny-sd", "reference": str(ref), "steps": 2,
+    micro["model"] = {"source": str(source), "name": name, "reference": str(ref), "steps": 2,
                       "batch_size": 4}
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), micro)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -146,7 +153,7 @@ def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path) -> None:
     assert "digits" not in "".join(p.name for p in (repo / "data").rglob("*")), "a digits path for a real model"
     rows = json.loads((repo / "metrics" / "search.json").read_text())
     assert {r["strategy"] for r in rows} >= set(MICRO["search"]["strategies"])
-    info = json.loads((repo / "data" / "models" / "tiny-sd" / "model.json").read_text())
-    assert info["pipeline_class"] == "StableDiffusionPipeline" and info["resolution"] == 16
-    assert (repo / "data" / "quant_cache" / "tiny-sd.parquet").is_file(), out
+    info = json.loads((repo / "data" / "models" / name / "model.json").read_text())
+    assert info["pipeline_class"] == traits.pipeline and info["resolution"] == resolution
+    assert (repo / "data" / "quant_cache" / f"{name}.parquet").is_file(), out
     assert "Running stage" not in dvc(repo, "repro")
