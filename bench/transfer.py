@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/sampling.py must not shadow the package
 
+import sampling.inception  # noqa: E402,F401 - the package, before label_efficiency puts bench/ (bench/sampling.py) first
 from label_efficiency import label_images, predictor_fids, qsens, run_protocol  # noqa: E402
 
 BASE = "digits"
@@ -174,6 +175,9 @@ def main() -> int:
     base_labels = label_images(costs)
     root = ROOT / "data" / "transfer_study"
     cks = [run_kind(k.strip(), params, budgets, base_labels, args.full, root) for k in args.kinds.split(",")]
+    if args.out.is_file():  # checkpoints measured by an earlier run (other --kinds) are kept
+        done = {c["name"] for c in cks}
+        cks = [c for c in json.loads(args.out.read_text()).get("checkpoints", []) if c["name"] not in done] + cks
     result = {"base": BASE, "budgets": budgets, "base_campaign_label_images": base_labels,
               "evaluation": {"images": p["evaluate"]["images"], "image_seeds": p["evaluate"]["image_seeds"]},
               "checkpoints": cks}

@@ -555,7 +555,6 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     rows = _prepare_out_dir(out_dir, digest, log)
     union_path = out_dir / "quant_cache.parquet"
     union = UnionCache.open(union_path) if union_path.is_file() else UnionCache.create(random_cache, union_path)
-    template = None
 
     def save_state() -> None:
         write_json(out_dir / "rounds.json", _clean({"format": FORMAT, "digest": digest, "inputs": inputs,

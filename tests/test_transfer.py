@@ -85,11 +85,16 @@ def test_derived_checkpoints_are_deterministic_from_params(project):
     assert (data / "reference" / "digits-finetune" / "classifier.json").is_file()
 
 
-def test_transfer_labels_a_few_configs_then_searches_and_the_diff_reads_it(project, capsys):
+def test_transfer_labels_a_few_configs_then_searches_and_the_diff_reads_it(project, capsys, monkeypatch):
     from qsens.cli import main
     from tests.conftest import one_thread
 
     tmp, base, data = project
+
+    def rebuilt(*a, **k):  # the rounds must train on transfer's template (the base's probe rows)
+        raise AssertionError("run_active rebuilt the template transfer handed it")
+
+    monkeypatch.setattr("search.active._build_template", rebuilt)
     with one_thread():
         if not (data / "models" / "digits-finetune").is_dir():
             assert main(["prepare", *base, "--derive", "finetune", "--quiet"]) == 0
