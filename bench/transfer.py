@@ -132,6 +132,35 @@ def run_kind(kind: str, params: Path, budgets: list[float], base_labels: int, fu
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def add_fd_fp(ck: dict, root: Path) -> dict:
+    """Per condition the paired FID to the checkpoint's own FP images (evaluate's per-seed `fd_fp`)
+    and the paired comparisons on it: for a fine-tune whose FP images are far from the reference,
+    FID vs real rewards configs that undo the fine-tune; FID to its own FP images is what a user
+    compressing *their* model asks for."""
+    d = root / ck["kind"]
+    fd = {}
+    for cond in ("unchanged", "transfer", "scratch_small"):
+        rows = json.loads((d / f"eval-{cond}" / "search.json").read_text())
+        fd[cond] = {f"{float(r['budget']):g}": [float(p["fd_fp"]) for p in r["per_seed"]]
+                    for r in rows if r.get("strategy") == "predictor" and r.get("act") is None
+                    and r.get("status") == "ok"}
+        fp = next((r for r in rows if r.get("strategy") == "fp16"), None)
+        if fp is not None:
+            ck["fp_fid"] = float(fp["fid"])
+    ck["fd_fp"] = fd
+    for b, row in ck["per_budget"].items():
+        for other in ("scratch_small", "unchanged"):
+            diff, se = paired(fd["transfer"][b], fd[other][b])
+            row[f"fd_fp_transfer_minus_{other.split('_')[-1]}"] = diff
+            row[f"fd_fp_paired_se_{other.split('_')[-1]}"] = se
+        for cond in fd:
+            row[f"fd_fp_{cond}"] = float(np.mean(fd[cond][b]))
+    ck["fd_fp_transfer_best"] = bool(all(r["fd_fp_transfer_minus_small"] + r["fd_fp_paired_se_small"] < 0
+                                         and r["fd_fp_transfer_minus_unchanged"] + r["fd_fp_paired_se_unchanged"] < 0
+                                         for r in ck["per_budget"].values()))
+    return ck
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -164,7 +193,26 @@ def main() -> int:
     ap.add_argument("--kinds", default="finetune,lora,fewstep")
     ap.add_argument("--full", action="store_true", help="also (d): the base campaign's protocol per checkpoint")
     ap.add_argument("--out", type=Path, default=ROOT / "metrics" / "transfer.json")
+    ap.add_argument("--summarize", action="store_true",
+                    help="no measurement: add the paired FID-to-FP comparison to --out from the runs' evaluations")
     args = ap.parse_args()
+    root = ROOT / "data" / "transfer_study"
+    if args.summarize:
+        result = json.loads(args.out.read_text())
+        result["checkpoints"] = [add_fd_fp(ck, root) for ck in result["checkpoints"]]
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        from machine import machine_info
+
+        (ROOT / "bench" / "results" / "transfer_digits.json").write_text(
+            json.dumps({**result, "machine": machine_info()}, indent=2) + "\n")
+        for ck in result["checkpoints"]:
+            print(f"{ck['name']} (FP FID vs real {ck.get('fp_fid', float('nan')):.2f}): FID to its own FP images, "
+                  f"transfer best at every budget: {ck['fd_fp_transfer_best']}")
+            for b, r in ck["per_budget"].items():
+                print(f"  {b}: unchanged {r['fd_fp_unchanged']:.3f}, transfer {r['fd_fp_transfer']:.3f}, "
+                      f"scratch_small {r['fd_fp_scratch_small']:.3f} (transfer - scratch "
+                      f"{r['fd_fp_transfer_minus_small']:+.3f} ± {r['fd_fp_paired_se_small']:.3f})")
+        return 0
     params = ROOT / "params.yaml"
     p = yaml.safe_load(params.read_text())
     budgets = [float(b) for b in p["search"]["budgets"]]
@@ -173,7 +221,6 @@ def main() -> int:
     if "sample" not in costs:
         raise SystemExit(f"error: {cost_dir}: no cost files of the base campaign (run `dvc repro` first)")
     base_labels = label_images(costs)
-    root = ROOT / "data" / "transfer_study"
     cks = [run_kind(k.strip(), params, budgets, base_labels, args.full, root) for k in args.kinds.split(",")]
     if args.out.is_file():  # checkpoints measured by an earlier run (other --kinds) are kept
         done = {c["name"] for c in cks}
