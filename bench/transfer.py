@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -177,8 +176,8 @@ def plot(result: dict, path: Path) -> None:
             m = [np.mean(ck["fids"][cond][b]) for b in budgets]
             se = [np.std(ck["fids"][cond][b], ddof=1) / math.sqrt(len(ck["fids"][cond][b])) for b in budgets]
             ax.errorbar([float(b) for b in budgets], m, yerr=se, fmt=style, capsize=3,
-                        label=f"{cond} ({ck['label_images'].get(cond, ck['label_images']['base_campaign'] if cond == 'unchanged' else 0):,} label images)"
-                        if cond != "unchanged" else "base config unchanged")
+                        label="base config unchanged" if cond == "unchanged"
+                        else f"{cond} ({ck['label_images'][cond]:,} label images)")
         ax.set_title(ck["name"])
         ax.set_xlabel("budget (avg bits)")
         ax.set_ylabel("FID (mean ± SE over seed sets)")
@@ -240,7 +239,6 @@ def main() -> int:
               f"({ck['label_images']['transfer'] / base_labels:.1%} of {base_labels:,}); holds {ck['holds']}")
         for b, r in ck["per_budget"].items():
             print(f"  {b}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)))
-    shutil.rmtree(root / "tmp", ignore_errors=True)
     return 0
 
 

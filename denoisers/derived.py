@@ -41,7 +41,7 @@ class DeriveParams:
     """The `derive:` section of params.yaml (each kind reads the fields it needs)."""
 
     steps: int  # finetune / lora: training steps on the shifted data
-    lr: float  # finetune: peak learning rate (cosine decay); lora: constant
+    lr: float  # finetune: peak learning rate (cosine decay); lora uses lora_lr
     classes: list[int] = field(default_factory=list)  # drawn class_weight times more often
     class_weight: float = 1.0
     thicken: float = 0.0  # 0..1: blend of each digit with its 3×3 max-filtered (thicker) strokes
@@ -106,8 +106,7 @@ def _lora_finetune(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, weights:
         parametrize.register_parametrization(m, "weight", LowRankDelta(m.weight, p.rank, gen))
     # train_steps optimises model.parameters(): only the factors require grad, the EMA is off
     # (decay 0: the merged update is the last step's, as a LoRA checkpoint is)
-    trainable = nn.ParameterList([q for q in model.parameters() if q.requires_grad])
-    assert len(trainable) == 2 * len(targets)
+    assert sum(q.requires_grad for q in model.parameters()) == 2 * len(targets)
     _, losses = train_steps(_TrainableOnly(model), x0, y, params,
                             p.steps, p.lora_lr, lambda s: 1.0, gen, weights=weights, ema_decay=0.0,
                             desc="train lora", progress=progress)

@@ -148,6 +148,18 @@ class SearchResult:
                 "config_id": self.config.config_id, "seconds": round(self.seconds, 3),
                 **{k: v for k, v in self.report.items() if k != "stats"}, **stats}
 
+    def save(self, path: str | Path, cache: str | Path | None, predictor_dir: str | Path) -> dict[str, Any]:
+        """Write the config to `path` -> its family entry: `to_report()` + config path and SHA-256
+        (what `qsens evaluate --given` checks: a replaced file is refused), the cache it was
+        searched with (only one that exists: evaluate refuses a family naming a missing one) and
+        the predictor dir."""
+        from sampling.inception import sha256_file
+
+        self.config.save(path)
+        return self.to_report() | {"config": str(path), "config_sha256": sha256_file(path),
+                                   "cache": str(cache) if cache and Path(cache).is_file() else None,
+                                   "predictor_dir": str(predictor_dir)}
+
 
 def ip_report(res: IPResult) -> dict[str, Any]:
     return {"ip_status": res.status, "ip_seconds": round(res.seconds, 3), "ip_objective": res.objective,

@@ -24,7 +24,6 @@ written to `DIR/transfer.json` with the rows' label images.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -63,12 +62,10 @@ class TransferParams:
         return read_section(TransferParams, path, "transfer")
 
 
-def check_same_layers(base_meta: dict[str, Any], template: Any, base_dir: Path) -> None:
-    """The base predictor's layers/options/sizes equal the new template's, else one QsensError
-    naming the first layer that is missing, added or of another size."""
-    from safetensors.torch import load_file
-
-    old = list(base_meta["layer_names"])
+def check_same_layers(base: Any, template: Any, base_dir: Path) -> None:
+    """The base predictor's template (`base`) has the new template's layers, options and layer
+    sizes, else one QsensError naming the first layer that is missing, added or of another size."""
+    old = list(base.layer_names)
     new = list(template.layer_names)
     missing = [n for n in old if n not in set(new)]
     added = [n for n in new if n not in set(old)]
@@ -77,11 +74,10 @@ def check_same_layers(base_meta: dict[str, Any], template: Any, base_dir: Path) 
                  else f"layer {added[0]} is not in the base model")
         raise QsensError(f"{base_dir}: the graphs differ ({len(missing)} missing, {len(added)} added; {first}): "
                          "a predictor transfers only between checkpoints of one architecture")
-    if list(base_meta["options"]) != list(template.options):
-        raise QsensError(f"{base_dir}: the base predictor knows options {base_meta['options']}, the new bank "
+    if list(base.options) != list(template.options):
+        raise QsensError(f"{base_dir}: the base predictor knows options {base.options}, the new bank "
                          f"{template.options}: build the new bank with the base bank's options")
-    t = load_file(str(base_dir / "template.safetensors"))
-    sizes = dict(zip(old, t["template.n_weights"].tolist()))
+    sizes = dict(zip(old, base.n_weights.tolist()))
     for name, n in zip(new, template.n_weights.tolist()):
         if sizes[name] != n:
             raise QsensError(f"{base_dir}: layer {name} has {int(sizes[name])} weights in the base model and "
@@ -153,7 +149,7 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
         base = Ensemble.load(base_predictor)
     template = build_template(Path(graph), ctx.bank, base)
     if base is not None:
-        check_same_layers(base.template.meta(), template, base_predictor)
+        check_same_layers(base.template, template, base_predictor)
         train_params = replace(base_params(base, train_params), baselines=[])
     else:
         train_params = replace(train_params, probe=False, baselines=[])
@@ -179,19 +175,16 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
     family_dir = out_dir / "family"
     family_dir.mkdir(parents=True, exist_ok=True)
     reports = []
-    from sampling.inception import sha256_file
     from search.pareto import budget_tag
 
     for b in sorted(float(x) for x in budgets):
         res = _search(sub, b, incumbent)
         incumbent = res.config
         path = family_dir / f"predictor-{budget_tag(b)}.json"
-        res.config.save(path)
+        reports.append(res.save(path, union, out_dir / "active" / "predictor"))
         pred = float(ens.predict([res.config])[0])
         configs[f"{b:g}"] = {"config": str(path), "config_id": res.config.config_id,
                              "avg_bits": float(res.config.avg_bits), "predicted_fid": pred}
-        reports.append(res.to_report() | {"config": str(path), "config_sha256": sha256_file(path),
-                                          "cache": str(union), "predictor_dir": str(out_dir / "active" / "predictor")})
     write_json(family_dir / "family.json", reports, default=str)
     rows = read_cache(union)
     summary = {
@@ -205,19 +198,15 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
                   "seconds": round(time.perf_counter() - t0, 1)},
         "learning_curve": curve,
     }
-    write_json(out_dir / "transfer.json", json.loads(json.dumps(summary, default=str)))
+    write_json(out_dir / "transfer.json", summary, default=str)
     return summary
 
 
 def base_params(base: Any, train_params: Any) -> Any:
     """The train params the base ensemble was trained with (architecture must match to warm
     start), with `train_params`' non-architectural fields left as the user set them."""
-    from predictor.train import TrainParams
-
     saved = dict(base.meta.get("params") or {})
     arch = {k: saved[k] for k in ("conv", "layers", "hidden", "heads", "dropout", "direction", "node_emb",
                                   "folds", "probe", "target", "target_transform", "lambda_bits", "label")
             if k in saved}
-    if isinstance(arch.get("baselines"), list):
-        arch["baselines"] = tuple(arch["baselines"])
-    return replace(train_params, **arch) if isinstance(train_params, TrainParams) else train_params
+    return replace(train_params, **arch)

@@ -149,14 +149,7 @@ def run(args: argparse.Namespace) -> int:
             path = out_dir / f"{args.strategy}-{budget_tag(res.budget)}.json"
         else:
             path = args.out or cli.layout.search / f"{args.strategy}-{budget_tag(res.budget)}.json"
-        res.config.save(path)
-        from sampling.inception import sha256_file
-
-        # evaluate --given checks the config against this digest: a replaced file is refused
-        report = res.to_report() | {"config": str(path), "config_sha256": sha256_file(path),
-                                    # only a cache that exists: evaluate refuses a family naming a missing one
-                                    "cache": str(ctx.cache_path) if ctx.cache_path and Path(ctx.cache_path).is_file()
-                                    else None, "predictor_dir": str(ctx.predictor_dir)}
+        report = res.save(path, ctx.cache_path, ctx.predictor_dir)
         write_json(Path(path).with_suffix(".report.json"), report, default=str)
         results.append(report)
         if not args.quiet:
