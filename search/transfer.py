@@ -139,7 +139,6 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
     from search.active import ActiveParams, _search, _search_context, run_active
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = None
     if base_predictor is not None:
         base_predictor = Path(base_predictor)
@@ -147,8 +146,13 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
             raise QsensError(f"{base_predictor}: no base predictor (ensemble.json); train one on the base model "
                              "(`qsens predictor train`) or run the base pipeline")
         base = Ensemble.load(base_predictor)
+    # the bank must be this checkpoint's before anything is scored (a failed row per config otherwise)
+    ctx.bank.check_model(real.denoiser.model, where=str(bank_dir))
     template = build_template(Path(graph), ctx.bank, base)
     if base is not None:
+        if base.template.model == ctx.bank.model:
+            raise QsensError(f"{base_predictor} is {ctx.bank.model}'s own predictor: name the checkpoint to "
+                             "transfer to (--name, --model)")
         check_same_layers(base.template, template, base_predictor)
         train_params = replace(base_params(base, train_params), baselines=[])
     else:
@@ -159,6 +163,7 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
                          f"{tp.random_configs - n_test} train/val configs; train.test_fraction "
                          f"{train_params.test_fraction} and {train_params.folds} folds need >= 2 and >= "
                          f"{2 * train_params.folds}: raise transfer.random_configs")
+    out_dir.mkdir(parents=True, exist_ok=True)  # nothing is written when a check above fails
     before = (METER.images, METER.forwards)
     t0 = time.perf_counter()
     random_path = score_random(real, ctx.bank, template.layer_names, tp, images, image_seed,

@@ -150,3 +150,27 @@ def test_transfer_refuses_another_architecture_in_one_line(project, capsys):
     assert main(["transfer", *dit, "--scratch", "--base-predictor", str(data / "predictor" / "digits"),
                  "--out", str(out)]) == 2
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_transfer_checks_its_inputs_before_scoring_anything(project, capsys):
+    """Forgetting --name (the base onto itself) and another model's bank are one line each, before
+    any config is scored, and no output dir is left behind."""
+    from qsens.cli import main
+    from tests.conftest import one_thread
+
+    tmp, base, data = project
+    pred = str(data / "predictor" / "digits")
+    with one_thread():
+        if not (data / "models" / "digits-finetune").is_dir():
+            assert main(["prepare", *base, "--derive", "finetune", "--quiet"]) == 0
+        if not (data / "graphs" / "digits-finetune.json").is_file():
+            assert main(["graph", *base, "--name", "digits-finetune"]) == 0
+        cases = [([], "own predictor"),
+                 (["--name", "digits-finetune", "--bank", str(data / "bank" / "digits")], "conv_in")]
+        for extra, words in cases:
+            out = tmp / "tr-refused"
+            capsys.readouterr()
+            assert main(["transfer", *base, *extra, "--base-predictor", pred, "--out", str(out), "--quiet"]) == 2
+            err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
+            assert len(err) == 1 and words in err[0], err
+            assert not out.exists()
