@@ -15,9 +15,10 @@ model's sensitivity (`qsens transfer`) can be measured on them:
 | `fewstep`  | nothing in the weights: the sampler runs `sampler_steps` steps instead of the base's  |
 
 Each is saved as a digits model dir `DATA/models/<base>-<kind>/` (its `qsens_digits.json`
-records the base, the kind and these params) with the base's reference (classifier + FID
-statistics of the real digits) installed as `DATA/reference/<base>-<kind>/`: quality is still
-measured against real digits.
+records the base, the kind and these params) with a reference `DATA/reference/<base>-<kind>/`:
+the base's classifier, and FID statistics of the data the checkpoint was tuned to
+(`reference_images`: the stroke-thickened digits for `finetune` and `lora`, the real digits for
+`fewstep`), as a user measures a fine-tune against its own data set rather than the base's.
 """
 from __future__ import annotations
 
@@ -130,11 +131,26 @@ class _TrainableOnly(nn.Module):
         return self.inner(*args, **kw)
 
 
+def reference_images(kind: str, p: DeriveParams) -> np.ndarray | None:
+    """The (N, 8, 8) uint8 images whose classifier features are the FID reference of a derived
+    checkpoint: all 1,797 digits as the fine-tuning data draws them (thickened strokes; the class
+    over-weighting is left out because generation asks for every class equally often). None for
+    `fewstep`, which keeps the base's reference (same weights, same data)."""
+    from denoisers.digits import load_digit_images
+
+    if kind not in KINDS:
+        raise QsensError(f"unknown derived checkpoint kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind == "fewstep":
+        return None
+    images, labels = load_digit_images()
+    return shifted_data(images, labels, p)[0]
+
+
 def derive_checkpoint(base_dir: str | Path, kind: str, p: DeriveParams, out_dir: str | Path,
                       reference_dir: str | Path, name: str, progress: bool = False) -> dict[str, Any]:
     """Build the derived checkpoint `kind` of the digits model in `base_dir` (module table) into
-    `out_dir` (a digits model dir) with `reference_dir` (the base's reference, copied there by the
-    caller) -> a summary dict (kind, steps, final loss, mean |ΔW| / |W| over the quantizable layers).
+    `out_dir` (a digits model dir) with `reference_dir` (its reference, written there by the
+    caller: the base's classifier and the statistics of `reference_images`) -> a summary dict (kind, steps, final loss, mean |ΔW| / |W| over the quantizable layers).
     Deterministic on CPU for the same base and params. Raises QsensError for an unknown kind or a
     base dir that is not a digits model."""
     from denoisers.digits import DigitsDenoiser, flush_denormal, images_to_model_space, load_digit_images, \

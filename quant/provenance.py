@@ -142,6 +142,11 @@ def stage_modules(cmd: str) -> list[str]:
     return sorted({f"qsens.commands.{name.replace('-', '_')}" for name in _COMMAND.findall(cmd)})
 
 
+def stage_cmd(stage: dict) -> str:
+    """A dvc.yaml stage's command; a `foreach` stage's is its `do:` block's."""
+    return stage.get("cmd") or (stage.get("do") or {}).get("cmd", "")
+
+
 def derive_dvc_deps(text: str, root: Path = ROOT) -> str:
     """dvc.yaml text with each stage's `.py` deps replaced by the import closure of its commands.
 
@@ -153,20 +158,20 @@ def derive_dvc_deps(text: str, root: Path = ROOT) -> str:
     stages = yaml.safe_load(text).get("stages", {})
     out: list[str] = []
     stage = None
-    in_deps = False
+    item = None  # the indent of the open deps list's items ("      - ", or "        - " under foreach's `do:`)
     for line in text.splitlines():
         m = _STAGE.match(line)
         if m:
             stage = m.group(1)
-        if in_deps and not line.startswith("      - "):
-            cmd = stages.get(stage, {}).get("cmd", "")
-            out.extend(f"      - {p}" for p in dvc_deps(stage_modules(cmd), root))
-            in_deps = False
-        if line.strip() == "deps:" and line.startswith("    ") and not line.startswith("     "):
-            in_deps = True
+        if item and not line.startswith(item):
+            cmd = stage_cmd(stages.get(stage, {}))
+            out.extend(f"{item}{p}" for p in dvc_deps(stage_modules(cmd), root))
+            item = None
+        if line.strip() == "deps:" and line[: len(line) - len(line.lstrip())] in ("    ", "      "):
+            item = line[: len(line) - len(line.lstrip())] + "  - "
             out.append(line)
             continue
-        if in_deps and line.rstrip().endswith(".py"):
+        if item and line.rstrip().endswith(".py"):
             continue
         out.append(line)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")

@@ -38,7 +38,8 @@ FORMAT = "qsens-transfer"
 class TransferParams:
     """The `transfer:` section of params.yaml."""
 
-    random_configs: int = 16  # random configs scored on the new checkpoint (val/test rows)
+    derived: tuple[str, ...] = ()  # the DVC stage's derived checkpoints (transfer@KIND): finetune | lora | fewstep
+    random_configs: int = 12  # random configs scored on the new checkpoint (val/test rows)
     sample_seed: int = 7  # their random stream (the sampler's `random_config` seed)
     rounds: int = 2  # active rounds after the warm start
     per_budget: int = 2
@@ -47,6 +48,11 @@ class TransferParams:
     relinearise_rounds: int = 10
 
     def __post_init__(self) -> None:
+        from denoisers.derived import KINDS
+
+        bad = [k for k in self.derived if k not in KINDS]
+        if bad or len(set(self.derived)) != len(self.derived):
+            raise QsensError(f"transfer.derived = {list(self.derived)}: each of {', '.join(KINDS)} at most once")
         if self.random_configs < 4:
             raise QsensError(f"transfer.random_configs must be >= 4, got {self.random_configs}")
         for name in ("rounds", "per_budget", "disagreement", "relinearise_rounds"):
@@ -100,13 +106,31 @@ def build_template(graph: Path, bank: Any, base: Any | None) -> Any:
 def score_random(real: Any, bank: Any, layer_names: Sequence[str], tp: TransferParams, images: int,
                  image_seed: int, path: Path, log: Callable[[str], None]) -> Path:
     """`tp.random_configs` configs of the sampler's stream scored on the new checkpoint into the
-    cache file `path` (provenance random); resumable: rows already there are not scored again."""
+    cache file `path` (provenance random); resumable: rows already there are not scored again
+    while the scoring inputs are the same (`PATH.key`: the evaluator's identity — weights,
+    generation settings, reference statistics, code — the bank, images and seeds). Rows scored
+    under other inputs are moved to `stale/<key>/` and scored again, never reused."""
     import pyarrow as pa
 
+    from quant.provenance import bank_digest, job_key
     from sampling.cache import CACHE_SCHEMA, read_cache_table, write_cache
     from sampling.sampler import random_configs
     from search.active import _score, cache_row
 
+    key = job_key(scoring=real.identity(),
+                  bank=bank_digest(bank), images=int(images), image_seed=int(image_seed),
+                  sample_seed=int(tp.sample_seed))
+    key_file = path.with_suffix(".key")
+    if path.is_file():
+        old = key_file.read_text().strip() if key_file.is_file() else "unkeyed"
+        if old != key:
+            stale = path.parent / "stale" / old
+            stale.mkdir(parents=True, exist_ok=True)
+            path.replace(stale / path.name)
+            log(f"transfer: the random labels in {path} were scored under other inputs (model, reference, "
+                f"bank, images or seeds): moved to {stale} and scored again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
     table = read_cache_table(path) if path.is_file() else pa.Table.from_pylist([], schema=CACHE_SCHEMA)
     have = set(table.column("config_id").to_pylist())
     for i, (index, config) in enumerate(random_configs(bank.model, layer_names, bank.options, tp.sample_seed,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from quant.provenance import ROOT, derive_dvc_deps, dvc_deps, stage_modules
+from quant.provenance import ROOT, derive_dvc_deps, dvc_deps, stage_cmd, stage_modules
 
 
 def test_every_stage_depends_on_exactly_the_code_its_commands_import():
@@ -14,8 +14,11 @@ def test_every_stage_depends_on_exactly_the_code_its_commands_import():
     if derived != text:
         stages = yaml.safe_load(text)["stages"]
         want = yaml.safe_load(derived)["stages"]
-        drift = {name: sorted(set(want[name].get("deps", [])) ^ set(stages[name].get("deps", [])))
-                 for name in stages if set(want[name].get("deps", [])) != set(stages[name].get("deps", []))}
+        def deps(stage: dict) -> set:
+            return set(stage.get("deps") or (stage.get("do") or {}).get("deps", []))
+
+        drift = {name: sorted(deps(want[name]) ^ deps(stages[name])) for name in stages
+                 if deps(want[name]) != deps(stages[name])}
         raise AssertionError(f"dvc.yaml code deps drifted from the import closure: {drift}. "
                              "Run `python -m quant.provenance --write-dvc dvc.yaml`.")
 
@@ -26,7 +29,7 @@ def test_known_members_of_the_kind_are_listed():
     assert "sampling/cache.py" in stages["cache"]["deps"]  # the cache stage listed no code at all
     assert "data/quant_cache/${model.name}.parquet" in stages["search"]["deps"]
     for name, stage in stages.items():
-        assert stage_modules(stage["cmd"]), f"stage {name} runs no qsens command"
+        assert stage_modules(stage_cmd(stage)), f"stage {name} runs no qsens command"
 
 
 def test_derivation_adds_a_new_import_and_drops_a_removed_one(tmp_path: Path):
@@ -42,3 +45,16 @@ def test_derivation_adds_a_new_import_and_drops_a_removed_one(tmp_path: Path):
     deps = yaml.safe_load(derived)["stages"]["x"]["deps"]
     assert deps[0] == "data/in" and "quant/a.py" in deps and "quant/b.py" not in deps
     assert deps[1:] == dvc_deps(["qsens.commands.x"], root=tmp_path)
+
+
+def test_a_foreach_stage_gets_the_closure_of_its_do_commands(tmp_path: Path):
+    for pkg in ("quant", "qsens", "qsens/commands"):
+        (tmp_path / pkg).mkdir(parents=True, exist_ok=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "quant" / "a.py").write_text("A = 1\n")
+    (tmp_path / "qsens" / "commands" / "x.py").write_text("def run():\n    from quant.a import A\n")
+    text = ("stages:\n  t:\n    foreach: ${kinds}\n    do:\n      cmd: qsens x --out o-${item}\n"
+            "      deps:\n        - data/in\n        - quant/gone.py\n      outs:\n        - o-${item}\n")
+    do = yaml.safe_load(derive_dvc_deps(text, root=tmp_path))["stages"]["t"]["do"]
+    assert do["deps"] == ["data/in", *dvc_deps(["qsens.commands.x"], root=tmp_path)]
+    assert "quant/a.py" in do["deps"] and do["outs"] == ["o-${item}"]

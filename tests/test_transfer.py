@@ -9,6 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -83,6 +85,12 @@ def test_derived_checkpoints_are_deterministic_from_params(project):
     meta = json.loads((data / "models" / "digits-fewstep" / "qsens_digits.json").read_text())
     assert meta["params"]["steps"] == 1 and meta["info"]["derived"]["kind"] == "fewstep"
     assert (data / "reference" / "digits-finetune" / "classifier.json").is_file()
+    # a fine-tune is measured against the data it was tuned to; a few-step variant against the base's
+    from sampling.scoring import load_reference_stats
+
+    mu = {k: load_reference_stats(data / "reference" / k)[0] for k in ("digits", "digits-finetune", "digits-fewstep")}
+    assert not np.allclose(mu["digits-finetune"], mu["digits"]) and np.array_equal(mu["digits-fewstep"], mu["digits"])
+    assert "thicken" in load_reference_stats(data / "reference" / "digits-lora")[2]["source"]
 
 
 def test_transfer_labels_a_few_configs_then_searches_and_the_diff_reads_it(project, capsys, monkeypatch):
@@ -114,6 +122,19 @@ def test_transfer_labels_a_few_configs_then_searches_and_the_diff_reads_it(proje
         assert c["avg_bits"] <= float(b) + 1e-9
     family = json.loads((out / "family" / "family.json").read_text())
     assert {r["budget"] for r in family} == {3.5, 4.0}
+    # random labels scored against another reference are never reused: moved to stale/, scored again
+    from sampling.scoring import load_reference_stats, save_reference_stats
+
+    before = pd.read_parquet(out / "random.parquet").set_index("config_id")["fid"]
+    ref = data / "reference" / "digits-finetune"
+    mu, sigma, info = load_reference_stats(ref)
+    save_reference_stats(ref, mu + 0.5, sigma, info)
+    with one_thread():
+        assert main(["transfer", *ft, "--base-predictor", str(data / "predictor" / "digits"), "--out", str(out),
+                     "--threads", "1", "--quiet"]) == 0
+    after = pd.read_parquet(out / "random.parquet").set_index("config_id")["fid"]
+    assert list(after.index) == list(before.index) and not np.allclose(after.values, before.values)
+    assert len(list((out / "stale").glob("*/random.parquet"))) == 1
     # the sensitivity diff: a predictor against itself changes nothing; base vs transfer is a report
     capsys.readouterr()
     pred = data / "predictor" / "digits"
@@ -174,3 +195,13 @@ def test_transfer_checks_its_inputs_before_scoring_anything(project, capsys):
             err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
             assert len(err) == 1 and words in err[0], err
             assert not out.exists()
+
+
+def test_the_dvc_stage_list_names_only_derived_kinds():
+    from quant.errors import QsensError
+    from search.transfer import TransferParams
+
+    assert TransferParams(derived=("finetune", "fewstep")).derived == ("finetune", "fewstep")
+    for bad in (("finetuned",), ("lora", "lora")):
+        with pytest.raises(QsensError, match="transfer.derived"):
+            TransferParams(derived=bad)

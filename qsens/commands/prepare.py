@@ -86,8 +86,11 @@ def prepare_builtin(ctx, args) -> dict:
 
 
 def prepare_derived(ctx, args) -> dict:
-    """DATA/models/NAME-KIND (+ the base's reference as DATA/reference/NAME-KIND)."""
-    from denoisers.derived import DeriveParams, derive_checkpoint
+    """DATA/models/NAME-KIND + DATA/reference/NAME-KIND (the base's classifier; FID statistics
+    of the data the checkpoint was tuned to, `denoisers.derived.reference_images`)."""
+    from denoisers.derived import DeriveParams, derive_checkpoint, reference_images
+    from denoisers.digits import DigitsClassifier
+    from sampling.scoring import compute_digits_reference, save_reference_stats
 
     if not ctx.spec.is_builtin:
         raise QsensError(f"--derive builds checkpoints of the digits models; {ctx.spec.name} is a "
@@ -98,9 +101,19 @@ def prepare_derived(ctx, args) -> dict:
     name = f"{ctx.spec.name}-{args.derive}"
     root = ctx.layout.root
     ref = root / "reference" / name
-    _replace_dir(root / "reference" / ctx.spec.name, ref)
-    info = derive_checkpoint(base_dir, args.derive, DeriveParams.from_yaml(ctx.params), root / "models" / name,
-                             ref, name, progress=not args.quiet)
+    dp = DeriveParams.from_yaml(ctx.params)
+    shifted = reference_images(args.derive, dp)
+
+    def own_statistics(tmp: Path) -> None:
+        if shifted is not None:
+            classifier, _ = DigitsClassifier.load(tmp)
+            mu, sigma, stats = compute_digits_reference(classifier, shifted)
+            save_reference_stats(tmp, mu, sigma, {**stats, "source": "sklearn.datasets.load_digits (all images) as "
+                                                  f"derive.thicken = {dp.thicken} draws them ({args.derive})"})
+
+    _replace_dir(root / "reference" / ctx.spec.name, ref, then=own_statistics)
+    info = derive_checkpoint(base_dir, args.derive, dp, root / "models" / name, ref, name,
+                             progress=not args.quiet)
     print(f"wrote {root / 'models' / name} and {ref}")
     return {"model": name, **{k: info[k] for k in ("kind", "final_loss", "mean_relative_weight_change",
                                                     "sampler_steps")}}
@@ -135,10 +148,13 @@ def prepare_pipeline(ctx) -> dict:
                                  "parameters", "resolution", "fingerprint")}
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Copy `src` over `dst` atomically (a half-copied reference never stays behind)."""
+def _replace_dir(src: Path, dst: Path, then=None) -> None:
+    """Copy `src` over `dst` atomically (a half-copied reference never stays behind); `then(tmp)`
+    edits the copy before it takes `dst`'s place."""
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    if then is not None:
+        then(tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
