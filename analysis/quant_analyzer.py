@@ -111,17 +111,10 @@ class QuantAnalyzerParams:
 
 
 def select_layers(layers: Sequence[str], pattern: str | None = None, max_layers: int = 0) -> list[str]:
-    """The layers a sweep covers: those matching `pattern` (regex search; None = all), then at most
-    `max_layers` of them (0 = all) evenly spaced over their order, first and last included.
-    QsensError when the pattern matches no layer."""
-    chosen = [l for l in layers if re.search(pattern, l)] if pattern else list(layers)
-    if not chosen:
-        example = layers[0] if layers else "none"
-        raise QsensError(f"{SECTION}.layers {pattern!r} matches no layer (layers look like {example!r})")
-    if max_layers and len(chosen) > max_layers:
-        idx = sorted(set(np.linspace(0, len(chosen) - 1, max_layers).round().astype(int).tolist()))
-        chosen = [chosen[i] for i in idx]
-    return chosen
+    """The layers a sweep covers (`quant.layers.select_layers`, errors named `quant_analyzer.layers`)."""
+    from quant.layers import select_layers as select
+
+    return select(layers, pattern, max_layers, what=f"{SECTION}.layers")
 
 
 # ----------------------------------------------------------------------------------------------

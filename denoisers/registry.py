@@ -37,8 +37,16 @@ def load_denoiser(spec: ModelSpec | str | Path, data_dir: str | Path = "data") -
     spec's device. Raises QsensError (one line) for anything that cannot be loaded."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec(source=str(spec), name=default_name(spec))
+    den = _load(spec, Path(data_dir))
+    if spec.layers or spec.max_layers:
+        from quant.layers import restrict_layers
+
+        restrict_layers(den.model, spec.layers, spec.max_layers)
+    return den
+
+
+def _load(spec: ModelSpec, data_dir: Path) -> Denoiser:
     kind = classify_source(spec.source)
-    data_dir = Path(data_dir)
     if kind in ("builtin", "digits-dir"):
         _digits_only(spec)
     if kind == "builtin":

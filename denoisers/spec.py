@@ -102,8 +102,17 @@ class ModelSpec:
     device: str = "cpu"
     batch_size: int = 8  # real models (digits: digits.gen_batch_size)
     scheduler: str | None = None  # a diffusers scheduler class name; None = the pipeline's
+    layers: str | None = None  # regex: only matching layers are quantized (quant.layers.restrict_layers)
+    max_layers: int = 0  # at most this many of them, evenly spaced in module order; 0 = all
 
     def __post_init__(self) -> None:
+        if int(self.max_layers) < 0:
+            raise QsensError(f"model.max_layers must be >= 0 (0 = every layer), got {self.max_layers}")
+        if self.layers is not None:
+            try:
+                re.compile(str(self.layers))
+            except re.error as exc:
+                raise QsensError(f"model.layers {self.layers!r} is not a regular expression ({exc})") from None
         if not _NAME_RE.match(str(self.name)):
             raise QsensError(f"model.name {self.name!r} is not a short name ([A-Za-z0-9._-], at "
                              "most 64 characters): it names every data path")

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,14 +89,53 @@ def quantizable_layers(model: nn.Module, include_dead: bool = False) -> dict[str
     """
     model = unwrap(model)
     dead = {} if include_dead else dead_layers(model)
+    chosen = getattr(model, SELECTION_ATTR, None)  # `restrict_layers`: model.layers / model.max_layers
     layers: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
         if isinstance(module, QUANTIZABLE_TYPES) and id(module) not in seen:
             seen.add(id(module))
-            if name not in dead:
+            if name not in dead and (chosen is None or name in chosen):
                 layers[name] = module
     return layers
+
+
+SELECTION_ATTR = "qsens_layer_selection"
+
+
+def select_layers(layers: Sequence[str], pattern: str | None = None, max_layers: int = 0,
+                  what: str = "layers") -> list[str]:
+    """Those of `layers` matching `pattern` (regex search; None = all), then at most `max_layers`
+    of them (0 = all) evenly spaced over their order, first and last included. QsensError naming
+    `what` when the pattern matches no layer or is not a regular expression."""
+    from quant.errors import QsensError
+
+    try:
+        chosen = [l for l in layers if re.search(pattern, l)] if pattern else list(layers)
+    except re.error as exc:
+        raise QsensError(f"{what} {pattern!r} is not a regular expression ({exc})") from None
+    if not chosen:
+        example = layers[0] if layers else "none"
+        raise QsensError(f"{what} {pattern!r} matches no layer (layers look like {example!r})")
+    if max_layers and len(chosen) > max_layers:
+        idx = sorted(set(np.linspace(0, len(chosen) - 1, max_layers).round().astype(int).tolist()))
+        chosen = [chosen[i] for i in idx]
+    return chosen
+
+
+def restrict_layers(model: nn.Module, pattern: str | None, max_layers: int = 0) -> list[str]:
+    """Make `select_layers(pattern, max_layers)` of `model`'s layers its quantizable layers, for
+    everything that asks `quantizable_layers` (bank, accounting, apply, pack, export, graph,
+    fingerprint): the others keep their full-precision weights and are outside the bit budget.
+    The cost knob for very large models (seed 000's `--max_layers`): probe and sweeps scale with
+    the layer count. Recorded on the (unwrapped) root module, so copies of the model keep it.
+    Returns the chosen names; QsensError as `select_layers` (named `model.layers`)."""
+    root = unwrap(model)
+    root.__dict__.pop(SELECTION_ATTR, None)
+    chosen = select_layers(list(quantizable_layers(root)), pattern, max_layers, what="model.layers")
+    if pattern or max_layers:
+        object.__setattr__(root, SELECTION_ATTR, frozenset(chosen))
+    return chosen
 
 
 @torch.no_grad()
