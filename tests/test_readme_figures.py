@@ -1,6 +1,7 @@
-"""Every figure README quotes comes from a stored file, and every bench stores its result.
+"""Every figure README and docs/ quote comes from a stored file, and every bench stores its result.
 
-README marks sourced figures with an HTML comment (invisible when rendered):
+README.md and every docs/*.md page mark sourced figures with an HTML comment (invisible when
+rendered; a page without markers quotes no sourced figure and passes):
 
 - on a line of its own, `<!-- source: FILE [FILE ...] [tol=R] -->` covers the block below it (up
   to the next blank line: a paragraph or a whole table);
@@ -15,6 +16,10 @@ difference up to R instead: only for timings of a file `dvc repro` or a bench re
 inside `code spans`, glued to letters (`uaq4`, `v1.5`, `3-bit`), in headings, in a table's
 header row (column names) or in the first cell of a row without a marker (its label) are not
 figures.
+
+Also: README.md stays at most 15,000 bytes (depth goes to docs/), links every docs/*.md page, and
+every relative link in README.md and docs/*.md points to an existing file (and, for `#anchor`s into
+Markdown, to an existing heading).
 """
 from __future__ import annotations
 
@@ -29,6 +34,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README] + DOCS  # every Markdown page whose figures and links are checked
+README_MAX_BYTES = 15_000
+
+
+def _page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
 
 MARKER = re.compile(r"<!--\s*source:\s*(?P<body>.*?)\s*-->")
 NUMBER = re.compile(
@@ -153,22 +165,23 @@ def matches(value: float, decimals: int, unit: str | None, stored: list[float], 
     return False
 
 
-def check(readme: str, root: Path) -> list[str]:
-    """One line per figure README quotes that its source files do not hold."""
+def check(readme: str, root: Path, name: str = "README.md") -> list[str]:
+    """One line per figure a page (README or a docs page, called `name`) quotes that its source
+    files do not hold. Source paths are relative to the repository root, from any page."""
     problems, cache = [], {}
     for no, text, files, tol in claims(readme):
         stored = []
         for f in files:
             path = root / f
             if not path.is_file():
-                problems.append(f"README.md:{no}: source {f} does not exist")
+                problems.append(f"{name}:{no}: source {f} does not exist")
                 continue
             if f not in cache:
                 cache[f] = stored_values(path)
             stored += cache[f]
         for printed, value, decimals, unit in figures(text):
             if stored and not matches(value, decimals, unit, stored, tol):
-                problems.append(f"README.md:{no}: {printed!r} is in none of {', '.join(files)}"
+                problems.append(f"{name}:{no}: {printed!r} is in none of {', '.join(files)}"
                                 + (f" (tol {tol})" if tol else ""))
     return problems
 
@@ -210,24 +223,28 @@ def test_checker_inline_markers_cover_their_cell_only_and_tolerance_is_relative(
         "README.md:2: source missing.json does not exist"]
 
 
-# ----------------------------------------------------------------------------- the README
-def test_readme_figures_come_from_their_stored_files():
-    readme = README.read_text()
-    assert MARKER.search(readme), "README has no source markers"
-    problems = check(readme, ROOT)
-    assert not problems, "README figures not in their stored files:\n" + "\n".join(problems)
+# ----------------------------------------------------------------------------- README and docs/
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_readme_figures_come_from_their_stored_files(page):
+    text = page.read_text()
+    if page == README:
+        assert MARKER.search(text), "README has no source markers"
+    problems = check(text, ROOT, _page_id(page))
+    assert not problems, f"{_page_id(page)} figures not in their stored files:\n" + "\n".join(problems)
 
 
-def test_readme_sources_are_stored_results_with_machine_conditions():
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_readme_sources_are_stored_results_with_machine_conditions(page):
     """Sources live in metrics/ or bench/results/ (tracked), and bench results say where they ran."""
     # Written before bench/machine.py, with what they lack; re-running the bench refreshes them.
     legacy = {"bench/results/gpu_sd15.json": {"machine", "command"},  # `python bench/gpu.py` (a GPU)
               "bench/results/gpu_pixart_sigma.json": {"machine", "command"},
               "bench/results/fid.json": {"command"}}  # its own machine block; `python bench/fid.py`
-    files = sorted({f for _, _, fs, _ in claims(README.read_text()) for f in fs})
-    assert files
+    files = sorted({f for _, _, fs, _ in claims(page.read_text()) for f in fs})
+    assert files or page != README
     for f in files:
-        assert f.startswith(("metrics/", "bench/results/")), f"{f}: README sources must be stored results"
+        assert f.startswith(("metrics/", "bench/results/")), \
+            f"{_page_id(page)}: {f}: sources must be stored results"
         if f.startswith("bench/results/"):
             data = json.loads((ROOT / f).read_text())
             missing = {"machine", "command"} - legacy.get(f, set()) - set(data)
@@ -236,6 +253,95 @@ def test_readme_sources_are_stored_results_with_machine_conditions():
                 assert data["command"].startswith("python bench/"), f"{f}: command {data['command']!r}"
             if "machine" in data and f not in legacy:
                 assert {"cpu_model", "logical_cores", "threadpools", "utc"} <= set(data["machine"]), f
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size:,} bytes (at most {README_MAX_BYTES:,}: move depth to docs/)"
+    linked = {ROOT / t for t, _ in (_split_anchor(t) for t in relative_links(README.read_text()))}
+    missing = [_page_id(p) for p in DOCS if p not in linked]
+    assert not missing, f"README's Documentation list does not link: {', '.join(missing)}"
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?(?P<target>[^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REF_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(?P<target>[^\s>]+)>?", re.M)
+
+
+def _outside_code(text: str) -> str:
+    """The text without fenced code blocks and code spans (their brackets are not links)."""
+    out, fence = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+            continue
+        out.append("" if fence else re.sub(r"`[^`]*`", " ", line))
+    return "\n".join(out)
+
+
+def relative_links(text: str) -> list[str]:
+    """Link and image targets that are not URLs (http:, mailto:, ...), in order."""
+    text = _outside_code(text)
+    targets = [m.group("target") for m in LINK.finditer(text)]
+    targets += [m.group("target") for m in REF_LINK.finditer(text)]
+    return [t for t in targets if not re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", t)]
+
+
+def _split_anchor(target: str) -> tuple[str, str | None]:
+    path, _, anchor = target.partition("#")
+    return path, (anchor or None)
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings (lowercase, punctuation dropped, spaces → -)."""
+    anchors: set[str] = set()
+    for line in _outside_code(text.replace("`", "")).splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n, candidate = 0, slug
+            while candidate in anchors:
+                n += 1
+                candidate = f"{slug}-{n}"
+            anchors.add(candidate)
+    return anchors
+
+
+def link_problems(page: Path, text: str) -> list[str]:
+    problems = []
+    for target in relative_links(text):
+        path, anchor = _split_anchor(target)
+        if not path:  # an anchor on the page itself
+            if anchor.lower() not in heading_anchors(text):
+                problems.append(f"{target}: no heading #{anchor} in {page.name}")
+            continue
+        dest = (page.parent / path).resolve()
+        if not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and dest.is_file() \
+                and anchor.lower() not in heading_anchors(dest.read_text()):
+            problems.append(f"{target}: no heading #{anchor} in {dest.name}")
+    return problems
+
+
+def test_link_checker_finds_missing_files_and_anchors(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A page\n\n## The bank (`quant/`)\n")
+    page = tmp_path / "README.md"
+    text = ("[a](docs/a.md) ![img](docs/img/x.png) [web](https://x.org/y) `[not](a/link.md)`\n"
+            "[anchor](docs/a.md#the-bank-quant) [bad anchor](docs/a.md#nope) [self](#top) [up](#a-readme)\n"
+            "```\n[in code](nowhere.md)\n# not a heading\n```\n# A README\n[ref]: docs/missing.md\n")
+    assert relative_links(text) == ["docs/a.md", "docs/img/x.png", "docs/a.md#the-bank-quant",
+                                    "docs/a.md#nope", "#top", "#a-readme", "docs/missing.md"]
+    assert link_problems(page, text) == ["docs/img/x.png: no such file",
+                                         "docs/a.md#nope: no heading #nope in a.md",
+                                         "#top: no heading #top in README.md",
+                                         "docs/missing.md: no such file"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_relative_links_point_to_existing_files(page):
+    problems = link_problems(page, page.read_text())
+    assert not problems, f"{_page_id(page)}: broken links:\n" + "\n".join(problems)
 
 
 # ----------------------------------------------------------------------------- bench scripts
