@@ -541,7 +541,9 @@ def _write_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The checked manifest of a quantized checkpoint. QsensError (one line) when the directory,
     the manifest or a tensor file is missing, of another format, or a file's size differs from
-    the manifest's (a truncated copy)."""
+    the manifest's (a truncated copy), and when a layer entry or `rest_aliases` is not what
+    `save_quantized` writes (`_check_layer_entry`: e.g. a layer mapped to another layer's codes,
+    a tie to a missing or differently shaped layer)."""
     directory = Path(directory)
     recover(directory)  # a swap killed between its two renames leaves the old checkpoint aside
     path = directory / MANIFEST
@@ -563,6 +565,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
            if not (isinstance(l, dict) and {"kind", "shape", "option", "format"} <= set(l))]
     if bad:
         raise QsensError(f"{path}: layer entry {bad[0]!r} lacks kind/shape/option/format; export it again")
+    for name, info in manifest["layers"].items():
+        _check_layer_entry(path, name, info, manifest["layers"])
+    _check_aliases(path, manifest)
     for name in (WEIGHTS_FILE, REST_FILE):
         file = directory / name
         if not file.is_file():
@@ -573,6 +578,73 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             raise QsensError(f"{file}: {have} bytes, the manifest says {want} (truncated or replaced "
                              "copy); export it again")
     return manifest
+
+
+def _check_layer_entry(path: Path, name: str, info: dict[str, Any], layers: dict[str, Any]) -> None:
+    """QsensError (one line, naming the layer) for a manifest layer entry that `save_quantized`
+    cannot have written: wrong types, a format or bits that contradict the option, tensor keys
+    that are not the layer's own (`{layer}.codes` / `{layer}.params`: another key would load
+    another layer's codes, a wrong model whose tensors all pass their SHA-256), or a tie to a
+    layer that is missing, unpacked, itself tied, or of another kind, shape or option."""
+    where = f"{path}: layer {name}"
+    if not isinstance(info["kind"], str) or not isinstance(info["shape"], list) or not info["shape"] or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in info["shape"]):
+        raise QsensError(f"{where}: kind {info['kind']!r} / shape {info['shape']!r} is not a layer kind and a "
+                         "list of positive integers; export it again")
+    if not isinstance(info["option"], str):
+        raise QsensError(f"{where}: option {info['option']!r} is not an option name; export it again")
+    try:
+        opt = parse_option(info["option"])
+    except QsensError as exc:
+        raise QsensError(f"{where}: {exc}; export it again") from None
+    want_format = "fp" if opt.is_fp else opt.method
+    if info["format"] != want_format or (not opt.is_fp and info.get("bits") != opt.bits):
+        raise QsensError(f"{where}: format {info['format']!r}, bits {info.get('bits')!r} contradict option "
+                         f"{info['option']!r} (expected {want_format!r}"
+                         + ("" if opt.is_fp else f", {opt.bits}") + "); export it again")
+    tie = info.get("tied_to")
+    if opt.is_fp:
+        if tie is not None:
+            raise QsensError(f"{where}: an fp16 layer tied to {tie!r}; export it again")
+        return
+    if tie is None:
+        for key in ("codes", "params"):
+            if info.get(key) != f"{name}.{key}":
+                raise QsensError(f"{where}: {key} tensor {info.get(key)!r} is not the layer's own "
+                                 f"({name}.{key}): the manifest maps it to another tensor; export it again")
+        return
+    lead = layers.get(tie) if isinstance(tie, str) else None
+    if not isinstance(lead, dict) or tie == name:
+        raise QsensError(f"{where}: tied to {tie!r}, which is not another layer of the checkpoint; export it again")
+    if lead.get("format") == "fp" or lead.get("tied_to") is not None:
+        raise QsensError(f"{where}: tied to {tie!r}, which holds no packed tensors (it is "
+                         + ("fp16" if lead.get("format") == "fp" else f"tied to {lead.get('tied_to')!r}")
+                         + "); export it again")
+    if (lead.get("kind"), lead.get("shape"), lead.get("option")) != (info["kind"], info["shape"], info["option"]):
+        raise QsensError(f"{where}: tied to {tie!r}, a {lead.get('kind')} {lead.get('shape')} at "
+                         f"{lead.get('option')!r}, but it is a {info['kind']} {info['shape']} at {info['option']!r}: "
+                         "tied layers share one weight; export it again")
+    if "codes" in info or "params" in info:
+        raise QsensError(f"{where}: tied to {tie!r} but names tensors of its own; export it again")
+
+
+def _check_aliases(path: Path, manifest: dict[str, Any]) -> None:
+    """QsensError (one line) unless `rest_aliases` is {tensor key: key of a tensor stored in
+    rest.safetensors} for keys that are not stored themselves (what `_dedupe` writes)."""
+    aliases = manifest.setdefault("rest_aliases", {})
+    stored = (manifest.get("tensor_sha256") or {}).get(REST_FILE)
+    if not isinstance(aliases, dict):
+        raise QsensError(f"{path}: rest_aliases {type(aliases).__name__} is not an object "
+                         "{tensor: tensor it shares}; export it again")
+    for key, target in aliases.items():
+        if not isinstance(target, str) or target == key:
+            raise QsensError(f"{path}: rest tensor {key} aliases {target!r}, not another tensor's name; "
+                             "export it again")
+        if isinstance(stored, dict) and key in stored:
+            raise QsensError(f"{path}: rest tensor {key} is stored and also aliases {target!r}; export it again")
+        if isinstance(stored, dict) and target not in stored:
+            raise QsensError(f"{path}: rest tensor {key} aliases {target!r}, which rest.safetensors does not "
+                             "hold; export it again")
 
 
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -598,7 +670,8 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
         as `pack` does; False leaves it to the caller (e.g. `qsens generate --act-bits`, which
         installs one set of hooks of its own).
     Raises QsensError (one line) for a missing/truncated/corrupt checkpoint, another model's
-    checkpoint, or an architecture that does not match the manifest.
+    checkpoint, an architecture that does not match the manifest, or ties and aliases that are
+    not the model's own (a layer would read another layer's codes).
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -620,11 +693,18 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
         raise QsensError(f"{directory}: the checkpoint's layers do not match this model ({len(missing)} "
                          f"missing from the model, {len(extra)} not in the checkpoint; first: {first})")
     _check_unpacked(modules, [n for n, l in layers.items() if l["format"] != "fp"])
+    _check_ties(directory / MANIFEST, layers, modules)
     weights = _read_tensors(directory / WEIGHTS_FILE)
     rest = _read_tensors(directory / REST_FILE)
     digests = manifest.get("tensor_sha256") or {}
     _check_digests(directory / WEIGHTS_FILE, weights, digests.get(WEIGHTS_FILE))
     _check_digests(directory / REST_FILE, rest, digests.get(REST_FILE))
+    own = {info[k] for info in layers.values() if info["format"] != "fp" and not info.get("tied_to")
+           for k in ("codes", "params")}
+    if set(weights) != own:
+        odd = sorted(set(weights) ^ own)
+        raise QsensError(f"{directory / WEIGHTS_FILE}: holds other tensors than the manifest's packed layers "
+                         f"name ({len(odd)} differ; first: {odd[0]}); export it again")
     dtype = getattr(torch, str(manifest["dtype"]), None)
     if not isinstance(dtype, torch.dtype):
         raise QsensError(f"{directory / MANIFEST}: unknown dtype {manifest['dtype']!r}")
@@ -651,11 +731,20 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
                 raise QsensError(f"{directory / MANIFEST}: layer {name} is tied to {info['tied_to']!r}, "
                                  "which holds no packed tensors")
             swaps[name] = packed_module(modules[name], info["option"], None, None, tied_to=lead, **where)
+    aliases = manifest["rest_aliases"]
+    own_state = model.state_dict(keep_vars=True)
+    for key, target in aliases.items():
+        if target not in rest:
+            raise QsensError(f"{directory / MANIFEST}: rest tensor {key} aliases {target!r}, which is missing")
+        # an alias is a tie of the model (one tensor under two names): naming any other tensor,
+        # even one of the same shape, would load a wrong model
+        if key in own_state and target in own_state and alias_key(own_state[key]) != alias_key(own_state[target]):
+            raise QsensError(f"{directory / MANIFEST}: rest tensor {key} aliases {target!r}, but this model does "
+                             "not share one tensor between them; export it again (or pass the model to load "
+                             "into: load_quantized(dir, model))")
     _replace(model, {id(modules[name]): new for name, new in swaps.items()})
     state = dict(rest)
-    for key, target in manifest.get("rest_aliases", {}).items():
-        if target not in state:
-            raise QsensError(f"{directory / MANIFEST}: rest tensor {key} aliases {target!r}, which is missing")
+    for key, target in aliases.items():
         state[key] = state[target]
     if device is not None:
         state = {k: v.to(device) for k, v in state.items()}
@@ -680,6 +769,27 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
 
         enable_config_activations(model, QuantConfig.from_dict(manifest["config"], where=str(directory / MANIFEST)))
     return model
+
+
+def _check_ties(path: Path, layers: dict[str, Any], modules: dict[str, nn.Module]) -> None:
+    """QsensError (one line, naming the layer) unless the manifest's ties are the model's own
+    (`tied_groups`: layers sharing one weight tensor, the first one leading): a tie the model
+    does not have would make a layer read another layer's codes."""
+    tied = tied_groups(modules)
+    leader = {n: g[0] for g in tied for n in g[1:]}
+    for name, info in layers.items():
+        if info["format"] == "fp":
+            continue
+        want, have = leader.get(name), info.get("tied_to")
+        if want != have:
+            raise QsensError(f"{path}: layer {name} is " + (f"tied to {have!r}" if have else "not tied")
+                             + " in the checkpoint, " + (f"tied to {want!r}" if want else "not tied")
+                             + " in this model; export it again (or pass the model it was exported from: "
+                             "load_quantized(dir, model))")
+    try:
+        check_tied({n: l["option"] for n, l in layers.items()}, tied, where=str(path))
+    except QsensError as exc:
+        raise QsensError(f"{exc}; export it again") from None
 
 
 def _build_skeleton(manifest: dict[str, Any], directory: Path) -> nn.Module:

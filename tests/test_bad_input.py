@@ -164,6 +164,35 @@ def _poisoned_data(kind: str, layer: str = "mid_block.resnets.0.conv2"):
     return setup
 
 
+def _packed(edit):
+    """A packed checkpoint at tmp/q (`qsens export` of uaq4 on the bank's first 10 layers), then
+    `edit(manifest, layers)` applied to its manifest."""
+    def setup(tmp: Path) -> None:
+        bank = json.loads((tmp / "data" / "bank" / "digits" / "bank.json").read_text())
+        names = [layer["name"] for layer in bank["layers"][:10]]
+        (tmp / "c.json").write_text(json.dumps({"model": "digits", "options": {n: "uaq4" for n in names}}))
+        code, _, err = run_cli(["export", "--model", "digits", "--data-dir", str(tmp / "data"), "--config",
+                                str(tmp / "c.json"), "--out", str(tmp / "q"), "--params",
+                                str(Path(__file__).resolve().parent.parent / "params.yaml")])
+        assert code == 0, err
+        manifest = json.loads((tmp / "q" / "manifest.json").read_text())
+        edit(manifest, manifest["layers"])
+        (tmp / "q" / "manifest.json").write_text(json.dumps(manifest))
+    return setup
+
+
+_CONV1, _CONV2 = "down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.conv2"  # same shape, both packed
+
+
+def _codes_of_another_layer(manifest, layers) -> None:
+    layers[_CONV1]["codes"], layers[_CONV1]["params"] = f"{_CONV2}.codes", f"{_CONV2}.params"
+
+
+def _tie_not_in_the_model(manifest, layers) -> None:
+    layers[_CONV1]["tied_to"] = _CONV2
+    del layers[_CONV1]["codes"], layers[_CONV1]["params"]
+
+
 M = ["--model", "digits", "--data-dir", "{data}"]
 PM = ["--model", "digits", "--data-dir", "{tmp}/pdata"]
 ROWS = [
@@ -259,6 +288,15 @@ ROWS = [
     ("reference build device cuda:99", ["reference", "build", "--images", "{tmp}", "--resolution", "8",
                                         "--inception", "{tmp}/x.pt", "--out", "{tmp}/r", "--device", "cuda:99"], None),
     ("quant-analyzer images 1", ["analyze", "quant-analyzer", *M, "--images", "1"], None),
+    # quantized checkpoints whose manifest points a layer at another layer's tensors (#23 item 7)
+    ("packed codes of another layer", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
+     _packed(_codes_of_another_layer)),
+    ("packed tie the model lacks", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
+     _packed(_tie_not_in_the_model)),
+    ("packed bogus tie", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
+     _packed(lambda m, layers: layers[_CONV1].update(tied_to=["conv_in"]))),
+    ("packed bogus alias", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
+     _packed(lambda m, layers: m.update(rest_aliases={"conv_out.bias": ["conv_in.bias"]}))),
 ]
 
 

@@ -176,3 +176,24 @@ def test_a_swapped_or_edited_tensor_is_refused_in_one_line(tmp_path: Path, file:
         _output(out)
     msg = str(err.value)
     assert "\n" not in msg and file in msg and "SHA-256" in msg and bad in msg, msg
+
+
+def test_an_alias_loads_only_into_a_model_that_shares_the_tensor(tmp_path: Path) -> None:
+    """rest_aliases are the model's own ties (#23 item 7): a model sharing conv2's bias with
+    conv's exports one copy and loads back; into a model whose two biases are separate tensors
+    of the same shape the alias is refused in one line instead of loading a wrong model."""
+    import copy
+
+    from quant.errors import QsensError
+
+    model, bank, config = _setup()
+    model.conv2.bias = model.conv.bias  # tied: one (8,) tensor under two names
+    bank = build_bank(model, ["uaq3", "uaq4"], model_name="net", progress=False)
+    out = _export(model, bank, config, tmp_path / "q")
+    assert qpack.read_manifest(out)["rest_aliases"] == {"conv2.bias": "conv.bias"}
+    tied = copy.deepcopy(model)
+    with torch.no_grad():
+        want = pack(copy.deepcopy(model), config, bank, verify=False)(X)
+        assert torch.equal(load_quantized(out, tied, verify=False)(X), want)
+    with pytest.raises(QsensError, match=r"rest tensor conv2\.bias aliases 'conv\.bias', but this model does not"):
+        load_quantized(out, Net().eval(), verify=False)
