@@ -138,8 +138,11 @@ def add_fd_fp(ck: dict, root: Path) -> dict:
     compressing *their* model asks for."""
     d = root / ck["kind"]
     fd = {}
-    for cond in ("unchanged", "transfer", "scratch_small"):
-        rows = json.loads((d / f"eval-{cond}" / "search.json").read_text())
+    runs = {cond: d / f"eval-{cond}" / "search.json" for cond in ("unchanged", "transfer", "scratch_small")}
+    if (d / f"full-{ck['kind']}" / "search.json").is_file():
+        runs["scratch_full"] = d / f"full-{ck['kind']}" / "search.json"
+    for cond, path in runs.items():
+        rows = json.loads(path.read_text())
         fd[cond] = {f"{float(r['budget']):g}": [float(p["fd_fp"]) for p in r["per_seed"]]
                     for r in rows if r.get("strategy") == "predictor" and r.get("act") is None
                     and r.get("status") == "ok"}
@@ -152,8 +155,15 @@ def add_fd_fp(ck: dict, root: Path) -> dict:
             diff, se = paired(fd["transfer"][b], fd[other][b])
             row[f"fd_fp_transfer_minus_{other.split('_')[-1]}"] = diff
             row[f"fd_fp_paired_se_{other.split('_')[-1]}"] = se
+        if "scratch_full" in fd:
+            diff, se = paired(fd["transfer"][b], fd["scratch_full"][b])
+            row |= {"fd_fp_transfer_minus_full": diff, "fd_fp_paired_se_full": se,
+                    "fd_fp_within_one_se": bool(diff <= se)}
         for cond in fd:
             row[f"fd_fp_{cond}"] = float(np.mean(fd[cond][b]))
+    if "scratch_full" in fd:  # the issue's `holds`, judged by FID to the checkpoint's own FP images
+        ck["holds_fd_fp"] = bool(all(r["fd_fp_within_one_se"] for r in ck["per_budget"].values())
+                                 and ck["label_images"]["transfer"] <= 0.1 * ck["label_images"]["base_campaign"])
     ck["fd_fp_transfer_best"] = bool(all(r["fd_fp_transfer_minus_small"] + r["fd_fp_paired_se_small"] < 0
                                          and r["fd_fp_transfer_minus_unchanged"] + r["fd_fp_paired_se_unchanged"] < 0
                                          for r in ck["per_budget"].values()))
