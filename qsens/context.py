@@ -173,3 +173,18 @@ def with_cost(run: Any, args: argparse.Namespace, stage: str) -> int | None:
     rc = run(args)
     write_cost(getattr(args, "cost", None), stage)
     return rc
+
+
+def refuse_foreign_out(out: Path, own: Any, what: str) -> None:
+    """QsensError (one line) when `out` is a non-empty directory holding an entry that `own(name)`
+    does not claim: the command writes (or swaps in) its own files there, and a directory it did
+    not write (a home dir, another tool's output) must not be mixed with them or moved aside.
+    An absent or empty directory, or the command's own previous output, passes.
+    `what` names the command's output in the message ("a `qsens export` output")."""
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not own(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise QsensError(f"--out {out}: not empty and not {what} (holds {foreign[0]!r}{more}); give a new or "
+                         "empty directory, or the same command's previous --out")

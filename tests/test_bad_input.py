@@ -295,6 +295,10 @@ ROWS = [
      _packed(_tie_not_in_the_model)),
     ("packed bogus tie", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
      _packed(lambda m, layers: layers[_CONV1].update(tied_to=["conv_in"]))),
+    ("generate out foreign dir", ["generate", *M, "--n-images", "2", "--out", "{tmp}/mine"],
+     _write("mine/notes.txt", "not qsens's")),
+    ("export out foreign dir", ["export", *M, "--config", "{tmp}/c.json", "--out", "{tmp}/mine"],
+     lambda tmp: (_write("mine/notes.txt", "not qsens's")(tmp), _config("c.json")(tmp))),
     ("packed bogus alias", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
      _packed(lambda m, layers: m.update(rest_aliases={"conv_out.bias": ["conv_in.bias"]}))),
 ]
@@ -337,6 +341,29 @@ def test_bad_input_is_one_error_line_and_changes_nothing(workspace: Path, tmp_pa
         with open(table, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"row": name, "argv": [a.replace(str(tmp_path), "TMP").replace(
                 str(workspace / "data"), "DATA") for a in argv], "error": shown}) + "\n")
+
+
+def test_generate_and_export_rerun_into_their_own_out(workspace: Path, tmp_path: Path, monkeypatch):
+    """#23 item 7: a foreign --out is refused (rows above), but each command's own previous output
+    is written over: generate leaves exactly the PNGs its generate.json lists, export keeps the
+    torchao.json it wrote beside the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+    (tmp_path / "data").symlink_to(workspace / "data")
+    m = ["--model", "digits", "--data-dir", str(workspace / "data")]
+    g = tmp_path / "g"
+    for n in (3, 2):
+        code, _, err = run_cli(["generate", *m, "--n-images", str(n), "--out", str(g)])
+        assert code == 0, err
+    listed = json.loads((g / "generate.json").read_text())["files"]
+    assert sorted(p.name for p in g.iterdir()) == sorted(listed + ["generate.json"]) and len(listed) == 2
+    _config("c.json")(tmp_path)
+    e = tmp_path / "e"
+    for fmt in ("torchao", "packed", "packed"):
+        code, _, err = run_cli(["export", *m, "--config", str(tmp_path / "c.json"), "--out", str(e), "--format", fmt])
+        assert code == 0, err
+    assert sorted(p.name for p in e.iterdir()) == ["manifest.json", "rest.safetensors", "torchao.json",
+                                                   "weights.safetensors"]
 
 
 def test_closed_stdout_ends_quietly(workspace: Path):

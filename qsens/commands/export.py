@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from qsens.argtypes import positive_int
-from qsens.context import add_model_args, context
+from qsens.context import add_model_args, context, refuse_foreign_out
 from quant.errors import QsensError
 
 NAME = "export"
@@ -46,6 +46,15 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"unknown --format {args.format!r} (choose {', '.join(FORMATS)})")
     if args.out.exists() and not args.out.is_dir():
         raise QsensError(f"--out {args.out} exists and is not a directory")
+    if args.format == "packed":
+        from quant.pack import MANIFEST, REST_FILE, WEIGHTS_FILE
+        from search.export import SKIP_FILE, TORCHAO_FILE
+
+        # the checkpoint is swapped in as a whole directory (quant.atomicdir) carrying the other
+        # files along: only a directory of qsens export's own files may be replaced that way
+        own = (MANIFEST, WEIGHTS_FILE, REST_FILE, TORCHAO_FILE, SKIP_FILE)
+        refuse_foreign_out(args.out, lambda name: name in own or name.lstrip(".").startswith(own),
+                           "a `qsens export` output")
     if args.format != "skip-list" and args.keep_top is not None:
         raise QsensError(f"--keep-top is for --format skip-list, not {args.format}")
     if args.format != "skip-list" and args.config is None:

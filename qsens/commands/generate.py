@@ -9,12 +9,13 @@ images as the fake-quant config), optionally with dynamic activation quantizatio
 from __future__ import annotations
 
 import argparse
-import json
+import re
 from pathlib import Path
 
 from qsens.argtypes import non_negative_int, positive_int
-from qsens.context import add_model_args, context
+from qsens.context import add_model_args, context, refuse_foreign_out
 from quant.errors import QsensError
+from quant.jsonio import write_json
 
 NAME = "generate"
 
@@ -51,6 +52,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+META = "generate.json"
+_PNG = re.compile(r"\d{4,}_seed\d+\.png")  # f"{i:04d}_seed{seed}.png"
+
+
+def _own(name: str) -> bool:
+    """Files `qsens generate` writes into --out (and the temporary files of its atomic writes)."""
+    return bool(_PNG.fullmatch(name)) or name == META or name.startswith(f".{META}")
+
+
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise QsensError(f"--seed must be >= 0, got {args.seed}")
     if args.out.exists() and not args.out.is_dir():
         raise QsensError(f"--out {args.out} exists and is not a directory")
+    refuse_foreign_out(args.out, _own, "a `qsens generate` output")
     configure_torch(args.threads)
     ctx = context(args)
     den = ctx.load_denoiser()
@@ -132,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
             "act_bits": args.act_bits, "seeds": [int(s) for s in gen.seeds], "files": files,
             "prompts": gen.prompts, "labels": None if gen.labels is None else gen.labels.tolist(),
             "nonfinite": int(gen.n_nonfinite), **gen.params}
-    (args.out / "generate.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # a previous run into this --out that made more images left PNGs this run did not rewrite:
+    # removed, so the directory holds exactly what generate.json lists
+    for stale in sorted(set(p.name for p in args.out.iterdir() if _PNG.fullmatch(p.name)) - set(files)):
+        (args.out / stale).unlink()
+    write_json(args.out / META, meta)
     print(f"{len(files)} images ({applied}) in {gen.seconds:.1f} s -> {args.out}")
     if gen.n_nonfinite:
         print(f"warning: {gen.n_nonfinite} images had NaN/inf values (written black)")
