@@ -450,7 +450,7 @@ def test_case3_every_printed_bound_is_accepted(sdxl_sized) -> None:
 def test_case3_cli_budget_check_accepts_its_own_printed_range(tmp_path, one_torch_thread) -> None:
     from types import SimpleNamespace
 
-    from qsens.commands.search import parse_budget_list
+    from qsens.search_args import parse_budget_list
     from search.ip import BudgetError, bits_matrix, feasible_range, solve_named
 
     torch.manual_seed(0)

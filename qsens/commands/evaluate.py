@@ -13,7 +13,7 @@ NAME = "evaluate"
 
 
 def register(subparsers) -> None:
-    from qsens.commands.search import add_common
+    from qsens.search_args import add_common
 
     p = subparsers.add_parser(
         NAME, help="score every strategy's config at every budget on fresh seeds (resumable)",
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from analysis.params import AnalysisParams
     from denoisers.base import configure_torch
-    from qsens.commands.search import make_context, parse_budget_list
+    from qsens.search_args import make_context, parse_budget_list
     from quant.errors import QsensError
     from search.activation import evaluate_params
     from predictor.probe import ProbeParams
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                else [float(b) for b in ctx.params.budgets])
     given = {k: load_family(v, ctx, k, data_root=cli.layout.root) for k, v in (_pair(g) for g in args.given)}
     if "predictor" in strategies and "predictor" not in given:
-        from qsens.commands.search import with_active_predictor
+        from qsens.search_args import with_active_predictor
 
         ctx = with_active_predictor(args, ctx, cli)
     for k in given:

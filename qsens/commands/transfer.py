@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qsens.commands.search import add_common
+from qsens.search_args import add_common
 from qsens.context import add_cost_arg, with_cost
 
 NAME = "transfer"
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from sampling.noise import ScoreParams
     from search.transfer import TransferParams, run_transfer
 
-    from qsens.commands.search import make_context, parse_budget_list
+    from qsens.search_args import make_context, parse_budget_list
 
     if args.scratch == (args.base_predictor is not None):
         raise QsensError("give exactly one of --base-predictor DIR and --scratch")
