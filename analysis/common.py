@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from quant.config import QuantConfig
 from quant import jsonio
@@ -20,20 +20,51 @@ def settings_key(settings: dict[str, Any]) -> str:
 class Progress:
     """Append-only JSON lines, one per finished measurement, flushed and fsynced; re-reading
     keeps only lines with the current settings key, so a killed run resumes and a changed one
-    starts over. A truncated last line (killed mid-write) is ignored."""
+    starts over. A truncated last line (killed mid-write) is ignored.
 
-    def __init__(self, path: str | Path, key: str):
+    A line of this key that is not a valid row (`quant.jsonio.row_problem`: not an object, no
+    layer/option, a `nonneg` field such as an FID negative or non-finite, a score not a finite
+    number, a wrong-typed field), or any other line that is not JSON, is dropped with one
+    `warning:` line on stderr, and that measurement is made again: never reported as it is."""
+
+    FINITE = ("fid", "content", "sqnr_db", "ssim")  # null (not measured) or a finite number
+
+    def __init__(self, path: str | Path, key: str, nonneg: tuple[str, ...] = ("seconds",),
+                 required: tuple[str, ...] = (), check: Callable[[dict], str | None] | None = None):
+        """nonneg: fields that must be null or finite and >= 0 (an FID, seconds); required: keys
+        every row of this writer holds; check(row): a further reason to drop a row, or None."""
         self.path = Path(path)
         self.key = key
         self.rows: dict[tuple, dict] = {}
+        dropped: list[str] = []
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            lines = text.splitlines()
+            for i, line in enumerate(lines, 1):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
+                    if not (i == len(lines) and not text.endswith("\n")):  # not a killed write
+                        dropped.append(f"line {i}: not JSON")
                     continue
-                if row.get("key") == key:
-                    self.rows[self._id(row)] = row
+                if isinstance(row, dict) and row.get("key") != key:
+                    continue  # another settings key: stale, not damaged
+                why = jsonio.row_problem(row, required=("layer", "option", *required), nonneg=nonneg,
+                                         finite=tuple(f for f in self.FINITE if f not in nonneg),
+                                         text=("layer", "option", "status"))
+                if why is None and row.get("status") == "ok" and "fid" in row and row["fid"] is None:
+                    why = "status ok without a fid"
+                if why is None and check is not None:
+                    why = check(row)
+                if why is not None:
+                    dropped.append(f"line {i}: {why}")
+                    continue
+                self.rows[self._id(row)] = row
+        if dropped:
+            import sys
+
+            print(f"warning: {self.path}: {len(dropped)} damaged row(s) dropped and measured again "
+                  f"({dropped[0]}{' ...' if len(dropped) > 1 else ''})", file=sys.stderr)
         # rewrite without stale / broken lines, so the file only ever holds this key's rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")

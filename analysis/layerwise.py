@@ -124,7 +124,9 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
         return (float(row[params.metric if paired else "fid"]) if row["status"] == "ok" else math.nan,
                 float(row["content"]), row["status"], time.perf_counter() - t0)
 
-    with Progress(out_dir / "layerwise.progress.jsonl", key) as prog:
+    # the "fid" field holds the paired metric when there is one (content_drop may be negative)
+    with Progress(out_dir / "layerwise.progress.jsonl", key, required=("fid", "content", "status", "seconds"),
+                  nonneg=("seconds", "fid") if params.metric == "fid" else ("seconds",)) as prog:
         if not prog.done("", "fp16"):
             fid, content, status, secs = measure()
             if status != "ok":

@@ -149,6 +149,23 @@ def output_mse(ev, config, calib, reference, chunk: int) -> float:
     return float(((y - reference) ** 2).sum()) / den if den > 0 else math.nan
 
 
+def _row_problem(row: dict) -> str | None:
+    """Why a metric-validity progress row cannot be reused (beyond Progress's checks), or None:
+    the truth is a list of FIDs (null or finite >= 0), the labels {name: null or finite}."""
+    from quant.jsonio import row_problem
+
+    truth, labels = row["truth"], row["labels"]
+    if not isinstance(truth, list) or not isinstance(labels, dict):
+        return "truth is not a list or labels not an object"
+    for f in truth:
+        if row_problem({"truth": f}, nonneg=("truth",)):
+            return f"truth FID {f!r} is not a finite number >= 0"
+    for name, v in labels.items():
+        if row_problem({name: v}, finite=(name,)):
+            return f"label {name} {v!r} is not a finite number"
+    return None
+
+
 def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[float]], params: MetricValidityParams,
             label_seed: int, eval_images: int, eval_seeds: Sequence[int], progress_path: Path, key: str,
             progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
@@ -163,7 +180,8 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
                                 seed=params.calib_seed)
     y_fp = run_model(ev.denoiser.model, calib, params.chunk)
     rows = []
-    with Progress(progress_path, key) as prog:
+    with Progress(progress_path, key, nonneg=("avg_bits",), required=("avg_bits", "truth", "labels"),
+                  check=_row_problem) as prog:
         for origin, cfg in progress_bar(configs, desc="metric validity", unit="config", disable=not progress):
             cid = cfg.config_id
             if prog.done(cid, "all"):

@@ -41,6 +41,15 @@ def split_groups(layers: Sequence[str], patterns: Sequence[str]) -> dict[str, st
     return {l: "content" if any(r.search(l) for r in rx) else "quality" for l in layers}
 
 
+def _row_problem(row: dict) -> str | None:
+    """Why a mixdq progress row cannot be reused (beyond Progress's own checks), or None."""
+    if row["group"] not in ("content", "quality"):
+        return f"group {row['group']!r} is not content or quality"
+    if row["sqnr_db"] is None:
+        return "no sqnr_db"
+    return None
+
+
 def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
                   layers: Sequence[str] | None = None, options: Sequence[str] | None = None,
                   progress: bool = True) -> pd.DataFrame:
@@ -70,7 +79,8 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
         params.calib_normal_std, params.calib_seed], "ssim": [params.ssim_images, params.ssim_seed],
         "steps": params.steps, "patterns": list(params.content_patterns),
         "bank_contents": bank_digest(bank), "code": code_digest([__name__])})
-    with Progress(out_dir / "mixdq.progress.jsonl", key) as prog:
+    with Progress(out_dir / "mixdq.progress.jsonl", key, required=("group", "sqnr_db", "ssim", "seconds"),
+                  check=_row_problem) as prog:
         todo = [(l, o) for l in layers for o in options if not prog.done(l, o)]
         for layer, option in progress_bar(todo, desc="mixdq", unit="pair", disable=not progress):
             t1 = time.perf_counter()

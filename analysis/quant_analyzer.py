@@ -221,7 +221,8 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
     units = quantizers.weight_units(swept)
     todo = [("", k) for k in BASELINES]
     todo += [(l, k) for k in SWEEPS for l in (units if k.startswith("w") else swept)]
-    with Progress(progress_path, key) as prog:
+    with Progress(progress_path, key, nonneg=("fid", "seconds"), required=("fid", "content", "status", "seconds")) \
+            as prog:
         pending = [(l, k) for l, k in todo if not prog.done(l, k)]
         for layer, kind in progress_bar(pending, desc="quant-analyzer", unit="setting", disable=not progress):
             t0 = time.perf_counter()
@@ -245,7 +246,8 @@ def act_sqnr_sweep(model, calib, quantizers: Quantizers, layers: Sequence[str], 
 
     y_fp = run_model(model, calib, chunk)
     todo = [(l, f"a{b}") for b in bits for l in layers]
-    with Progress(progress_path, key) as prog:
+    with Progress(progress_path, key, required=("sqnr_db", "seconds"),
+                  check=lambda r: "no sqnr_db" if r["sqnr_db"] is None else None) as prog:
         pending = [(l, o) for l, o in todo if not prog.done(l, o)]
         for layer, opt in progress_bar(pending, desc="activation sqnr", unit="layer", disable=not progress):
             t0 = time.perf_counter()

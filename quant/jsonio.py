@@ -86,3 +86,36 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 def write_json(path: str | Path, data: Any, indent: int = 2, **dumps_kwargs: Any) -> Path:
     """`atomic_write` of `json.dumps(data, indent=indent, **dumps_kwargs)` plus a newline."""
     return atomic_write(path, json.dumps(data, indent=indent, **dumps_kwargs) + "\n")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def row_problem(row: Any, *, nonneg: tuple[str, ...] = (), finite: tuple[str, ...] = (),
+                text: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> str | None:
+    """Why a row read back from a resumable progress / results file cannot be reused, or None.
+
+    The row must be a JSON object holding every `required` key; each `nonneg` field present must
+    be null or a finite number >= 0 (an FID, seconds), each `finite` one null or a finite number
+    (a content score, an SQNR), each `text` one a string. A row failing this was edited or
+    damaged: its caller drops it and measures it again rather than reporting it as it is."""
+    import math
+
+    if not isinstance(row, dict):
+        return f"{type(row).__name__} is not a JSON object"
+    for key in required:
+        if key not in row:
+            return f"no {key!r}"
+    for key in nonneg:
+        v = row.get(key)
+        if v is not None and not (_number(v) and math.isfinite(v) and v >= 0):
+            return f"{key} {v!r} is not a finite number >= 0"
+    for key in finite:
+        v = row.get(key)
+        if v is not None and not (_number(v) and math.isfinite(v)):
+            return f"{key} {v!r} is not a finite number"
+    for key in text:
+        if key in row and not isinstance(row[key], str):
+            return f"{key} {row[key]!r} is not a string"
+    return None

@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -491,18 +492,27 @@ def _prepare_out_dir(out_dir: Path, digest: str, log: Callable[[str], None]) -> 
     if state.is_file():
         try:
             old = read_json(state, "an active-learning record")
-        except QsensError:
+        except QsensError as exc:
+            print(f"warning: {exc}; its rounds are redone", file=sys.stderr)
             old = {}
         if (old.get("format") == FORMAT and old.get("digest") == digest
                 and (out_dir / "quant_cache.parquet").is_file()):
-            rows = list(old.get("rounds") or [])
-            return [r for i, r in enumerate(rows) if r.get("round") == i]
+            rows = old.get("rounds") if isinstance(old.get("rounds"), list) else []
+            # rounds build on each other: the first damaged one and every later one are redone
+            for i, r in enumerate(rows):
+                why = _round_problem(r, i)
+                if why is not None:
+                    print(f"warning: {state}: round {i} {why}; rounds {i}..{len(rows) - 1} are redone",
+                          file=sys.stderr)
+                    return rows[:i]
+            return list(rows)
     present = [p for p in out_dir.iterdir() if p.name != "stale"]
     if present:
         old_digest = "unknown"
         if state.is_file():
             try:
-                old_digest = str(json.loads(state.read_text()).get("digest") or "unknown")
+                record = json.loads(state.read_text())
+                old_digest = str(record.get("digest") or "unknown") if isinstance(record, dict) else "unknown"
             except (OSError, ValueError):
                 pass
         dest = out_dir / "stale" / old_digest
@@ -515,6 +525,31 @@ def _prepare_out_dir(out_dir: Path, digest: str, log: Callable[[str], None]) -> 
             shutil.move(str(p), str(dest / p.name))
         log(f"active: inputs changed; the previous run's files moved to {dest}")
     return []
+
+
+def _round_problem(row: Any, i: int) -> str | None:
+    """Why learning-curve row `i` read back from rounds.json cannot be reused, or None: its round
+    number, and per budget a finite budget, FIDs that are null or finite >= 0 (`row_problem`)."""
+    from quant.jsonio import row_problem
+
+    why = row_problem(row, required=("round", "budgets"), nonneg=("n_active", "n_configs", "scored", "failed"),
+                      finite=("test_spearman",))
+    if why is not None:
+        return why
+    if row["round"] != i:
+        return f"is numbered {row['round']!r}"
+    if not isinstance(row["budgets"], list):
+        return "budgets is not a list"
+    for e in row["budgets"]:
+        why = row_problem(e, required=("budget", "config_id"), nonneg=("measured_fid", "predicted_std", "avg_bits"),
+                          finite=("budget", "predicted_fid"), text=("config_id",))
+        if why is None and e["budget"] is None:
+            why = "no budget"
+        for pick in (e.get("picks") or []) if why is None and isinstance(e.get("picks"), list) else []:
+            why = why or row_problem(pick, nonneg=("fid", "predicted_std"), finite=("predicted_fid",))
+        if why is not None:
+            return f"budget entry: {why}"
+    return None
 
 
 def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, *, random_cache: Path,

@@ -111,13 +111,63 @@ def _num(v: Any) -> float | None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    if not Path(path).exists():
+    """The reusable rows of a previous `run_evaluation` results file (a list of row objects).
+
+    A file that is not valid JSON or not a list, and every row that could not have been written
+    (`_row_problem`: a negative or non-finite FID, a wrong-typed field, a per-seed score that is
+    not an object...), are dropped with one `warning:` line on stderr and scored again: a damaged
+    row is redone, never reported as it is."""
+    import sys
+
+    path = Path(path)
+    if not path.exists():
         return []
     try:
-        rows = json.loads(Path(path).read_text())
-    except json.JSONDecodeError:
-        return []  # a damaged file is simply redone
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        print(f"warning: {path}: not valid JSON ({str(exc).splitlines()[0][:80]}); every row is scored again",
+              file=sys.stderr)
+        return []
+    if not isinstance(rows, list):
+        print(f"warning: {path}: a {type(rows).__name__}, not a list of rows; every row is scored again",
+              file=sys.stderr)
+        return []
+    good, bad = [], []
+    for i, r in enumerate(rows):
+        why = _row_problem(r)
+        if why is None:
+            good.append(r)
+        else:
+            bad.append(f"row {i}: {why}")
+    if bad:
+        print(f"warning: {path}: {len(bad)} damaged row(s) dropped and scored again ({bad[0]}"
+              f"{' ...' if len(bad) > 1 else ''})", file=sys.stderr)
+    return good
+
+
+def _row_problem(row: Any) -> str | None:
+    """Why a results row read back cannot be reused, or None (`quant.jsonio.row_problem`, and the
+    same for each per-seed score and each of `fids`)."""
+    from quant.jsonio import row_problem
+
+    why = row_problem(row, nonneg=("fid", "fid_se", "avg_bits", "seconds", "score_seconds"),
+                      finite=("content", "budget"), text=("strategy", "status"))
+    if why is not None:
+        return why
+    for key in ("fids", "per_seed"):
+        if not isinstance(row.get(key, []), list):
+            return f"{key} is not a list"
+    for f in row.get("fids") or []:
+        if row_problem({"fid": f}, nonneg=("fid",)):
+            return f"fids holds {f!r}, not a finite number >= 0"
+    for s in row.get("per_seed") or []:
+        why = row_problem(s, required=("seed", "fid", "status"), nonneg=("fid", "seconds"),
+                          finite=("content", *PAIRED_COLUMNS), text=("status",))
+        if why is None and not (isinstance(s["seed"], int) and not isinstance(s["seed"], bool)):
+            why = f"seed {s['seed']!r} is not an integer"
+        if why is not None:
+            return f"per-seed score: {why}"
+    return None
 
 
 def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[float],
