@@ -299,6 +299,8 @@ ROWS = [
      _write("mine/notes.txt", "not qsens's")),
     ("export out foreign dir", ["export", *M, "--config", "{tmp}/c.json", "--out", "{tmp}/mine"],
      lambda tmp: (_write("mine/notes.txt", "not qsens's")(tmp), _config("c.json")(tmp))),
+    ("bank params options number", ["bank", "build", *M, "--params", "{tmp}/params.yaml", "--out", "{tmp}/b"],
+     _params("model:\n  source: digits\nbank:\n  options: 7\n")),
     ("packed bogus alias", ["generate", *M, "--quantized", "{tmp}/q", "--out", "{tmp}/g"],
      _packed(lambda m, layers: m.update(rest_aliases={"conv_out.bias": ["conv_in.bias"]}))),
 ]

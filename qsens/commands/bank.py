@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from qsens.argtypes import non_negative_int
@@ -36,20 +37,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
 
+@dataclass(frozen=True)
+class BankParams:
+    """The `bank:` section of params.yaml."""
+
+    # "uaq3,uaq4,kmc3" (one comma-separated string) or a list of option names
+    options: tuple[str, ...] | None = None
+
+
 def run_build(args: argparse.Namespace) -> int:
-    from quant.params import read_section
+    from quant.params import load_section
 
     if args.source is not None:
         args.model = args.source
     ctx = context(args)
     out = args.out or ctx.layout.bank
     check_output_path(out, kind="dir")
-    options = args.options or read_section(ctx.params, "bank").get("options")
+    # checked like every section (one line naming a wrong-typed value), not read as a raw dict
+    options = args.options or load_section(BankParams, ctx.params, "bank").options
     if not options:
         raise QsensError(f"no options: pass --options or set bank.options in {ctx.params}")
     if isinstance(options, str):
         options = options.split(",")
-    options = [str(o).strip() for o in options if str(o).strip()]
+    options = [o.strip() for text in options for o in text.split(",") if o.strip()]
     denoiser = ctx.load_denoiser()
     infos = {i.name: i.macs for i in denoiser.layer_infos(with_macs=True)}
     t0 = time.perf_counter()
