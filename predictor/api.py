@@ -27,6 +27,10 @@ from quant.jsonio import read_json
 
 
 class Ensemble:
+    """A trained predictor: the k-fold members, their scalers and the graph template (`Ensemble.load`).
+
+    Predicts a config's FID as the mean over members; needs neither the bank nor the graph file.
+    """
     def __init__(self, template: GraphTemplate, members: list[SensitivityGNN], scalers: list[TargetScaler],
                  meta: dict[str, Any] | None = None, path: Path | None = None):
         self.template = template
@@ -40,10 +44,12 @@ class Ensemble:
     # ------------------------------------------------------------------ info
     @property
     def model(self) -> str:
+        """The model name the predictor was trained for."""
         return self.template.model
 
     @property
     def layer_names(self) -> list[str]:
+        """The quantizable layers, in the template's order."""
         return list(self.template.layer_names)
 
     @property
@@ -57,6 +63,11 @@ class Ensemble:
     # ------------------------------------------------------------------ load
     @staticmethod
     def load(directory: str | Path) -> "Ensemble":
+        """Load a predictor saved by `qsens predictor train` (ensemble.json + safetensors) from `directory`.
+
+        Raises QsensError when ensemble.json or template.safetensors is missing, not a qsens predictor,
+        or of another format version / node-feature layout.
+        """
         directory = Path(directory)
         meta_path = directory / "ensemble.json"
         if not meta_path.is_file():
@@ -116,6 +127,9 @@ class Ensemble:
 
     # ------------------------------------------------------------------ sensitivity
     def reference(self, reference: Any = None) -> dict[str, str]:
+        """The reference config `{layer: option}`: the given one (fp16 for layers it leaves out) or,
+        with None, every layer at the highest bits with its lowest-error method.
+        """
         if reference is None:
             return highest_bits_reference(self.template)
         opts = dict(getattr(reference, "options", reference))
@@ -129,6 +143,7 @@ class Ensemble:
         return layer_sensitivity(self, self.reference(reference))
 
     def block_sensitivity(self, reference: Any = None) -> pd.DataFrame:
+        """The subgraph (block / unit) sensitivity table around the reference (`predictor.sensitivity`)."""
         from predictor.sensitivity import block_sensitivity
 
         return block_sensitivity(self, self.reference(reference))

@@ -116,14 +116,17 @@ class GraphTemplate:
     # ------------------------------------------------------------------ sizes
     @property
     def num_nodes(self) -> int:
+        """N: the number of nodes of the DAG (rows of `static_x`)."""
         return int(self.static_x.shape[0])
 
     @property
     def num_layers(self) -> int:
+        """L: the number of quantizable layers (weight nodes)."""
         return len(self.layer_names)
 
     @property
     def feature_names(self) -> list[str]:
+        """The F node-feature column names (`graphs.pyg.FEATURE_NAMES`), in column order."""
         return list(FEATURE_NAMES)
 
     # ------------------------------------------------------------------ configs
@@ -147,6 +150,7 @@ class GraphTemplate:
         return torch.tensor(rows, dtype=torch.long).reshape(-1, self.num_layers)
 
     def decode(self, opt_idx: torch.Tensor) -> list[dict[str, str]]:
+        """`(B, L)` option indices -> B configs `{layer: option}`, fp16 layers left out (inverse of `encode`)."""
         return [{n: self.options[int(i)] for n, i in zip(self.layer_names, row) if int(i) != 0}
                 for row in opt_idx]
 
@@ -160,6 +164,7 @@ class GraphTemplate:
 
     @property
     def probe_dim(self) -> int:
+        """D: the probe's feature dimension, 0 without a probe."""
         return 0 if self.probe_shift is None else int(self.probe_shift.shape[2])
 
     def probe_rows(self, opt_idx: torch.Tensor) -> torch.Tensor | None:
@@ -187,6 +192,7 @@ class GraphTemplate:
 
     # ------------------------------------------------------------------ save / load
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The template's tensors keyed `template.<field>` for a safetensors file (probe ones if present)."""
         out = {"template.static_x": self.static_x, "template.edge_index": self.edge_index,
                "template.weight_index": self.weight_index, "template.option_table": self.option_table,
                "template.stored_bits": self.stored_bits, "template.n_weights": self.n_weights,
@@ -197,6 +203,7 @@ class GraphTemplate:
         return out
 
     def meta(self) -> dict[str, Any]:
+        """The template's JSON-able part (names, options, column layout, fingerprints); see `from_saved`."""
         return {"model": self.model, "node_names": self.node_names, "layer_names": self.layer_names,
                 "options": self.options, "feature_names": list(FEATURE_NAMES),
                 "static_columns": list(STATIC_COLUMNS), "config_columns": list(CONFIG_COLUMNS),
@@ -204,6 +211,11 @@ class GraphTemplate:
 
     @staticmethod
     def from_saved(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "GraphTemplate":
+        """Rebuild a template from `meta()` and `tensors()` as saved with a predictor.
+
+        Raises QsensError when the predictor was trained with another node-feature layout than this
+        qsens's `graphs.pyg` (the fix is to retrain it).
+        """
         if list(meta["feature_names"]) != list(FEATURE_NAMES):
             raise QsensError("the predictor was trained with another node feature layout than this "
                              "qsens's graphs.pyg; retrain it (`qsens predictor train`)")
@@ -243,6 +255,7 @@ class ConfigSet:
         return np.asarray(self.provenance) == RANDOM
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "ConfigSet":
+        """The rows at positions `idx` (ids, option indices, FID, avg bits and provenance alike)."""
         idx = np.asarray(idx, dtype=np.int64)
         return ConfigSet([self.config_ids[i] for i in idx], self.opt_idx[torch.as_tensor(idx)],
                          self.fid[idx], self.avg_bits[idx],
@@ -370,6 +383,7 @@ class TargetScaler:
     std: float = 1.0
 
     def cost(self, fid: np.ndarray, avg_bits: np.ndarray) -> np.ndarray:
+        """Cost `c = fid + lambda_bits · avg_bits` (lower = better), elementwise over `(n,)` arrays."""
         return np.asarray(fid, dtype=float) + self.lambda_bits * np.asarray(avg_bits, dtype=float)
 
     def _fwd(self, c: np.ndarray) -> np.ndarray:
@@ -381,25 +395,31 @@ class TargetScaler:
         return np.exp(t) if self.transform == "log" else t
 
     def fit(self, fid: np.ndarray, avg_bits: np.ndarray) -> "TargetScaler":
+        """Set mean/std from the (transformed) costs of the training split only; returns self."""
         t = self._fwd(self.cost(fid, avg_bits))
         self.mean, self.std = float(t.mean()), float(t.std() or 1.0)
         return self
 
     def encode(self, fid: np.ndarray, avg_bits: np.ndarray) -> np.ndarray:
+        """Standardised target `z = (T(cost) − mean) / std`, T = identity or log (`transform`)."""
         return (self._fwd(self.cost(fid, avg_bits)) - self.mean) / self.std
 
     def decode_cost(self, z: np.ndarray) -> np.ndarray:
+        """Inverse of `encode`: standardised predictions `z` -> costs."""
         return self._inv(np.asarray(z, dtype=float) * self.std + self.mean)
 
     def decode_fid(self, z: np.ndarray, avg_bits: np.ndarray) -> np.ndarray:
+        """Standardised predictions `z` -> FID, subtracting the `lambda_bits · avg_bits` term again."""
         return self.decode_cost(z) - self.lambda_bits * np.asarray(avg_bits, dtype=float)
 
     def to_dict(self) -> dict[str, Any]:
+        """The scaler as a JSON-able dict (saved per ensemble member)."""
         return {"lambda_bits": self.lambda_bits, "transform": self.transform, "mean": self.mean,
                 "std": self.std}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TargetScaler":
+        """Rebuild a scaler from `to_dict()`'s output."""
         return TargetScaler(float(d["lambda_bits"]), str(d["transform"]), float(d["mean"]), float(d["std"]))
 
 

@@ -64,6 +64,11 @@ def method_preferences(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def reference_findings(scores: pd.DataFrame, prefs: pd.DataFrame, blocks: pd.DataFrame) -> dict[str, Any]:
+    """Check the reference (Qua2SeDiMo, AAAI-25) findings on the predicted sensitivities.
+
+    Time embedding most sensitive, output layer sensitive, ResNets more sensitive than attention
+    (per unit and per million weights), the method each block type prefers; a JSON-able dict.
+    """
     n = len(scores)
     te = scores[scores.index.str.startswith("time_embedding")]
     outs = scores[scores.index.isin(["conv_out", "proj_out", "proj_out_2", "norm_out.linear"])]
@@ -103,6 +108,7 @@ def _plt():
 
 
 def plot_scatter(preds: pd.DataFrame, path: Path, title: str) -> None:
+    """Predicted vs measured cost scatter (val: out-of-fold member, test: ensemble) -> PNG at `path`."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     val = preds[preds.split == "val"]
@@ -121,6 +127,7 @@ def plot_scatter(preds: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_block_boxes(layers: pd.DataFrame, path: Path, title: str) -> None:
+    """Box plot of the layers' Δfid per block at the lowest bit-width -> PNG at `path`."""
     plt = _plt()
     df = layers.copy()
     df["bits"] = df["option"].map(_bits)
@@ -140,6 +147,7 @@ def plot_block_boxes(layers: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_top_layers(scores: pd.DataFrame, path: Path, k: int, title: str) -> None:
+    """Bar chart of the `k` most sensitive layers (Δfid at the lowest bits, member spread) -> PNG."""
     plt = _plt()
     top = scores.head(k)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
@@ -155,6 +163,12 @@ def plot_top_layers(scores: pd.DataFrame, path: Path, k: int, title: str) -> Non
 
 def run_inspect(predictor_dir: str | Path, graph_path: str | Path | None = None, top_k: int = 10,
                 plots_csv_dir: str | Path | None = "metrics", reference: Any = None) -> dict[str, Any]:
+    """Inspect a trained predictor: sensitivity tables, plots, report.md and inspect.json in
+    `<predictor_dir>/plots/`, DVC-plot CSVs in `plots_csv_dir` (None: none).
+
+    With a `reference` config the tables are recomputed around it (never overwriting the search's
+    tables); `graph_path` adds the DAG coloured by sensitivity. Returns the inspect.json dict.
+    """
     from predictor.api import Ensemble
     from predictor.sensitivity import write_tables
 
@@ -220,6 +234,7 @@ def run_inspect(predictor_dir: str | Path, graph_path: str | Path | None = None,
 
 def render_report(model: str, scores: pd.DataFrame, prefs: pd.DataFrame, blocks: pd.DataFrame,
                   findings: dict[str, Any], k: int) -> str:
+    """report.md's Markdown: top-k layers, blocks, method preferences and the reference findings."""
     lines = [f"# Predictor inspection: {model}", "",
              f"## Top {k} sensitive layers (Δfid, one layer at the lowest bits, vs the highest-bits reference)", "",
              "| rank | layer | block | Δfid | ± | best low-bit option |", "|---:|---|---|---:|---:|---|"]

@@ -19,6 +19,10 @@ RANK_LOSSES = ("pairwise", "softrank", "lambdarank", "none")
 
 
 def pairwise_loss(pred: torch.Tensor, y: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """RankNet pairwise loss (Burges et al., ICML 2005) over all pairs of the batch, weighted by |Δy|.
+
+    pred, y `(B,)` standardised costs (lower = better) -> scalar; 0 (with a gradient) without pairs.
+    """
     dy = y.unsqueeze(0) - y.unsqueeze(1)  # (B, B): y_j - y_i
     dp = pred.unsqueeze(0) - pred.unsqueeze(1)  # p_j - p_i
     mask = dy > 0  # pairs with i better than j
@@ -34,6 +38,7 @@ def soft_rank(x: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
 
 
 def softrank_loss(pred: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """Soft Spearman loss: 1 − Pearson(soft ranks of pred, ranks of y); pred, y `(B,)` -> scalar."""
     rp = soft_rank(pred, tau)
     ry = torch.argsort(torch.argsort(y)).to(pred.dtype)
     rp = rp - rp.mean()
@@ -43,6 +48,11 @@ def softrank_loss(pred: torch.Tensor, y: torch.Tensor, tau: float = 0.1) -> torc
 
 
 def lambdarank_loss(pred: torch.Tensor, y: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """LambdaRank loss (Burges et al., NIPS 2006): RankNet pairs weighted by |ΔNDCG| of swapping them.
+
+    The best config (lowest cost) has the highest gain, so the top of the ranking matters most;
+    pred, y `(B,)` -> scalar.
+    """
     b = y.shape[0]
     with torch.no_grad():
         gain = (y.max() - y) / (y.max() - y.min() + 1e-8)  # best (lowest cost) -> 1
@@ -62,6 +72,7 @@ def lambdarank_loss(pred: torch.Tensor, y: torch.Tensor, tau: float = 1.0) -> to
 
 
 def rank_loss(kind: str, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ranking term named `kind` (one of RANK_LOSSES; `none` is 0); ValueError on another name."""
     if kind == "pairwise":
         return pairwise_loss(pred, y)
     if kind == "softrank":

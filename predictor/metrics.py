@@ -16,6 +16,10 @@ METRIC_KEYS = ("spearman", "kendall", "ndcg@10", "precision@10", "mae")
 
 
 def ndcg_at_k(true: np.ndarray, pred: np.ndarray, k: int = 10) -> float:
+    """NDCG@k (Järvelin & Kekäläinen, 2002) of the predicted order, lowest cost = highest gain.
+
+    Gain = (max − true) / span (all 1 when the true values are equal); in [0, 1].
+    """
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     k = min(k, len(true))
     span = true.max() - true.min()
@@ -27,6 +31,7 @@ def ndcg_at_k(true: np.ndarray, pred: np.ndarray, k: int = 10) -> float:
 
 
 def precision_at_k(true: np.ndarray, pred: np.ndarray, k: int = 10) -> float:
+    """Fraction of the k truly best (lowest) configs among the k predicted best."""
     k = min(k, len(true))
     top_true = set(np.argsort(np.asarray(true, float), kind="stable")[:k].tolist())
     top_pred = set(np.argsort(np.asarray(pred, float), kind="stable")[:k].tolist())
@@ -34,6 +39,7 @@ def precision_at_k(true: np.ndarray, pred: np.ndarray, k: int = 10) -> float:
 
 
 def all_metrics(true: np.ndarray, pred: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Spearman, Kendall, NDCG@k, precision@k and MAE of predictions against true costs."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     sp = stats.spearmanr(true, pred).statistic if len(true) > 1 else float("nan")
     kt = stats.kendalltau(true, pred).statistic if len(true) > 1 else float("nan")

@@ -44,6 +44,11 @@ BITS_VOCAB = 17  # bits 0 (not a weight node) .. 16 (fp16)
 
 @dataclass
 class ModelConfig:
+    """Hyper-parameters and feature layout of one `SensitivityGNN` (saved in ensemble.json).
+
+    The `*_cols` fields are the one-hot column indices of x that the node encoder embeds; see the
+    module docstring for the architecture and `TrainParams` for where the values come from.
+    """
     num_features: int  # F
     num_nodes: int  # N of the DAG (size of the node-id table)
     kind_cols: list[int] = field(default_factory=list)  # one-hot columns of x, embedded
@@ -70,14 +75,19 @@ class ModelConfig:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict."""
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
+        """Rebuild a config from `to_dict()`'s output."""
         return ModelConfig(**d)
 
     @staticmethod
     def for_features(feature_names: list[str], num_nodes: int, **kw: Any) -> "ModelConfig":
+        """A config whose column indices are read from the node-feature names (`kind_*`, `op_*`,
+        `method_*`, `bits_norm`); `kw` sets the remaining hyper-parameters.
+        """
         cols = {n: i for i, n in enumerate(feature_names)}
         return ModelConfig(
             num_features=len(feature_names), num_nodes=num_nodes,
@@ -94,6 +104,11 @@ def _category(x: torch.Tensor, cols: list[int]) -> torch.Tensor:
 
 
 class NodeEncoder(nn.Module):
+    """Node encoder: Linear(standardised x) + embeddings of kind, op, method, bits and (optionally) node id.
+
+    Maps x `(n, F)` and node ids `(n,)` to `(n, H)`; the standardisation statistics are buffers
+    (`x_mean`, `x_std`) set from the training configs.
+    """
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         h = cfg.hidden
@@ -111,6 +126,7 @@ class NodeEncoder(nn.Module):
         self.register_buffer("x_std", torch.ones(cfg.num_features))
 
     def forward(self, x: torch.Tensor, node_id: torch.Tensor) -> torch.Tensor:
+        """x `(n, F)`, node_id `(n,)` long -> node embeddings h_0 `(n, H)`."""
         # x (n, F), node_id (n,) -> (n, H)
         cfg = self.cfg
         bits = torch.round(x[:, cfg.bits_col] * 16).long().clamp(0, BITS_VOCAB - 1)
@@ -123,6 +139,9 @@ class NodeEncoder(nn.Module):
 
 
 def make_conv(cfg: ModelConfig) -> nn.Module:
+    """One message-passing layer for `cfg.conv`: GATv2Conv (Brody et al., ICLR 2022), TransformerConv
+    (Shi et al., IJCAI 2021) or GINEConv (Hu et al., ICLR 2020); edge attribute = direction one-hot.
+    """
     h = cfg.hidden
     if cfg.conv == "gatv2":
         return GATv2Conv(h, h // cfg.heads, heads=cfg.heads, edge_dim=2, add_self_loops=True)
@@ -132,6 +151,12 @@ def make_conv(cfg: ModelConfig) -> nn.Module:
 
 
 class SensitivityGNN(nn.Module):
+    """The sensitivity GNN: a batch of configs on one DAG -> predicted standardised cost `(B,)`.
+
+    Node encoder, `cfg.layers` pre-norm residual convolutions, hop-wise mean/max readouts
+    (Qua2SeDiMo's hop-wise embeddings) and an MLP head, plus the probe's propagation readout when
+    `cfg.probe_dim > 0`; see the module docstring.
+    """
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -235,4 +260,5 @@ class SensitivityGNN(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters of a module."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

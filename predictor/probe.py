@@ -101,6 +101,7 @@ class Probe:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
+        """Write the probe as one safetensors file (shift, fp_mean, ref_mean; JSON metadata); returns `path`."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -116,6 +117,10 @@ class Probe:
 
     @staticmethod
     def load(path: str | Path) -> "Probe":
+        """Load a probe written by `save`.
+
+        Raises QsensError when the file is missing, unreadable or of another format version.
+        """
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)

@@ -40,11 +40,13 @@ def layer_weight(name: str) -> float:
 
 
 def method_factor(name: str, option: str) -> float:
+    """The method multiplier m_l: 0.7 for UAQ options in ResNet blocks (a UAQ preference), else 1."""
     return 0.7 if ".resnets." in name and option.startswith("uaq") else 1.0
 
 
 @dataclass
 class SyntheticTruth:
+    """The known cost function of the synthetic cache (module docstring): base, a, scale, noise, ..."""
     base: float = 5.0
     a: float = 6.0
     scale: float = 0.0  # set from the layer count

@@ -76,6 +76,10 @@ class TrainParams:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":
+        """The `train:` section as read from params.yaml -> validated `TrainParams`.
+
+        Raises QsensError on an unknown key or a value `validate` rejects.
+        """
         d = dict(d or {})
         reject_unknown(TrainParams, d, "train")
         p = TrainParams(**d)
@@ -83,6 +87,7 @@ class TrainParams:
         return p
 
     def validate(self) -> None:
+        """Check every field's range and choices; raises QsensError naming the first bad `train.` key."""
         checks = [(self.conv in CONVS, f"train.conv must be one of {CONVS}"),
                   (self.direction in DIRECTIONS, f"train.direction must be one of {DIRECTIONS}"),
                   (self.rank_loss in RANK_LOSSES, f"train.rank_loss must be one of {RANK_LOSSES}"),
@@ -101,6 +106,7 @@ class TrainParams:
                 raise QsensError(msg)
 
     def model_config(self, template: GraphTemplate) -> ModelConfig:
+        """The `ModelConfig` of a member for this template (probe dims set only when `probe` is on)."""
         return ModelConfig.for_features(template.feature_names, template.num_nodes, conv=self.conv,
                                         layers=self.layers, hidden=self.hidden, heads=self.heads,
                                         dropout=self.dropout, direction=self.direction,
@@ -114,11 +120,13 @@ class TrainParams:
         return self.probe or any(b in bl.PROBE_BASELINES for b in self.baselines)
 
     def scaler(self) -> TargetScaler:
+        """An unfitted `TargetScaler`: `lambda_bits` applies only with `target: reward`."""
         lam = self.lambda_bits if self.target == "reward" else 0.0
         return TargetScaler(lambda_bits=lam, transform=self.target_transform)
 
 
 def load_train_params(path: str | Path = "params.yaml") -> TrainParams:
+    """The validated `train:` section of a params file (QsensError when it is malformed)."""
     return TrainParams.from_dict(read_section(path, "train"))
 
 
@@ -128,6 +136,7 @@ def load_train_params(path: str | Path = "params.yaml") -> TrainParams:
 
 @dataclass
 class Member:
+    """One trained ensemble member (the model of one fold): its scaler, best epoch and validation Spearman."""
     model: SensitivityGNN
     scaler: TargetScaler
     best_epoch: int
@@ -236,6 +245,7 @@ class MemberInit:
 
 @dataclass
 class TrainResult:
+    """What `train_ensemble` returns: the members, template, params, metrics and per-config predictions."""
     members: list[Member]
     template: GraphTemplate
     params: TrainParams
@@ -343,6 +353,9 @@ def train_ensemble(template: GraphTemplate, data: ConfigSet, params: TrainParams
 
 
 def save_result(result: TrainResult, out_dir: str | Path) -> Path:
+    """Write a trained ensemble into `out_dir`: template.safetensors, member-K.safetensors,
+    ensemble.json and predictions.parquet (old member files removed first); returns `out_dir`.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("member-*.safetensors"):
@@ -368,6 +381,7 @@ def save_result(result: TrainResult, out_dir: str | Path) -> Path:
 
 
 def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Write metrics as JSON, floats rounded to 5 decimals and non-finite ones as null; returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
