@@ -182,6 +182,8 @@ def merged_kind(first: str, second: str) -> str | None:
 
 @dataclass
 class CollapseStats:
+    """Counts of the collapse: ATen ops seen, dissolved and merged, nodes pruned, layers never used."""
+
     aten_ops: int = 0
     dissolved: int = 0
     merged: int = 0
@@ -448,6 +450,7 @@ def position_of(path: str) -> dict[str, Any]:
 
 
 def section_kind(section: str) -> str:
+    """The U-Net / transformer role of a top-level section: down | mid | up | blocks | io (by name)."""
     s = section.lower()
     if s.startswith("down") or "encoder" in s or "input_blocks" in s:
         return "down"
@@ -496,6 +499,8 @@ def _add_static_features(graph: nx.DiGraph, model: nn.Module) -> None:
 
 @dataclass
 class BuildResult:
+    """What `build_dag` returns: the DAG, the export and collapse times in seconds, the collapse counts."""
+
     graph: nx.DiGraph
     export_s: float
     collapse_s: float
@@ -608,6 +613,7 @@ def skip_concat_consumers(graph: nx.DiGraph) -> list[str]:
 
 
 def summary(graph: nx.DiGraph) -> dict[str, Any]:
+    """Node / edge counts, node counts by kind (combine nodes by op), total MACs of the weight nodes."""
     kinds: dict[str, int] = {}
     for _, d in graph.nodes(data=True):
         k = d["op"] if d["kind"] == "combine" else d["kind"]
@@ -620,10 +626,12 @@ def summary(graph: nx.DiGraph) -> dict[str, Any]:
 
 
 def total_macs(graph: nx.DiGraph) -> int:
+    """The multiply-accumulates of every weight node (one forward pass at the traced input size)."""
     return int(sum(d["macs"] for _, d in graph.nodes(data=True) if d["kind"] == "weight"))
 
 
 def log10p(x: float) -> float:
+    """log10(1 + max(x, 0)): the scale static size features are stored on."""
     return math.log10(1.0 + max(float(x), 0.0))
 
 

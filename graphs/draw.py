@@ -30,6 +30,7 @@ COLORS = {
 
 
 def node_color(d: Mapping) -> str:
+    """A node's fill colour: by kind for inputs/outputs, else by op (grey for an unknown op)."""
     key = d["kind"] if d["kind"] in ("input", "output") else d["op"]
     return COLORS.get(key, "#bbbbbb")
 
@@ -90,6 +91,10 @@ def _order_ranks(graph: nx.DiGraph, ranks: dict[object, list[str]], sweeps: int)
 
 def layered_positions(graph: nx.DiGraph, orientation: str = "LR",
                       sweeps: int = 4) -> dict[str, tuple[float, float]]:
+    """The `layered` layout: x = longest-path depth, nodes in a rank ordered by barycentre sweeps.
+
+    `orientation` LR (left -> right) or TB (top -> bottom); returns `{node: (x, y)}`.
+    """
     depth = _depths(graph)
     ranks: dict[object, list[str]] = {}
     for n in graph.nodes:  # graph order = execution order: a good initial ordering
@@ -126,6 +131,9 @@ def _levels(graph: nx.DiGraph) -> dict[str, float | None]:
 
 
 def unet_positions(graph: nx.DiGraph, band: float = 2.2) -> dict[str, tuple[float, float]]:
+    """The `unet` layout: x = depth, y = resolution level, conditioning nodes in a band of height `band`
+    on top (placed right above the block they feed); returns `{node: (x, y)}`.
+    """
     depth = _depths(graph)
     level = _levels(graph)
     # conditioning nodes are placed as late as possible: right above the block they feed

@@ -20,6 +20,8 @@ from quant.errors import QsensError
 
 @dataclass
 class Traced:
+    """A denoiser exported with `torch.export`: the program, the example inputs, the export time (s)."""
+
     program: torch.export.ExportedProgram
     inputs: InputSpec
     seconds: float  # wall time of torch.export alone

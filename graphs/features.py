@@ -31,21 +31,30 @@ LOG_ERR_FLOOR = -12.0  # log10 MSE per weight mapped to 0 (1e-12); MSE 1 maps to
 
 
 class BankLike(Protocol):
+    """What the featuriser needs of a bank (`quant.bank.Bank` has it): layers, error, quantized bits."""
+
     layers: Mapping[str, Any]  # name -> LayerInfo (needs .n_weights)
 
-    def error(self, layer: str, option: str) -> float: ...
+    def error(self, layer: str, option: str) -> float:
+        """The layer's mean squared weight error per weight under `option`."""
+        ...
 
-    def quantized_bits(self, layer: str, option: str) -> int: ...
+    def quantized_bits(self, layer: str, option: str) -> int:
+        """The layer's stored bits under `option`, payload plus overhead (codebooks, scales)."""
+        ...
 
 
 @dataclass(frozen=True)
 class LayerOption:
+    """What one option does to one layer: method, payload bits, compression ratio, MSE per weight."""
+
     method: str
     bits: int
     ratio: float
     qerror: float
 
     def columns(self) -> list[float]:
+        """The `CONFIG_COLUMNS` encoding: one-hot method, bits/16, 1/ratio, clipped `log_qerror`."""
         onehot = [1.0 if self.method == m else 0.0 for m in METHOD_CODES]
         if self.method == FP16 or self.qerror <= 0:
             log_err = 0.0
@@ -65,6 +74,7 @@ def config_options(config: Any) -> Mapping[str, str]:
 
 
 def layer_option(layer: str, option: str, bank: BankLike) -> LayerOption:
+    """The `LayerOption` of `layer` under `option`, read from the bank (fp16: no quantization)."""
     parsed = parse_option(option)
     if parsed.is_fp:
         return FP16_OPTION
@@ -84,6 +94,10 @@ class ConfigFeaturizer:
         self._rows: dict[tuple[str, str], list[float]] = {}
 
     def row(self, layer: str, option: str) -> list[float]:
+        """The `CONFIG_COLUMNS` row of (layer, option), cached.
+
+        Raises ValueError for a quantized option when the featuriser has no bank.
+        """
         key = (layer, option)
         if key not in self._rows:
             if option == FP16:

@@ -31,6 +31,7 @@ class Ensemble:
 
     Predicts a config's FID as the mean over members; needs neither the bank nor the graph file.
     """
+
     def __init__(self, template: GraphTemplate, members: list[SensitivityGNN], scalers: list[TargetScaler],
                  meta: dict[str, Any] | None = None, path: Path | None = None):
         self.template = template

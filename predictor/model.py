@@ -49,6 +49,7 @@ class ModelConfig:
     The `*_cols` fields are the one-hot column indices of x that the node encoder embeds; see the
     module docstring for the architecture and `TrainParams` for where the values come from.
     """
+
     num_features: int  # F
     num_nodes: int  # N of the DAG (size of the node-id table)
     kind_cols: list[int] = field(default_factory=list)  # one-hot columns of x, embedded
@@ -109,6 +110,7 @@ class NodeEncoder(nn.Module):
     Maps x `(n, F)` and node ids `(n,)` to `(n, H)`; the standardisation statistics are buffers
     (`x_mean`, `x_std`) set from the training configs.
     """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         h = cfg.hidden
@@ -157,6 +159,7 @@ class SensitivityGNN(nn.Module):
     (Qua2SeDiMo's hop-wise embeddings) and an MLP head, plus the probe's propagation readout when
     `cfg.probe_dim > 0`; see the module docstring.
     """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -47,6 +47,7 @@ def method_factor(name: str, option: str) -> float:
 @dataclass
 class SyntheticTruth:
     """The known cost function of the synthetic cache (module docstring): base, a, scale, noise, ..."""
+
     base: float = 5.0
     a: float = 6.0
     scale: float = 0.0  # set from the layer count

@@ -137,6 +137,7 @@ def load_train_params(path: str | Path = "params.yaml") -> TrainParams:
 @dataclass
 class Member:
     """One trained ensemble member (the model of one fold): its scaler, best epoch and validation Spearman."""
+
     model: SensitivityGNN
     scaler: TargetScaler
     best_epoch: int
@@ -246,6 +247,7 @@ class MemberInit:
 @dataclass
 class TrainResult:
     """What `train_ensemble` returns: the members, template, params, metrics and per-config predictions."""
+
     members: list[Member]
     template: GraphTemplate
     params: TrainParams
