@@ -49,6 +49,7 @@ class ModelSource:
     builder: Callable[[str], nn.Module] | None = field(default=None, repr=False)  # device -> model
 
     def build(self, device: str = "meta") -> nn.Module:
+        """The module on `device` (`meta` by default: shapes, no storage), from the builder or the config."""
         if self.builder is not None:
             return self.builder(device)
         assert self.config is not None
@@ -70,6 +71,7 @@ def register_model_name(name: str, resolve: Callable[[], ModelSource] | str | Pa
 
 
 def known_names() -> list[str]:
+    """Every architecture name a spec may use (registered builders and shipped configs), sorted."""
     return sorted(set(_REGISTERED) | set(KNOWN_ARCHITECTURES))
 
 

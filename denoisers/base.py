@@ -76,6 +76,7 @@ class Generation:
 
     @property
     def n_nonfinite(self) -> int:
+        """The number of images with a NaN or inf value (dropped before scoring)."""
         return int(np.count_nonzero(self.nonfinite))
 
 
@@ -153,6 +154,7 @@ class Denoiser(abc.ABC):
         return quantizable_layers(self.model)
 
     def layer_names(self) -> list[str]:
+        """The quantizable layers' module paths, in module order (`quant.layers.quantizable_layers`)."""
         return list(self.quantizable_layers())
 
     def layer_infos(self, with_macs: bool = True) -> list[LayerInfo]:
@@ -185,11 +187,13 @@ class Denoiser(abc.ABC):
 
     # --- conveniences -----------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "Denoiser":
+        """Move the model to `device`; returns self."""
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
 
     def num_parameters(self) -> int:
+        """The number of parameters of the denoiser (trainable or not)."""
         return sum(p.numel() for p in self.model.parameters())
 
     def __repr__(self) -> str:

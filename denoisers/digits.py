@@ -88,6 +88,9 @@ class DigitsParams:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "DigitsParams":
+        """The `digits:` section as read from params.yaml -> validated params; QsensError on an unknown
+        key or a bad value.
+        """
         d = dict(d or {})
         reject_unknown(DigitsParams, d, "digits")
         if "unet_channels" in d:
@@ -97,6 +100,7 @@ class DigitsParams:
         return p
 
     def validate(self) -> None:
+        """Check resolution (8, 16, 32), scheduler (dpmsolver++, ddim), steps and batch size; QsensError."""
         if self.resolution not in (8, 16, 32):
             raise QsensError(f"digits.resolution must be 8, 16 or 32, got {self.resolution}")
         if self.scheduler not in ("dpmsolver++", "ddim"):
@@ -105,6 +109,7 @@ class DigitsParams:
             raise QsensError("digits.steps and digits.gen_batch_size must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
+        """The params as a JSON-able dict (`unet_channels` as a list)."""
         d = asdict(self)
         d["unet_channels"] = list(self.unet_channels)
         return d
@@ -193,13 +198,16 @@ class DigitsClassifier(nn.Module):
         return self.fc1(h.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 1, 8, 8)` in [-1, 1] -> class logits `(B, 10)`."""
         return self.fc2(F.relu(self.features(x)))
 
     def config(self) -> dict[str, Any]:
+        """The constructor arguments (and native resolution) as saved in classifier.json."""
         return {"channels": list(self.channels), "feature_dim": self.feature_dim,
                 "num_classes": self.num_classes, "resolution": NATIVE_RES}
 
     def save(self, directory: str | Path, info: dict[str, Any] | None = None) -> None:
+        """Write classifier.safetensors and classifier.json (config + `info`) to `directory`."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -211,6 +219,10 @@ class DigitsClassifier(nn.Module):
 
     @staticmethod
     def load(directory: str | Path) -> tuple["DigitsClassifier", dict[str, Any]]:
+        """Load a classifier written by `save`: returns (classifier in eval mode, its `info`).
+
+        Raises QsensError when `directory` holds no classifier (run `qsens prepare`).
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -320,6 +332,7 @@ def build_model(arch: str, params: DigitsParams) -> nn.Module:
 
 
 def make_train_scheduler(params: DigitsParams):
+    """The DDPM training scheduler (Ho et al., NeurIPS 2020), epsilon prediction, the params' betas."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=params.num_train_timesteps,
@@ -327,6 +340,9 @@ def make_train_scheduler(params: DigitsParams):
 
 
 def make_sampling_scheduler(params: DigitsParams):
+    """The sampling scheduler: DPM-Solver++ (Lu et al., 2022) or DDIM (Song et al., ICLR 2021), with
+    the predicted clean image clipped to [-1, 1] at every step (see the comment in the body).
+    """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     # The predicted clean image is clipped to the data range [-1, 1] at every step (DDIM
@@ -469,9 +485,11 @@ class DigitsDenoiser(Denoiser):
     # --- interface ----------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
+        """Image side in pixels (8 native; 16 or 32 upsampled)."""
         return int(self.params.resolution)
 
     def example_inputs(self, batch_size: int = 1) -> tuple[tuple, dict]:
+        """One denoising step's inputs: noise `(B, 1, R, R)`, timestep 500, class labels `i % 10`."""
         g = torch.Generator().manual_seed(0)
         x = torch.randn((batch_size, 1, self.resolution, self.resolution), generator=g)
         t = torch.full((batch_size,), 500, dtype=torch.long)
@@ -480,6 +498,7 @@ class DigitsDenoiser(Denoiser):
         return (x, t), {"class_labels": y, "return_dict": False}
 
     def reference(self) -> ReferenceData:
+        """The digits reference data (`reference_dir`); QsensError when there is none (`qsens prepare`)."""
         if self.reference_dir is None:
             raise QsensError(f"{self.name}: no reference data dir (run `qsens prepare`)")
         return ReferenceData("digits", self.reference_dir, {"num_classes": NUM_CLASSES})
@@ -496,6 +515,7 @@ class DigitsDenoiser(Denoiser):
 
     def configure_generation(self, steps: int | None = None, guidance: float | None = None,
                              batch_size: int | None = None) -> None:
+        """Change the `generate` defaults (None keeps the current value), as `Denoiser`'s."""
         from dataclasses import replace
 
         changes = {"steps": steps, "guidance": guidance, "gen_batch_size": batch_size}
@@ -509,6 +529,12 @@ class DigitsDenoiser(Denoiser):
     def generate(self, n: int, seed: int = 0, *, steps: int | None = None,
                  guidance: float | None = None, batch_size: int | None = None,
                  progress: bool = False, labels: np.ndarray | None = None) -> Generation:
+        """`n` class-conditional images (uint8 `(n, R, R, 1)`); image i uses seed `image_seeds(n, seed)[i]`.
+
+        `labels` (n,) picks the classes (default: `i % 10`; ValueError when not n long); a
+        `guidance` other than 1 turns classifier-free guidance on (label 10 = no class).
+        Deterministic on CPU.
+        """
         from quant.progress import progress_bar
 
         steps = int(steps or self.params.steps)
@@ -573,6 +599,10 @@ class DigitsDenoiser(Denoiser):
 
     @staticmethod
     def load(model_dir: str | Path, reference_dir: str | Path | None = None) -> "DigitsDenoiser":
+        """Load a model written by `qsens prepare` from `model_dir` (model.json + safetensors).
+
+        Raises QsensError when `model_dir` is not a digits model dir.
+        """
         model_dir = Path(model_dir)
         meta_path = model_dir / META_FILE
         if not meta_path.exists():
@@ -617,6 +647,8 @@ def tiny_digits_denoiser(arch: str = "unet", seed: int = 0, steps: int = 2,
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class PrepareResult:
+    """What `prepare` returns: the trained denoiser and classifier, their dirs and the stage times (s)."""
+
     denoiser: DigitsDenoiser
     classifier: DigitsClassifier
     classifier_info: dict[str, Any]

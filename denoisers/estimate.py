@@ -41,6 +41,7 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def meta_model(config: dict):
+    """The diffusers model of a config dict (`_class_name` + kwargs), built on the `meta` device."""
     import diffusers
 
     cls = getattr(diffusers, config["_class_name"])
@@ -50,6 +51,9 @@ def meta_model(config: dict):
 
 
 def estimate(config: dict, dtype: str = "bf16", options: str = "uaq3,uaq4,kmc3,kmc4,kma3,kma4") -> dict:
+    """Estimate a bank's cost for a model config: parameters, layers, resident and per-layer peak
+    memory in `dtype` and the bank's size for `options` (module docstring); a JSON-able dict.
+    """
     from quant.accounting import layer_bits
     from quant.layers import layer_infos, quantizable_layers
     from quant.options import parse_options
@@ -75,6 +79,7 @@ def estimate(config: dict, dtype: str = "bf16", options: str = "uaq3,uaq4,kmc3,k
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m denoisers.estimate`: print the estimate (or `--json`); returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m denoisers.estimate", description=__doc__.splitlines()[0])
     p.add_argument("model", help=f"{', '.join(KNOWN)} or a diffusers model config.json")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))

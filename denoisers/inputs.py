@@ -64,6 +64,7 @@ class InputSpec:
     batch: int = 1
 
     def describe(self) -> dict:
+        """The input spec as a JSON-able dict (resolution, text tokens, layout, batch)."""
         return {"resolution": list(self.resolution), "text_tokens": self.text_tokens,
                 "layout": self.layout, "batch": self.batch}
 

@@ -130,11 +130,13 @@ class DiffusersPipelineDenoiser(Denoiser):
 
     def configure_generation(self, steps: int | None = None, guidance: float | None = None,
                              batch_size: int | None = None) -> None:
+        """Change the `generate` defaults (None keeps the current value), as `Denoiser`'s."""
         self.steps = int(steps or self.steps)
         self.guidance = float(self.guidance if guidance is None else guidance)
         self.batch_size = int(batch_size or self.batch_size)
 
     def reference(self) -> ReferenceData:
+        """The FID reference set for this pipeline; QsensError when none is configured (`model.reference`)."""
         if self._reference is None:
             raise QsensError(f"{self.name}: no reference dir to score against: build one with "
                              "`qsens reference build ... --out DIR`, then set model.reference "
@@ -142,6 +144,7 @@ class DiffusersPipelineDenoiser(Denoiser):
         return self._reference
 
     def example_inputs(self, batch_size: int = 1) -> tuple[tuple, dict]:
+        """One denoising step's inputs for the denoiser (`denoisers.inputs.example_inputs`)."""
         from denoisers.inputs import example_inputs
 
         return example_inputs(self.model, batch_size=batch_size, device=self.device)

@@ -21,6 +21,7 @@ KNOWN = tuple(ARCHS)  # ("digits", "digits-dit")
 
 
 def known_models() -> tuple[str, ...]:
+    """The model names `load_denoiser` knows without a directory."""
     return KNOWN
 
 

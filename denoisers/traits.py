@@ -66,6 +66,7 @@ class PipelineTraits:
     params: frozenset = field(default_factory=frozenset)
 
     def describe(self) -> dict[str, Any]:
+        """The traits as a JSON-able dict (what `qsens prepare` prints and fingerprints)."""
         return {"pipeline": self.pipeline, "denoiser": self.denoiser_attr,
                 "conditioning": self.conditioning, "image_input": self.image_input,
                 "resolution": self.resolution, "guidance": self.guidance,
@@ -83,6 +84,7 @@ class PipelineTraits:
 
 
 def call_parameters(pipe: Any) -> set[str]:
+    """The names of the pipeline class's `__call__` parameters."""
     return set(inspect.signature(type(pipe).__call__).parameters)
 
 
@@ -94,6 +96,7 @@ def pipeline_default(pipe: Any, parameter: str, fallback: Any) -> Any:
 
 
 def denoiser_of(pipe: Any) -> tuple[str, Any]:
+    """The pipeline's denoiser as (`unet` or `transformer`, module); QsensError when it has neither."""
     for attr in ("unet", "transformer"):
         model = getattr(pipe, attr, None)
         if model is not None:
