@@ -67,11 +67,15 @@ _FIELDS = [f.name for f in CACHE_SCHEMA]
 
 
 class CacheError(QsensError):
+    """A quant_cache (or shard, or legacy cache) that cannot be read or merged: one error line."""
+
     pass
 
 
 @dataclass
 class MergeReport:
+    """What `merge_shards` wrote: rows (ok / failed), the problems skipped, the output path."""
+
     rows: int
     ok: int
     failed: int
@@ -275,6 +279,8 @@ def read_cache(path: Path, ok_only: bool = False) -> pd.DataFrame:
 
 
 def summary(path: Path) -> str:
+    """A few lines describing a quant_cache file: rows, models, avg-bits and FID ranges (`qsens
+    cache show`)."""
     df = read_cache(path)
     ok = df[df["status"] == "ok"]
     lines = [f"{path}: {len(df)} configs ({len(ok)} ok, {len(df) - len(ok)} failed), "

@@ -72,6 +72,7 @@ def conditioning_images(cond: str | Path, source_files: Sequence[Path], resoluti
 
 
 def encode(images: np.ndarray) -> bytes:
+    """uint8 images `(N, R, R, 3)` -> safetensors bytes (key `images`): cond.safetensors' content."""
     from safetensors.numpy import save
 
     return save({"images": np.ascontiguousarray(images, dtype=np.uint8)})

@@ -39,6 +39,8 @@ class CostParams:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "CostParams":
+        """The `cost:` section as read from params.yaml -> validated params (QsensError on a bad key
+        or value)."""
         from quant.params import reject_unknown
 
         d = dict(d or {})

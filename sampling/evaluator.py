@@ -57,6 +57,7 @@ class CostMeter:
     seconds: float = 0.0
 
     def add(self, other: "CostMeter | dict") -> None:
+        """Add another meter's (or its `as_dict()`'s) images, forwards, forward samples and seconds."""
         d = other if isinstance(other, dict) else other.as_dict()
         self.images += int(d.get("images", 0))
         self.forwards += int(d.get("forwards", 0))
@@ -64,6 +65,7 @@ class CostMeter:
         self.seconds += float(d.get("seconds", 0.0))
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as a JSON-able dict (seconds rounded to ms), as stages store them for `cost`."""
         return {"images": self.images, "forwards": self.forwards,
                 "forward_samples": self.forward_samples, "seconds": round(self.seconds, 3)}
 

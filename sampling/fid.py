@@ -150,6 +150,7 @@ class FrechetReference:
 
     @property
     def dim(self) -> int:
+        """D: the feature dimension."""
         return int(self.mu.shape[0])
 
     # -- per-score work --------------------------------------------------------------------------

@@ -95,10 +95,12 @@ class InceptionNetwork(nn.Module):
         self.name = FEATURE_NETWORK_NAME
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float `(N, 3, 299, 299)` in [0, 255] -> Inception pool features float32 `(N, 2048)`."""
         return self.net(x)
 
 
 def missing_inception_message(path: str | Path) -> str:
+    """The one-line error for a missing Inception file: where to download it and which flag to pass."""
     return (f"Inception network {path} not found: download clean-fid's feature network "
             f"inception-2015-12-05.pt from {INCEPTION_URL} and pass --inception PATH")
 
@@ -252,6 +254,7 @@ class ClipEmbedder:
         return nn.functional.normalize(torch.cat(out).float(), dim=-1).cpu()
 
     def label_embeds(self, names: Sequence[str]) -> torch.Tensor:
+        """Text embeddings `(K, D)` of "a photo of a {name}" for K class names, cached per name list."""
         key = tuple(names)
         if key not in self._text_cache:
             self._text_cache[key] = self.text_embeds([ZERO_SHOT_TEMPLATE.format(n) for n in names])
@@ -339,6 +342,8 @@ class InceptionClipScorer(Scorer):
         self._frechet = None
 
     def check_resolution(self, images: np.ndarray) -> None:
+        """Raise QsensError (via `check_reference`) when the images' size differs from the
+        reference's."""
         h, w = np.asarray(images).shape[1:3]
         if (h, w) != (self.resolution, self.resolution):
             from sampling.reference import check_reference
@@ -346,11 +351,15 @@ class InceptionClipScorer(Scorer):
             check_reference(self.info, resolution=(int(h), int(w)))
 
     def features(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images `(N, H, W, 3)` at the reference resolution -> Inception features `(N, 2048)`."""
         self.check_resolution(images)
         return inception_features(self.inception, images, batch_size=self.batch_size,
                                   device=self.device)
 
     def fid_from_features(self, feats: np.ndarray) -> float:
+        """FID of features `(N, 2048)` by the exact symmetric route (`sampling.fid.FrechetReference`, the
+        reference's matrix square root computed once).
+        """
         # exact symmetric route, reference sqrt computed once (scipy's sqrtm: ~20 s at d = 2048)
         from sampling.fid import FrechetReference
 
@@ -369,6 +378,8 @@ class InceptionClipScorer(Scorer):
         return "none"
 
     def content_score(self, generation: Generation) -> float:
+        """CLIP score (Hessel et al., EMNLP 2021) with prompts, CLIP zero-shot accuracy with class
+        labels, else NaN."""
         metric = self.content_metric_for(generation)
         if metric == "clip":
             return float(clip_scores(self.clip, generation.images, generation.prompts).mean())
@@ -378,6 +389,8 @@ class InceptionClipScorer(Scorer):
         return math.nan
 
     def score(self, generation: Generation) -> Score:
+        """Score a generation (`Scorer.score`); a resolution mismatch raises QsensError instead of
+        failing."""
         self.check_resolution(generation.images)  # a setup error: raised, not a failed score
         self.content_metric = self.content_metric_for(generation)  # read by Scorer.score
         return super().score(generation)

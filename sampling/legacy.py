@@ -72,6 +72,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(data: bytes):
+    """Unpickle a legacy cache allowing builtin containers and numbers only (CacheError otherwise)."""
     return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
@@ -130,6 +131,8 @@ def model_layers(spec: str | Path) -> ModelLayers:
 # ------------------------------------------------------------------------------------ translation
 @dataclass
 class Translated:
+    """One legacy config translated to this model's layer names, with what the translation resolved."""
+
     options: dict[str, str]
     unmatched: list[str]  # legacy keys naming no layer of the model
     split_resolved: list[str]  # layers whose two halves had different options
@@ -199,6 +202,7 @@ class LegacyImport:
     unlisted: list[str] = field(default_factory=list)  # model layers no record names (stay fp16)
 
     def summary(self) -> str:
+        """The one-line (multi-part) summary `qsens cache import` prints."""
         parts = [f"{self.out}: imported {self.rows} legacy configs for {self.model} "
                  f"({self.ok} ok, {self.rows - self.ok} failed) from {self.records} records"]
         if self.duplicates:
@@ -286,12 +290,15 @@ def _num(value, where: str) -> float | None:
 # ------------------------------------------------------------------------- quant_configs/*.pkl
 @dataclass
 class LegacyConfig:
+    """A legacy config file imported as a `QuantConfig`, with what the import resolved."""
+
     config: QuantConfig
     split_resolved: list[str]
     dit_copied: int
     unlisted: list[str]  # model layers the file does not name (stay fp16)
 
     def summary(self, out: Path) -> str:
+        """The summary `qsens config import` prints for the config written to `out`."""
         parts = [f"{out}: {len(self.config.canonical_options())} layers of {self.config.model}, "
                  f"{self.config.avg_bits:.4f} avg bits",
                  f"split layers with different halves: {len(self.split_resolved)} ({SPLIT_RULE})"]

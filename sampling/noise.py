@@ -37,6 +37,7 @@ class ScoreParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "score") -> "ScoreParams":
+        """The `score:` section of a params file (QsensError when malformed)."""
         return _section(ScoreParams, path, section)
 
 
@@ -53,6 +54,11 @@ class NoiseParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "noise") -> "NoiseParams":
+        """The `noise:` section of a params file.
+
+        Raises QsensError when malformed, when `seed_a == seed_b` or with fewer than 2 FP seed sets or
+        3 random configs.
+        """
         p = _section(NoiseParams, path, section)
         if p.seed_a == p.seed_b:
             raise QsensError("noise.seed_a and noise.seed_b must differ (disjoint seed sets)")
@@ -276,6 +282,8 @@ def grid_figure(rows: dict[str, np.ndarray], columns: int = 10, titles: dict[str
 
 def write_noise_outputs(result: dict[str, Any], records: list[dict[str, Any]],
                         out: str | Path, configs_csv: str | Path | None = None) -> None:
+    """Write the noise check's result JSON to `out` and, when given, one CSV row per config to
+    `configs_csv`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

@@ -59,6 +59,7 @@ class Reference:
 
     @property
     def resolution(self) -> int:
+        """Image side in pixels the reference was built at."""
         return int(self.info["resolution"])
 
 

@@ -59,6 +59,7 @@ class Score:
 
     @property
     def ok(self) -> bool:
+        """True when the config was scored (`status == "ok"`)."""
         return self.status == "ok"
 
     # mapping-style access (`score["fid"]`, `score.get("content")`) for record-building code
@@ -68,9 +69,11 @@ class Score:
         return getattr(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
+        """A field by name, `default` for a name that is not a field (dict-like access for callers)."""
         return getattr(self, key) if key in self.__dataclass_fields__ else default
 
     def to_dict(self) -> dict[str, Any]:
+        """The score as a JSON-able dict: features left out, a non-finite FID / content as None."""
         d = asdict(self)
         d.pop("features", None)
         for k in ("fid", "content"):
@@ -80,6 +83,7 @@ class Score:
 
     @staticmethod
     def failed(reason: str, **kw: Any) -> "Score":
+        """A failed score carrying `reason` (and any other fields given)."""
         return Score(status="failed", reason=reason, **kw)
 
 
@@ -94,6 +98,9 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def save_reference_stats(directory: str | Path, mu: np.ndarray, sigma: np.ndarray,
                          info: dict[str, Any] | None = None) -> Path:
+    """Write the reference feature statistics mu `(D,)` and sigma `(D, D)` (float64, safetensors) and
+    `info` as JSON into `directory`; returns the stats file's path.
+    """
     from safetensors.numpy import save_file
 
     directory = Path(directory)
@@ -105,6 +112,7 @@ def save_reference_stats(directory: str | Path, mu: np.ndarray, sigma: np.ndarra
 
 
 def load_reference_stats(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read (mu, sigma, info) written by `save_reference_stats`; QsensError when there are none."""
     from safetensors.numpy import load_file
 
     directory = Path(directory)
@@ -148,10 +156,13 @@ class Scorer(abc.ABC):
         """Higher is better (accuracy against the conditioning class, or CLIP score)."""
 
     def fid(self, images: np.ndarray) -> float:
+        """FID (Heusel et al., NeurIPS 2017) of uint8 images `(N, H, W, C)` against the reference
+        statistics."""
         feats = self.features(images)
         return self.fid_from_features(feats)
 
     def fid_from_features(self, feats: np.ndarray) -> float:
+        """FID of features `(N, D)` against the reference: the Fréchet distance of the two Gaussians."""
         mu, sigma = feature_stats(feats)
         return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)
 
@@ -197,6 +208,7 @@ class ClassifierFeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as clean-fid batches them -> the classifier's penultimate features `(B, D)`."""
         x = self.classifier.prepare_input(images)
         return self.classifier.features(x)
 
@@ -230,6 +242,8 @@ class DigitsScorer(Scorer):
 
     @staticmethod
     def load(reference_dir: str | Path, device: str | torch.device = "cpu") -> "DigitsScorer":
+        """The digits scorer of a reference dir (classifier + reference statistics written by `qsens
+        prepare`)."""
         from denoisers.digits import DigitsClassifier
 
         classifier, cls_info = DigitsClassifier.load(reference_dir)
@@ -242,6 +256,8 @@ class DigitsScorer(Scorer):
             yield _to_nchw(images[b0:b0 + self.batch_size])
 
     def features(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images `(N, H, W, 1)` -> classifier features `(N, D)` float32, through clean-fid's
+        batching."""
         from cleanfid.fid import get_batch_features
 
         if len(images) == 0:
@@ -259,6 +275,8 @@ class DigitsScorer(Scorer):
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Fraction of images the classifier labels as `labels`; NaN for none, ValueError on a
+        length mismatch."""
         labels = np.asarray(labels)
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -267,6 +285,8 @@ class DigitsScorer(Scorer):
         return float(np.mean(self.predict(images) == labels))
 
     def content_score(self, generation: Generation) -> float:
+        """The content score: classifier accuracy on the generation's class labels (QsensError
+        without labels)."""
         if generation.labels is None:
             raise QsensError("the digits scorer needs class labels for the content score")
         return self.accuracy(generation.images, generation.labels)

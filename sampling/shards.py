@@ -30,6 +30,7 @@ LOCK_FILE = ".lock"
 
 
 def shard_path(directory: Path, worker: int) -> Path:
+    """The shard file of worker `worker`: `DIR/worker-NNN.jsonl`."""
     return Path(directory) / f"worker-{worker:03d}.jsonl"
 
 
@@ -48,6 +49,7 @@ class ShardWriter:
             self._sync()
 
     def append(self, record: dict) -> None:
+        """Append one record as a JSON line, flushed and fsynced; an OSError names the shard file."""
         line = json.dumps(record, sort_keys=True, allow_nan=True, separators=(",", ":"))
         try:
             self._fh.write(line + "\n")
@@ -62,6 +64,7 @@ class ShardWriter:
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the shard file."""
         self._fh.close()
 
     def __enter__(self) -> "ShardWriter":
@@ -79,6 +82,9 @@ def _last_byte(path: Path) -> bytes:
 
 @dataclass
 class ShardScan:
+    """What `scan_shards` read: valid records and `file:line: what` problems for the lines it
+    skipped."""
+
     records: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # "file:line: what"
 

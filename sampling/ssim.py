@@ -18,6 +18,7 @@ WIN = 11
 
 
 def gaussian_window(size: int = WIN, sigma: float = SIGMA, dtype=torch.float64) -> torch.Tensor:
+    """The normalised 1-D Gaussian window of SSIM (Wang et al., IEEE TIP 2004): `(size,)`, sums to 1."""
     x = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
     return g / g.sum()
