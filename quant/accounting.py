@@ -22,6 +22,8 @@ FLOAT_BITS = 16  # every stored float (scale, zero point, centroid) counts as 16
 
 
 def overhead_bits(option: Option, info: LayerInfo) -> int:
+    """Stored bits beyond the payload: UAQ 2·16·C_out, K-Means-C 2^b·16·C_out, K-Means-A 2^b·16,
+    fp16 0."""
     if option.is_fp:
         return 0
     if option.method == "uaq":
@@ -47,6 +49,8 @@ def stored_layers(infos: Mapping[str, LayerInfo], tied: Sequence[Sequence[str]] 
 
 
 def avg_bits(options: Mapping[str, str], infos: Mapping[str, LayerInfo], tied: Sequence[Sequence[str]] = ()) -> float:
+    """Average stored bits per weight of a config, overhead included (module docstring; unlisted =
+    fp16)."""
     infos = stored_layers(infos, tied)
     total = sum(layer_bits(options.get(name, FP16), info) for name, info in infos.items())
     return total / sum(info.n_weights for info in infos.values())
@@ -65,6 +69,8 @@ def bops(options: Mapping[str, str], infos: Mapping[str, LayerInfo],
 
 @dataclass
 class ConfigStats:
+    """Size, average bits, total squared error and BOPs of one config (`config_stats`)."""
+
     avg_bits: float
     quantized_bytes: float  # Σ stored bits / 8, overhead included
     fp_bytes: int  # the same layers all at fp16
@@ -72,6 +78,7 @@ class ConfigStats:
     bops: int
 
     def to_dict(self) -> dict:
+        """The stats as a JSON-able dict."""
         return asdict(self)
 
 

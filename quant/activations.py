@@ -121,6 +121,8 @@ class ActivationQuantHandle:
     hooks: list = field(default_factory=list)
 
     def remove(self) -> None:
+        """Remove every hook installed by `enable_activation_quant` (activations are full precision
+        again)."""
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()

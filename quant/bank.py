@@ -58,6 +58,9 @@ class BankEntry:
     params_shape: tuple[int, ...]
 
     def to_dict(self) -> dict:
+        """The entry as stored in bank.json: stored bits, MSE, shard, params shape (no timings: a rebuild
+        gives a byte-identical bank).
+        """
         # No timing on disk: the same model and options must give a byte-identical bank, so
         # DVC sees an unchanged output and skips every stage after a rebuild.
         return {"stored_bits": self.stored_bits, "mse": self.mse,
@@ -66,6 +69,10 @@ class BankEntry:
 
 @dataclass
 class Bank:
+    """Every quantizable layer × option quantized once: codes and params in safetensors shards, stored
+    bits and MSE per (layer, option) in bank.json; read-only once built (`build_bank`, `Bank.load`).
+    """
+
     model: str
     options: list[str]
     layers: dict[str, LayerInfo]
@@ -87,19 +94,26 @@ class Bank:
     # ------------------------------------------------------------------ queries
     @property
     def fingerprint(self) -> str:
+        """One hash of every layer's weight fingerprint: identifies the weights the bank was built
+        from."""
         return combine_fingerprints(self.layer_fingerprints)
 
     @property
     def layer_names(self) -> list[str]:
+        """The bank's layers, in module order."""
         return list(self.layers)
 
     def error(self, layer: str, option: str) -> float:
+        """Mean squared error per weight of `layer` under `option` (0 for fp16)."""
         return 0.0 if option == FP16 else self.entries[layer][option].mse
 
     def quantized_bits(self, layer: str, option: str) -> int:
+        """Stored bits of `layer` under `option`, payload plus overhead
+        (`quant.accounting.layer_bits`)."""
         return layer_bits(option, self.layers[layer])
 
     def errors(self) -> dict[tuple[str, str], float]:
+        """`{(layer, option): MSE per weight}` over every stored entry (fp16 not included)."""
         return {(l, o): e.mse for l, opts in self.entries.items() for o, e in opts.items()}
 
     def summarize(self, config: QuantConfig) -> ConfigStats:
@@ -155,6 +169,9 @@ class Bank:
 
     # ------------------------------------------------------------------ tensors
     def quantized(self, layer: str, option: str) -> QuantizedTensor:
+        """The stored `QuantizedTensor` of (layer, option), read from its shard (tied layers share their
+        group's); ConfigError when the layer or option is not in the bank.
+        """
         if layer not in self.entries:
             raise ConfigError(f"layer {layer!r} is not in the bank for {self.model!r}")
         if option not in self.entries[layer]:
@@ -168,6 +185,7 @@ class Bank:
 
     def dequantize(self, layer: str, option: str, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> torch.Tensor:
+        """The quantized weight of (layer, option), rebuilt from the bank, as `dtype` on `device`."""
         return self.quantized(layer, option).dequantize(torch.float32).to(device=device, dtype=dtype)
 
     def _tensor(self, shard: str, key: str) -> torch.Tensor:
@@ -239,6 +257,11 @@ class Bank:
 
     @staticmethod
     def load(directory: str | Path) -> "Bank":
+        """Open a bank written by `qsens bank build` (bank.json + shards), recovering an interrupted save.
+
+        Raises BankFormatError when `directory` is no bank, of another format version, holds a
+        non-finite error, malformed `tied` / `dead` lists, or misses a shard.
+        """
         from quant.atomicdir import recover
 
         directory = Path(directory)

@@ -28,6 +28,11 @@ MIN_ACT_BITS, MAX_ACT_BITS = 2, 8  # per layer (act_options)
 
 @dataclass
 class QuantConfig:
+    """A mixed-precision config: one weight option per layer (absent = fp16), optional activation bits.
+
+    Saved as JSON (`model`, `options`, `avg_bits`, `act_bits`, `act_options`); see docs/formats.md.
+    """
+
     model: str
     options: dict[str, str] = field(default_factory=dict)
     avg_bits: float | None = None
@@ -37,6 +42,7 @@ class QuantConfig:
     source: str | None = field(default=None, compare=False, repr=False)
 
     def option(self, layer: str) -> str:
+        """The option of `layer` (`fp16` when the config leaves it out)."""
         return self.options.get(layer, FP16)
 
     def canonical_options(self) -> dict[str, str]:
@@ -61,6 +67,7 @@ class QuantConfig:
 
     @staticmethod
     def uniform(model: str, layers: Iterable[str], option: str) -> "QuantConfig":
+        """Every layer of `layers` at `option`; ConfigError when the option does not parse."""
         parse_option(option)
         return QuantConfig(model, {name: option for name in layers})
 
@@ -102,6 +109,7 @@ class QuantConfig:
 
     # --- JSON ---
     def to_dict(self) -> dict:
+        """The config as the JSON dict it is saved as (`act_options` only when non-empty)."""
         d = {"model": self.model, "options": dict(self.options),
              "avg_bits": self.avg_bits, "act_bits": self.act_bits}
         if self.act_options:  # absent when empty: weight-only files stay byte-identical
@@ -127,6 +135,10 @@ class QuantConfig:
 
     @staticmethod
     def from_dict(data: object, where: str = "config") -> "QuantConfig":
+        """A config from its JSON dict; `where` names the source in errors.
+
+        Raises ConfigError on a non-object, a missing or unknown key, or a malformed value.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a JSON object with 'model' and 'options'")
         missing = [k for k in ("model", "options") if k not in data]
@@ -162,6 +174,8 @@ class QuantConfig:
 
     @staticmethod
     def load(path: str | Path) -> "QuantConfig":
+        """Read a config JSON file; ConfigError when it is missing or malformed (the message names
+        the file)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")

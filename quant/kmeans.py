@@ -58,6 +58,8 @@ _NEG = float("-inf")
 
 @dataclass
 class KMeansResult:
+    """Per-row k-means result: ascending centroids `(R, k)`, SSE `(R,)` and the Lloyd iterations run."""
+
     centroids: torch.Tensor  # (R, k), ascending per row, float32
     sse: torch.Tensor  # (R,) float64: within-cluster sum of squares of the final partition of the atoms
     iterations: int  # Lloyd iterations after the dynamic programme

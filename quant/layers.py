@@ -15,6 +15,9 @@ QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linea
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """Shape facts of one quantizable layer: kind, weight shape `(C_out, C_in, *kernel)`, weights,
+    MACs."""
+
     name: str
     kind: str  # "Linear" | "Conv1d" | "Conv2d"
     shape: tuple[int, ...]  # weight shape, (C_out, C_in, *kernel)
@@ -23,12 +26,14 @@ class LayerInfo:
     macs: int = 0  # multiply-accumulates of one forward at the example input (0 = unknown)
 
     def to_dict(self) -> dict:
+        """The layer info as a JSON-able dict (shape as a list)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         return d
 
     @staticmethod
     def from_dict(d: dict) -> "LayerInfo":
+        """Rebuild a layer info from `to_dict()`'s output (`macs` 0 when absent)."""
         return LayerInfo(d["name"], d["kind"], tuple(d["shape"]), int(d["n_weights"]),
                          int(d["c_out"]), int(d.get("macs", 0)))
 
@@ -229,6 +234,8 @@ def tied_groups(layers: dict[str, nn.Module] | nn.Module) -> list[list[str]]:
 
 
 def layer_info(name: str, module: nn.Module, macs: int = 0) -> LayerInfo:
+    """The `LayerInfo` of a quantizable module at `name` (`macs`: its MACs at the example input, 0 =
+    unknown)."""
     shape = tuple(int(s) for s in module.weight.shape)
     n = 1
     for s in shape:
@@ -245,6 +252,7 @@ def _base_kind(module: nn.Module) -> str:
 
 
 def layer_infos(model: nn.Module, macs: dict[str, int] | None = None) -> list[LayerInfo]:
+    """The `LayerInfo` of every quantizable layer of `model`, in module order."""
     macs = macs or {}
     return [layer_info(n, m, macs.get(n, 0)) for n, m in quantizable_layers(model).items()]
 
@@ -290,6 +298,7 @@ def layer_fingerprints(model: nn.Module) -> dict[str, str]:
 
 
 def combine_fingerprints(per_layer: dict[str, str]) -> str:
+    """One blake2b-128 hex digest of `{layer: fingerprint}`, independent of the dict's order."""
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(per_layer):
         h.update(name.encode())

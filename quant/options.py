@@ -22,6 +22,10 @@ _OPTION_RE = re.compile(r"^(uaq|kmc|kma)([2-8])$")
 
 @dataclass(frozen=True, order=True)
 class Option:
+    """A quantization option: method (uaq | kmc | kma | fp16) and bits (2-8, 16 for fp16); `str` is
+    e.g. `uaq4`.
+    """
+
     method: str  # "uaq" | "kmc" | "kma" | "fp16"
     bits: int  # 2..8, or 16 for fp16
 
@@ -30,6 +34,7 @@ class Option:
 
     @property
     def is_fp(self) -> bool:
+        """True for fp16 (not quantized)."""
         return self.method == FP16
 
 

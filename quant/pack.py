@@ -76,6 +76,7 @@ class PackedLayer:
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """The weight, dequantized from the packed codes on every access."""
         return self.dequantize()
 
     @property
@@ -132,6 +133,7 @@ class PackedLayer:
             self.__dict__.pop("_in_forward", None)
 
     def extra_repr(self) -> str:
+        """The module's repr with the packed option (and `tied` for a tied-group follower)."""
         tie = self.__dict__.get("_tied_to")
         return super().extra_repr() + f", packed={self.option}" + (", tied" if tie is not None else "")
 

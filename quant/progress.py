@@ -54,17 +54,21 @@ class LogProgress:
         self.close()
 
     def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
+        """Set the `k=v, ...` text shown after the count (tqdm's signature)."""
         items = dict(ordered_dict or {}, **kwargs)
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        """Set the text shown before the count (tqdm's signature)."""
         self.desc = desc or ""
 
     def update(self, n: int = 1) -> None:
+        """Advance by `n` steps; writes a line when the next percent step or interval is reached."""
         self.n += n
         self._maybe_write()
 
     def refresh(self) -> None:
+        """Write a line if one is due."""
         self._maybe_write()
 
     def _maybe_write(self) -> None:
@@ -81,6 +85,7 @@ class LogProgress:
             self._write()
 
     def close(self) -> None:
+        """Write the final line (when any step was made); idempotent."""
         if self._closed:
             return
         self._closed = True

@@ -21,12 +21,19 @@ _CHUNK_ELEMENTS = 1 << 24  # bound on temporaries per row-chunk (~64 MB of float
 
 @dataclass
 class QuantizedTensor:
+    """A quantized weight: uint8 codes `(C_out, n)` and the stored fp16 params (module docstring)."""
+
     option: Option
     shape: tuple[int, ...]  # original weight shape
     codes: torch.Tensor  # (R, n) uint8, R = C_out (kma: 1 row is fine too; stored as (C_out, n))
     params: torch.Tensor  # uaq: (R, 2) [scale, zero]; kmc: (R, 2^b) codebook; kma: (1, 2^b) codebook
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight rebuilt from codes and params, in its original shape, as `dtype`.
+
+        UAQ: (code − zero) · scale per row; K-Means-C: the row's codebook entry; K-Means-A: the shared
+        codebook's entry.
+        """
         codes = self.codes.long()
         p = self.params.to(torch.float32)
         if self.option.method == "uaq":
