@@ -218,6 +218,7 @@ class ActEvalParams:
             raise QsensError("evaluate.act_calib_samples and act_calib_trajectories must be >= 1")
 
     def mixed_label(self) -> str:
+        """The label of the mixed activation-bits series, e.g. `A6-mixed`."""
         return f"A{self.act_mixed_bits:g}-mixed"
 
 

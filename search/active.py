@@ -87,6 +87,7 @@ class ActiveParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "ActiveParams":
+        """The `active:` section of a params file (QsensError when malformed)."""
         from search.params import read_section
 
         return read_section(ActiveParams, path, "active")
@@ -97,6 +98,7 @@ class ActiveParams:
 
 
 def provenance_of(round_: int) -> str:
+    """The provenance tag of configs picked in active-learning round `round_`: `active-rK`."""
     return f"active-r{round_}"
 
 
@@ -167,6 +169,10 @@ def _digest(inputs: dict[str, Any]) -> str:
 
 @dataclass
 class Pick:
+    """One config picked in an active round, why (chosen | predicted | disagreement), and its
+    predicted FID mean and member std.
+    """
+
     config: QuantConfig
     why: str  # chosen (the search's result) | predicted (best predicted) | disagreement (largest std)
     predicted_fid: float
@@ -270,18 +276,22 @@ class UnionCache:
 
     @staticmethod
     def open(path: Path) -> "UnionCache":
+        """Open the union cache at `path` (validated by `read_cache`: QsensError when malformed)."""
         from sampling.cache import read_cache, read_cache_table
 
         read_cache(path)
         return UnionCache(path, read_cache_table(path))
 
     def provenance(self) -> list[str]:
+        """Every row's provenance (`random`, `active-rK`, ...), in row order."""
         return self.table.column("provenance").to_pylist()
 
     def ids(self) -> list[str]:
+        """Every row's config id, in row order."""
         return self.table.column("config_id").to_pylist()
 
     def row(self, config_id: str) -> dict | None:
+        """The row of `config_id` as a dict, None when it is not in the cache."""
         ids = self.ids()
         if config_id not in ids:
             return None
@@ -295,6 +305,8 @@ class UnionCache:
         return self.table.filter(pa.array(keep, pa.bool_()))
 
     def append(self, row: dict) -> None:
+        """Append one row and rewrite the cache atomically; QsensError when its config id is already
+        there."""
         import pyarrow as pa
 
         from sampling.cache import CACHE_SCHEMA, write_cache

@@ -30,6 +30,7 @@ def error_scores(bank) -> dict[tuple[str, str], float]:
 
 
 def search_error(ctx: SearchContext, budget: float, incumbent: QuantConfig | None = None) -> SearchResult:
+    """The `error` baseline: the IP on −(size-weighted weight MSE), no images generated."""
     scores = error_scores(ctx.bank)
     options, res = ctx.solve(scores, budget, what="error")
     cfg, by = keep_incumbent(ctx, ctx.config(options), incumbent, scores)
@@ -38,11 +39,15 @@ def search_error(ctx: SearchContext, budget: float, incumbent: QuantConfig | Non
 
 # ------------------------------------------------------------------------------------ layerwise
 def layerwise_scores(ctx: SearchContext) -> dict[tuple[str, str], float]:
+    """Scores of the `layerwise` baseline: −(FID of the model with only that layer quantized), from
+    `qsens analyze layerwise`'s table (QsensError when it is missing).
+    """
     df = ctx.analysis_table("layerwise", ["layer", "option", "score"], "run `qsens analyze layerwise`")
     return {(l, o): -float(s) for l, o, s in zip(df["layer"], df["option"], df["score"])}
 
 
 def search_layerwise(ctx: SearchContext, budget: float, incumbent: QuantConfig | None = None) -> SearchResult:
+    """The `layerwise` baseline: the IP on the layerwise analysis' per-layer scores (additive model)."""
     scores = layerwise_scores(ctx)
     options, res = ctx.solve(scores, budget, what="layerwise")
     cfg, by = keep_incumbent(ctx, ctx.config(options), incumbent, scores)

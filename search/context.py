@@ -45,9 +45,12 @@ class SearchContext:
 
     @property
     def model(self) -> str:
+        """The model name (the bank's)."""
         return self.bank.model
 
     def selector(self):
+        """The evaluator that scores candidates on the selection seeds, built on first use (None:
+        none)."""
         if self._selector is None and self.selector_factory is not None:
             self._selector = self.selector_factory()
         return self._selector
@@ -65,6 +68,8 @@ class SearchContext:
         return self._denoiser
 
     def ensemble(self):
+        """The trained predictor, loaded on first use from the factory or `predictor_dir` (None:
+        none)."""
         if self._ensemble is None:
             if self.ensemble_factory is not None:
                 self._ensemble = self.ensemble_factory()
@@ -81,10 +86,14 @@ class SearchContext:
         return self._ensemble
 
     def solve(self, scores: dict[tuple[str, str], float], budget: float, **kw) -> tuple[dict[str, str], IPResult]:
+        """Solve the budgeted IP for `{(layer, option): score}` (higher = better) at `budget` avg bits,
+        within the params' tolerance and time limit; returns (`{layer: option}`, `IPResult`).
+        """
         return solve_named(scores, self.bank, budget, self.params.tolerance,
                            time_limit_s=self.params.time_limit_s, **kw)
 
     def config(self, options: dict[str, str]) -> QuantConfig:
+        """The `QuantConfig` of `{layer: option}`, with its avg bits from the bank."""
         cfg = QuantConfig(self.model, dict(options))
         cfg.avg_bits = float(self.bank.summarize(cfg).avg_bits)
         return cfg
@@ -143,6 +152,8 @@ class SearchResult:
     candidates: list[QuantConfig] = field(default_factory=list)
 
     def to_report(self) -> dict[str, Any]:
+        """The result as one flat JSON-able report row (strategy, budget, avg bits, id, seconds,
+        stats)."""
         stats = self.report.get("stats") or {}
         return {"strategy": self.strategy, "budget": self.budget, "avg_bits": self.config.avg_bits,
                 "config_id": self.config.config_id, "seconds": round(self.seconds, 3),
@@ -162,6 +173,7 @@ class SearchResult:
 
 
 def ip_report(res: IPResult) -> dict[str, Any]:
+    """The IP result's status, seconds, objective, bound and resolution as `ip_*` report fields."""
     return {"ip_status": res.status, "ip_seconds": round(res.seconds, 3), "ip_objective": res.objective,
             "ip_bound": res.bound, "ip_resolution": res.resolution}
 

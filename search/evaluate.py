@@ -91,6 +91,7 @@ def check_seeds(eval_seed: int, used: dict[str, Iterable[int]]) -> None:
 
 
 def row_key(*parts: Any) -> str:
+    """A 16-hex-digit sha256 key of the given parts (JSON-encoded): identifies one evaluation row."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -428,6 +429,8 @@ def series_label(row: dict) -> str:
 
 
 def write_pareto_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write the evaluated rows as the Pareto CSV (strategy, budget, avg_bits, fid, fid_se); returns
+    `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -441,6 +444,7 @@ def write_pareto_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def plot_pareto(rows: list[dict], path: str | Path) -> Path:
+    """Plot FID vs avg bits per strategy (`pareto_figure`) to a PNG at `path`; returns `path`."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -519,6 +523,7 @@ def pareto_figure(rows: list[dict]):
 
 
 def images_path(out_dir: Path, tag: str) -> Path:
+    """Where the images of an evaluated config tagged `tag` are stored: `OUT/images/TAG.safetensors`."""
     return out_dir / "images" / f"{tag}.safetensors"
 
 
@@ -529,10 +534,13 @@ def save_images(path: Path, images: np.ndarray) -> None:
 
 
 def load_images(path: Path) -> np.ndarray:
+    """The uint8 images `(N, H, W, C)` stored at `path`."""
     return load_file(str(path))["images"]
 
 
 def write_grids(rows: list[dict], out_dir: Path, budgets: Sequence[float], strategies: Sequence[str]) -> list[Path]:
+    """One sample-grid PNG per budget (FP plus each strategy's images, titled with bits and FID);
+    returns their paths."""
     from sampling.noise import sample_grid
 
     out = []

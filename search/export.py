@@ -348,6 +348,7 @@ def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
 
 
 def write_skip_list(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the skip-list JSON atomically (via a hidden temp file); returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

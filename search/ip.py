@@ -52,6 +52,8 @@ class BudgetError(QsensError):
 
 @dataclass
 class IPResult:
+    """The IP's solution: the chosen option per layer `(L,)`, objective, bits, status, solve seconds."""
+
     choice: np.ndarray  # (L,) index of the chosen option per layer
     objective: float  # Σ exact scores of the chosen options
     total_bits: int
@@ -64,6 +66,7 @@ class IPResult:
 
     @property
     def optimal(self) -> bool:
+        """True when the solver proved optimality (not stopped by the time limit)."""
         return self.status == "optimal"
 
 

@@ -18,6 +18,10 @@ def strategy_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SearchParams:
+    """The `search:` section of params.yaml: budgets (avg bits, overhead included), IP tolerance and
+    time limit, strategies, and the predictor search's trust-region knobs.
+    """
+
     budgets: tuple[float, ...] = (3.05, 3.25, 3.5, 3.75)  # avg bits, overhead included
     tolerance: float = 0.05  # the IP keeps avg bits in [budget - tolerance, budget]
     strategies: tuple[str, ...] = ("predictor", "fisher", "layerwise", "mixdq", "error", "uniform", "random-best")
@@ -51,11 +55,15 @@ class SearchParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "SearchParams":
+        """The `search:` section of a params file (QsensError when malformed)."""
         return read_section(SearchParams, path, "search")
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    """The `evaluate:` section of params.yaml: images per config, fresh seed sets, steps, grid,
+    pairing."""
+
     images: int = 500  # images per evaluated config
     image_seeds: tuple[int, ...] = (23, 24, 25)  # fresh seed sets (>= 3), each scored: disjoint from the
     # cache, selection, probe, calibration and analysis seed sets (checked)
@@ -75,6 +83,7 @@ class EvaluateParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "EvaluateParams":
+        """The `evaluate:` section of a params file (QsensError when malformed)."""
         return read_section(EvaluateParams, path, "evaluate")
 
 

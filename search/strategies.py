@@ -30,6 +30,10 @@ Run = Callable[[SearchContext, float, "QuantConfig | None"], SearchResult]
 
 @dataclass(frozen=True)
 class Strategy:
+    """A registered search strategy: its runner, the input files that decide its result, the real
+    measurements it spends, a one-line summary.
+    """
+
     name: str
     run: Run
     inputs: Callable[[SearchContext], list[Path | None]]  # files whose contents decide its result
@@ -85,6 +89,7 @@ NAMES = tuple(REGISTRY)
 
 
 def strategy(name: str) -> Strategy:
+    """The registered strategy `name`; QsensError naming the known ones otherwise."""
     if name not in REGISTRY:
         raise QsensError(f"unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]
