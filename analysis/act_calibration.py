@@ -63,6 +63,7 @@ class ActCalibrationParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "ActCalibrationParams":
+        """The `act_calibration:` section of a params file (QsensError when malformed)."""
         return load_section(ActCalibrationParams, path, "act_calibration")
 
 

@@ -77,14 +77,17 @@ class Progress:
         return (row["layer"], row["option"])
 
     def done(self, layer: str, option: str) -> bool:
+        """True when (layer, option) was already measured with the current settings key."""
         return (layer, option) in self.rows
 
     def add(self, row: dict) -> None:
+        """Record one finished measurement (tagged with the settings key): one fsynced JSON line."""
         row = {**row, "key": self.key}
         self._writer.append(row)
         self.rows[self._id(row)] = row
 
     def close(self) -> None:
+        """Close the progress file."""
         self._writer.close()
 
     def __enter__(self) -> "Progress":
@@ -100,11 +103,13 @@ def one_layer(model: str, layer: str, option: str) -> QuantConfig:
 
 
 def pairs(layers: Iterable[str], options: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (layer, option) pair, layer-major."""
     options = list(options)
     return [(l, o) for l in layers for o in options]
 
 
 def write_json(path: str | Path, data: Any) -> Path:
+    """Write analysis output JSON (numpy scalars and arrays converted); returns the path."""
     return jsonio.write_json(path, data, default=_default)
 
 

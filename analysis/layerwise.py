@@ -43,6 +43,7 @@ COLUMNS = ["layer", "option", "fid", "content", "delta_fid", "delta_content", "s
 
 
 def bucket(score: float) -> str:
+    """A sensitivity score's bucket: low (< 0.2), medium (< 0.5), high (< 0.8), else critical."""
     for upper, name, _ in BUCKETS:
         if score < upper:
             return name
@@ -70,6 +71,9 @@ def score_table(rows: list[dict], fp_fid: float, fp_content: float, fid_weight: 
 
 
 def ranked_report(df: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ranked layerwise report: `meta`, the buckets (range, advice, layer count) and per layer
+    (most sensitive first) its worst option's score, bucket, rank and per-option scores/deltas.
+    """
     per_layer = []
     for layer, g in df.groupby("layer", sort=False):
         worst = g.loc[g["score"].idxmax()]

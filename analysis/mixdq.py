@@ -53,6 +53,12 @@ def _row_problem(row: dict) -> str | None:
 def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
                   layers: Sequence[str] | None = None, options: Sequence[str] | None = None,
                   progress: bool = True) -> pd.DataFrame:
+    """Measure MixDQ's (Zhao et al., ECCV 2024) metric-decoupled sensitivity of every (layer, option):
+    SQNR of the denoiser output for every layer, SSIM of the images for the content group.
+
+    Resumable (`<out>/mixdq.progress.jsonl`); writes mixdq.parquet and mixdq.json into `out_dir`
+    and returns the table (module docstring).
+    """
     from quant.progress import progress_bar
 
     from sampling.evaluator import Evaluator

@@ -14,6 +14,10 @@ DEFAULT_CONTENT_PATTERNS = (r"(^|\.)attn2\.", r"(^|\.)ff\.", r"time_emb_proj$", 
 
 @dataclass(frozen=True)
 class AnalysisParams:
+    """The `analysis:` section of params.yaml: the layerwise (images, seeds, score weights, metric) and
+    MixDQ (calibration, content patterns) sensitivity measurements.
+    """
+
     # layerwise (seed 000): one layer quantized at a time, every option, FID + content
     images: int = 64  # images per measurement (cheap: layers × options generations)
     image_seed: int = 5  # seed set of the measurement images (disjoint from evaluate.image_seed)
@@ -47,4 +51,5 @@ class AnalysisParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "analysis") -> "AnalysisParams":
+        """The `analysis:` section of a params file, lists as tuples (QsensError when malformed)."""
         return load_section(AnalysisParams, path, section, lists_as_tuples=True)

@@ -101,12 +101,14 @@ class QuantAnalyzerParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = SECTION) -> "QuantAnalyzerParams":
+        """The `quant_analyzer:` section of a params file (QsensError when malformed)."""
         from quant.params import load_section
 
         return load_section(QuantAnalyzerParams, path, section)
 
     @property
     def act_label(self) -> str:
+        """The activation setting as a label, e.g. `A8 dynamic`."""
         return f"A{self.act_bits} {self.act_mode}"
 
 
@@ -139,6 +141,8 @@ class Quantizers:
                 self.group[name] = list(g)
 
     def leader(self, layer: str) -> str:
+        """The weight quantizer `layer` belongs to: the first layer of its tied group (itself when
+        untied)."""
         return self.group[layer][0]
 
     def weight_units(self, layers: Sequence[str]) -> list[str]:
@@ -151,6 +155,9 @@ class Quantizers:
 
     @contextmanager
     def on(self, w_layers: Sequence[str] = (), a_layers: Sequence[str] = ()) -> Iterator[None]:
+        """Context manager: weights of `w_layers` quantized (the weight option, from the bank) and
+        activations of `a_layers` at the activation bits; the model is FP again on exit.
+        """
         from quant.activations import activation_quant
         from quant.config import QuantConfig
         from sampling.evaluator import Evaluator

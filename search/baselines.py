@@ -39,8 +39,8 @@ def search_error(ctx: SearchContext, budget: float, incumbent: QuantConfig | Non
 
 # ------------------------------------------------------------------------------------ layerwise
 def layerwise_scores(ctx: SearchContext) -> dict[tuple[str, str], float]:
-    """Scores of the `layerwise` baseline: −(FID of the model with only that layer quantized), from
-    `qsens analyze layerwise`'s table (QsensError when it is missing).
+    """Scores of the `layerwise` baseline: −(the layer's layerwise sensitivity score at that option,
+    `analysis.layerwise`), from `qsens analyze layerwise`'s table (QsensError when it is missing).
     """
     df = ctx.analysis_table("layerwise", ["layer", "option", "score"], "run `qsens analyze layerwise`")
     return {(l, o): -float(s) for l, o, s in zip(df["layer"], df["option"], df["score"])}
