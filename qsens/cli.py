@@ -33,11 +33,13 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument as one `error:` line (exit 2) instead of usage + error."""
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
+        """Print a bad-argument error as one `error:` line on stderr and exit with code 2."""
         print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `qsens` argument parser with every subcommand registered."""
     parser = OneLineParser(
         prog="qsens",
         description="Learn where a diffusion denoiser is sensitive to weight quantization and "
@@ -110,6 +112,9 @@ def _expected_error(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `qsens` on `argv`: the error boundary (an expected error is one `error:` line on stderr,
+    see the module docstring); returns the exit code.
+    """
     # diffusers logs warnings on import that are about its own integrations (e.g. "Unable to import
     # `torchao` Tensor objects" with a newer torchao); keep a command's stderr to its own messages.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

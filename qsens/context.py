@@ -53,38 +53,47 @@ class Layout:
 
     @property
     def models(self) -> Path:
+        """`DATA/models/NAME`: what `qsens prepare` writes (the trained digits model or model.json)."""
         return self.root / "models" / self.name
 
     @property
     def bank(self) -> Path:
+        """`DATA/bank/NAME`: the bank."""
         return self.root / "bank" / self.name
 
     @property
     def graph(self) -> Path:
+        """`DATA/graphs/NAME.json`: the denoiser's DAG."""
         return self.root / "graphs" / f"{self.name}.json"
 
     @property
     def shards(self) -> Path:
+        """`DATA/shards/NAME`: the sampling workers' shards."""
         return self.root / "shards" / self.name
 
     @property
     def cache(self) -> Path:
+        """`DATA/quant_cache/NAME.parquet`: the quant_cache."""
         return self.root / "quant_cache" / f"{self.name}.parquet"
 
     @property
     def probe(self) -> Path:
+        """`DATA/probe/NAME.safetensors`: the feature-shift probe."""
         return self.root / "probe" / f"{self.name}.safetensors"
 
     @property
     def predictor(self) -> Path:
+        """`DATA/predictor/NAME`: the trained predictor."""
         return self.root / "predictor" / self.name
 
     @property
     def analysis(self) -> Path:
+        """`DATA/analysis/NAME`: the measured sensitivity analyses."""
         return self.root / "analysis" / self.name
 
     @property
     def search(self) -> Path:
+        """`DATA/search/NAME`: the search's configs and reports."""
         return self.root / "search" / self.name
 
 

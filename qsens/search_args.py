@@ -11,6 +11,8 @@ from qsens.context import add_model_args, context
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
+    """Add the arguments every search-like command shares: model, bank, cache, predictor, analysis
+    dirs, ..."""
     add_model_args(p)
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--cache", type=Path, default=None, help="quant_cache parquet (default: DATA/quant_cache/NAME.parquet)")

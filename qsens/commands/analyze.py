@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_quant_analyzer_command(args: argparse.Namespace) -> int:
+    """`qsens analyze quant-analyzer`: the QuantAnalyzer report; exit code."""
     from dataclasses import replace
 
     from analysis.quant_analyzer import QuantAnalyzerParams, run_quant_analyzer
@@ -147,6 +148,7 @@ def run_quant_analyzer_command(args: argparse.Namespace) -> int:
 
 
 def run_act_calibration_command(args: argparse.Namespace) -> int:
+    """`qsens analyze act-calibration`: activation ranges and calibration; exit code."""
     from dataclasses import replace
 
     from analysis.act_calibration import ActCalibrationParams, measure_act_calibration
@@ -178,6 +180,7 @@ def run_act_calibration_command(args: argparse.Namespace) -> int:
 
 
 def run_metrics_command(args: argparse.Namespace) -> int:
+    """`qsens analyze metrics`: which cheap label ranks configs like FID (label validity); exit code."""
     import json
 
     from analysis.metric_validity import MetricValidityParams, run_metric_validity

@@ -46,6 +46,7 @@ class BankParams:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """`qsens bank build`: quantize every layer × option once into the bank; exit code."""
     from quant.params import load_section
 
     if args.source is not None:
@@ -75,6 +76,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """`qsens bank show`: print the bank's layers (the `--top` worst by MSE); exit code."""
     bank = Bank.load(args.bank)
     rows = list(bank.layers.values())
     if args.top:

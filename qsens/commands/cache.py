@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    """`qsens cache merge`: merge the workers' shards into the quant_cache (problems as warnings);
+    exit code."""
     from sampling.cache import merge_shards
 
     report = merge_shards(args.shards, args.out)
@@ -47,6 +49,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """`qsens cache show`: print a quant_cache's summary; exit code."""
     from sampling.cache import summary
 
     print(summary(args.cache))
@@ -54,6 +57,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """`qsens cache import`: import a legacy quant_cache.pkl; exit code."""
     from sampling.legacy import import_legacy
 
     print(import_legacy(args.pkl, args.out, args.model).summary())

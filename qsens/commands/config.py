@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """`qsens config import`: a legacy config file -> a QuantConfig JSON; exit code."""
     from sampling.legacy import read_legacy_config
 
     result = read_legacy_config(args.pkl, args.model)
@@ -43,6 +44,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """`qsens config show`: print a config, its options and accounting; exit code."""
     from quant.config import QuantConfig
 
     config = QuantConfig.load(args.config)

@@ -83,6 +83,8 @@ def _parse_value(text: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`qsens predictor train`: train the ensemble and its baselines, save it, print the metrics;
+    exit code."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -146,6 +148,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    """`qsens predictor probe`: measure every (layer, option)'s feature shift and save the probe;
+    exit code."""
     import time
     from pathlib import Path
 
@@ -177,6 +181,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    """`qsens predictor inspect`: sensitivity tables, plots and report of a trained predictor; exit
+    code."""
     from pathlib import Path
 
     from predictor.inspect import run_inspect as inspect
@@ -201,6 +207,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    """`qsens predictor diff A B`: which layers became more or less sensitive between two
+    predictors; exit code."""
     from pathlib import Path
 
     from predictor.diff import plot_diff, sensitivity_diff

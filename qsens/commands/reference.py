@@ -78,6 +78,7 @@ def check_device(device: str) -> str:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """`qsens reference build`: build an FID reference of real images; exit code."""
     from sampling.reference import build_reference
 
     check_device(args.device)  # before any image is read
@@ -104,6 +105,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """`qsens reference show`: print a reference's info and statistics; exit code."""
     import numpy as np
 
     from sampling.reference import load_reference
