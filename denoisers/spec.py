@@ -40,6 +40,35 @@ _HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # ----------------------------------------------------------------------------------------------
 # what a source string is
 # ----------------------------------------------------------------------------------------------
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
+
+
+def source_identity(source: str | Path) -> str:
+    """What a model source *is*, independent of where it lies: the name of a built-in model or
+    a hub id as given; for a directory (a diffusers pipeline, a digits model dir) a SHA-256 over
+    its files' relative paths and contents (every component: weights, configs, tokenizer,
+    scheduler). Job keys use it instead of the path, so moving or copying a model directory
+    re-scores nothing, while any changed file (a swapped VAE too) does. File digests are kept per
+    process by (path, size, mtime), so a worker hashes each file once (SD v1.5: ~4 GB, seconds)."""
+    import hashlib
+
+    path = Path(str(source)).expanduser()
+    if not path.is_dir():
+        return str(source)
+    h = hashlib.sha256()
+    for f in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_DIGESTS:
+            fh_hash = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    fh_hash.update(chunk)
+            _FILE_DIGESTS[key] = fh_hash.hexdigest()
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + _FILE_DIGESTS[key].encode() + b"\n")
+    return "sha256:" + h.hexdigest()[:32]
+
+
 def classify_source(source: str | Path, *, architectures: tuple[str, ...] = ()) -> str:
     """What `source` names: "builtin" | "digits-dir" | "pipeline-dir" | "model-dir" |
     "config-json" | "architecture" | "hub-id".

@@ -57,8 +57,10 @@ class SampleJob:
         return asdict(self)
 
 
-# Settings of a model spec that change its images (name/device/batch size do not).
-_SPEC_SCORE_FIELDS = ("source", "steps", "guidance", "negative_prompt", "resolution", "dtype", "scheduler")
+# Settings of a model spec that change its images (name/device/batch size do not); the source
+# enters by what it is (`denoisers.spec.source_identity`), not by its path.
+_SPEC_SCORE_FIELDS = ("steps", "guidance", "negative_prompt", "resolution", "dtype", "scheduler", "layers",
+                      "max_layers")
 _DIGEST_SKIP = {".lock"}
 
 
@@ -90,12 +92,15 @@ def reference_dir_for(job: SampleJob) -> Path:
 
 
 def job_key_for(job: SampleJob) -> str:
-    """What can change a score: the model spec's image settings, the bank (its metadata holds the
-    model's weight fingerprint and every option's error), the reference statistics, image count,
-    image seed, generation overrides, and the scoring code (import closure of this module)."""
+    """What can change a score: the model (what its source is, not where: a moved directory keeps
+    its key) and its image settings, the bank (its metadata holds the model's weight fingerprint
+    and every option's error), the reference statistics, image count, image seed, generation
+    overrides, and the scoring code (import closure of this module)."""
+    from denoisers.spec import source_identity
+
     model = job.model if isinstance(job.model, dict) else {"source": job.model}
     return job_key(
-        model={k: model.get(k) for k in _SPEC_SCORE_FIELDS},
+        model={**{k: model.get(k) for k in _SPEC_SCORE_FIELDS}, "identity": source_identity(model["source"])},
         bank=_digest_dir(Path(job.bank) / "bank.json"),
         reference=_digest_dir(reference_dir_for(job)),
         n_images=job.n_images, image_seed=job.image_seed, generate=job.generate, paired=job.paired,

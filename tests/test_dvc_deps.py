@@ -58,3 +58,15 @@ def test_a_foreach_stage_gets_the_closure_of_its_do_commands(tmp_path: Path):
     do = yaml.safe_load(derive_dvc_deps(text, root=tmp_path))["stages"]["t"]["do"]
     assert do["deps"] == ["data/in", *dvc_deps(["qsens.commands.x"], root=tmp_path)]
     assert "quant/a.py" in do["deps"] and do["outs"] == ["o-${item}"]
+
+
+def test_only_prepare_depends_on_where_the_model_lies():
+    """#27 item 4: moving a model dir re-runs prepare only; the others see what the model is
+    through prepare's outputs (model.json's content identity), not model.source's path."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        params = stage.get("params") or (stage.get("do") or {}).get("params", [])
+        if name in ("prepare", "transfer"):  # transfer@KIND runs prepare --derive itself
+            continue
+        assert "model" not in params and "model.source" not in params and "model.reference" not in params, name
+    assert "model" in stages["prepare"]["params"]

@@ -83,7 +83,8 @@ def test_every_command_on_a_real_class_pipeline(kind, tmp_path, scoring_files, m
 
     assert qsens("prepare", "--params", params) == 0
     info = json.loads((tmp_path / "data" / "models" / name / "model.json").read_text())
-    assert info["source"] == str(source) and len(info["fingerprint"]) > 8
+    assert info["identity"].startswith("sha256:") and len(info["fingerprint"]) > 8
+    assert str(source) not in json.dumps(info)  # what the model is, not where it lies
     assert (tmp_path / "data" / "reference" / name / "reference.json").is_file()
 
     assert qsens("bank", "build", "--params", params, "--quiet") == 0
@@ -172,3 +173,40 @@ def test_bad_model_inputs_are_one_line(tmp_path, monkeypatch, capsys, scoring_fi
         assert qsens(*argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err and message in err, (argv, err)
+
+
+def test_a_moved_pipeline_dir_rescores_nothing(tmp_path, scoring_files, monkeypatch, capsys):
+    """#27 item 4: identity by content, not path. After `mv` of the pipeline dir, prepare writes a
+    byte-identical model.json (DVC's downstream stages stay valid) and sample scores nothing
+    again; a changed file (another VAE) is another model."""
+    import shutil
+
+    from denoisers.pipeline import load_pipeline, native_resolution
+    from denoisers.spec import source_identity
+
+    monkeypatch.chdir(tmp_path)
+    source = build_tiny_pipeline("sd", tmp_path / "models" / "sd")
+    reference = build_reference(scoring_files, tmp_path / "refs" / "set", native_resolution(load_pipeline(source)))
+    params = params_for(tmp_path, source, "tiny-sd", reference)
+    model_json = tmp_path / "data" / "models" / "tiny-sd" / "model.json"
+    shards = tmp_path / "data" / "shards" / "tiny-sd"
+    assert qsens("prepare", "--params", params) == 0
+    before = model_json.read_bytes()
+    assert qsens("bank", "build", "--params", params, "--quiet") == 0
+    assert qsens("sample", "--params", params, "--num-configs", 2, "--images", 4, "--quiet") == 0
+    scored = {f.name: f.read_bytes() for f in shards.glob("*.jsonl")}
+    assert scored
+
+    moved = tmp_path / "elsewhere" / "sd-moved"
+    moved.parent.mkdir()
+    shutil.move(str(source), moved)
+    params = params_for(tmp_path, moved, "tiny-sd", reference, filename="params-moved.yaml")
+    assert qsens("prepare", "--params", params) == 0
+    assert model_json.read_bytes() == before
+    assert qsens("sample", "--params", params, "--num-configs", 2, "--images", 4, "--quiet") == 0
+    assert {f.name: f.read_bytes() for f in shards.glob("*.jsonl")} == scored
+
+    ident = source_identity(moved)
+    vae = next((moved / "vae").glob("*.safetensors"))
+    vae.write_bytes(vae.read_bytes()[:-1] + bytes([vae.read_bytes()[-1] ^ 1]))
+    assert source_identity(moved) != ident

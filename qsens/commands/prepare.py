@@ -120,7 +120,10 @@ def prepare_derived(ctx, args) -> dict:
 
 
 def prepare_pipeline(ctx) -> dict:
-    """model.json (fingerprint) + the installed reference of a real pipeline."""
+    """model.json (fingerprint) + the installed reference of a real pipeline. model.json says what
+    the model is, never where (`identity`: a digest of every file of the pipeline), so the stages
+    that depend on it stay valid when the pipeline dir moves and re-run when a file changes."""
+    from denoisers.spec import source_identity
     from quant.layers import combine_fingerprints, layer_fingerprints
 
     spec = ctx.spec
@@ -134,7 +137,7 @@ def prepare_pipeline(ctx) -> dict:
     den = ctx.load_denoiser()  # checks the pipeline and the reference's resolution
     prints = layer_fingerprints(den.model)
     info = {
-        "family": "diffusers-pipeline", "name": spec.name, "source": spec.source,
+        "family": "diffusers-pipeline", "name": spec.name, "identity": source_identity(spec.source),
         "pipeline_class": type(den.pipe).__name__, "denoiser_class": type(den.model).__name__,
         "fingerprint": combine_fingerprints(prints), "quantizable_layers": len(prints),
         "parameters": den.num_parameters(), "resolution": den.resolution,
