@@ -5,8 +5,9 @@ metrics/; this stores them, with the run's params and the machine, in bench/resu
 
     python bench/collect_exp.py --repo /path/to/clone --name digits_dit [--note TEXT]
 
-No measurement: it copies `metrics/{search,active,predictor}.json` and params.yaml's `model`,
-`sample`, `analysis`, `search`, `active` and `evaluate` sections.
+No measurement: it copies `metrics/{search,active,predictor,metric_validity,cost}.json` (those
+present) and params.yaml's `model`, `sample`, `analysis`, `search`, `active`, `evaluate` and
+`metric_validity` sections.
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = args.repo / "metrics"
     params = yaml.safe_load((args.repo / "params.yaml").read_text())
     out = {"note": args.note, "repo": str(args.repo),
-           "params": {k: params.get(k) for k in ("model", "sample", "analysis", "search", "active", "evaluate")}}
-    for name in ("search", "active", "predictor"):
+           "params": {k: params.get(k) for k in ("model", "sample", "analysis", "search", "active", "evaluate",
+                                                "metric_validity")}}
+    for name in ("search", "active", "predictor", "metric_validity", "cost"):
         f = metrics / f"{name}.json"
         out[name] = json.loads(f.read_text()) if f.is_file() else None
     write_result(args.name, out, argv=argv)
