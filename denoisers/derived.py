@@ -63,6 +63,7 @@ class DeriveParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "DeriveParams":
+        """The `derive:` section of `path`, checked (QsensError for unknown keys or bad values)."""
         from quant.params import load_section
 
         return load_section(DeriveParams, path, "derive")
@@ -92,6 +93,7 @@ class LowRankDelta(nn.Module):
         self.b = nn.Parameter(torch.zeros(out, r))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """W + B·A, reshaped to W's shape (out, in[, kh, kw])."""
         return w + (self.b @ self.a).view_as(w)
 
 

@@ -163,21 +163,26 @@ class ModelSpec:
 
     @property
     def is_digits_dir(self) -> bool:
+        """The source is a digits model directory (qsens_digits.json), e.g. a derived checkpoint."""
         return Path(str(self.source)).is_dir() and (Path(str(self.source)) / DIGITS_META).is_file()
 
     @property
     def is_builtin(self) -> bool:
+        """The source names a built-in model (digits, digits-dit) that `qsens prepare` trains."""
         return self.source in BUILTIN
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as the `model:` section's plain values."""
         return asdict(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any], where: str = "model") -> "ModelSpec":
+        """A spec from a `model:` mapping; QsensError naming `where` for an unknown key or a bad value."""
         reject_unknown(ModelSpec, data, "model", where)
         return ModelSpec(**data)
 
     def torch_dtype(self):
+        """`model.dtype` as a torch dtype (fp32 → torch.float32, fp16, bf16)."""
         import torch
 
         return getattr(torch, DTYPES[self.dtype])

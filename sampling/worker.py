@@ -27,6 +27,8 @@ from sampling.shards import ShardWriter, finished_ids, scan_shards, shard_path
 
 
 def code_version() -> str:
+    """The installed qsens version, recorded in every shard record ("qsens (not installed)" when
+    run from a source tree without an install)."""
     try:
         return f"qsens {version('qsens')}"
     except PackageNotFoundError:
@@ -54,6 +56,7 @@ class SampleJob:
     job_key: str = ""  # set by the launcher (`job_key_for`); records carry it
 
     def to_dict(self) -> dict:
+        """The job as plain JSON-able values (what a worker process or Ray task receives)."""
         return asdict(self)
 
 
@@ -110,6 +113,8 @@ def job_key_for(job: SampleJob) -> str:
 
 
 def plan_configs(job: SampleJob, bank: Bank) -> list[tuple[int, QuantConfig]]:
+    """The job's (stream index, config) list: `job.num_configs` configs of the seeded random
+    stream over the bank's layers and options (the same list for every worker)."""
     return list(random_configs(bank.model, bank.layer_names, bank.options, job.seed, job.num_configs))
 
 
@@ -128,6 +133,9 @@ def load_evaluator(job: SampleJob):
 
 def score_record(evaluator: Any, job: SampleJob, index: int, config: QuantConfig, worker: str,
                  attempt: int) -> dict:
+    """One shard record for `config`: its options, bit accounting (avg bits, bytes, weight
+    error), the evaluator's score (FID, content, paired scores; a failure recorded with its
+    reason, never dropped), the job key, worker, attempt, cost and code version."""
     stats = evaluator.bank.summarize(config)
     record = {
         "config_id": config.config_id, "model": config.model, "index": index,

@@ -63,6 +63,7 @@ class TransferParams:
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "TransferParams":
+        """The `transfer:` section of `path`, checked (QsensError for unknown keys or bad values)."""
         from search.params import read_section
 
         return read_section(TransferParams, path, "transfer")

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def prepare_builtin(ctx, args) -> dict:
+    """digits / digits-dit: train the classifier and the denoiser, write the reference statistics
+    of the real digits; returns the figures the command prints."""
     from denoisers.digits import load_params, prepare_digits
     from sampling.scoring import compute_digits_reference
 
