@@ -93,7 +93,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
     denoiser: a `Denoiser` with FP weights; scorer: `sampling.scoring.make_scorer(denoiser)`.
     noise_path: `metrics/noise.json` (optional): its FP seed σ is quoted beside this run's.
     """
-    from analysis.calibration import activation_ranges, collect_calibration
+    from analysis.calibration import activation_ranges, collect_calibration, observed_layers
     from analysis.common import write_json
     from quant.activations import activation_quant
     from quant.layers import quantizable_layers
@@ -113,6 +113,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
         ranges[how] = activation_ranges(denoiser.model, calib, p.chunk, layers)
         calibration[how] = {"step_histogram": np.bincount(calib.step_index, minlength=calib.num_steps).tolist(),
                             "trajectory_steps": calib.num_steps, "samples": len(calib)}
+    layers, excluded = observed_layers(layers, *ranges.values(), what="activation calibration")
     width = {how: np.array([ranges[how][l][1] - ranges[how][l][0] for l in layers]) for how in SAMPLINGS}
     ratio = width["normal"] / np.where(width["uniform"] > 0, width["uniform"], np.nan)
 
@@ -171,6 +172,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
                   "drawn uniform vs normal (PTQ4DM); every quantizable layer's input quantized; FP weights "
                   "(seed 003)",
         "settings": {**asdict(params), "image_seeds": seeds, "bits": list(p.bits), "layers": len(layers)},
+        **({"excluded_layers": excluded} if excluded else {}),
         "fp": fp, "fp_noise_json": noise, "results": results, "comparison": comparison,
         "uniform_beats_normal": {k: v["verdict"] for k, v in comparison.items()},
         "calibration": {**calibration, "range_width_normal_over_uniform": {

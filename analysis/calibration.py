@@ -226,6 +226,29 @@ def activation_ranges(model: torch.nn.Module, calib: CalibrationSet, chunk: int 
     return calibrate_ranges(model, calib.chunks(chunk), layers)
 
 
+UNOBSERVED = ("its forward hook never ran on the calibration inputs: the model uses the layer's weight "
+              "without calling the module (e.g. F.multi_head_attention_forward in Hunyuan-DiT's attention "
+              "pooler), so its input can be neither observed nor fake-quantized; its activations stay in "
+              "full precision")
+
+
+def observed_layers(layers: list[str], *ranges: dict[str, tuple[float, float]],
+                    what: str = "activation quantization") -> tuple[list[str], dict[str, str]]:
+    """(the layers every `ranges` has a calibrated input range for, {left-out layer: reason}).
+
+    Activation quantization acts through forward pre-hooks, so a layer whose module forward never
+    runs (its weight used directly by a functional call) cannot take part: it is left out of
+    `what` with a stated reason, and one `warning:` line on stderr names the first of them."""
+    import sys
+
+    kept = [l for l in layers if all(l in r for r in ranges)]
+    left = {l: UNOBSERVED for l in layers if l not in kept}
+    if left:
+        print(f"warning: {what} leaves out {len(left)} layer(s) whose forward never runs (first: "
+              f"{next(iter(left))}): {UNOBSERVED}", file=sys.stderr)
+    return kept, left
+
+
 @torch.inference_mode()
 def activation_sqnr(model: torch.nn.Module, calib: CalibrationSet, layers: list[str], bits: int, *,
                     ranges: dict[str, tuple[float, float]] | None = None, reference: torch.Tensor | None = None,

@@ -135,10 +135,19 @@ class Quantizers:
         self.evaluator = evaluator  # sampling.evaluator.Evaluator over `model` and `wbank`
         self.ranges = ranges
         self.layers = list(quantizable_layers(model))
+        self.act_layers = list(self.layers)  # `observe`: the layers activation quantization reaches
         self.group = {name: [name] for name in self.layers}
         for g in tied_groups(quantizable_layers(model)):
             for name in g:
                 self.group[name] = list(g)
+
+    def observe(self, ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
+        """Keep activation quantization to the layers the calibration pass reached (`ranges`:
+        their input ranges); returns {left-out layer: reason} (`analysis.calibration.observed_layers`)."""
+        from analysis.calibration import observed_layers
+
+        self.act_layers, left = observed_layers(self.layers, ranges, what="QuantAnalyzer (activation quantizers)")
+        return left
 
     def leader(self, layer: str) -> str:
         """The weight quantizer `layer` belongs to: the first layer of its tied group (itself when
@@ -177,15 +186,15 @@ class Quantizers:
     def setting(self, kind: str, layer: str = "") -> tuple[list[str], list[str]]:
         """(weight layers, activation layers) on for a baseline (`fp`, `w`, `a`, `wa`; layer "")
         or a sweep row (`w_enabled`... of `layer`)."""
-        all_ = self.layers
+        all_, acts = self.layers, self.act_layers
         if kind == "fp":
             return [], []
         if kind == "w":
             return all_, []
         if kind == "a":
-            return [], all_
+            return [], acts
         if kind == "wa":
-            return all_, all_
+            return all_, acts
         if kind == "w_enabled":
             return self.group[layer], []
         if kind == "w_disabled":
@@ -193,7 +202,7 @@ class Quantizers:
         if kind == "a_enabled":
             return [], [layer]
         if kind == "a_disabled":
-            return [], [l for l in all_ if l != layer]
+            return [], [l for l in acts if l != layer]
         raise ValueError(kind)
 
 
@@ -227,7 +236,8 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     units = quantizers.weight_units(swept)
     todo = [("", k) for k in BASELINES]
-    todo += [(l, k) for k in SWEEPS for l in (units if k.startswith("w") else swept)]
+    acts = [l for l in swept if l in quantizers.act_layers]  # activation sweeps: layers hooks can reach
+    todo += [(l, k) for k in SWEEPS for l in (units if k.startswith("w") else acts)]
     with Progress(progress_path, key, nonneg=("fid", "seconds"), required=("fid", "content", "status", "seconds")) \
             as prog:
         pending = [(l, k) for l, k in todo if not prog.done(l, k)]
@@ -482,12 +492,11 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
                             ranges if params.act_mode == "static" else None,
                             evaluator=Evaluator(denoiser, wbank, scorer))
     all_layers = quantizers.layers
-    missing = [l for l in all_layers if l not in ranges]
-    if missing:
-        raise QsensError(f"calibration never reached {len(missing)} layer(s) (first: {missing[0]}); "
-                         "the sampler does not call them")
+    excluded = quantizers.observe(ranges)  # layers forward hooks never see: weights only
     swept = select_layers(all_layers, params.layers, params.max_layers)
-    sqnr_layers = select_layers(all_layers, params.layers, params.sqnr_max_layers)
+    act_swept = [l for l in swept if l in quantizers.act_layers]
+    sqnr_layers = [l for l in select_layers(all_layers, params.layers, params.sqnr_max_layers)
+                   if l in quantizers.act_layers]
     calib_settings = [params.calib_samples, params.calib_trajectories, params.calib_timesteps,
                       params.calib_normal_mean, params.calib_normal_std, params.calib_seed, params.steps]
     common = {"model": model_name, "fingerprint": wbank.fingerprint, "w": params.weight_option,
@@ -514,9 +523,9 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
         raise QsensError("the FP model's own images failed to score; nothing to compare against")
     units = quantizers.weight_units(swept)
     enabled = {"weight": {l: _score(rows[(l, "w_enabled")]) for l in units},
-               "activation": {l: _score(rows[(l, "a_enabled")]) for l in swept}}
+               "activation": {l: _score(rows[(l, "a_enabled")]) for l in act_swept}}
     disabled = {"weight": {l: _score(rows[(l, "w_disabled")]) for l in units},
-                "activation": {l: _score(rows[(l, "a_disabled")]) for l in swept}}
+                "activation": {l: _score(rows[(l, "a_disabled")]) for l in act_swept}}
     tied = {l: quantizers.leader(l) for l in all_layers if quantizers.leader(l) != l}
 
     # --- calibration-set analyses
@@ -536,9 +545,11 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
     head = {"model": model_name, "settings": settings}
     summary = {**head, "source": "AIMET QuantAnalyzer (seed 004): FP vs weight-only vs activation-only vs both",
                "calibration": calib_info if params.act_mode == "static" else None,
+               **({"excluded_from_activations": excluded} if excluded else {}),
                **{BASELINES[k].replace(" + ", "_and_").replace(" ", "_"): base[k] for k in BASELINES}}
     write_json(out_dir / "weight_activation_sensitivity.json", summary)
     sweep_meta = {**head, "swept_layers": len(swept), "layers": len(all_layers),
+                  "activation_swept_layers": len(act_swept),
                   "layer_filter": {"pattern": params.layers, "max_layers": params.max_layers},
                   "tied": tied, "fp": base["fp"]}
     write_json(out_dir / "per_layer_quant_enabled.json", {

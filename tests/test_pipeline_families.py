@@ -141,3 +141,40 @@ def test_every_command_on_a_family(kind, tmp_path, scoring_files, monkeypatch, c
 def test_every_command_on_a_slow_family(kind, tmp_path, scoring_files, monkeypatch, capsys, one_torch_thread):
     monkeypatch.chdir(tmp_path)
     run_family(kind, tmp_path, scoring_files, capsys)
+
+
+@pytest.mark.slow
+def test_activation_work_on_hunyuan_leaves_out_layers_hooks_cannot_see(tmp_path, scoring_files, monkeypatch,
+                                                                        capsys, one_torch_thread):
+    """#27 item 1: Hunyuan-DiT's attention pooler runs its projections through
+    F.multi_head_attention_forward, so forward hooks never see time_extra_emb.pooler.*: activation
+    calibration and QuantAnalyzer leave them out of activation work with one warning line and
+    record them (they used to end in a KeyError, rc 3, and a refusal)."""
+    import yaml
+
+    from denoisers.pipeline import load_pipeline
+    from denoisers.traits import pipeline_traits
+
+    monkeypatch.chdir(tmp_path)
+    source = build_tiny_pipeline("hunyuan", tmp_path / "models" / "hunyuan")
+    reference = tmp_path / "refs" / "hunyuan"
+    assert qsens(*_reference("hunyuan", scoring_files, reference,
+                             pipeline_traits(load_pipeline(source)).resolution, tmp_path)) == 0
+    params = params_for(tmp_path, source, "tiny-hunyuan", reference)
+    p = yaml.safe_load(params.read_text())
+    p["act_calibration"].update({"images": 2, "calib_samples": 4, "calib_trajectories": 2, "image_seeds": [41, 42, 43]})
+    p["quant_analyzer"].update({"images": 2, "max_layers": 2, "sqnr_bits": [8], "sqnr_max_layers": 2,
+                                "calib_samples": 4, "calib_trajectories": 2})
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    assert qsens("prepare", "--params", params) == 0
+    assert qsens("bank", "build", "--params", params, "--quiet") == 0
+    capsys.readouterr()
+    out = tmp_path / "act.json"
+    assert qsens("analyze", "act-calibration", "--params", params, "--out", out, "--threads", 1, "--quiet") == 0
+    warned = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warned) == 1 and "time_extra_emb.pooler" in warned[0], warned
+    excluded = json.loads(out.read_text())["excluded_layers"]
+    assert excluded and all(l.startswith("time_extra_emb.pooler.") for l in excluded)
+    assert qsens("analyze", "quant-analyzer", "--params", params, "--threads", 1, "--quiet") == 0
+    qa = tmp_path / "data" / "analysis" / "tiny-hunyuan" / "quant_analyzer" / "weight_activation_sensitivity.json"
+    assert set(json.loads(qa.read_text())["excluded_from_activations"]) == set(excluded)
