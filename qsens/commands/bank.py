@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=None, help="bank directory to write (default: DATA/bank/NAME)")
     b.add_argument("--options", default=None,
                    help="comma-separated options, e.g. uaq3,uaq4,kmc3 (default: params bank.options)")
+    b.add_argument("--threads", type=non_negative_int, default=None,
+                   help="torch CPU threads (default: torch's own)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run_build)
 
@@ -49,8 +51,12 @@ def run_build(args: argparse.Namespace) -> int:
     """`qsens bank build`: quantize every layer × option once into the bank; exit code."""
     from quant.params import load_section
 
+    from denoisers.base import configure_torch
+
     if args.source is not None:
         args.model = args.source
+    if args.threads:  # else torch's own default, as before
+        configure_torch(args.threads)
     ctx = context(args)
     out = args.out or ctx.layout.bank
     check_output_path(out, kind="dir")

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train param, e.g. --set epochs=50 or --set train.label=fd_fp (repeatable)")
     t.add_argument("--no-inspect", action="store_true", help="skip the inspection report")
+    t.add_argument("--threads", type=non_negative_int, default=None,
+                   help="torch CPU threads (default: torch's own; results are deterministic per thread count)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
@@ -91,8 +93,11 @@ def run_train(args: argparse.Namespace) -> int:
     from predictor.metrics import format_table
     from predictor.train import TrainParams, load_train_params, load_training_data, save_result, \
         train_ensemble, write_metrics
+    from denoisers.base import configure_torch
     from quant.errors import QsensError
 
+    if args.threads:  # else torch's own default, as before
+        configure_torch(args.threads)
     lay = context(args, loads_model=False).layout
     model = lay.name
     cache = Path(args.cache or lay.cache)
