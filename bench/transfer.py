@@ -208,14 +208,15 @@ def main() -> int:
     root = ROOT / "data" / "transfer_study"
     if args.summarize:
         result = json.loads(args.out.read_text())
-        result["checkpoints"] = [add_fd_fp(ck, root) for ck in result["checkpoints"]]
+        kinds = {k.strip() for k in args.kinds.split(",")}  # only these: another run may be rewriting the others
+        result["checkpoints"] = [add_fd_fp(ck, root) if ck["kind"] in kinds else ck for ck in result["checkpoints"]]
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         from machine import machine_info
 
         (ROOT / "bench" / "results" / "transfer_digits.json").write_text(
             json.dumps({**result, "machine": machine_info()}, indent=2) + "\n")
-        for ck in result["checkpoints"]:
-            print(f"{ck['name']} (FP FID vs real {ck.get('fp_fid', float('nan')):.2f}): FID to its own FP images, "
+        for ck in (c for c in result["checkpoints"] if c["kind"] in kinds):
+            print(f"{ck['name']} (FP FID vs its reference {ck.get('fp_fid', float('nan')):.2f}): FID to its own FP images, "
                   f"transfer best at every budget: {ck['fd_fp_transfer_best']}")
             for b, r in ck["per_budget"].items():
                 print(f"  {b}: unchanged {r['fd_fp_unchanged']:.3f}, transfer {r['fd_fp_transfer']:.3f}, "

@@ -82,6 +82,18 @@ def measured_diff(table_a: str | Path, table_b: str | Path) -> pd.DataFrame:
     return m
 
 
+def _model_of(predictor_dir: str | Path) -> str:
+    """The model a predictor dir was trained for (ensemble.json's template), for labels; the dir
+    name when that cannot be read (predictor dirs are all called `predictor`)."""
+    import json
+
+    try:
+        meta = json.loads((Path(predictor_dir) / "ensemble.json").read_text())
+        return str(meta.get("model") or meta.get("template", {}).get("model") or Path(predictor_dir).name)
+    except (OSError, ValueError, AttributeError):
+        return Path(predictor_dir).name
+
+
 def sensitivity_diff(dir_a: str | Path, dir_b: str | Path, measured: tuple[Path, Path] | None = None
                      ) -> dict[str, Any]:
     """The JSON report: summary, per-layer and per-block changes (predicted; measured when given)."""
@@ -119,8 +131,8 @@ def plot_diff(report: dict[str, Any], path: str | Path, top: int = 15) -> Path:
     lo = float(min(layers["delta_fid_a"].min(), layers["delta_fid_b"].min(), 0))
     hi = float(max(layers["delta_fid_a"].max(), layers["delta_fid_b"].max(), 1e-9))
     ax1.plot([lo, hi], [lo, hi], color="grey", lw=1)
-    ax1.set_xlabel(f"predicted one-layer ΔFID, A ({Path(report['a']).name})")
-    ax1.set_ylabel(f"predicted one-layer ΔFID, B ({Path(report['b']).name})")
+    ax1.set_xlabel(f"predicted one-layer ΔFID, A ({_model_of(report['a'])})")
+    ax1.set_ylabel(f"predicted one-layer ΔFID, B ({_model_of(report['b'])})")
     s = report["summary"]
     rho = s.get("spearman_layers")
     ax1.set_title(f"Spearman {rho:.3f}" if rho is not None else "sensitivity, A vs B")
