@@ -636,15 +636,21 @@ def log10p(x: float) -> float:
 
 
 def build_dag_for(spec: str, max_side: int | None = None, text_tokens: int | None = None,
-                  device: str = "meta", name: str | None = None) -> BuildResult:
+                  device: str = "meta", name: str | None = None, layers: str | None = None,
+                  max_layers: int = 0) -> BuildResult:
     """Graph of a model spec (known name, registered name, diffusers dir or config JSON), built
-    from its config on `device` (meta: no weights are read). Raises QsensError when the graph
-    is not a valid DAG holding every quantizable layer exactly once (`check_dag`)."""
+    from its config on `device` (meta: no weights are read); `layers` / `max_layers`: the
+    model.layers selection (`quant.layers.restrict_layers`), so weight nodes are the chosen layers
+    and the others are ordinary operations. Raises QsensError when the graph is not a valid DAG
+    holding every quantizable layer exactly once (`check_dag`)."""
     from denoisers.architectures import resolve_model_source
     from denoisers.inputs import MAX_LATENT, example_input_spec
+    from quant.layers import restrict_layers
 
     source = resolve_model_source(spec)
     model = source.build(device)
+    if layers or max_layers:
+        restrict_layers(model, layers, max_layers)
     inputs = example_input_spec(model, max_side or MAX_LATENT, text_tokens)
     result = build_dag(model, export_denoiser(model, inputs), name=name or source.name)
     result.graph.graph["source"] = str(source.spec)

@@ -87,3 +87,20 @@ def test_bad_layer_selections_are_one_line(data, capsys, model, words):
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
     assert len(err) == 1 and words in err[0], err
     assert not (data / "bad").exists()
+
+
+def test_the_graph_of_a_restricted_model_has_the_chosen_weight_nodes_and_trains(data):
+    """The graph, bank and predictor agree on the chosen layers (a new user's trial: the graph
+    kept all 51 and `predictor train` refused)."""
+    from graphs.io import read_graph
+    from qsens.cli import main
+    from quant.bank import Bank
+    from tests.conftest import one_thread
+
+    some = _params(data, max_layers=6)
+    with one_thread():
+        assert main(["bank", "build", *some, "--options", "uaq3,uaq4", "--out", str(data / "b6"), "--quiet"]) == 0
+        assert main(["graph", *some, "--out", str(data / "g6.json")]) == 0
+    weights = {n for n, d in read_graph(data / "g6.json").nodes(data=True) if d.get("kind") == "weight"}
+    assert len(weights) == 6 and set(Bank.load(data / "b6").layer_names) <= weights | {
+        d.get("layer") for _, d in read_graph(data / "g6.json").nodes(data=True)}

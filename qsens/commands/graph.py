@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from graphs.draw import draw_graph
     from graphs.io import write_graph
 
-    name = None
+    name, selection = None, {}
     if args.source is None:  # the params model (or --model): graph it under its own name
         ctx = context(args)
         name = ctx.spec.name
+        selection = {"layers": ctx.spec.layers, "max_layers": ctx.spec.max_layers}  # model.layers
         args.source = str(ctx.layout.models) if ctx.spec.is_builtin else ctx.spec.source
         args.out = args.out or ctx.layout.graph
     if args.out is None:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.draw)
     # refuses (QsensError) a graph that misses a layer or is not a DAG: nothing is written
     result = build_dag_for(args.source, max_side=args.max_side, text_tokens=args.text_tokens,
-                           name=name)
+                           name=name, **selection)
     graph = result.graph
     write_graph(graph, args.out)
     s = summary(graph)
