@@ -164,8 +164,9 @@ class Bank:
             if extra:
                 parts.append(f"{len(extra)} model layer(s) absent from the bank (first: {extra[0]})")
             src = where or (str(self.path) if self.path else "bank")
-            raise BankMismatchError(f"{src} was built for another model than this {self.model!r}: "
-                                    + "; ".join(parts) + ". Rebuild it with `qsens bank build`.")
+            raise BankMismatchError(f"{src} (built for {self.model!r}) does not match the model given: "
+                                    + "; ".join(parts) + ". Rebuild it with `qsens bank build` (the same "
+                                    "model.layers / model.max_layers selection, if one is set).")
 
     # ------------------------------------------------------------------ tensors
     def quantized(self, layer: str, option: str) -> QuantizedTensor:
