@@ -149,6 +149,11 @@ class Quantizers:
         self.act_layers, left = observed_layers(self.layers, ranges, what="QuantAnalyzer (activation quantizers)")
         return left
 
+    def reachable(self, layers: Sequence[str]) -> list[str]:
+        """Those of `layers` activation quantization reaches (`observe`), in order."""
+        acts = set(self.act_layers)
+        return [l for l in layers if l in acts]
+
     def leader(self, layer: str) -> str:
         """The weight quantizer `layer` belongs to: the first layer of its tied group (itself when
         untied)."""
@@ -236,7 +241,7 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     units = quantizers.weight_units(swept)
     todo = [("", k) for k in BASELINES]
-    acts = [l for l in swept if l in quantizers.act_layers]  # activation sweeps: layers hooks can reach
+    acts = quantizers.reachable(swept)  # activation sweeps: layers hooks can reach
     todo += [(l, k) for k in SWEEPS for l in (units if k.startswith("w") else acts)]
     with Progress(progress_path, key, nonneg=("fid", "seconds"), required=("fid", "content", "status", "seconds")) \
             as prog:
@@ -494,9 +499,8 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
     all_layers = quantizers.layers
     excluded = quantizers.observe(ranges)  # layers forward hooks never see: weights only
     swept = select_layers(all_layers, params.layers, params.max_layers)
-    act_swept = [l for l in swept if l in quantizers.act_layers]
-    sqnr_layers = [l for l in select_layers(all_layers, params.layers, params.sqnr_max_layers)
-                   if l in quantizers.act_layers]
+    act_swept = quantizers.reachable(swept)
+    sqnr_layers = quantizers.reachable(select_layers(all_layers, params.layers, params.sqnr_max_layers))
     calib_settings = [params.calib_samples, params.calib_trajectories, params.calib_timesteps,
                       params.calib_normal_mean, params.calib_normal_std, params.calib_seed, params.steps]
     common = {"model": model_name, "fingerprint": wbank.fingerprint, "w": params.weight_option,
