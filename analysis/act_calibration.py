@@ -11,9 +11,9 @@ Q-Diffusion and DI2N found uniform sampling better (DI2N, CIFAR-10 W8A8: FID 10.
    (per-tensor asymmetric, values outside clipped) and score FID + content on `image_seeds` —
    fresh seed sets, each scored for every setting (paired);
 3. score the FP model on the same seed sets: its seed-to-seed σ is the noise a difference must
-   beat (and `metrics/noise.json`'s σ, measured on other seed sets, is quoted beside it).
+   beat (and `metrics/NAME/noise.json`'s σ, measured on other seed sets, is quoted beside it).
 
-Output (`write_json`, `metrics/act_calibration.json`): per sampling and bit-width the FIDs and
+Output (`write_json`, `metrics/NAME/act_calibration.json`): per sampling and bit-width the FIDs and
 contents per seed set with mean and standard error; the paired difference uniform − normal per
 bit-width (mean, standard error, verdict: a difference counts when |mean| > 2·SE); the
 calibration's time-step histograms and how the ranges differ.
@@ -91,7 +91,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
     """Run the measurement (module doc) and write `out_path` (JSON); returns what it wrote.
 
     denoiser: a `Denoiser` with FP weights; scorer: `sampling.scoring.make_scorer(denoiser)`.
-    noise_path: `metrics/noise.json` (optional): its FP seed σ is quoted beside this run's.
+    noise_path: `metrics/NAME/noise.json` (optional): its FP seed σ is quoted beside this run's.
     """
     from analysis.calibration import activation_ranges, collect_calibration, observed_layers
     from analysis.common import write_json
@@ -162,7 +162,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
     if noise_path is not None and Path(noise_path).is_file():
         from quant.jsonio import read_json
 
-        nj = read_json(Path(noise_path), "metrics/noise.json")
+        nj = read_json(Path(noise_path), "metrics/NAME/noise.json")
         if isinstance(nj, dict):
             noise = {"path": str(noise_path), "fp_fid_seed_std": nj.get("fp_fid_seed_std"),
                      "fp_fid_mean": nj.get("fp_fid_mean"), "images_per_score": nj.get("images_per_score")}

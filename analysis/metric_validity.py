@@ -3,7 +3,7 @@
 Ground truth: FID against the real reference on the evaluation protocol (`evaluate.images`
 images on each of `evaluate.image_seeds`), averaged. Configs: every weight-only config the
 evaluate stage scored (the strategies' families: exactly the configs search must rank near each
-budget, their truth read from `metrics/search.json`), plus `random_configs` configs of the
+budget, their truth read from `metrics/NAME/search.json`), plus `random_configs` configs of the
 quant_cache spread over its avg-bits range, plus up to `window_configs` cache configs nearest each
 budget (scored on the evaluation seeds here).
 
@@ -21,7 +21,7 @@ Agreement with the truth: Spearman and Kendall, with a 90 % bootstrap interval o
 (`bootstrap` resamples, seeded), three scopes: `all`; `window-<b>` (configs within ±`window` avg
 bits of each default budget: what search needs); `top-quarter` (the quarter with the lowest
 truth). Ceiling: the truth's split-half retest (mean FID over seed sets 1, 3, 5 vs 2, 4), same
-statistics, per scope. Output (`metrics/metric_validity.json`):
+statistics, per scope. Output (`metrics/NAME/metric_validity.json`):
 
     {"ground_truth": {"images", "image_seeds", "configs", "retest": [{scope, spearman, ...}]},
      "metrics": [{"metric", "n_images", "spearman", "spearman_lo", "spearman_hi", "kendall",

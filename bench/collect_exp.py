@@ -1,11 +1,11 @@
 """Keep another run's pipeline metrics as a bench result README can cite.
 
 `dvc exp run` in a clone (e.g. the `digits-dit` headline) leaves its metrics in that clone's
-metrics/; this stores them, with the run's params and the machine, in bench/results/<name>.json:
+metrics/<model>/; this stores them, with the run's params and the machine, in bench/results/<name>.json:
 
-    python bench/collect_exp.py --repo /path/to/clone --name digits_dit [--note TEXT]
+    python bench/collect_exp.py --repo /path/to/clone --name digits_dit [--model digits-dit] [--note TEXT]
 
-No measurement: it copies `metrics/{search,active,predictor,metric_validity,cost}.json` (those
+No measurement: it copies `metrics/<model>/{search,active,predictor,metric_validity,cost}.json` (those
 present) and params.yaml's `model`, `sample`, `analysis`, `search`, `active`, `evaluate` and
 `metric_validity` sections.
 """
@@ -28,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", type=Path, required=True, help="the clone the experiment ran in")
     ap.add_argument("--name", required=True, help="bench/results/<name>.json")
+    ap.add_argument("--model", default=None,
+                    help="the model's name under the clone's params `models:` (default: its first)")
     ap.add_argument("--note", default="", help="how the run was made (the dvc exp run command)")
     args = ap.parse_args(argv)
-    metrics = args.repo / "metrics"
     params = yaml.safe_load((args.repo / "params.yaml").read_text())
+    model = args.model or next(iter(params.get("models") or {}), None) or params["model"]["name"]
+    metrics = args.repo / "metrics" / model
     out = {"note": args.note, "repo": str(args.repo),
-           "params": {k: params.get(k) for k in ("model", "sample", "analysis", "search", "active", "evaluate",
+           "params": {k: params.get(k) for k in ("models", "model", "sample", "analysis", "search", "active", "evaluate",
                                                 "metric_validity")}}
     for name in ("search", "active", "predictor", "metric_validity", "cost"):
         f = metrics / f"{name}.json"

@@ -3,6 +3,7 @@
 Per model, one denoiser forward (the unit every sampler step pays), timed for
   fp          the model as built (float32),
   fake_quant  the same model with the config's dequantized weights written in (`quant.apply`),
+  fake_quant_a8  the same plus one set of dynamic 8-bit activation hooks (`generate --act-bits 8`),
   packed      `quant.pack` layers: bit-packed codes + fp16 params, the weight decoded in every
               forward (the memory promise: no float weight is kept),
   torchao     int8 and int4 weight-only (`torchao.quantize_`) where the installed torchao runs
@@ -293,9 +294,15 @@ def bench_sd15(args, log) -> dict[str, Any]:
         f = fake(*inputs[1][0], **inputs[1][1])[0]
     exact = bool(torch.equal(a, f))
     log(f"sd15: packed forward == fake-quant forward: {exact}")
-    skip = {("fake_quant", b) for b in args.batches if b != 1}  # fake-quant at batch 1 only (time)
-    best = interleaved({"fp": fp, "fake_quant": fake, "packed": packed}, inputs, args.rounds, log, skip)
-    del fake
+    from quant.activations import enable_activation_quant
+
+    fake_a8 = copy.deepcopy(fake)  # weight-only config + one set of dynamic A8 hooks (`--act-bits 8`)
+    enable_activation_quant(fake_a8, 8)
+    # fake-quant (with and without A8) at batch 1 only (time)
+    skip = {(n, b) for b in args.batches if b != 1 for n in ("fake_quant", "fake_quant_a8")}
+    best = interleaved({"fp": fp, "fake_quant": fake, "packed": packed, "fake_quant_a8": fake_a8}, inputs,
+                       args.rounds, log, skip)
+    del fake, fake_a8
     gc.collect()
     prof = decode_profile(packed)
     log(f"sd15: decoding all {prof['layers']} packed layers once: {prof['decode_all_s']:.2f} s "
@@ -318,7 +325,12 @@ def bench_sd15(args, log) -> dict[str, Any]:
             out["torchao_ratios"] = ratios(tb, [1], ["fp", *runnable])
         del tao, runnable
     out["seconds"] = best
-    out["ratios"] = ratios(best, args.batches, ["fp", "fake_quant", "packed"])
+    out["ratios"] = ratios(best, args.batches, ["fp", "fake_quant", "packed", "fake_quant_a8"])
+    # --act-bits against the weight-only time, per round (adjacent runs) and best/best
+    out["ratios"]["a8_vs_weight_only_cpu_b1"] = best["fake_quant_a8_b1"]["cpu"] / best["fake_quant_b1"]["cpu"]
+    out["ratios"]["a8_vs_weight_only_cpu_b1_per_round"] = [
+        a / w for a, w in zip(best["fake_quant_a8_b1"]["cpu_all"], best["fake_quant_b1"]["cpu_all"])]
+    log(f"sd15 a8_vs_weight_only_cpu_b1 = {out['ratios']['a8_vs_weight_only_cpu_b1']:.3f}")
     gc.collect()
     return out
 

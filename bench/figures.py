@@ -3,7 +3,7 @@
 Reads only what `dvc repro` leaves (data/, metrics/) and writes bench/results/figures.json, which
 README quotes. No training and no image generation: a few seconds.
 
-    python bench/figures.py [--model digits] [--data-dir data] [--metrics-dir metrics]
+    python bench/figures.py [--model digits] [--data-dir data] [--metrics-dir metrics]   (reads metrics/<model>/)
 
 Sections:
 - `cache`: the quant_cache's configs, failures, FID and avg-bits ranges, per-config seconds and
@@ -11,11 +11,11 @@ Sections:
 - `model`: the trained denoiser's parameters, quantizable layers and the classifier's held-out set;
 - `probe`: the probe's zero-training estimate ‖offset + Σ_l shift[l, o_l]‖² (predictor.probe)
   ranked against the cache's FID, Spearman over every config and over the test split of
-  params.yaml `train:` (the latter equals metrics/predictor.json's `probe` baseline);
+  params.yaml `train:` (the latter equals metrics/digits/predictor.json's `probe` baseline);
 - `stage_seconds`: every pipeline stage's seconds as far as the stage stores them (DVC records no
   durations); null where a stage stores none, with the reason;
 - `inspection`: the reference findings of `qsens predictor inspect` (plots/inspect.json) and its
-  10 most sensitive layers (metrics/predictor_layers.csv: rank, mean ΔFID at the lowest bits);
+  10 most sensitive layers (metrics/digits/predictor_layers.csv: rank, mean ΔFID at the lowest bits);
 - `layerwise_noise`: the layerwise table's noise floor and how many pairs rise above it;
 - `search`: per budget, the `predictor` strategy's search report: seconds, rounds, the first IP's
   predicted FID, the lowest predicted FID on the path, and the selection-seed FIDs of the start,
@@ -113,7 +113,7 @@ def stage_seconds(data: Path, metrics: Path, model: str, cache: dict[str, Any] |
     if noise.is_file():
         n = _json(noise)
         out["noise"] = {"seconds": n.get("seconds"), "seconds_per_config_median": n.get("seconds_per_config_median"),
-                        "how": "metrics/noise.json" + ("" if n.get("seconds") is not None
+                        "how": "metrics/digits/noise.json" + ("" if n.get("seconds") is not None
                                                        else ": per-config median only, no stage total")}
     ana = data / "analysis" / model
     if ana.is_dir():
@@ -123,7 +123,7 @@ def stage_seconds(data: Path, metrics: Path, model: str, cache: dict[str, Any] |
                                  "analysis counts only what that run measured)"}
     pred = metrics / "predictor.json"
     if pred.is_file():
-        out["train"] = {"seconds": _json(pred)["info"].get("train_seconds"), "how": "metrics/predictor.json info"}
+        out["train"] = {"seconds": _json(pred)["info"].get("train_seconds"), "how": "metrics/digits/predictor.json info"}
     reports = sorted((data / "search" / model / "family" / "predictor").glob("predictor-*.report.json"))
     active = metrics / "active.json"
     rounds = json.loads(active.read_text()) if active.is_file() else []
@@ -131,13 +131,13 @@ def stage_seconds(data: Path, metrics: Path, model: str, cache: dict[str, Any] |
     if reports or rounds:
         out["search"] = {"seconds": sum(_json(r)["seconds"] for r in reports) + active_s,
                          "active_seconds": active_s, "active_rounds": len(rounds),
-                         "how": "metrics/active.json rounds' train + search + score seconds, plus the final "
+                         "how": "metrics/digits/active.json rounds' train + search + score seconds, plus the final "
                                 "family's report seconds (selection scoring included)"}
     search = metrics / "search.json"
     if search.is_file():
         rows = json.loads(search.read_text())  # a list of rows, one per strategy × budget
         out["evaluate"] = {"seconds": sum(r.get("score_seconds") or 0.0 for r in rows), "rows": len(rows),
-                           "how": "sum of metrics/search.json score_seconds (strategy time is stored apart "
+                           "how": "sum of metrics/digits/search.json score_seconds (strategy time is stored apart "
                                   "as `seconds`; scores reused from an earlier run count 0)",
                            "strategy_seconds": sum(r.get("seconds") or 0.0 for r in rows)}
     return out
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=None, help="default bench/results/figures.json")
     args = ap.parse_args(argv)
-    data, metrics, model = Path(args.data_dir), Path(args.metrics_dir), args.model
+    data, model = Path(args.data_dir), args.model
+    metrics = Path(args.metrics_dir) / model  # the pipeline's metrics/<model>/
     cache_path = data / "quant_cache" / f"{model}.parquet"
 
     result: dict[str, Any] = {"model": model}

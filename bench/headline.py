@@ -1,7 +1,7 @@
-"""The headline table README quotes, rendered from `metrics/search.json` (no measurement).
+"""The headline table README quotes, rendered from `metrics/digits/search.json` (no measurement).
 
-    python bench/headline.py [--metrics metrics/search.json] [--noise metrics/noise.json]
-                             [--active metrics/active.json] [--out bench/results/headline.json]
+    python bench/headline.py [--metrics metrics/digits/search.json] [--noise metrics/digits/noise.json]
+                             [--active metrics/digits/active.json] [--out bench/results/headline.json]
 
 Prints, per strategy and budget, mean FID ± standard error over the evaluation seed sets; for the
 predictor the paired difference to the best other strategy (Δ ± SE, z); the real measurements
@@ -9,7 +9,7 @@ each strategy spent; then one verdict per claim of issue 13:
 - `lowest`: the predictor has the lowest mean FID at every budget,
 - `significant`: its paired difference is below zero by at least 2 standard errors at every budget,
 - `monotone`: its mean FID does not rise with budget by more than one standard error,
-- `fp_quality`: at the highest budget it is within one seed-noise σ (metrics/noise.json) of FP.
+- `fp_quality`: at the highest budget it is within one seed-noise σ (metrics/digits/noise.json) of FP.
 Stores the same as JSON (bench/results/headline.json) so README's figures have a source.
 """
 from __future__ import annotations
@@ -97,8 +97,8 @@ def markdown(h: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--metrics", type=Path, default=ROOT / "metrics" / "search.json")
-    ap.add_argument("--noise", type=Path, default=ROOT / "metrics" / "noise.json")
+    ap.add_argument("--metrics", type=Path, default=ROOT / "metrics" / "digits" / "search.json")
+    ap.add_argument("--noise", type=Path, default=ROOT / "metrics" / "digits" / "noise.json")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "headline.json")
     args = ap.parse_args(argv)
     rows = json.loads(args.metrics.read_text())

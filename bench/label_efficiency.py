@@ -1,7 +1,7 @@
 """The label-efficiency curve: the predictor's evaluated FID vs the images spent on its labels.
 
-Needs a finished `dvc repro` (its model, reference, bank, graph, quant_cache, `metrics/search.json`
-and `metrics/cost.json` are the reference protocol). Each cheaper protocol runs the real CLI in its
+Needs a finished `dvc repro` (its model, reference, bank, graph, quant_cache, `metrics/digits/search.json`
+and `metrics/digits/cost.json` are the reference protocol). Each cheaper protocol runs the real CLI in its
 own data dir (the pipeline's model, reference, bank and graph linked in, everything else fresh):
 
     qsens sample → cache merge → predictor probe (if the protocol uses it) → predictor train
@@ -203,7 +203,7 @@ def main() -> int:
                     help="run the protocols (each keeps its result.json) without the reference comparison")
     ap.add_argument("--reuse", action="store_true", help="keep a protocol's finished result.json (same overrides)")
     ap.add_argument("--reference-label-images", type=int, default=None,
-                    help="the reference protocol's label images when metrics/cost.json lacks a stage (state how counted)")
+                    help="the reference protocol's label images when metrics/digits/cost.json lacks a stage (state how counted)")
     ap.add_argument("--reference-note", default="", help="how the reference figures were obtained (stored)")
     args = ap.parse_args()
     base = yaml.safe_load(args.params.read_text())
@@ -213,11 +213,11 @@ def main() -> int:
             r = run_protocol(name, PROTOCOLS[name], base, args.name, args.work / args.name, args.reuse)
             print(f"  {r['label_images']} label images in {r['seconds']} s", flush=True)
         return 0
-    ref_rows = json.loads((ROOT / "metrics" / "search.json").read_text())
+    ref_rows = json.loads((ROOT / "metrics" / "digits" / "search.json").read_text())
     budgets = [float(b) for b in base["search"]["budgets"]]
     ref_images = args.reference_label_images
     if ref_images is None:
-        ref_images = label_images(json.loads((ROOT / "metrics" / "cost.json").read_text())["stages"])
+        ref_images = label_images(json.loads((ROOT / "metrics" / "digits" / "cost.json").read_text())["stages"])
     reference = {"label_images": ref_images, "fids": predictor_fids(ref_rows, budgets), "note": args.reference_note,
                  "protocol": {"sample": base["sample"], "score": base["score"], "probe": base["probe"],
                               "active_rounds": base["active"]["rounds"], "label": base["train"].get("label", "fid")}}

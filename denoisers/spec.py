@@ -229,17 +229,70 @@ def read_model_section(params: str | Path) -> dict[str, Any]:
     return read_section(path, "model")
 
 
+def read_models_section(params: str | Path) -> dict[str, dict[str, Any]]:
+    """params.yaml's `models:`: the models the pipeline runs side by side, name → that model's
+    settings (any `model:` field but `name`; unset fields take `model:`'s). {} when absent.
+
+    Each name is a short data-path name ([A-Za-z0-9._-]); an entry may be empty (`digits: {}`).
+    Raises QsensError (one line, naming `models.<name>.<field>` and the file) for a bad name, a
+    non-mapping entry, an unknown field or an ill-typed value."""
+    path = Path(params)
+    raw = read_section(path, "models") if path.is_file() else {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in raw.items():
+        key = str(key)
+        if not _NAME_RE.match(key):
+            raise QsensError(f"{path}: models.{key}: not a short name ([A-Za-z0-9._-], at most 64 "
+                             "characters): it names every data path of that model")
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise QsensError(f"{path}: models.{key} must be a mapping of model settings (source, "
+                             f"reference, steps, ...), got {entry!r}")
+        entry = dict(entry)
+        if "name" in entry:
+            raise QsensError(f"{path}: models.{key}.name: a model's name is its key under `models:`")
+        reject_unknown(ModelSpec, entry, f"models.{key}", path)
+        out[key] = entry
+    return out
+
+
+def model_names(params: str | Path = "params.yaml") -> list[str]:
+    """The names of the models the pipeline runs: `models:`'s keys in file order, or `model.name`
+    alone when the file has no `models:` section."""
+    models = read_models_section(params)
+    if models:
+        return list(models)
+    return [resolve_spec(params).name]
+
+
 def resolve_spec(params: str | Path = "params.yaml", *, model: str | None = None,
                  name: str | None = None, **overrides: Any) -> ModelSpec:
-    """The model spec: params.yaml `model:`, then the command line.
+    """The model spec: params.yaml's model, then the command line.
 
-    `model` (the `--model` flag) replaces the source; it may also be the params model's own name
-    (then nothing changes). A new source gets its own default name unless `name` is given, and
-    no reference (params' reference is the params model's).
+    With a `models:` section (several models in one project), the params model is one of its
+    entries over the `model:` defaults: the one `model` (the `--model` flag) or `name` names, else
+    the first; an entry named after a built-in model (`digits-dit: {}`) defaults to that source.
+    Without one, it is `model:` itself (name `model.name`).
+    `model` may instead be a source (a directory, hub id or built-in not among the entries): it
+    replaces the source, gets its own default name unless `name` is given, and no reference
+    (params' reference is the params model's).
     Other keyword arguments (`reference`, `device`, `dtype`, `steps`, `guidance`, `batch_size`,
     `resolution`, `scheduler`, `negative_prompt`) override the params value when not None.
     """
     data = read_model_section(params)
+    models = read_models_section(params)
+    if models:
+        if "name" in data:
+            raise QsensError(f"{params}: model.name: with a `models:` section each model's name is "
+                             "its key there; remove model.name")
+        key = next((k for k in (model, name) if k in models), next(iter(models)))
+        if model in models:
+            model = None
+        if name == key:
+            name = None
+        entry = models[key]
+        source = entry.get("source") or (key if key in BUILTIN else data.get("source", "digits"))
+        data = {**data, **entry, "source": source, "name": key}
     reject_unknown(ModelSpec, data, "model", params)
     known = {f.name for f in fields(ModelSpec)}
     unknown = sorted(set(overrides) - known)

@@ -46,10 +46,17 @@ def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a model's data products live under the data root (DESIGN.md: `data/`)."""
+    """Where a model's data products live under the data root (DESIGN.md: `data/`) and its metrics."""
 
     root: Path
     name: str
+    metrics_root: Path = Path("metrics")
+
+    @property
+    def metrics(self) -> Path:
+        """`metrics/NAME`: the model's metrics (search.json, noise.json, predictor.json, ...), so
+        several models in one project keep their own."""
+        return self.metrics_root / self.name
 
     @property
     def models(self) -> Path:
@@ -163,7 +170,7 @@ def add_cost_arg(p: argparse.ArgumentParser) -> None:
     """--cost FILE: where a command that generates images states what it spent."""
     p.add_argument("--cost", type=Path, default=None, metavar="FILE",
                    help="write what this run generated to FILE (JSON: images, denoiser forward calls "
-                   "and samples, seconds; the pipeline sums them into metrics/cost.json)")
+                   "and samples, seconds; the pipeline sums them into metrics/NAME/cost.json)")
 
 
 def write_cost(path: Path | None, stage: str, spent: dict[str, Any] | None = None, **extra: Any) -> None:

@@ -1,6 +1,6 @@
 """Is the score meaningful for this model? Seed noise of the FP model vs spread over configs.
 
-`measure_noise` answers it with the figures the `noise` stage writes to `metrics/noise.json`:
+`measure_noise` answers it with the figures the `noise` stage writes to `metrics/NAME/noise.json`:
 
 - `classifier_test_accuracy` — the digits classifier on held-out real digits;
 - `fp_generated_accuracy` — the classifier on the FP model's samples vs their conditioning class;

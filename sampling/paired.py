@@ -3,7 +3,7 @@
 FID against real images at 500–1,000 images is dominated by seed noise (the images themselves
 differ from seed set to seed set); comparing a quantized model's image with the FP model's image
 from the *same* seed and conditioning cancels that noise, so far fewer images rank configs
-(measured, not assumed: `qsens analyze metrics`, `metrics/metric_validity.json`).
+(measured, not assumed: `qsens analyze metrics`, `metrics/NAME/metric_validity.json`).
 
 Every paired metric is a distance: 0 for a config that leaves every image unchanged, larger is
 worse, so any of them can be the predictor's label (`score.metric`).

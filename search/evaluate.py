@@ -6,9 +6,9 @@ stage (`given`: the predictor's family after active learning) are scored instead
 Each config is applied, `evaluate.images` images are generated from each seed set in
 `evaluate.image_seeds` and scored; the FP model is scored on the same seeds. Outputs:
 
-    metrics/search.json            rows {budget, strategy, act, avg_bits, fids: [one per seed set],
+    metrics/NAME/search.json       rows {budget, strategy, act, avg_bits, fids: [one per seed set],
                                    fid (their mean), fid_se, content, real_scores, paired, ...}
-    metrics/search_pareto.csv      strategy, avg_bits, fid, fid_se (DVC plots)
+    metrics/NAME/search_pareto.csv strategy, avg_bits, fid, fid_se (DVC plots)
     data/search/<model>/pareto.png FID vs avg bits with standard-error bars, FP as a reference band
     data/search/<model>/grids/budget-<b>.png   one row of samples per strategy (+ FP)
 

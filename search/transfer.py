@@ -39,6 +39,7 @@ class TransferParams:
     """The `transfer:` section of params.yaml."""
 
     derived: tuple[str, ...] = ()  # the DVC stage's derived checkpoints (transfer@KIND): finetune | lora | fewstep
+    base: str = "digits"  # the DVC stage's base model: a name under params `models:` (a digits model)
     random_configs: int = 12  # random configs scored on the new checkpoint (val/test rows)
     sample_seed: int = 7  # their random stream (the sampler's `random_config` seed)
     rounds: int = 2  # active rounds after the warm start

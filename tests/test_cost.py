@@ -1,4 +1,4 @@
-"""metrics/cost.json: per-stage images and forward passes, and the GPU-hours they imply."""
+"""metrics/NAME/cost.json: per-stage images and forward passes, and the GPU-hours they imply."""
 from __future__ import annotations
 
 import json

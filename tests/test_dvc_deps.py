@@ -25,9 +25,12 @@ def test_every_stage_depends_on_exactly_the_code_its_commands_import():
 
 def test_known_members_of_the_kind_are_listed():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert "predictor/metrics.py" in stages["train"]["deps"]  # computes the reported Spearman
-    assert "sampling/cache.py" in stages["cache"]["deps"]  # the cache stage listed no code at all
-    assert "data/quant_cache/${model.name}.parquet" in stages["search"]["deps"]
+    def deps(name: str) -> list:
+        return stages[name].get("deps") or stages[name]["do"]["deps"]
+
+    assert "predictor/metrics.py" in deps("train")  # computes the reported Spearman
+    assert "sampling/cache.py" in deps("cache")  # the cache stage listed no code at all
+    assert "data/quant_cache/${key}.parquet" in deps("search")
     for name, stage in stages.items():
         assert stage_modules(stage_cmd(stage)), f"stage {name} runs no qsens command"
 
@@ -60,13 +63,32 @@ def test_a_foreach_stage_gets_the_closure_of_its_do_commands(tmp_path: Path):
     assert "quant/a.py" in do["deps"] and do["outs"] == ["o-${item}"]
 
 
-def test_only_prepare_depends_on_where_the_model_lies():
-    """#27 item 4: moving a model dir re-runs prepare only; the others see what the model is
-    through prepare's outputs (model.json's content identity), not model.source's path."""
+def test_only_prepare_depends_on_the_model_params():
+    """#27 item 4: moving a model dir re-runs prepare only; the others see what the model is and
+    its settings through prepare's outputs (model.json's content identity, settings.json), never
+    params `model:` / `models:` (whose `source` and `reference` are paths)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         params = stage.get("params") or (stage.get("do") or {}).get("params", [])
         if name in ("prepare", "transfer"):  # transfer@KIND runs prepare --derive itself
             continue
-        assert "model" not in params and "model.source" not in params and "model.reference" not in params, name
-    assert "model" in stages["prepare"]["params"]
+        assert not [p for p in params if p == "model" or str(p).startswith(("model.", "models"))], name
+    assert {"model", "models.${key}"} <= set(stages["prepare"]["do"]["params"])
+
+
+def test_every_model_stage_runs_once_per_model_with_its_own_outputs():
+    """#27: stages over params `models:` (DVC foreach), each command told which model, every
+    output path carrying the model's name."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if name == "transfer":  # over transfer.derived, of the model transfer.base
+            continue
+        assert stage.get("foreach") == "${models}", name
+        do = stage["do"]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics", "plots")
+                for o in do.get(k, [])]
+        assert outs and all("${key}" in o for o in outs), (name, outs)
+        for part in do["cmd"].split("&&"):
+            if any(c in part for c in ("qsens cache", "qsens cost")):
+                continue
+            assert "--model ${key}" in part, (name, part)

@@ -76,22 +76,22 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
 
     dvc(tmp_path, "repro")
-    rows = json.loads((tmp_path / "metrics" / "search.json").read_text())
+    rows = json.loads((tmp_path / "metrics" / "digits" / "search.json").read_text())
     got = {(r["strategy"], r["budget"]) for r in rows}
     for strategy in MICRO["search"]["strategies"]:
         assert any(s == strategy for s, _ in got), f"no evaluation row for {strategy}"
     assert all(r["avg_bits"] <= r["budget"] + 1e-9 for r in rows if r.get("status", "ok") == "ok" and r["budget"])
-    predictor = json.loads((tmp_path / "metrics" / "predictor.json").read_text())
+    predictor = json.loads((tmp_path / "metrics" / "digits" / "predictor.json").read_text())
     assert set(predictor) >= {"ensemble", "folds", "baselines"}
     assert (tmp_path / "data" / "quant_cache" / "digits.parquet").is_file()
     assert all(len(r["fids"]) == 2 for r in rows if r.get("status") == "ok")  # every seed set scored
-    curve = json.loads((tmp_path / "metrics" / "active.json").read_text())
+    curve = json.loads((tmp_path / "metrics" / "digits" / "active.json").read_text())
     assert [c["round"] for c in curve] == [0, 1]  # the learning curve: before and after one round
-    validity = json.loads((tmp_path / "metrics" / "metric_validity.json").read_text())
+    validity = json.loads((tmp_path / "metrics" / "digits" / "metric_validity.json").read_text())
     assert validity["ground_truth"]["configs"] >= 4
     assert {m["metric"] for m in validity["metrics"]} >= {"fid", "fd_fp", "feat_dist", "output_mse"}
     assert {m["scope"] for m in validity["metrics"]} >= {"all", "top-quarter", "window-3.5"}
-    cost = json.loads((tmp_path / "metrics" / "cost.json").read_text())
+    cost = json.loads((tmp_path / "metrics" / "digits" / "cost.json").read_text())
     # 14 configs x 16 images + the FP images of the paired scores, counted by the sample stage
     assert cost["stages"]["sample"]["images"] == 14 * 16 + 16
     assert cost["total"]["images"] == sum(r["images"] for r in cost["stages"].values())
@@ -105,16 +105,17 @@ def test_whole_pipeline_micro(tmp_path: Path) -> None:
     stale = dvc(tmp_path, "status")
     stale_stages = {line.strip().rstrip(":") for line in stale.splitlines() if line and not line.startswith(("\t", " "))}
     # metric_validity reads search.budgets (its budget windows): stale with them
-    assert stale_stages == {"search", "evaluate", "metric_validity"}, stale
+    assert stale_stages == {"search@digits", "evaluate@digits", "metric_validity@digits"}, stale
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 @pytest.mark.parametrize("kind", ["sd", "sd3"])  # epsilon U-Net; flow-matching transformer (#22)
 def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path, kind: str) -> None:
-    """`dvc repro` with `model:` naming a tiny pipeline directory of a real class (SD 1.5's
+    """`dvc repro` with `models:` naming a tiny pipeline directory of a real class (SD 1.5's
     StableDiffusionPipeline, SD3's flow-matching StableDiffusion3Pipeline) outside the repo copy
-    (absolute path) and a reference built by `qsens reference build`."""
+    (absolute path) and a reference built by `qsens reference build`; for SD, then a second model
+    added to the same project."""
     from denoisers.pipeline import load_pipeline
     from denoisers.traits import pipeline_traits
     from tests.standins import write_standin_inception, write_test_images
@@ -143,17 +144,43 @@ def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path, kind: str
     # W/A rows are covered by the digits micro run and tests/test_act_search.py; here they would
     # only add generate-and-score runs of a CLIP-conditioned model to CI
     micro["evaluate"] = {**MICRO["evaluate"], "act_strategies": [], "act_mixed_bits": None}
-    micro["model"] = {"source": str(source), "name": name, "reference": str(ref), "steps": 2,
-                      "batch_size": 4}
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), micro)
+    params["models"] = {name: {"source": str(source), "reference": str(ref), "steps": 2, "batch_size": 4}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
 
     out = dvc(repo, "repro")
     assert "digits" not in "".join(p.name for p in (repo / "data").rglob("*")), "a digits path for a real model"
-    rows = json.loads((repo / "metrics" / "search.json").read_text())
+    rows = json.loads((repo / "metrics" / "digits" / "search.json").read_text())
     assert {r["strategy"] for r in rows} >= set(MICRO["search"]["strategies"])
     info = json.loads((repo / "data" / "models" / name / "model.json").read_text())
     assert info["pipeline_class"] == traits.pipeline and info["resolution"] == resolution
     assert (repo / "data" / "quant_cache" / f"{name}.parquet").is_file(), out
     assert "Running stage" not in dvc(repo, "repro")
+    if kind != "sd":
+        return
+
+    # #27: a second model in the same project (the same pipeline, three of its layers) runs only its
+    # own stages and leaves every output of the first byte-identical
+    def snapshot() -> dict[str, bytes]:
+        files = [f for f in (repo / "data").rglob("*") if f.is_file() and "-few" not in str(f.relative_to(repo))]
+        files += [f for f in (repo / "metrics" / name).rglob("*") if f.is_file()]
+        files += [repo / "docs" / "img" / f"{name}_samples.png", repo / "dvc.lock"]
+        return {str(f.relative_to(repo)): f.read_bytes() for f in files if f.is_file()}
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    before = snapshot()
+    second = f"{name}-few"
+    params["models"][second] = {**params["models"][name], "max_layers": 3}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(repo, "repro")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran and all(stage.endswith(f"@{second}") for stage in ran), ran
+    after = snapshot()
+    after.pop("dvc.lock")
+    assert {k: v for k, v in before.items() if k != "dvc.lock"} == after
+    new_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {k: v for k, v in new_lock.items() if k in lock} == lock  # the first model's entries untouched
+    rows = json.loads((repo / "metrics" / second / "search.json").read_text())
+    assert {r["strategy"] for r in rows} >= set(MICRO["search"]["strategies"])
+    assert len(json.loads((repo / "data" / "bank" / second / "bank.json").read_text())["layers"]) == 3

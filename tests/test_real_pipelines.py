@@ -40,9 +40,8 @@ def params_for(tmp: Path, source: Path, name: str, reference: Path | None,
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in MICRO.items():
         params[section].update(values)
-    params["model"].update(source=str(source), name=name,
-                           reference=str(reference) if reference else None,
-                           steps=2, batch_size=2, **model)
+    params["models"] = {name: dict(source=str(source), reference=str(reference) if reference else None,
+                                   steps=2, batch_size=2, **model)}
     path = tmp / filename
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

@@ -26,11 +26,11 @@ def register(subparsers) -> None:
         "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`); `act-calibration` — seed 003: "
         "static activation ranges calibrated on FP-trajectory time steps drawn uniform vs normal, FID + "
         "content at each activation bit-width on several fresh seed sets with the FP seed noise beside "
-        "(params `act_calibration:`, JSON to --out, default metrics/act_calibration.json). `all` is "
+        "(params `act_calibration:`, JSON to --out, default metrics/NAME/act_calibration.json). `all` is "
         "layerwise + mixdq. `metrics` — which cheap label ranks configs like FID on the evaluation protocol: "
         "FID and every paired score (vs the FP images of the same seeds) at several image counts, and the "
         "image-free output error, against the evaluate stage's 5 × 500-image FID (params `metric_validity:`, "
-        "JSON to --out, default metrics/metric_validity.json, plot --plot). "
+        "JSON to --out, default metrics/NAME/metric_validity.json, plot --plot). "
         "Resumable (layerwise, mixdq, quant-analyzer, metrics).")
     p.add_argument("what", choices=["layerwise", "mixdq", "all", "quant-analyzer", "act-calibration", "metrics"],
                    nargs="?", default="all")
@@ -38,10 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--bank", type=Path, default=None, help="bank dir (default: DATA/bank/NAME)")
     p.add_argument("--out", type=Path, default=None,
                    help="output dir (default: DATA/analysis/NAME; quant-analyzer: DATA/analysis/NAME/quant_analyzer); "
-                   "act-calibration: the JSON file (default: metrics/act_calibration.json)")
-    p.add_argument("--noise", type=Path, default=Path("metrics/noise.json"),
+                   "act-calibration: the JSON file (default: metrics/NAME/act_calibration.json)")
+    p.add_argument("--noise", type=Path, default=None,
                    help="act-calibration: the noise stage's JSON, whose FP seed σ is quoted beside this run's "
-                   "(default: metrics/noise.json; skipped when absent)")
+                   "(default: metrics/NAME/noise.json; skipped when absent)")
     q = p.add_argument_group("quant-analyzer (override params quant_analyzer.*)")
     q.add_argument("--weight-option", default=None, help="weight quantizer option, e.g. uaq4")
     q.add_argument("--act-bits", type=int, choices=range(2, 9), metavar="{2..8}", default=None, help="activation bits, 2-8")
@@ -55,9 +55,9 @@ def register(subparsers) -> None:
     q.add_argument("--sqnr-bits", default=None, metavar="B,B",
                    help="activation bit-widths of the SQNR table, e.g. 8,6")
     m = p.add_argument_group("metrics")
-    m.add_argument("--evaluated", type=Path, default=Path("metrics/search.json"),
+    m.add_argument("--evaluated", type=Path, default=None,
                    help="the evaluate stage's rows: their configs and 5-seed FIDs join the table (default: "
-                   "metrics/search.json)")
+                   "metrics/NAME/search.json)")
     m.add_argument("--configs", type=Path, default=None,
                    help="the evaluated configs' directory (default: DATA/search/NAME/configs)")
     m.add_argument("--cache", type=Path, default=None, help="quant_cache (default: DATA/quant_cache/NAME.parquet)")
@@ -158,8 +158,9 @@ def run_act_calibration_command(args: argparse.Namespace) -> int:
     params = ActCalibrationParams.from_yaml(args.params)
     if args.images is not None:
         params = replace(params, images=args.images)
-    out = check_output_path(args.out or Path("metrics/act_calibration.json"))
     ctx = context(args)
+    out = check_output_path(args.out or ctx.layout.metrics / "act_calibration.json")
+    args.noise = args.noise or ctx.layout.metrics / "noise.json"
     den = ctx.load_denoiser()
     t0 = time.perf_counter()
     res = measure_act_calibration(den, make_scorer(den, device=ctx.spec.device), params, out,
@@ -197,8 +198,9 @@ def run_metrics_command(args: argparse.Namespace) -> int:
     ep = evaluate_params(args.params)[0]  # the act_* keys belong to the W/A rows
     budgets = [float(b) for b in SearchParams.from_yaml(args.params).budgets]
     label_seed = ScoreParams.from_yaml(args.params).seed
-    out = check_output_path(args.out or Path("metrics/metric_validity.json"))
     ctx = context(args)
+    out = check_output_path(args.out or ctx.layout.metrics / "metric_validity.json")
+    args.evaluated = args.evaluated or ctx.layout.metrics / "search.json"
     cache = read_cache(args.cache or ctx.layout.cache, ok_only=True)
     cache = cache[cache["act_bits"].isna()]
     configs_dir = args.configs or ctx.layout.search / "configs"

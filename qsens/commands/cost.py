@@ -11,14 +11,15 @@ NAME = "cost"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        NAME, help="sum the images and denoiser forward passes of every stage (metrics/cost.json)",
+        NAME, help="sum the images and denoiser forward passes of every stage (metrics/<model>/cost.json)",
         description="Reads the per-stage spend files the stages write with --cost (images generated, "
         "denoiser forward calls and the samples they carried) and sums them per stage and in total, "
         "with the GPU-hours the same counts cost at SD v1.5 scale (measured images/s of bench/gpu.py on "
         "a lent GPU, params cost.gpu_result) and at SDXL scale (the SD v1.5 rate divided by the ratio of "
         "their U-Nets' MACs per image at native resolution, params cost.sdxl_macs_ratio: an estimate).")
     p.add_argument("--costs", type=Path, required=True, metavar="DIR", help="directory of <stage>.json spend files")
-    p.add_argument("--out", type=Path, default=Path("metrics/cost.json"), help="JSON to write (default: metrics/cost.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON to write (default: metrics/<model>/cost.json, <model> the --costs dir's name)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     p.add_argument("--bank", type=Path, default=None,
                    help="the run's bank dir: its layer count rescales the per-layer stages to SD v1.5 / SDXL")
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.params.is_file():
         raise QsensError(f"params file {args.params} not found")
     params = CostParams.from_dict(read_params_section(args.params, "cost"))
-    out = check_output_path(args.out)
+    out = check_output_path(args.out or Path("metrics") / args.costs.name / "cost.json")
     layers = None
     if args.bank is not None:
         from quant.bank import Bank

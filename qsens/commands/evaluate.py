@@ -20,9 +20,9 @@ def register(subparsers) -> None:
         description="For each strategy and budget (params search.strategies / search.budgets), search a "
         "config (budgets in increasing order, each from the one below) and score it for real on every "
         "evaluation seed set (evaluate.image_seeds, refused if the cache, selection, probe, calibration or "
-        "analysis used one). Writes metrics/search.json row by row (mean FID, standard error, the paired "
+        "analysis used one). Writes metrics/NAME/search.json row by row (mean FID, standard error, the paired "
         "difference of the predictor to the best other strategy; a re-run reuses finished scores), "
-        "metrics/search_pareto.csv, a Pareto plot with error bars and sample grids. W/A rows (params "
+        "metrics/NAME/search_pareto.csv, a Pareto plot with error bars and sample grids. W/A rows (params "
         "evaluate.act_*): the configs of act_strategies scored again at A8 and A6 (dynamic activation "
         "quantization, every layer), and act_mixed_strategies' with per-layer activation bits from an "
         "integer program at an average of act_mixed_bits (MAC-weighted), in rows with `act` set.")
@@ -34,10 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="configs, images, grids and pareto.png (default: DATA/search/NAME, the pipeline's evaluate "
                    "stage output: give another dir for a run of your own)")
-    p.add_argument("--metrics", type=Path, default=Path("metrics/search.json"),
-                   help="rows JSON, rewritten row by row (default: metrics/search.json, the pipeline's)")
-    p.add_argument("--pareto-csv", type=Path, default=Path("metrics/search_pareto.csv"),
-                   help="strategy, budget, avg_bits, fid, fid_se for DVC plots (default: metrics/search_pareto.csv)")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="rows JSON, rewritten row by row (default: metrics/NAME/search.json, the pipeline's)")
+    p.add_argument("--pareto-csv", type=Path, default=None,
+                   help="strategy, budget, avg_bits, fid, fid_se for DVC plots (default: metrics/NAME/search_pareto.csv)")
     p.add_argument("--no-act", action="store_true", help="weight-only rows (skip the W/A rows of evaluate.act_*)")
     p.add_argument("--given", action="append", default=[], metavar="STRATEGY=DIR",
                    help="score the family a `qsens search --budgets` wrote to DIR (family.json) for STRATEGY "
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if ep.images < 2:
         raise QsensError(f"evaluate.images must be >= 2, got {ep.images}")
     ctx, cli = make_context(args)
+    args.metrics = args.metrics or cli.layout.metrics / "search.json"
+    args.pareto_csv = args.pareto_csv or cli.layout.metrics / "search_pareto.csv"
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else list(ctx.params.strategies)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:

@@ -19,14 +19,15 @@ def register(subparsers) -> None:
         NAME, help="measure seed noise vs config spread of the score (sanity check)",
         description="Score the FP model on several disjoint seed sets (its FID std σ), random "
         "configs on two disjoint seed sets (FID std S, test–retest Spearman), and every uniform "
-        "config; write metrics/noise.json (S/σ should be ≥ 10, retest Spearman ≥ 0.9) and a "
+        "config; write metrics/NAME/noise.json (S/σ should be ≥ 10, retest Spearman ≥ 0.9) and a "
         "sample grid PNG (FP vs uniform 4-bit vs uniform 3-bit).")
     add_model_args(p)
     p.add_argument("--bank", default=None,
                    help="bank dir (default: DATA/bank/NAME; built in memory if missing)")
-    p.add_argument("--out", default="metrics/noise.json", help="metrics JSON to write")
-    p.add_argument("--configs-csv", default="metrics/noise_configs.csv",
-                   help="per-random-config FIDs (test and retest) for plots")
+    p.add_argument("--out", default=None, help="metrics JSON to write (default: metrics/NAME/noise.json)")
+    p.add_argument("--configs-csv", default=None,
+                   help="per-random-config FIDs (test and retest) for plots (default: metrics/NAME/noise_configs.csv; "
+                   "'' for none)")
     p.add_argument("--grid", default=None,
                    help="sample grid PNG to write (default: docs/img/NAME_samples.png; '' for none)")
     p.add_argument("--random-configs", type=positive_int, default=None, help="override noise.random_configs")
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.images is not None:
         sp = dataclasses.replace(sp, images=args.images)
     ctx = context(args)
+    args.out = args.out or str(ctx.layout.metrics / "noise.json")
+    if args.configs_csv is None:
+        args.configs_csv = str(ctx.layout.metrics / "noise_configs.csv")
     den = ctx.load_denoiser()
     scorer = make_scorer(den, device=ctx.spec.device)
     bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, progress=not args.quiet,

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     t.add_argument("--bank", help="bank directory (default data/bank/<model>)")
     t.add_argument("--probe", help="probe file (default data/probe/<model>.safetensors; read when "
                    "train.probe is true or a probe baseline is listed)")
-    t.add_argument("--metrics", default="metrics/predictor.json", help="metrics JSON to write")
+    t.add_argument("--metrics", default=None, help="metrics JSON to write (default: metrics/<model>/predictor.json; "
+                   "the DVC-plot CSVs go beside it)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train param, e.g. --set epochs=50 or --set train.label=fd_fp (repeatable)")
     t.add_argument("--no-inspect", action="store_true", help="skip the inspection report")
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     i.add_argument("--reference", metavar="CONFIG.json",
                    help="re-linearise the sensitivity around this config (default: highest bits)")
     i.add_argument("--top", type=positive_int, default=10, help="top-k layers/blocks per option")
-    i.add_argument("--plots-dir", default="metrics", help="where the DVC-plot CSVs go")
+    i.add_argument("--plots-dir", default=None, help="where the DVC-plot CSVs go (default: metrics/<model>)")
     i.set_defaults(func=run_inspect)
 
     d = sub.add_parser("diff", help="how the sensitivity changed between two checkpoints (JSON + plot)",
@@ -100,6 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
         configure_torch(args.threads)
     lay = context(args, loads_model=False).layout
     model = lay.name
+    args.metrics = args.metrics or str(lay.metrics / "predictor.json")
     cache = Path(args.cache or lay.cache)
     graph = Path(args.graph or lay.graph)
     bank = Path(args.bank or lay.bank)
@@ -198,7 +200,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     out = Path(args.out or lay.predictor)
     graph = Path(args.graph or lay.graph)
     reference = QuantConfig.load(args.reference) if args.reference else None
-    report = inspect(out, graph if graph.is_file() else None, top_k=args.top, plots_csv_dir=args.plots_dir,
+    report = inspect(out, graph if graph.is_file() else None, top_k=args.top,
+                     plots_csv_dir=args.plots_dir or lay.metrics,
                      reference=reference)
     f = report["findings"]
     print(f"{model}: report -> {out / 'plots' / 'report.md'}")

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         figures = prepare_derived(ctx, args)
     else:
         figures = prepare_builtin(ctx, args) if ctx.spec.is_builtin else prepare_pipeline(ctx)
+        write_settings(ctx)
     figures["seconds_total"] = round(time.perf_counter() - t0, 1)
     for k, v in figures.items():
         print(f"{k:28s} {v}")
@@ -60,6 +61,19 @@ def run(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, figures)
     return 0
+
+
+SETTINGS = "settings.json"
+
+
+def write_settings(ctx) -> None:
+    """DATA/models/NAME/settings.json: the model's settings every later stage depends on (steps,
+    guidance, dtype, layer selection, ...: `ModelSpec` less `source`, `reference` and `name`).
+    The DVC stages after `prepare` depend on this file instead of on params `model:` / `models:`,
+    so an entry's own settings reach them while a moved model directory (a new `source` path
+    with the same content) leaves the file, and so every later stage, unchanged."""
+    settings = {k: v for k, v in ctx.spec.to_dict().items() if k not in ("source", "reference", "name")}
+    write_json(ctx.layout.models / SETTINGS, settings, sort_keys=True)
 
 
 def prepare_builtin(ctx, args) -> dict:

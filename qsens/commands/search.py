@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                    "Default 0: no new measurement; the predictor is DATA/active/NAME's when it was made "
                    "from the current cache and bank (said in one line), else DATA/predictor/NAME")
     p.add_argument("--active-metrics", type=Path, default=None,
-                   help="also write the learning curve (one row per round) to this JSON (the pipeline: metrics/active.json)")
+                   help="also write the learning curve (one row per round) to this JSON (the pipeline: metrics/NAME/active.json)")
     p.add_argument("--out", type=Path, default=None,
                    help="config JSON (--budget) or directory (--budgets); default DATA/search/MODEL/...")
     add_common(p)
