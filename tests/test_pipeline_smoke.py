@@ -151,7 +151,7 @@ def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path, kind: str
 
     out = dvc(repo, "repro")
     assert "digits" not in "".join(p.name for p in (repo / "data").rglob("*")), "a digits path for a real model"
-    rows = json.loads((repo / "metrics" / "digits" / "search.json").read_text())
+    rows = json.loads((repo / "metrics" / name / "search.json").read_text())
     assert {r["strategy"] for r in rows} >= set(MICRO["search"]["strategies"])
     info = json.loads((repo / "data" / "models" / name / "model.json").read_text())
     assert info["pipeline_class"] == traits.pipeline and info["resolution"] == resolution
