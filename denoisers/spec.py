@@ -2,7 +2,7 @@
 
 One `ModelSpec` comes from params.yaml's `model:` section, overridden by command-line flags
 (`--model`, `--reference`, `--device`, `--dtype`, `--steps`, `--guidance`, `--batch-size`), and
-is the only way a command gets a denoiser (`spec.load()`). Its `source` is one of
+is the only way a command gets a denoiser (`denoisers.registry.load_denoiser(spec)`). Its `source` is one of
 
 - `digits` / `digits-dit` — the built-in default, trained by `qsens prepare` under
   `DATA/models/<name>/`;
@@ -199,13 +199,6 @@ class ModelSpec:
             if index >= torch.cuda.device_count():
                 raise QsensError(f"model.device {self.device}: only {torch.cuda.device_count()} "
                                  "CUDA devices are visible")
-
-    def load(self, data_dir: str | Path = "data"):
-        """The `Denoiser` this spec names, on its device, ready to generate."""
-        from denoisers.registry import load_denoiser
-
-        self.check_device()
-        return load_denoiser(self, data_dir=data_dir)
 
 
 def read_model_section(params: str | Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@
   per channel in float, no quantization). The reference build and the scorer both use it, so the
   same pixels give the same features.
 - `ClipEmbedder`: `transformers.CLIPModel` + `CLIPProcessor` from a local directory.
-- `InceptionClipScorer`: the `Scorer` for real models (`sampling.scoring.make_scorer` builds it
+- `InceptionClipScorer`: the `Scorer` for real models (`sampling.scorers.make_scorer` builds it
   for reference kind "inception"). It refuses a reference built at another resolution or with
   another feature network (sha256 of the file).
 

@@ -282,7 +282,7 @@ def test_show_of_a_non_reference_dir(tmp_path, capsys):
 # the scorer
 # ----------------------------------------------------------------------------------------------
 def test_fid_of_reference_images_is_zero_and_a_shift_is_not(assets, built, scorer):
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     imgs = crops(assets)
     ref_trace = float(np.trace(scorer.ref_sigma))
