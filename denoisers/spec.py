@@ -28,6 +28,7 @@ from typing import Any
 
 from quant.errors import QsensError
 from quant.params import read_section, reject_unknown
+from quant.provenance import file_sha256
 
 BUILTIN = ("digits", "digits-dit")
 DIGITS_META = "qsens_digits.json"
@@ -60,11 +61,7 @@ def source_identity(source: str | Path) -> str:
         st = f.stat()
         key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _FILE_DIGESTS:
-            fh_hash = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    fh_hash.update(chunk)
-            _FILE_DIGESTS[key] = fh_hash.hexdigest()
+            _FILE_DIGESTS[key] = file_sha256(f, chunk=1 << 22)
         h.update(f.relative_to(path).as_posix().encode() + b"\0" + _FILE_DIGESTS[key].encode() + b"\n")
     return "sha256:" + h.hexdigest()[:32]
 

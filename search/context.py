@@ -166,7 +166,7 @@ class SearchResult:
         (what `qsens evaluate --given` checks: a replaced file is refused), the cache it was
         searched with (only one that exists: evaluate refuses a family naming a missing one) and
         the predictor dir."""
-        from sampling.inception import sha256_file
+        from quant.provenance import file_sha256 as sha256_file
 
         self.config.save(path)
         return self.to_report() | {"config": str(path), "config_sha256": sha256_file(path),
