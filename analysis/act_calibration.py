@@ -4,7 +4,7 @@ PTQ4DM calibrates on time steps drawn from a normal distribution over the sampli
 Q-Diffusion and DI2N found uniform sampling better (DI2N, CIFAR-10 W8A8: FID 10.71 uniform vs
 12.85 normal). Here, with FP weights:
 
-1. collect calibration inputs from the FP trajectory with each sampling (`analysis.calibration.
+1. collect calibration inputs from the FP trajectory with each sampling (`sampling.calibration.
    collect_calibration`, the same recorded trajectories for both: seed `calib_seed`), and take each
    layer's static (min, max) input range over them (`activation_ranges`);
 2. quantize every quantizable layer's input activations on those fixed ranges at each of `bits`
@@ -90,10 +90,10 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
                             noise_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the measurement (module doc) and write `out_path` (JSON); returns what it wrote.
 
-    denoiser: a `Denoiser` with FP weights; scorer: `sampling.scoring.make_scorer(denoiser)`.
+    denoiser: a `Denoiser` with FP weights; scorer: `sampling.scorers.make_scorer(denoiser)`.
     noise_path: `metrics/NAME/noise.json` (optional): its FP seed σ is quoted beside this run's.
     """
-    from analysis.calibration import activation_ranges, collect_calibration, observed_layers
+    from sampling.calibration import activation_ranges, collect_calibration, observed_layers
     from analysis.common import write_json
     from quant.activations import activation_quant
     from quant.layers import quantizable_layers

@@ -1,20 +1,20 @@
 """Shared bits of the measured-sensitivity analyses: resumable progress files, one-layer configs."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from quant.config import QuantConfig
 from quant import jsonio
+from quant.provenance import job_key
 from sampling.shards import ShardWriter
 
 
 def settings_key(settings: dict[str, Any]) -> str:
-    """A short hash of the settings a measurement depends on (rows with another key are redone)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """A short key of the settings a measurement depends on (rows with another key are redone):
+    `quant.provenance.job_key`, 12 of its digits."""
+    return job_key(**{str(k): v for k, v in settings.items()})[:12]
 
 
 class Progress:

@@ -14,7 +14,7 @@ same per-image seed at every n):
 - `fid`: FID vs real at n images (today's label at n = `score.images`);
 - every paired score of `sampling.paired` against the FP images of the same seeds;
 - `output_mse`: image-free: the denoiser output's mean squared error vs FP over the calibration
-  inputs of seed 003 (`analysis.calibration`, `calib_samples` inputs), relative to the FP output's
+  inputs of seed 003 (`sampling.calibration`, `calib_samples` inputs), relative to the FP output's
   mean square. Costs forward passes, no images.
 
 Agreement with the truth: Spearman and Kendall, with a 90 % bootstrap interval over configs
@@ -141,7 +141,7 @@ def pick_configs(cache, family: dict[str, Any], params: MetricValidityParams,
 def output_mse(ev, config, calib, reference, chunk: int) -> float:
     """Mean squared error of the denoiser output vs FP over the calibration inputs, relative to
     the FP output's mean square (0 = unchanged)."""
-    from analysis.calibration import run_model
+    from sampling.calibration import run_model
 
     with ev.applied(config):
         y = run_model(ev.denoiser.model, calib, chunk)
@@ -170,7 +170,7 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
             label_seed: int, eval_images: int, eval_seeds: Sequence[int], progress_path: Path, key: str,
             progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """One row per config: avg_bits, truth per seed, every candidate at every n. Resumable."""
-    from analysis.calibration import collect_calibration, run_model
+    from sampling.calibration import collect_calibration, run_model
     from quant.progress import progress_bar
     from sampling.evaluator import CostMeter, prefix_generation
 

@@ -5,7 +5,7 @@ Layers are split by name into a *content-related* group (MixDQ: cross-attention 
 content_patterns`) and a *quality-related* group (the rest). Each group gets its own metric:
 
 - quality → SQNR of the denoiser output, `10·log10(Σy² / Σ(ŷ−y)²)` dB, on calibration inputs drawn
-  from the FP sampling trajectory (`analysis.calibration`, time steps uniform or normal);
+  from the FP sampling trajectory (`sampling.calibration`, time steps uniform or normal);
 - content → SSIM between the images of the model with that layer quantized and the FP images
   (same seeds, classes cycling), `sampling.ssim`.
 
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.calibration import collect_calibration, run_model, sqnr_db
+from sampling.calibration import collect_calibration, run_model, sqnr_db
 from quant.provenance import bank_digest, code_digest
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams

@@ -26,7 +26,7 @@ outputs (names as AIMET writes them), under `out_dir`:
     *.progress.jsonl                       resumable progress of the sweeps (analysis.common)
 
 Calibration inputs are the denoiser's own inputs recorded along the FP sampling trajectory, time
-steps drawn uniformly or normally (`analysis.calibration`, seed 003). The sweeps cost one
+steps drawn uniformly or normally (`sampling.calibration`, seed 003). The sweeps cost one
 generation + score each (4 per swept layer); `layers` (a regex) and `max_layers` (evenly spaced
 over the model's module order) choose the swept layers; a killed run resumes where it stopped.
 """
@@ -143,8 +143,8 @@ class Quantizers:
 
     def observe(self, ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
         """Keep activation quantization to the layers the calibration pass reached (`ranges`:
-        their input ranges); returns {left-out layer: reason} (`analysis.calibration.observed_layers`)."""
-        from analysis.calibration import observed_layers
+        their input ranges); returns {left-out layer: reason} (`sampling.calibration.observed_layers`)."""
+        from sampling.calibration import observed_layers
 
         self.act_layers, left = observed_layers(self.layers, ranges, what="QuantAnalyzer (activation quantizers)")
         return left
@@ -261,9 +261,9 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
 
 def act_sqnr_sweep(model, calib, quantizers: Quantizers, layers: Sequence[str], bits: Sequence[int],
                    chunk: int, progress_path: Path, key: str, progress: bool = True) -> dict[str, dict[int, float]]:
-    """{layer: {bits: SQNR dB}} (MixDQ's activation sensitivity, `analysis.calibration.activation_sqnr`),
+    """{layer: {bits: SQNR dB}} (MixDQ's activation sensitivity, `sampling.calibration.activation_sqnr`),
     static ranges when the analyzer runs static; resumable. ±inf is stored as ±1000 dB."""
-    from analysis.calibration import activation_sqnr, run_model
+    from sampling.calibration import activation_sqnr, run_model
     from quant.progress import progress_bar
 
     y_fp = run_model(model, calib, chunk)
@@ -329,7 +329,7 @@ def activation_histograms(model, calib, ranges: dict[str, tuple[float, float]], 
                           chunk: int) -> dict[str, dict[str, list]]:
     """{layer: {edges, counts}} of each layer's FP input values over the calibration set, on the
     layer's calibrated [min, max]."""
-    from analysis.calibration import model_output
+    from sampling.calibration import model_output
     from quant.layers import quantizable_layers
 
     modules = quantizable_layers(model)
@@ -474,7 +474,7 @@ def run_quant_analyzer(denoiser, bank, scorer, params: QuantAnalyzerParams, out_
     weight/activation sensitivity summary. `bank`: a Bank of the model (or None: the weight option
     is quantized in memory). Same params and seeds → the same JSON files."""
     from analysis import report_html as rh
-    from analysis.calibration import activation_ranges, collect_calibration
+    from sampling.calibration import activation_ranges, collect_calibration
 
     out_dir = Path(out_dir)
     t_start = time.perf_counter()

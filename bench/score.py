@@ -31,7 +31,8 @@ from quant.config import QuantConfig  # noqa: E402
 from sampling.noise import ScoreParams  # noqa: E402
 from sampling.sampler import random_config  # noqa: E402
 from sampling.evaluator import evaluate  # noqa: E402
-from sampling.scoring import DigitsScorer, compute_digits_reference, make_scorer  # noqa: E402
+from sampling.scoring import DigitsScorer, compute_digits_reference  # noqa: E402
+from sampling.scorers import make_scorer  # noqa: E402
 
 from machine import write_result  # noqa: E402  (bench/machine.py)
 

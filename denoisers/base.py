@@ -8,7 +8,7 @@ Downstream code only relies on this file:
 - `example_inputs()` — `(args, kwargs)` for one forward of `.model` (graph export, MAC counts);
 - `generate(n, seed)` — `n` uint8 images from fixed per-image seeds (see `image_seeds`), in a
   fixed batch size, so the images do not depend on how work is split across workers;
-- `reference()` — where the data its metrics need lives (`sampling.scoring.make_scorer` reads it).
+- `reference()` — where the data its metrics need lives (`sampling.scorers.make_scorer` reads it).
 
 Quantization swaps the weights of `.model` in place (`quant.apply.quantized(denoiser.model, ...)`),
 so a loaded denoiser is reused across many configs: load once, then apply → generate → restore.

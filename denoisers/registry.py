@@ -38,6 +38,7 @@ def load_denoiser(spec: ModelSpec | str | Path, data_dir: str | Path = "data") -
     spec's device. Raises QsensError (one line) for anything that cannot be loaded."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec(source=str(spec), name=default_name(spec))
+    spec.check_device()
     den = _load(spec, Path(data_dir))
     if spec.layers or spec.max_layers:
         from quant.layers import restrict_layers

@@ -2,7 +2,7 @@
 
 One `ModelSpec` comes from params.yaml's `model:` section, overridden by command-line flags
 (`--model`, `--reference`, `--device`, `--dtype`, `--steps`, `--guidance`, `--batch-size`), and
-is the only way a command gets a denoiser (`spec.load()`). Its `source` is one of
+is the only way a command gets a denoiser (`denoisers.registry.load_denoiser(spec)`). Its `source` is one of
 
 - `digits` / `digits-dit` — the built-in default, trained by `qsens prepare` under
   `DATA/models/<name>/`;
@@ -28,6 +28,7 @@ from typing import Any
 
 from quant.errors import QsensError
 from quant.params import read_section, reject_unknown
+from quant.provenance import file_sha256
 
 BUILTIN = ("digits", "digits-dit")
 DIGITS_META = "qsens_digits.json"
@@ -60,11 +61,7 @@ def source_identity(source: str | Path) -> str:
         st = f.stat()
         key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _FILE_DIGESTS:
-            fh_hash = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    fh_hash.update(chunk)
-            _FILE_DIGESTS[key] = fh_hash.hexdigest()
+            _FILE_DIGESTS[key] = file_sha256(f, chunk=1 << 22)
         h.update(f.relative_to(path).as_posix().encode() + b"\0" + _FILE_DIGESTS[key].encode() + b"\n")
     return "sha256:" + h.hexdigest()[:32]
 
@@ -199,13 +196,6 @@ class ModelSpec:
             if index >= torch.cuda.device_count():
                 raise QsensError(f"model.device {self.device}: only {torch.cuda.device_count()} "
                                  "CUDA devices are visible")
-
-    def load(self, data_dir: str | Path = "data"):
-        """The `Denoiser` this spec names, on its device, ready to generate."""
-        from denoisers.registry import load_denoiser
-
-        self.check_device()
-        return load_denoiser(self, data_dir=data_dir)
 
 
 def read_model_section(params: str | Path) -> dict[str, Any]:

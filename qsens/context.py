@@ -125,7 +125,9 @@ class Context:
 
             recover(Path(self.spec.reference))
             validate_reference_json(Path(self.spec.reference))
-        den = self.spec.load(self.layout.root)
+        from denoisers.registry import load_denoiser
+
+        den = load_denoiser(self.spec, self.layout.root)
         # A damaged checkpoint (NaN/inf weights) is refused here, naming its layers, before any
         # command does work with it (bank, score, sample, analyze, export, generate...).
         check_finite_weights(den.model, what=f"model {self.spec.name!r}")

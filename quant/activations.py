@@ -8,7 +8,7 @@ Asymmetric min-max quantization, `q = clamp(round(x / s) + z, 0, 2^b − 1)`, `x
   Conv inputs (N, C, *spatial) per (sample, channel) (min/max over the spatial dims);
 - **static**: one (lo, hi) per layer, fixed before sampling: the min/max of the layer's input
   over a calibration set (`calibrate_ranges`; the denoiser's own inputs along the FP sampling
-  trajectory, time steps drawn uniformly or normally — `analysis.calibration`, seed 003).
+  trajectory, time steps drawn uniformly or normally — `sampling.calibration`, seed 003).
   Values outside the range are clipped, as on an integer runtime.
 
 Bits are global (`bits=8`: the A8/A6 settings the reference system pairs with its weight

@@ -113,6 +113,40 @@ def code_digest(modules: Iterable[str], root: Path = ROOT) -> str:
     return h.hexdigest()[:16]
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (64 digits): the one file digest (network files recorded in
+    reference dirs, config files named in reports, every content digest below)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(paths: Iterable[str | Path | None], skip: Iterable[str] = ()) -> str:
+    """16 hex digits over the contents of `paths`, in the order given: a file is its name and
+    SHA-256; a directory every file below it (sorted, by path relative to it; file names in `skip`
+    left out); an absent path (or None) a marker of its own, so absent and empty differ.
+    What job keys use for their input files (the bank, the reference, the cache, a family)."""
+    skip = set(skip)
+    h = hashlib.sha256()
+    for p in paths:
+        if p is None:
+            h.update(b"<none>\n")
+            continue
+        p = Path(p)
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.name not in skip)
+            for f in files:
+                h.update(f"{f.relative_to(p).as_posix()}\0{file_sha256(f)}\n".encode())
+            h.update(b"<dir end>\n")
+        elif p.is_file():
+            h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+        else:
+            h.update(f"{p.name}\0<absent>\n".encode())
+    return h.hexdigest()[:16]
+
+
 def job_key(**parts: Any) -> str:
     """16 hex digits over JSON-canonical `parts` (sorted keys; non-JSON values by str())."""
     text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))

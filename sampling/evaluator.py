@@ -177,7 +177,7 @@ class Evaluator:
 
         from denoisers.registry import load_denoiser
         from quant.bank import Bank
-        from sampling.scoring import make_scorer
+        from sampling.scorers import make_scorer
 
         if device is not None:
             spec = replace(spec, device=device)
@@ -345,7 +345,7 @@ class Evaluator:
         """From a `qsens.context.Context`-like object (`spec`, `layout.root`, `generation`), with
         `steps` (if given) overriding the sampling steps of every generation."""
         from quant.bank import Bank
-        from sampling.scoring import make_scorer
+        from sampling.scorers import make_scorer
 
         den = cli.load_denoiser()
         if bank is not None and not hasattr(bank, "dequantize"):

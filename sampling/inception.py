@@ -9,7 +9,7 @@
   per channel in float, no quantization). The reference build and the scorer both use it, so the
   same pixels give the same features.
 - `ClipEmbedder`: `transformers.CLIPModel` + `CLIPProcessor` from a local directory.
-- `InceptionClipScorer`: the `Scorer` for real models (`sampling.scoring.make_scorer` builds it
+- `InceptionClipScorer`: the `Scorer` for real models (`sampling.scorers.make_scorer` builds it
   for reference kind "inception"). It refuses a reference built at another resolution or with
   another feature network (sha256 of the file).
 
@@ -25,7 +25,6 @@ Content score conventions:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import warnings
@@ -38,6 +37,7 @@ from torch import nn
 
 from denoisers.base import Generation
 from quant.errors import QsensError
+from quant.provenance import file_sha256
 from sampling.scoring import Score, Scorer
 
 FEATURE_NETWORK_NAME = "clean-fid inception-2015-12-05 pool3 (2048-d)"
@@ -46,15 +46,6 @@ FEATURE_DIM = 2048
 INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                  "inception-2015-12-05.pt")
 ZERO_SHOT_TEMPLATE = "a photo of a {}"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +122,7 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
                          f"{FEATURE_DIM} features: {first}") from exc
     if dim != FEATURE_DIM:
         raise QsensError(f"Inception network {path} gives {dim} features, expected {FEATURE_DIM}")
-    return InceptionNetwork(net, path, sha256_file(path)).eval().to(device)
+    return InceptionNetwork(net, path, file_sha256(path)).eval().to(device)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from denoisers.base import Denoiser, Generation, ReferenceData
+from denoisers.base import Generation
 from quant.errors import QsensError
 from quant.jsonio import write_json
 
@@ -325,20 +325,3 @@ def compute_digits_reference(classifier: nn.Module, images_u8: np.ndarray | None
     if reference_dir is not None:
         save_reference_stats(reference_dir, mu, sigma, info)
     return mu, sigma, info
-
-
-# ----------------------------------------------------------------------------------------------
-# entry points
-# ----------------------------------------------------------------------------------------------
-def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "cpu") -> Scorer:
-    """The scorer for a denoiser (its `reference()` kind decides which)."""
-    ref = source.reference() if isinstance(source, Denoiser) else source
-    if ref.kind == "digits":
-        return DigitsScorer.load(ref.path, device=device)
-    if ref.kind == "inception":
-        from sampling.inception import InceptionClipScorer  # lazy: needs transformers / the network
-
-        names = getattr(source, "class_names", None) if isinstance(source, Denoiser) else None
-        return InceptionClipScorer(ref.path, device=device, clip_model=ref.info.get("clip_model"),
-                                   label_names=names)
-    raise QsensError(f"no scorer for reference kind {ref.kind!r}")

@@ -21,7 +21,7 @@ import torch
 
 from quant.bank import Bank
 from quant.config import QuantConfig
-from quant.provenance import code_digest, job_key
+from quant.provenance import code_digest, content_digest, job_key
 from sampling.sampler import random_configs
 from sampling.shards import ShardWriter, finished_ids, scan_shards, shard_path
 
@@ -67,23 +67,6 @@ _SPEC_SCORE_FIELDS = ("steps", "guidance", "negative_prompt", "resolution", "dty
 _DIGEST_SKIP = {".lock"}
 
 
-def _digest_dir(path: Path | None) -> str:
-    """sha256 prefix over a directory's files (names + bytes), or a file, or 'absent'."""
-    import hashlib
-
-    if path is None or not Path(path).exists():
-        return "absent"
-    path = Path(path)
-    files = sorted(q for q in path.rglob("*") if q.is_file() and q.name not in _DIGEST_SKIP) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def reference_dir_for(job: SampleJob) -> Path:
     """The reference dir a worker scores against: model.reference, else DATA/reference/NAME."""
     model = job.model if isinstance(job.model, dict) else {"source": job.model, "name": None}
@@ -104,8 +87,8 @@ def job_key_for(job: SampleJob) -> str:
     model = job.model if isinstance(job.model, dict) else {"source": job.model}
     return job_key(
         model={**{k: model.get(k) for k in _SPEC_SCORE_FIELDS}, "identity": source_identity(model["source"])},
-        bank=_digest_dir(Path(job.bank) / "bank.json"),
-        reference=_digest_dir(reference_dir_for(job)),
+        bank=content_digest([Path(job.bank) / "bank.json"]),
+        reference=content_digest([reference_dir_for(job)], skip=_DIGEST_SKIP),
         n_images=job.n_images, image_seed=job.image_seed, generate=job.generate, paired=job.paired,
         hifi=[job.hifi_configs, job.hifi_images] if job.hifi_configs else None,
         code=code_digest([__name__, "sampling.evaluator"]),

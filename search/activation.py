@@ -2,7 +2,7 @@
 
 Sensitivity (MixDQ, seed 001): for every quantizable layer and every candidate bit-width b, the
 SQNR (dB) of the denoiser output with only that layer's input activations quantized at b bits,
-on calibration inputs drawn from the FP sampling trajectory (`analysis.calibration`). Measured
+on calibration inputs drawn from the FP sampling trajectory (`sampling.calibration`). Measured
 once with FP weights (as MixDQ measures its activation sensitivity), dynamic quantization (per
 token / per sample-channel, as the evaluation's W/A rows and Qua2SeDiMo's A6 use it).
 
@@ -146,10 +146,10 @@ def activation_sensitivity(model, calib, layers: Sequence[str], choices: Sequenc
                            ranges: Mapping[str, tuple[float, float]] | None = None,
                            chunk: int = 256) -> dict[str, dict[int, float]]:
     """{layer: {bits: SQNR dB}}: MixDQ's per-layer activation sensitivity
-    (`analysis.calibration.activation_sqnr`) at every choice, against one FP output on `calib`.
+    (`sampling.calibration.activation_sqnr`) at every choice, against one FP output on `calib`.
     Dynamic quantization, static when `ranges` is given. Cost: len(layers)·len(choices) forwards
     of the calibration set."""
-    from analysis.calibration import activation_sqnr, run_model
+    from sampling.calibration import activation_sqnr, run_model
 
     y_fp = run_model(model, calib, chunk)
     out: dict[str, dict[int, float]] = {l: {} for l in layers}
@@ -166,7 +166,7 @@ def measure_activation_sensitivity(denoiser, layers: Sequence[str], choices: Seq
     """Collect calibration inputs from the FP trajectory and measure `activation_sensitivity`
     with the denoiser's current (FP) weights. Returns {"sqnr": {layer: {bits: dB}}, "calibration":
     {...}, "seconds"}."""
-    from analysis.calibration import collect_calibration
+    from sampling.calibration import collect_calibration
 
     t0 = time.perf_counter()
     calib = collect_calibration(denoiser, samples, trajectories=trajectories, seed=seed, how=timesteps, steps=steps)

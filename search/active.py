@@ -41,7 +41,6 @@ stale/ and starts over.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -55,6 +54,7 @@ import numpy as np
 
 from quant.config import QuantConfig
 from quant.errors import QsensError
+from quant.provenance import content_digest
 
 FORMAT = "qsens-active"
 WORKER = "active"
@@ -109,17 +109,6 @@ def round_of(provenance: str | None) -> int | None:
     return None
 
 
-def _file_digest(path: Path | None) -> str:
-    """sha256 prefix of a file's bytes (16 hex digits), or "absent"."""
-    if path is None or not Path(path).is_file():
-        return "absent"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def run_inputs(ctx: Any, budgets: Sequence[float], ap: ActiveParams, *, random_cache: Path, graph: Path,
                bank_dir: Path, probe: Path | None, train_params: Any, image_seed: int, images: int
                ) -> dict[str, Any]:
@@ -128,10 +117,10 @@ def run_inputs(ctx: Any, budgets: Sequence[float], ap: ActiveParams, *, random_c
     search = {k: getattr(ctx.params, k) for k in SEARCH_FIELDS_USED}
     return {
         "model": ctx.model,
-        "random_cache": _file_digest(Path(random_cache)),
-        "bank": _file_digest(Path(bank_dir) / "bank.json"),
-        "graph": _file_digest(Path(graph)),
-        "probe": _file_digest(None if probe is None else Path(probe)),
+        "random_cache": content_digest([Path(random_cache)]),
+        "bank": content_digest([Path(bank_dir) / "bank.json"]),
+        "graph": content_digest([Path(graph)]),
+        "probe": content_digest([None if probe is None else Path(probe)]),
         "active": {k: v for k, v in asdict(ap).items() if k != "rounds"},
         "train": asdict(train_params),
         "search": search,
@@ -151,8 +140,8 @@ def current_run(out_dir: Path, random_cache: Path, bank_dir: Path) -> dict | Non
     except (FileNotFoundError, ValueError):  # gone, or damaged content: not this run
         return None  # any other OS error (EIO, EACCES...) is the machine's: it propagates, named
     inputs = state.get("inputs") or {} if isinstance(state, dict) else {}
-    if inputs.get("random_cache") != _file_digest(Path(random_cache)) \
-            or inputs.get("bank") != _file_digest(Path(bank_dir) / "bank.json"):
+    if inputs.get("random_cache") != content_digest([Path(random_cache)]) \
+            or inputs.get("bank") != content_digest([Path(bank_dir) / "bank.json"]):
         return None
     return state
 
@@ -597,7 +586,7 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     inputs = run_inputs(ctx, budgets, ap, random_cache=random_cache, graph=graph, bank_dir=bank_dir,
                         probe=probe, train_params=train_params, image_seed=image_seed, images=images)
     if warm_from is not None:
-        inputs["warm_from"] = _file_digest(Path(warm_from) / "ensemble.json")
+        inputs["warm_from"] = content_digest([Path(warm_from) / "ensemble.json"])
     digest = _digest(inputs)
     rows = _prepare_out_dir(out_dir, digest, log)
     union_path = out_dir / "quant_cache.parquet"

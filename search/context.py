@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
 from quant.config import QuantConfig
 from quant.errors import QsensError
 from search.ip import IPResult, solve_named
-from search.params import SearchParams
+
+if TYPE_CHECKING:  # the params module imports the strategy registry, which imports this one
+    from search.params import SearchParams
 
 
 @dataclass
@@ -29,7 +31,7 @@ class SearchContext:
     strategies that measure the model themselves (fisher); defaults to the selector's denoiser.
     """
     bank: Any  # quant.Bank
-    params: SearchParams = field(default_factory=SearchParams)
+    params: SearchParams  # the `search:` section (`search.params.SearchParams`)
     cache_path: Path | None = None  # quant_cache parquet (uniform, random-best, predictor starts)
     predictor_dir: Path | None = None  # data/predictor/<model>
     analysis_dir: Path | None = None  # data/analysis/<model>
@@ -164,7 +166,7 @@ class SearchResult:
         (what `qsens evaluate --given` checks: a replaced file is refused), the cache it was
         searched with (only one that exists: evaluate refuses a family naming a missing one) and
         the predictor dir."""
-        from sampling.inception import sha256_file
+        from quant.provenance import file_sha256 as sha256_file
 
         self.config.save(path)
         return self.to_report() | {"config": str(path), "config_sha256": sha256_file(path),

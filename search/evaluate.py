@@ -41,7 +41,6 @@ seeds): it refuses otherwise.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import asdict
@@ -52,7 +51,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from quant.errors import QsensError
-from quant.provenance import code_digest
+from quant.provenance import code_digest, job_key
 from quant.jsonio import write_json
 from search.params import EvaluateParams
 from search.pareto import budget_tag
@@ -61,25 +60,6 @@ FP_STRATEGY = "fp16"
 # paired scores kept per seed beside FID (sampling.paired), so a cheap label can be checked
 # against the ground truth on exactly the evaluated configs
 PAIRED_COLUMNS = ("fd_fp", "feat_dist", "image_mse", "dssim", "content_drop")
-
-
-def digest_paths(paths: Iterable[str | Path | None]) -> str:
-    """sha256 over the contents of files (directories: every file below, sorted); absent → marked."""
-    h = hashlib.sha256()
-    for p in paths:
-        if p is None:
-            continue
-        p = Path(p)
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.name).encode())
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-            else:
-                h.update(b"<absent>")
-    return h.hexdigest()[:16]
 
 
 def check_seeds(eval_seed: int, used: dict[str, Iterable[int]]) -> None:
@@ -91,8 +71,8 @@ def check_seeds(eval_seed: int, used: dict[str, Iterable[int]]) -> None:
 
 
 def row_key(*parts: Any) -> str:
-    """A 16-hex-digit sha256 key of the given parts (JSON-encoded): identifies one evaluation row."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A 16-hex-digit key of the given parts (`quant.provenance.job_key`): identifies one evaluation row."""
+    return job_key(row=list(parts))
 
 
 def _atomic_json(path: Path, data: Any) -> None:

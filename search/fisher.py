@@ -10,7 +10,7 @@ with Y_l the layer's output, W its FP weight and W_q the option's dequantized we
 then solves an integer program under a bit budget (here: search.ip, driven by the strategy).
 
 The loss. Calibration inputs are the denoiser's own inputs along the FP sampling trajectory
-(seed 003, `analysis.calibration.collect_calibration`), where the true noise ε is unknown. So the
+(seed 003, `sampling.calibration.collect_calibration`), where the true noise ε is unknown. So the
 gradient is that of the Gaussian denoising likelihood with *sampled* targets (the "true Fisher",
 not the empirical one; Kunstner, Balles & Hennig 2019, "Limitations of the empirical Fisher
 approximation for natural gradient descent", NeurIPS):
@@ -130,7 +130,7 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
     Calibration: `samples` inputs drawn from the FP sampling trajectories of `trajectories`
     images (generation seed `seed`, time steps `timesteps` = uniform | normal with `mean`/`std`
     as fractions of the trajectory, `steps` sampler steps or the denoiser's default); see
-    `analysis.calibration.collect_calibration`. `chunk` samples per forward/backward (memory
+    `sampling.calibration.collect_calibration`. `chunk` samples per forward/backward (memory
     only: scores change by float32 rounding, ~1e-6 relative). `draws` target draws per
     sample, averaged; `noise_seed` seeds them. `layers`: a subset of the bank's layers (default
     all), in the bank's order.
@@ -142,7 +142,7 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
     Raises QsensError for bad arguments or unknown layers, BankMismatchError when the model's
     weights are not the bank's. The model is left as it was (weights, requires_grad, hooks).
     """
-    from analysis.calibration import collect_calibration, model_output, to_eps_space
+    from sampling.calibration import collect_calibration, model_output, to_eps_space
     from quant.progress import progress_bar
 
     t_start = time.perf_counter()

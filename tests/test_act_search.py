@@ -101,7 +101,7 @@ def test_sizes_weight_the_budget_and_edge_cases() -> None:
 
 
 def test_activation_sensitivity_matches_a_hand_measurement(tiny_digits_denoiser, one_torch_thread) -> None:
-    from analysis.calibration import collect_calibration, run_model, sqnr_db
+    from sampling.calibration import collect_calibration, run_model, sqnr_db
     from quant.activations import activation_quant
     from search.activation import activation_sensitivity
 
@@ -202,7 +202,7 @@ def test_evaluate_params_split(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------- seed 003 measurement
 def test_uniform_and_normal_calibration_sets_differ(tiny_digits_denoiser, one_torch_thread) -> None:
-    from analysis.calibration import activation_ranges, collect_calibration
+    from sampling.calibration import activation_ranges, collect_calibration
 
     den = tiny_digits_denoiser
     u = collect_calibration(den, 40, trajectories=4, seed=3, how="uniform", steps=6)
@@ -218,7 +218,7 @@ def test_uniform_and_normal_calibration_sets_differ(tiny_digits_denoiser, one_to
 def test_act_calibration_writes_its_measurement(tiny_digits_denoiser, tiny_digits_scorer, tmp_path: Path,
                                                 one_torch_thread) -> None:
     from analysis.act_calibration import ActCalibrationParams, measure_act_calibration, verdict
-    from analysis.calibration import activation_ranges, collect_calibration
+    from sampling.calibration import activation_ranges, collect_calibration
     from quant.activations import activation_quant
 
     den, scorer = tiny_digits_denoiser, tiny_digits_scorer

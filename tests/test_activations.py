@@ -1,5 +1,5 @@
 """quant.activations + QuantConfig.act_options: per-layer activation bits, static calibrated ranges,
-and MixDQ's activation SQNR (analysis.calibration)."""
+and MixDQ's activation SQNR (sampling.calibration)."""
 from __future__ import annotations
 
 import hashlib
@@ -140,7 +140,7 @@ def test_static_ranges_are_min_max_over_the_calibration_inputs() -> None:
 
 
 def test_calibration_ranges_and_activation_sqnr_on_a_tiny_digits_model(tiny_digits_denoiser, one_torch_thread) -> None:
-    from analysis.calibration import activation_ranges, activation_sqnr, collect_calibration, run_model, sqnr_db
+    from sampling.calibration import activation_ranges, activation_sqnr, collect_calibration, run_model, sqnr_db
     from quant.layers import quantizable_layers
 
     den = tiny_digits_denoiser

@@ -76,7 +76,7 @@ def test_ssim_on_8x8_matches_the_reflect_padded_formula() -> None:
 
 # ---------------------------------------------------------------------------------- calibration
 def test_time_step_draws_uniform_and_normal() -> None:
-    from analysis.calibration import draw_steps
+    from sampling.calibration import draw_steps
 
     rng = np.random.default_rng(0)
     u = draw_steps(10, 1000, "uniform", rng)
@@ -90,7 +90,7 @@ def test_time_step_draws_uniform_and_normal() -> None:
 
 def test_calibration_samples_are_the_recorded_rows(tiny_digits_denoiser) -> None:
     """Sample i is row `row[i]` of denoiser call `step_index[i]`, inputs and conditioning alike."""
-    from analysis.calibration import collect_calibration
+    from sampling.calibration import collect_calibration
 
     den = tiny_digits_denoiser
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -114,7 +114,7 @@ def test_calibration_samples_are_the_recorded_rows(tiny_digits_denoiser) -> None
 
 
 def test_calibration_collects_trajectory_inputs(tiny_digits_denoiser) -> None:
-    from analysis.calibration import collect_calibration, model_output, run_model, sqnr_db
+    from sampling.calibration import collect_calibration, model_output, run_model, sqnr_db
 
     den = tiny_digits_denoiser  # 2 sampler steps
     calib = collect_calibration(den, 12, trajectories=6, seed=1, how="uniform")
@@ -220,7 +220,7 @@ def test_mixdq_groups_sqnr_and_ssim(tiny_digits_denoiser, small_bank, tmp_path: 
     assert q[("conv_in", "uaq4")] > q[("conv_in", "uaq3")]
     # the values by hand: SQNR of the output on the same calibration draw, SSIM of the images of
     # that one layer quantized against the FP images of the same seeds
-    from analysis.calibration import collect_calibration, run_model, sqnr_db
+    from sampling.calibration import collect_calibration, run_model, sqnr_db
     from sampling.ssim import ssim
     from quant.apply import quantized
     from quant.config import QuantConfig

@@ -196,7 +196,7 @@ def test_cli_score_fp16(tiny_prepared_data, capsys):
     # the FP model's scores on seed set 1 (not the params' default 0)
     from denoisers.registry import load_denoiser
     from sampling.evaluator import evaluate
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     den = load_denoiser("digits", data_dir=tiny_prepared_data)
     score, _ = evaluate(den, make_scorer(den), 20, seed=1)
@@ -274,7 +274,7 @@ def test_cli_score_uniform_config_with_bank(tiny_prepared_data, tmp_path, capsys
     # the printed scores are those of the quantized model, not of the FP one
     from quant.apply import quantized
     from sampling.evaluator import evaluate
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     bank = build_bank(den.model, model_name="digits", progress=False)
     scorer = make_scorer(den)

@@ -35,7 +35,7 @@ def _by_hand(den, bank, layer: str, option: str, chunk: int, draws: int, noise_s
     """Σ_samples Σ_elements mean_draws(g²)·ΔY² for one layer, computed independently: g by
     torch.autograd.grad of L = ½‖ε_θ − (sg(ε_θ) + n)‖² w.r.t. the layer's output, ΔY as the
     layer's output with the one-layer config applied (quant.apply.quantized) minus its FP output."""
-    from analysis.calibration import collect_calibration, model_output
+    from sampling.calibration import collect_calibration, model_output
     from quant.apply import quantized
     from quant.config import QuantConfig
 

@@ -1,7 +1,7 @@
 """Prediction types (ε, v, flow matching) in everything that computes a loss or calibrates.
 
 The fisher strategy's denoising loss (search/fisher.py), the calibration set
-(analysis/calibration.py: `eps_scale` per sample) and the output-error proxy `run_model` state
+(sampling/calibration.py: `eps_scale` per sample) and the output-error proxy `run_model` state
 everything in ε space: ε̂ = c_t·output + (x_t terms), c_t = 1 (ε), √ᾱ_t (v), 1 − σ (flow).
 Each type is checked against a by-hand value: the factor itself from the scheduler's own
 numbers, and the fisher score of one layer by torch.autograd of L = ½‖c_t·o − (sg(c_t·o) + n)‖².
@@ -71,7 +71,7 @@ def test_pipeline_prediction_types_come_from_the_scheduler():
 
 def _by_hand(den, bank, layer: str, option: str, chunk: int) -> float:
     """Σ g²·ΔY² for one layer, g by autograd of the ε-space loss through the per-sample factor."""
-    from analysis.calibration import collect_calibration, model_output
+    from sampling.calibration import collect_calibration, model_output
     from quant.apply import quantized
     from quant.config import QuantConfig
 
@@ -135,7 +135,7 @@ def test_fisher_loss_per_prediction_type_against_by_hand(prediction, tiny_digits
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow"])
 def test_calibration_outputs_are_in_eps_space(prediction, tiny_digits_denoiser, one_torch_thread):
-    from analysis.calibration import collect_calibration, model_output, run_model, sample_timesteps
+    from sampling.calibration import collect_calibration, model_output, run_model, sample_timesteps
 
     den = tiny_digits_denoiser
     _set_prediction(den, prediction)
@@ -159,7 +159,7 @@ def test_calibration_outputs_are_in_eps_space(prediction, tiny_digits_denoiser, 
 def test_calibration_keeps_per_call_inputs_whole():
     """Rotary embeddings / position ids are one tensor per call (Hunyuan-DiT's is (1, D) on a
     small model, FLUX's ids (N, 3)): never split into samples, passed whole to every chunk."""
-    from analysis.calibration import CalibrationSet, _gather
+    from sampling.calibration import CalibrationSet, _gather
 
     rot = (torch.ones(1, 8), torch.zeros(1, 8))
     ids = torch.arange(12.0).reshape(4, 3)  # 4 tokens: the batch is 2

@@ -38,7 +38,7 @@ def _json(out: Path, name: str) -> dict:
 
 
 def _calibration_ranges(den):
-    from analysis.calibration import activation_ranges, collect_calibration
+    from sampling.calibration import activation_ranges, collect_calibration
 
     calib = collect_calibration(den, PARAMS.calib_samples, trajectories=PARAMS.calib_trajectories,
                                 seed=PARAMS.calib_seed, how=PARAMS.calib_timesteps)

@@ -133,7 +133,9 @@ def test_generation_settings_reach_the_pipeline(tmp_path, monkeypatch):
     from denoisers.spec import ModelSpec
 
     spec = ModelSpec(source=str(source), name="sd", steps=2, batch_size=2)
-    den = spec.load()
+    from denoisers.registry import load_denoiser
+
+    den = load_denoiser(spec)
     assert den.guidance == 7.5  # StableDiffusionPipeline.__call__'s default, as users run it
     den.prompts = ["a red cube"]
     base = den.generate(2, 0).images

@@ -106,7 +106,7 @@ def scorer(built):
 def test_build_through_cli_writes_stats_prompts_and_identity(assets, built):
     from safetensors.numpy import load_file
 
-    from sampling.inception import sha256_file
+    from quant.provenance import file_sha256 as sha256_file
 
     rc, out = built
     assert rc == 0
@@ -163,7 +163,7 @@ def test_txt_captions_match_by_position_and_show(assets, tmp_path, capsys):
     assert main(["reference", "show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "4 from" in shown and f"at {RES} px" in shown and "caption 0 of 000001.jpg" in shown
-    from sampling.inception import sha256_file
+    from quant.provenance import file_sha256 as sha256_file
     assert sha256_file(assets["inception"]) in shown
 
 
@@ -282,7 +282,7 @@ def test_show_of_a_non_reference_dir(tmp_path, capsys):
 # the scorer
 # ----------------------------------------------------------------------------------------------
 def test_fid_of_reference_images_is_zero_and_a_shift_is_not(assets, built, scorer):
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     imgs = crops(assets)
     ref_trace = float(np.trace(scorer.ref_sigma))
@@ -309,7 +309,8 @@ def test_resolution_mismatch_is_one_line(assets, scorer):
 
 
 def test_network_sha_mismatch_is_one_line(assets, built):
-    from sampling.inception import InceptionClipScorer, sha256_file
+    from quant.provenance import file_sha256 as sha256_file
+    from sampling.inception import InceptionClipScorer
 
     rec, other = sha256_file(assets["inception"]), sha256_file(assets["other"])
     with pytest.raises(QsensError) as exc:

@@ -140,7 +140,7 @@ def test_cache_rows_are_the_scores_of_their_configs(prepared: Path, one_local_wo
     from quant.bank import Bank
     from quant.config import QuantConfig
     from sampling.evaluator import evaluate
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     den = load_denoiser("digits", data_dir=prepared)
     bank = Bank.load(prepared / "bank" / "digits")

@@ -126,7 +126,7 @@ def test_reference_stats_roundtrip_is_safetensors(tmp_path):
 def test_scorer_load_from_prepared_dir(tiny_prepared_data, digit_images):
     from denoisers.registry import load_denoiser
     from sampling.evaluator import evaluate
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     den = load_denoiser("digits", data_dir=tiny_prepared_data)
     scorer = make_scorer(den)

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     bank = load_bank_for(den, args.bank or ctx.layout.bank, ctx.spec.name, build_missing=False)
     out = args.out or ctx.layout.analysis
     if args.what in ("layerwise", "all"):
-        from sampling.scoring import make_scorer
+        from sampling.scorers import make_scorer
 
         t0 = time.perf_counter()
         df = measure_layerwise(den, bank, make_scorer(den, device=ctx.spec.device), params, out,
@@ -117,7 +117,7 @@ def run_quant_analyzer_command(args: argparse.Namespace) -> int:
     from analysis.quant_analyzer import QuantAnalyzerParams, run_quant_analyzer
     from quant.bank import META_FILE
     from sampling.noise import load_bank_for
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     params = QuantAnalyzerParams.from_yaml(args.params)
     overrides = {"weight_option": args.weight_option, "act_bits": args.act_bits, "act_mode": args.act_mode,
@@ -153,7 +153,7 @@ def run_act_calibration_command(args: argparse.Namespace) -> int:
 
     from analysis.act_calibration import ActCalibrationParams, measure_act_calibration
     from quant.jsonio import check_output_path
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     params = ActCalibrationParams.from_yaml(args.params)
     if args.images is not None:

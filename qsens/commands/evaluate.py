@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from search.activation import evaluate_params
     from predictor.probe import ProbeParams
     from quant.params import load_section
-    from search.evaluate import digest_paths, run_evaluation
+    from quant.provenance import content_digest
+    from search.evaluate import run_evaluation
     from search.strategies import NAMES as STRATEGIES, REGISTRY
 
     configure_torch(args.threads)
@@ -107,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
 
     def digest(strategy: str) -> str:
         if strategy == "fp16":
-            return digest_paths([Path(real.denoiser.model_dir) / "qsens_digits.json"]
+            return content_digest([Path(real.denoiser.model_dir) / "qsens_digits.json"]
                                 if getattr(real.denoiser, "model_dir", None) else [])
         if strategy in given:
             fam_dir = Path(dict(_pair(g) for g in args.given)[strategy])
-            return digest_paths([fam_dir / "family.json"]
+            return content_digest([fam_dir / "family.json"]
                                 + [Path(r.report["config"]) for _, r in sorted(given[strategy].items())])
-        return digest_paths(REGISTRY[strategy].inputs(ctx))
+        return content_digest(REGISTRY[strategy].inputs(ctx))
 
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
                           out_dir=args.out or cli.layout.search, metrics_path=args.metrics,
@@ -142,7 +143,7 @@ def load_family(directory: str, ctx, strategy: str, data_root: str | Path | None
     Each config must lie inside the family dir or `data_root` (a family.json cannot point the
     evaluation at files elsewhere on disk) and hash to the `config_sha256` search recorded (a
     replaced config is refused, never scored under the family's id or reused on resume)."""
-    from sampling.inception import sha256_file
+    from quant.provenance import file_sha256 as sha256_file
 
     from quant.config import QuantConfig
     from quant.errors import QsensError

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
     from sampling.noise import (NoiseParams, ScoreParams, load_bank_for, measure_noise,
                                 write_noise_outputs)
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     configure_torch(args.threads)
     params = NoiseParams.from_yaml(args.params)

@@ -164,7 +164,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from predictor.probe import ProbeParams, measure_probe
     from quant.params import load_section
     from sampling.noise import load_bank_for
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     configure_torch(args.threads)
     ctx = context(args)

@@ -79,7 +79,7 @@ def check_device(device: str) -> str:
 
 def run_build(args: argparse.Namespace) -> int:
     """`qsens reference build`: build an FID reference of real images; exit code."""
-    from sampling.reference import build_reference
+    from sampling.reference_build import build_reference
 
     check_device(args.device)  # before any image is read
     t0 = time.perf_counter()

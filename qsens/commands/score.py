@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from quant.errors import QsensError
     from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams, load_bank_for, sample_grid
-    from sampling.scoring import make_scorer
+    from sampling.scorers import make_scorer
 
     configure_torch(args.threads)
     sp = ScoreParams.from_yaml(args.params)
