@@ -82,17 +82,23 @@ def rank_agreement(x: Sequence[float], truth: Sequence[float], bootstrap: int = 
     x, t = x[ok], t[ok]
     if len(x) < 4 or np.ptp(x) == 0 or np.ptp(t) == 0:
         return {"spearman": None, "spearman_lo": None, "spearman_hi": None, "kendall": None, "configs": int(len(x))}
-    rho = float(spearmanr(x, t).statistic)
-    tau = float(kendalltau(x, t).statistic)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(x), len(x))
-        if len(set(idx.tolist())) < 3:
-            continue
-        r = spearmanr(x[idx], t[idx]).statistic
-        if np.isfinite(r):
-            boots.append(r)
+    import warnings
+
+    from scipy.stats import ConstantInputWarning
+
+    with warnings.catch_warnings():  # a constant label or resample has no rank correlation: null, not a warning
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        rho = float(spearmanr(x, t).statistic)
+        tau = float(kendalltau(x, t).statistic)
+        rng = np.random.default_rng(seed)
+        boots = []
+        for _ in range(bootstrap):
+            idx = rng.integers(0, len(x), len(x))
+            if len(set(idx.tolist())) < 3:
+                continue
+            r = spearmanr(x[idx], t[idx]).statistic
+            if np.isfinite(r):
+                boots.append(r)
     lo, hi = (np.percentile(boots, [5, 95]) if boots else (math.nan, math.nan))
 
     def num(v: float) -> float | None:  # a constant label or truth has no rank correlation

@@ -241,6 +241,10 @@ def read_models_section(params: str | Path) -> dict[str, dict[str, Any]]:
         entry = dict(entry)
         if "name" in entry:
             raise QsensError(f"{path}: models.{key}.name: a model's name is its key under `models:`")
+        unknown = sorted(set(entry) - {f.name for f in fields(ModelSpec)})
+        if unknown:
+            known = sorted(f.name for f in fields(ModelSpec) if f.name != "name")
+            raise QsensError(f"unknown models.{key} params {unknown} in {path}; known: {known}")
         reject_unknown(ModelSpec, entry, f"models.{key}", path)
         out[key] = entry
     return out
@@ -293,7 +297,12 @@ def resolve_spec(params: str | Path = "params.yaml", *, model: str | None = None
     except TypeError as exc:
         raise QsensError(f"{params}: bad `model` params ({exc})") from None
     if model is not None and model not in (spec.source, spec.name):
-        classify_source(model)
+        try:
+            classify_source(model)
+        except QsensError as exc:
+            if not models:
+                raise
+            raise QsensError(f"{exc}; nor an entry of {params} `models:` ({', '.join(models)})") from None
         # params' reference belongs to params' model: a new source uses --reference, or the one
         # `qsens prepare` installed under its own name
         spec = replace(spec, source=str(model), name=name or default_name(model), reference=None)

@@ -18,12 +18,12 @@ from quant.errors import QsensError
 
 def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     """--model/--name/--params/--data-dir, and (generation=True) the generation overrides."""
-    p.add_argument("--model", default=None, metavar="SOURCE",
-                   help="digits, digits-dit, a diffusers pipeline dir or a hub id "
-                   "(default: params model.source)")
+    p.add_argument("--model", default=None, metavar="NAME|SOURCE",
+                   help="an entry of params `models:` (default: the first), or a source: digits, "
+                   "digits-dit, a diffusers pipeline dir or a hub id")
     p.add_argument("--name", default=None,
-                   help="short name for the data paths (default: params model.name, or the "
-                   "--model dir's name)")
+                   help="short name for the data paths (default: the `models:` entry's name, or the "
+                   "--model source's own name)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"),
                    help="params file (default: params.yaml)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="data root (default: data)")

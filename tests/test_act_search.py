@@ -118,14 +118,8 @@ def test_activation_sensitivity_matches_a_hand_measurement(tiny_digits_denoiser,
 
 # ----------------------------------------------------------------------------------- evaluation
 @pytest.fixture(scope="module")
-def tiny_bank():
-    from conftest import one_thread
-    from denoisers.digits import tiny_digits_denoiser
-    from quant.bank import build_bank
-
-    with one_thread():
-        den = tiny_digits_denoiser("unet", seed=0)
-        return build_bank(den.model, ["uaq3", "uaq4"], model_name="digits", progress=False), den
+def tiny_bank(tiny_bank_of):
+    return tiny_bank_of(["uaq3", "uaq4"])
 
 
 def test_evaluation_gets_w_a_rows(tiny_bank, tiny_digits_scorer, tmp_path: Path, one_torch_thread) -> None:

@@ -3,26 +3,19 @@ exit code 2, and no file under the data dir changes. Rows are (id, argv, setup);
 `{bank}` and `{shards}` are filled in, and `setup(tmp)` writes the bad file a row needs."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from qsens.cli import main
+from conftest import run_qsens
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, out.getvalue(), err.getvalue()
+    done = run_qsens(*argv)  # conftest: the CLI in this process
+    return done.returncode, done.stdout, done.stderr
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -315,14 +308,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_prepared_data: Path, tmp_path_factory) -> Path:
-    bank = tiny_prepared_data / "bank" / "digits"
-    if not (bank / "bank.json").exists():
-        code, _, err = run_cli(["bank", "build", "digits", "--data-dir", str(tiny_prepared_data),
-                                "--out", str(bank), "--quiet"])
-        assert code == 0, err
+def workspace(prepared_with_bank: Path, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bad_input")
-    (tmp / "data").symlink_to(tiny_prepared_data)
+    (tmp / "data").symlink_to(prepared_with_bank)
     return tmp
 
 

@@ -20,10 +20,8 @@ PACKAGES = ("quant", "denoisers", "sampling", "graphs", "predictor", "search", "
 
 
 @pytest.fixture
-def tiny_bank(tiny_digits_denoiser):
-    from quant.bank import build_bank
-
-    return build_bank(tiny_digits_denoiser.model, ["uaq3", "kma3"], model_name="digits")
+def tiny_bank(tiny_bank_of):
+    return tiny_bank_of(["uaq3", "kma3"])[0]
 
 
 def _evaluator(den, bank, scorer, tmp_path, **kw):

@@ -28,12 +28,7 @@ from tests.tiny_pipelines import tiny_pipelines  # noqa: F401 (session fixture)
 ALL_OPTIONS = [f"{m}{b}" for m in METHODS for b in range(2, 9)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest)
 
 
 class Toy(nn.Module):

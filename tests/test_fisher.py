@@ -15,10 +15,8 @@ CALIB = dict(samples=12, trajectories=8, seed=3, steps=2)  # 2 steps × 8 trajec
 
 
 @pytest.fixture
-def tiny_bank(tiny_digits_denoiser, one_torch_thread):
-    from quant.bank import build_bank
-
-    return build_bank(tiny_digits_denoiser.model, OPTIONS, model_name="digits", progress=False)
+def tiny_bank(tiny_bank_of, one_torch_thread):
+    return tiny_bank_of(OPTIONS)[0]
 
 
 def _plain(obj):

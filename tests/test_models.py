@@ -103,3 +103,33 @@ def test_settings_file_holds_the_settings_not_where_the_model_lies(tmp_path):
     moved = settings({"m": {"source": str(tmp_path / "b"), "reference": "ref-b", "steps": 4}})
     assert here == moved and b"ref-a" not in here and str(tmp_path).encode() not in here
     assert settings({"m": {"source": str(tmp_path / "a"), "steps": 5}}) != here
+
+
+def test_an_unknown_model_names_the_entries_and_an_entry_is_not_offered_a_name(tmp_path):
+    params = _params(tmp_path, {"digits": {}, "digits-dit": {}})
+    with pytest.raises(QsensError, match=r"nor an entry of .*`models:` \(digits, digits-dit\)"):
+        resolve_spec(params, model="nosuchmodel")
+    params = _params(tmp_path, {"digits": {"stesp": 3}})
+    with pytest.raises(QsensError) as err:
+        resolve_spec(params)
+    assert "'stesp'" in str(err.value) and "'name'" not in str(err.value)
+
+
+def test_cost_takes_the_model_name(tmp_path, monkeypatch):
+    """`qsens cost --model NAME` reads data/cost/NAME and writes metrics/NAME/cost.json."""
+    import json
+
+    from conftest import run_qsens
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "gpu_sd15.json").write_text((ROOT / "bench" / "results" / "gpu_sd15.json").read_text())
+    costs = tmp_path / "data" / "cost" / "m"
+    costs.mkdir(parents=True)
+    (costs / "sample.json").write_text(json.dumps({"stage": "sample", "images": 10, "forwards": 5,
+                                                   "forward_samples": 60, "seconds": 1.0}))
+    done = run_qsens("cost", "--model", "m")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "metrics" / "m" / "cost.json").read_text())["stages"]["sample"]["images"] == 10
+    assert run_qsens("cost").returncode == 2

@@ -19,12 +19,7 @@ from quant.packing import decode_packed, native_decode_available, pack_codes, un
 OLD_SMALL = 1 << 18  # the old implementation switched paths above this many codes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest)
 
 
 # ----------------------------------------------------------------- the previous implementation

@@ -167,19 +167,8 @@ def test_grid_titles_fit_in_the_figure():
 
 
 @pytest.fixture(scope="module")
-def tiny_bank():
-    import torch
-
-    from denoisers.digits import tiny_digits_denoiser
-    from quant.bank import build_bank
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return build_bank(tiny_digits_denoiser("unet", seed=0).model, options=("uaq4",),
-                          model_name="digits", progress=False)
-    finally:
-        torch.set_num_threads(old)
+def tiny_bank(tiny_bank_of):
+    return tiny_bank_of(["uaq4"])[0]
 
 
 def test_noise_grid_of_a_clip_scorer_says_clip_score(tiny_digits_denoiser, tiny_digits_scorer, tiny_bank,

@@ -1,34 +1,24 @@
 """Stale results are never reused (issue 12, case 5 and its kind): shards, merge, code digests."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from qsens.cli import main
+from conftest import run_qsens
 from quant.provenance import code_digest, dvc_deps, import_closure
 from sampling.cache import read_cache
 from sampling.shards import ShardLock, scan_shards
 
 
-def qsens(*args: str) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+qsens = run_qsens  # conftest: the CLI in this process
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_prepared_data: Path) -> Path:
-    bank = tiny_prepared_data / "bank" / "digits"
-    if not (bank / "bank.json").exists():
-        assert qsens("bank", "build", "digits", "--data-dir", str(tiny_prepared_data), "--out", str(bank),
-                     "--quiet").returncode == 0
-    return tiny_prepared_data
+def prepared(prepared_with_bank: Path) -> Path:
+    return prepared_with_bank
 
 
 def sample(data: Path, shards: Path, *extra: str, n: int = 3) -> subprocess.CompletedProcess:

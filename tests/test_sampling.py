@@ -1,8 +1,6 @@
 """End-to-end sampling on a tiny prepared `digits` model, through the real CLI and workers."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import signal
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qsens.cli import main
+from conftest import run_qsens
 from sampling.cache import merge_shards, read_cache
 from sampling.sampler import random_config, random_configs
 from sampling.shards import scan_shards
@@ -22,24 +20,16 @@ N_CONFIGS = 6
 
 
 def qsens(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real CLI in this process (a subprocess would re-import torch every time)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse's own errors (one line, exit 2)
-            code = exc.code
-    result = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"qsens {' '.join(args)} failed ({code}):\n{result.stderr[-2000:]}")
+    """`conftest.run_qsens`, failing the test on a non-zero exit unless check=False."""
+    result = run_qsens(*args)
+    if check and result.returncode != 0:
+        raise AssertionError(f"qsens {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
     return result
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_prepared_data: Path) -> Path:
-    qsens("bank", "build", "digits", "--data-dir", str(tiny_prepared_data),
-          "--out", str(tiny_prepared_data / "bank" / "digits"))
-    return tiny_prepared_data
+def prepared(prepared_with_bank: Path) -> Path:
+    return prepared_with_bank
 
 
 def sample_args(data: Path, shards: Path, n: int = N_CONFIGS, *extra: str) -> list[str]:

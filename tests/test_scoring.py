@@ -139,17 +139,8 @@ def test_scorer_load_from_prepared_dir(tiny_prepared_data, digit_images):
 
 
 @pytest.fixture(scope="module")
-def tiny_bank():
-    from denoisers.digits import tiny_digits_denoiser
-    from quant.bank import build_bank
-
-    den = tiny_digits_denoiser("unet", seed=0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return build_bank(den.model, model_name="digits", progress=False)
-    finally:
-        torch.set_num_threads(old)
+def tiny_bank(tiny_bank_of):
+    return tiny_bank_of()[0]
 
 
 def test_same_config_and_seeds_give_identical_images_and_scores(tiny_digits_denoiser,

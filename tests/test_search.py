@@ -119,13 +119,11 @@ def test_parse_budgets() -> None:
 
 # ---------------------------------------------------------------------------------- strategies
 @pytest.fixture(scope="module")
-def tiny_bank():
-    from denoisers.digits import tiny_digits_denoiser
-    from quant.bank import build_bank
+def tiny_bank(tiny_bank_of):
+    return tiny_bank_of(OPTIONS)
 
-    torch.set_num_threads(1)
-    den = tiny_digits_denoiser("unet", seed=0)
-    return build_bank(den.model, OPTIONS, model_name="digits", progress=False), den
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest)
 
 
 def _budget_mid(bank) -> float:

@@ -17,7 +17,11 @@ def register(subparsers) -> None:
         "with the GPU-hours the same counts cost at SD v1.5 scale (measured images/s of bench/gpu.py on "
         "a lent GPU, params cost.gpu_result) and at SDXL scale (the SD v1.5 rate divided by the ratio of "
         "their U-Nets' MACs per image at native resolution, params cost.sdxl_macs_ratio: an estimate).")
-    p.add_argument("--costs", type=Path, required=True, metavar="DIR", help="directory of <stage>.json spend files")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="the model (an entry of params `models:`): --costs data/cost/NAME, --bank data/bank/NAME, "
+                   "--out metrics/NAME/cost.json unless given")
+    p.add_argument("--costs", type=Path, default=None, metavar="DIR",
+                   help="directory of <stage>.json spend files (default: data/cost/<--model>)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON to write (default: metrics/<model>/cost.json, <model> the --costs dir's name)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
@@ -35,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.params.is_file():
         raise QsensError(f"params file {args.params} not found")
     params = CostParams.from_dict(read_params_section(args.params, "cost"))
+    if args.costs is None:
+        if args.model is None:
+            raise QsensError("give --model NAME (its data/cost/NAME) or --costs DIR")
+        args.costs = Path("data") / "cost" / args.model
+        if args.bank is None and (Path("data") / "bank" / args.model / "bank.json").is_file():
+            args.bank = Path("data") / "bank" / args.model
     out = check_output_path(args.out or Path("metrics") / args.costs.name / "cost.json")
     layers = None
     if args.bank is not None:
