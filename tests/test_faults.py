@@ -701,7 +701,7 @@ def test_every_command_checks_the_reference_json_before_loading(tmp_path, monkey
     (d / "reference.json").write_text(json.dumps({"format": 1, "kind": "inception", "resolution": "512",
                                                   "n_images": 2, "feature_network": {}}))
     spec = ModelSpec(source="digits", name="digits", reference=str(d))
-    monkeypatch.setattr(ModelSpec, "load", lambda *a, **k: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr("denoisers.registry.load_denoiser", lambda *a, **k: pytest.fail("the model was loaded first"))
     ctx = Context(tmp_path / "params.yaml", spec, Layout(tmp_path, "digits"))
     with pytest.raises(QsensError, match=r"resolution '512' is not an integer"):
         ctx.load_denoiser()

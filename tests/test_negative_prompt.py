@@ -24,7 +24,9 @@ def pipes(tmp_path_factory):
 
 
 def _load(source: Path, kind: str, **spec):
-    den = ModelSpec(source=str(source), name=kind, steps=2, batch_size=2, **spec).load()
+    from denoisers.registry import load_denoiser
+
+    den = load_denoiser(ModelSpec(source=str(source), name=kind, steps=2, batch_size=2, **spec))
     den.prompts = list(PROMPTS)
     return den
 

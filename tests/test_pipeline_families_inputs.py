@@ -63,7 +63,9 @@ def test_a_pipeline_with_a_spiece_only_tokenizer_loads_and_generates(tmp_path, m
 
     source = build_tiny_pipeline("pixart-alpha", tmp_path / "pixart")
     _hub_layout(source / "tokenizer", _train_spiece())
-    den = ModelSpec(source=str(source), name="pixart", steps=2, batch_size=2).load()
+    from denoisers.registry import load_denoiser
+
+    den = load_denoiser(ModelSpec(source=str(source), name="pixart", steps=2, batch_size=2))
     den.prompts = ["a red cube"]
     assert den.generate(2, 0).images.shape == (2, 16, 16, 3)
 
