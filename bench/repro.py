@@ -12,7 +12,7 @@ clone's `metrics/<model>/search.json` whose per-seed FIDs equal this repository'
 budget, activation bits). The machine's load is sampled at the end: other work on the cores
 lengthens the wall time, so say what else ran.
 
-Writes bench/results/repro.json; last line `repro wall_min=<x> fids_identical=<k>/<n>`.
+Writes bench/results/repro.json (or --name); last line `repro wall_min=<x> fids_identical=<k>/<n>`.
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clone", type=Path, default=None, help="a clone where `make repro` ran (with --log)")
     ap.add_argument("--log", type=Path, default=None, help="its `/usr/bin/time -v make repro` output")
     ap.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    ap.add_argument("--name", default="repro", help="bench/results/<name>.json (default: repro)")
     args = ap.parse_args(argv)
     if (args.clone is None) != (args.log is None):
         ap.error("--clone and --log go together")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"clone": str(args.clone), "commit": commit, **gnu_time(log), "stages_run": stages,
               "install_stamp_mtime": stamp.stat().st_mtime if stamp.is_file() else None,
               "search_fids": fids, "note": args.note, "loadavg_end": loadavg()}
-    write_result("repro", result, argv=argv)
+    write_result(args.name, result, argv=argv)
     k = sum(v["fids_identical"] for v in fids.values())
     n = sum(v["rows"] for v in fids.values())
     print(f"repro wall_min={result.get('wall_s', float('nan')) / 60:.1f} fids_identical={k}/{n}")
