@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from denoisers.spec import model_names  # noqa: E402
 from machine import write_result  # noqa: E402  (bench/machine.py)
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="how the run was made (the dvc exp run command)")
     args = ap.parse_args(argv)
     params = yaml.safe_load((args.repo / "params.yaml").read_text())
-    model = args.model or next(iter(params.get("models") or {}), None) or params["model"]["name"]
+    model = args.model or model_names(args.repo / "params.yaml")[0]
     metrics = args.repo / "metrics" / model
     out = {"note": args.note, "repo": str(args.repo),
            "params": {k: params.get(k) for k in ("models", "model", "sample", "analysis", "search", "active", "evaluate",

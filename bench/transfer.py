@@ -57,7 +57,7 @@ def retarget(family: Path, name: str, out: Path) -> Path:
     """The base family's configs, option for option, as configs of model `name` (a family dir of
     its own, with the SHA-256 `evaluate --given` checks): the base config applied unchanged."""
     from quant.config import QuantConfig
-    from quant.provenance import file_sha256 as sha256_file
+    from quant.provenance import file_sha256
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -66,7 +66,7 @@ def retarget(family: Path, name: str, out: Path) -> Path:
         cfg.model = name
         path = out / Path(r["config"]).name
         cfg.save(path)
-        rows.append({**r, "config": str(path), "config_sha256": sha256_file(path), "cache": None})
+        rows.append({**r, "config": str(path), "config_sha256": file_sha256(path), "cache": None})
     (out / "family.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return out
 

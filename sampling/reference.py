@@ -168,6 +168,9 @@ def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarr
     write_dir(out, fill)
 
 
+# ----------------------------------------------------------------------------------------------
+# load / check
+# ----------------------------------------------------------------------------------------------
 def load_reference(directory: str | Path) -> Reference:
     """Read a reference dir. Raises QsensError (one line) if it is missing, not a reference dir,
     of another format, or its files disagree (stats shapes, prompt count)."""

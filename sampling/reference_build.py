@@ -111,7 +111,3 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
     _write_atomic(out, files_out)
     return Reference(out, mu, sigma, info, prompts, names)
 
-
-# ----------------------------------------------------------------------------------------------
-# load / check
-# ----------------------------------------------------------------------------------------------

@@ -166,10 +166,10 @@ class SearchResult:
         (what `qsens evaluate --given` checks: a replaced file is refused), the cache it was
         searched with (only one that exists: evaluate refuses a family naming a missing one) and
         the predictor dir."""
-        from quant.provenance import file_sha256 as sha256_file
+        from quant.provenance import file_sha256
 
         self.config.save(path)
-        return self.to_report() | {"config": str(path), "config_sha256": sha256_file(path),
+        return self.to_report() | {"config": str(path), "config_sha256": file_sha256(path),
                                    "cache": str(cache) if cache and Path(cache).is_file() else None,
                                    "predictor_dir": str(predictor_dir)}
 

@@ -106,7 +106,7 @@ def scorer(built):
 def test_build_through_cli_writes_stats_prompts_and_identity(assets, built):
     from safetensors.numpy import load_file
 
-    from quant.provenance import file_sha256 as sha256_file
+    from quant.provenance import file_sha256
 
     rc, out = built
     assert rc == 0
@@ -114,7 +114,7 @@ def test_build_through_cli_writes_stats_prompts_and_identity(assets, built):
     assert info["format"] == 1 and info["kind"] == "inception" and info["mode"] == "clean"
     assert info["resolution"] == RES and info["n_images"] == 6
     assert info["feature_network"]["file"] == str(assets["inception"])
-    assert info["feature_network"]["sha256"] == sha256_file(assets["inception"])
+    assert info["feature_network"]["sha256"] == file_sha256(assets["inception"])
     assert info["feature_network"]["name"] == "clean-fid inception-2015-12-05 pool3 (2048-d)"
     assert info["clip_model"] == str(assets["clip"]) and info["captions"] == str(assets["coco"])
     assert info["images"] == str(assets["images"]) and info["prompts_file"] == "prompts.txt"
@@ -163,8 +163,8 @@ def test_txt_captions_match_by_position_and_show(assets, tmp_path, capsys):
     assert main(["reference", "show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "4 from" in shown and f"at {RES} px" in shown and "caption 0 of 000001.jpg" in shown
-    from quant.provenance import file_sha256 as sha256_file
-    assert sha256_file(assets["inception"]) in shown
+    from quant.provenance import file_sha256
+    assert file_sha256(assets["inception"]) in shown
 
 
 def test_rebuild_replaces_reference_without_captions(assets, built, tmp_path):
@@ -309,10 +309,10 @@ def test_resolution_mismatch_is_one_line(assets, scorer):
 
 
 def test_network_sha_mismatch_is_one_line(assets, built):
-    from quant.provenance import file_sha256 as sha256_file
+    from quant.provenance import file_sha256
     from sampling.inception import InceptionClipScorer
 
-    rec, other = sha256_file(assets["inception"]), sha256_file(assets["other"])
+    rec, other = file_sha256(assets["inception"]), file_sha256(assets["other"])
     with pytest.raises(QsensError) as exc:
         InceptionClipScorer(built[1], inception_path=assets["other"])
     msg = str(exc.value)

@@ -143,7 +143,7 @@ def load_family(directory: str, ctx, strategy: str, data_root: str | Path | None
     Each config must lie inside the family dir or `data_root` (a family.json cannot point the
     evaluation at files elsewhere on disk) and hash to the `config_sha256` search recorded (a
     replaced config is refused, never scored under the family's id or reused on resume)."""
-    from quant.provenance import file_sha256 as sha256_file
+    from quant.provenance import file_sha256
 
     from quant.config import QuantConfig
     from quant.errors import QsensError
@@ -175,7 +175,7 @@ def load_family(directory: str, ctx, strategy: str, data_root: str | Path | None
         if not isinstance(want, str):
             raise QsensError(f"{path}: no config_sha256 for {cfg_path} (written by an older qsens); "
                              f"run `qsens search --budgets params --strategy {strategy}` again")
-        if sha256_file(cfg_path) != want:
+        if file_sha256(cfg_path) != want:
             raise QsensError(f"{path}: config {cfg_path} changed since the search wrote it (SHA-256 differs); "
                              f"run the search again or restore the file")
         cfg = ctx.bank.validate(QuantConfig.load(cfg_path), where=str(cfg_path))
