@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from quant.errors import QsensError
-from quant.params import load_section
+from core.errors import QsensError
+from core.params import load_section
 
 SAMPLINGS = ("uniform", "normal")
 
@@ -97,7 +97,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
     from analysis.common import write_json
     from quant.activations import activation_quant
     from quant.layers import quantizable_layers
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     t_start = time.perf_counter()
     p = params
@@ -160,7 +160,7 @@ def measure_act_calibration(denoiser, scorer, params: ActCalibrationParams, out_
                                "uniform_mean_lower": None if d_m is None else bool(d_m < 0)}
     noise = None
     if noise_path is not None and Path(noise_path).is_file():
-        from quant.jsonio import read_json
+        from core.jsonio import read_json
 
         nj = read_json(Path(noise_path), "metrics/NAME/noise.json")
         if isinstance(nj, dict):

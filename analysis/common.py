@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from quant.config import QuantConfig
-from quant import jsonio
-from quant.provenance import job_key
+from core import jsonio
+from core.provenance import job_key
 from sampling.shards import ShardWriter
 
 
 def settings_key(settings: dict[str, Any]) -> str:
     """A short key of the settings a measurement depends on (rows with another key are redone):
-    `quant.provenance.job_key`, 12 of its digits."""
+    `core.provenance.job_key`, 12 of its digits."""
     return job_key(**{str(k): v for k, v in settings.items()})[:12]
 
 
@@ -22,7 +22,7 @@ class Progress:
     keeps only lines with the current settings key, so a killed run resumes and a changed one
     starts over. A truncated last line (killed mid-write) is ignored.
 
-    A line of this key that is not a valid row (`quant.jsonio.row_problem`: not an object, no
+    A line of this key that is not a valid row (`core.jsonio.row_problem`: not an object, no
     layer/option, a `nonneg` field such as an FID negative or non-finite, a score not a finite
     number, a wrong-typed field), or any other line that is not JSON, is dropped with one
     `warning:` line on stderr, and that measurement is made again: never reported as it is."""

@@ -31,7 +31,7 @@ import pandas as pd
 
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams
-from quant.provenance import bank_digest, code_digest
+from core.provenance import bank_digest, code_digest
 
 BUCKETS = (  # (upper bound, name, the seed's advice mapped onto an option set)
     (0.2, "low", "safe at the lowest bit-width"),
@@ -101,7 +101,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
                       layers: Sequence[str] | None = None, options: Sequence[str] | None = None,
                       progress: bool = True) -> pd.DataFrame:
     """Measure every (layer, option) (see module doc); resumable; returns the scored table."""
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     from sampling.evaluator import Evaluator
 
@@ -134,7 +134,7 @@ def measure_layerwise(denoiser, bank, scorer, params: AnalysisParams, out_dir: s
         if not prog.done("", "fp16"):
             fid, content, status, secs = measure()
             if status != "ok":
-                from quant.errors import QsensError
+                from core.errors import QsensError
 
                 raise QsensError("the FP model's own images failed to score; nothing to compare against")
             prog.add({"layer": "", "option": "fp16", "fid": fid, "content": content, "status": status,

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from analysis.common import Progress, settings_key, write_json
-from quant.errors import QsensError
+from core.errors import QsensError
 
 CANDIDATES = ("fid", "fd_fp", "feat_dist", "image_mse", "dssim", "content_drop")
 
@@ -158,7 +158,7 @@ def output_mse(ev, config, calib, reference, chunk: int) -> float:
 def _row_problem(row: dict) -> str | None:
     """Why a metric-validity progress row cannot be reused (beyond Progress's checks), or None:
     the truth is a list of FIDs (null or finite >= 0), the labels {name: null or finite}."""
-    from quant.jsonio import row_problem
+    from core.jsonio import row_problem
 
     truth, labels = row["truth"], row["labels"]
     if not isinstance(truth, list) or not isinstance(labels, dict):
@@ -177,7 +177,7 @@ def measure(ev, configs: list[tuple[str, Any]], truth_known: dict[str, list[floa
             progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """One row per config: avg_bits, truth per seed, every candidate at every n. Resumable."""
     from sampling.calibration import collect_calibration, run_model
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
     from sampling.evaluator import CostMeter, prefix_generation
 
     n_max = max(int(n) for n in params.n_images)
@@ -314,7 +314,7 @@ def run_metric_validity(ev, cache, family: dict[str, Any], truth_known: dict[str
                         eval_images: int, eval_seeds: Sequence[int], out: Path, plot_path: Path | None,
                         work_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Pick configs, measure (resumable under `work_dir`), summarize, write `out` (+ plot)."""
-    from quant.provenance import bank_digest, code_digest
+    from core.provenance import bank_digest, code_digest
 
     t0 = time.perf_counter()
     configs = pick_configs(cache, family, params, budgets)

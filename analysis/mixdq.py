@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sampling.calibration import collect_calibration, run_model, sqnr_db
-from quant.provenance import bank_digest, code_digest
+from core.provenance import bank_digest, code_digest
 from analysis.common import Progress, one_layer, settings_key, write_json
 from analysis.params import AnalysisParams
 from sampling.ssim import ssim
@@ -59,7 +59,7 @@ def measure_mixdq(denoiser, bank, params: AnalysisParams, out_dir: str | Path,
     Resumable (`<out>/mixdq.progress.jsonl`); writes mixdq.parquet and mixdq.json into `out_dir`
     and returns the table (module docstring).
     """
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     from sampling.evaluator import Evaluator
 

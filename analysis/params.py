@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.errors import QsensError
-from quant.params import load_section
+from core.errors import QsensError
+from core.params import load_section
 
 # MixDQ's split (cross-attention `attn2`, FFN `ff`) plus where a class-conditional model's label
 # enters (UNet ResNet `time_emb_proj`, DiT AdaLN `norm1.linear`): the analogue of cross-attention.

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from analysis.common import Progress, settings_key, write_json
-from quant.errors import QsensError
+from core.errors import QsensError
 
 SECTION = "quant_analyzer"
 SWEEPS = ("w_enabled", "a_enabled", "w_disabled", "a_disabled")
@@ -102,7 +102,7 @@ class QuantAnalyzerParams:
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = SECTION) -> "QuantAnalyzerParams":
         """The `quant_analyzer:` section of a params file (QsensError when malformed)."""
-        from quant.params import load_section
+        from core.params import load_section
 
         return load_section(QuantAnalyzerParams, path, section)
 
@@ -236,7 +236,7 @@ def scored_sweeps(denoiser, scorer, quantizers: Quantizers, params: QuantAnalyze
     """Score the four baselines and the four per-layer sweeps over `swept`; {(layer, kind): row}
     with row = {fid, content, status, reason, seconds}. Rows already in the progress file with the
     same settings key are kept, not redone."""
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     gen_kw: dict[str, Any] = {} if params.steps is None else {"steps": params.steps}
     units = quantizers.weight_units(swept)
@@ -264,7 +264,7 @@ def act_sqnr_sweep(model, calib, quantizers: Quantizers, layers: Sequence[str], 
     """{layer: {bits: SQNR dB}} (MixDQ's activation sensitivity, `sampling.calibration.activation_sqnr`),
     static ranges when the analyzer runs static; resumable. ±inf is stored as ±1000 dB."""
     from sampling.calibration import activation_sqnr, run_model
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     y_fp = run_model(model, calib, chunk)
     todo = [(l, f"a{b}") for b in bits for l in layers]

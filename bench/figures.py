@@ -38,7 +38,7 @@ from machine import write_result  # noqa: E402  (bench/machine.py)
 
 
 def _json(path: Path) -> Any:
-    from quant.jsonio import read_json
+    from core.jsonio import read_json
 
     return read_json(path)
 

@@ -129,7 +129,7 @@ def write_result(name: str, result: dict[str, Any], out: str | Path | None = Non
     cannot be written.
     """
     sys.path.insert(0, str(ROOT))
-    from quant.jsonio import write_json
+    from core.jsonio import write_json
 
     path = Path(out) if out is not None else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ def retarget(family: Path, name: str, out: Path) -> Path:
     """The base family's configs, option for option, as configs of model `name` (a family dir of
     its own, with the SHA-256 `evaluate --given` checks): the base config applied unchanged."""
     from quant.config import QuantConfig
-    from quant.provenance import file_sha256
+    from core.provenance import file_sha256
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []

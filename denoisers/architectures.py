@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from quant.errors import QsensError
-from quant.jsonio import read_json
+from core.errors import QsensError
+from core.jsonio import read_json
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

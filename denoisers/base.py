@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.layers import LayerInfo, count_macs, layer_infos, quantizable_layers
 
 # Image i of seed set s is drawn from a generator seeded with s * SEED_STRIDE + i, so different

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 KINDS = ("finetune", "lora", "fewstep")
 
@@ -64,7 +64,7 @@ class DeriveParams:
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml") -> "DeriveParams":
         """The `derive:` section of `path`, checked (QsensError for unknown keys or bad values)."""
-        from quant.params import load_section
+        from core.params import load_section
 
         return load_section(DeriveParams, path, "derive")
 

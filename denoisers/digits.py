@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
-from quant.errors import QsensError
-from quant.params import read_section, reject_unknown
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.params import read_section, reject_unknown
+from core.jsonio import write_json
 
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES  # label used for "unconditional" (class dropout / guidance)
@@ -285,7 +285,7 @@ def train_classifier(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.nd
 
 
 def _classifier_loop(model, opt, sched, x_tr, y_tr, gen, batch, steps_per_epoch, params, progress):
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     for _ in progress_bar(range(params.classifier_epochs), desc="classifier", disable=not progress):
         perm = torch.randperm(len(x_tr), generator=gen)
@@ -403,7 +403,7 @@ def train_steps(model: nn.Module, x0_all: torch.Tensor, y_all: torch.Tensor, par
     y_all: (N,) int labels; lr_at: step -> multiplier of `lr`; weights: (N,) sampling weights of
     the training images (None: uniform, by `torch.randint` as the base training always drew).
     Deterministic given `gen` and torch's global seed."""
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     alphas = make_train_scheduler(params).alphas_cumprod.float()
@@ -535,7 +535,7 @@ class DigitsDenoiser(Denoiser):
         `guidance` other than 1 turns classifier-free guidance on (label 10 = no class).
         Deterministic on CPU.
         """
-        from quant.progress import progress_bar
+        from core.progress import progress_bar
 
         steps = int(steps or self.params.steps)
         guidance = float(self.params.guidance if guidance is None else guidance)

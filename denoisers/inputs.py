@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 MAX_LATENT = 32  # latent side graphs trace at when the config's sample_size is larger
 DEFAULT_LATENT = 64  # latent side when the config gives no sample_size

@@ -26,7 +26,7 @@ from denoisers.base import (Denoiser, Generation, ReferenceData, image_seeds, re
                             to_uint8)
 from denoisers.traits import (call_parameters, check_drivable, eps_scale, native_resolution,  # noqa: F401
                               pipeline_default, pipeline_traits)
-from quant.errors import QsensError
+from core.errors import QsensError
 
 # ----------------------------------------------------------------------------------------------
 # Keyword names of the cached prompt embeddings each pipeline's `encode_prompt` returns, in order.
@@ -154,7 +154,7 @@ class DiffusersPipelineDenoiser(Denoiser):
                  guidance: float | None = None, batch_size: int | None = None,
                  progress: bool = False, labels: np.ndarray | None = None) -> Generation:
         """`labels` (class-conditional models): int (n,) classes; default: 0, 1, ... cycling."""
-        from quant.progress import progress_bar
+        from core.progress import progress_bar
 
         steps = int(steps or self.steps)
         guidance = float(self.guidance if guidance is None else guidance)

@@ -15,7 +15,7 @@ from denoisers.base import Denoiser
 from denoisers.digits import ARCHS, META_FILE, DigitsDenoiser
 from denoisers.pipeline import DiffusersPipelineDenoiser
 from denoisers.spec import ModelSpec, classify_source, default_name
-from quant.errors import QsensError
+from core.errors import QsensError
 
 KNOWN = tuple(ARCHS)  # ("digits", "digits-dit")
 

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from quant.errors import QsensError
-from quant.params import read_section, reject_unknown
-from quant.provenance import file_sha256
+from core.errors import QsensError
+from core.params import read_section, reject_unknown
+from core.provenance import file_sha256
 
 BUILTIN = ("digits", "digits-dit")
 DIGITS_META = "qsens_digits.json"

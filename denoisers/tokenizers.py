@@ -26,7 +26,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 SPIECE = "spiece.model"
 _T5_CLASSES = ("T5Tokenizer", "T5TokenizerFast")

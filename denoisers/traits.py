@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from denoisers.inputs import STATIC_INPUTS
 from graphs.export import Traced, export_denoiser
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.layers import quantizable_layers
 
 FORMAT_VERSION = 1

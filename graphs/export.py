@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from denoisers.inputs import MAX_LATENT, InputSpec, example_input_spec
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from quant.errors import QsensError
-from quant.jsonio import read_json
+from core.errors import QsensError
+from core.jsonio import read_json
 
 
 def graph_to_json(graph: nx.DiGraph) -> dict:

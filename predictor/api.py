@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from predictor.dataset import GraphTemplate, TargetScaler, highest_bits_reference
 from predictor.model import ModelConfig, SensitivityGNN
-from quant.errors import QsensError
-from quant.jsonio import read_json
+from core.errors import QsensError
+from core.jsonio import read_json
 
 
 class Ensemble:
@@ -95,8 +95,8 @@ class Ensemble:
     def check_bank(self, bank: Any) -> None:
         """QsensError if `bank` is not the one the predictor was trained with: its node features
         hold that bank's per-option errors, so another bank's configs would be scored wrongly.
-        Identity = `quant.provenance.bank_digest` (model weights, options and every error)."""
-        from quant.provenance import bank_digest
+        Identity = `core.provenance.bank_digest` (model weights, options and every error)."""
+        from core.provenance import bank_digest
 
         fp = self.template.bank_fingerprint
         if fp and bank_digest(bank) != fp:

@@ -37,9 +37,9 @@ import torch
 
 from graphs.features import CONFIG_COLUMNS, ConfigFeaturizer, config_options
 from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, STATIC_COLUMNS, to_pyg
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.options import FP16, parse_option
-from quant.provenance import bank_digest
+from core.provenance import bank_digest
 
 
 RANDOM = "random"  # sampling.cache.DEFAULT_PROVENANCE: rows from the random config sampler

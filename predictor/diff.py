@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 KEY = ["layer", "option"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.sensitivity import block_of, unit_of, unit_type
-from quant.jsonio import atomic_write, write_json
+from core.jsonio import atomic_write, write_json
 from quant.options import parse_option
 
 

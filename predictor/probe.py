@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 FORMAT_VERSION = 1
 
@@ -159,9 +159,9 @@ def measure_probe(denoiser: Any, bank: Any, scorer: Any, images: int, seed: int,
     """One generation per (layer, option) with only that layer quantized; see the module docstring.
 
     Non-finite images are left out of that pair's mean and counted in `nonfinite`."""
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
-    from quant.provenance import bank_digest
+    from core.provenance import bank_digest
     from quant.config import QuantConfig
     from sampling.evaluator import Evaluator
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
-from quant.progress import progress_bar
+from core.progress import progress_bar
 
 from predictor import baselines as bl
 from sampling.paired import LABEL_METRICS
@@ -34,9 +34,9 @@ from predictor.dataset import ConfigSet, GraphTemplate, TargetScaler, configs_fr
 from predictor.losses import RANK_LOSSES, total_loss
 from predictor.metrics import all_metrics
 from predictor.model import CONVS, DIRECTIONS, ModelConfig, SensitivityGNN, count_parameters
-from quant.errors import QsensError
-from quant.params import read_section, reject_unknown
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.params import read_section, reject_unknown
+from core.jsonio import write_json
 
 FORMAT_VERSION = 1
 

@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 # Order = order in `qsens --help`. A module missing here is simply not offered.
 COMMAND_MODULES = ("reference", "prepare", "bank", "graph", "score", "noise", "sample", "cache",

@@ -13,7 +13,8 @@ from typing import Any
 
 from denoisers.spec import ModelSpec, classify_source, resolve_spec
 from qsens.argtypes import non_negative_float, positive_int
-from quant.errors import QsensError
+from core.errors import QsensError
+from core.layout import Layout
 
 
 def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
@@ -44,66 +45,6 @@ def add_model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
                        "cannot use it (LCM, DiT, guidance 1) says so on stderr (\"\" = none)")
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a model's data products live under the data root (DESIGN.md: `data/`) and its metrics."""
-
-    root: Path
-    name: str
-    metrics_root: Path = Path("metrics")
-
-    @property
-    def metrics(self) -> Path:
-        """`metrics/NAME`: the model's metrics (search.json, noise.json, predictor.json, ...), so
-        several models in one project keep their own."""
-        return self.metrics_root / self.name
-
-    @property
-    def models(self) -> Path:
-        """`DATA/models/NAME`: what `qsens prepare` writes (the trained digits model or model.json)."""
-        return self.root / "models" / self.name
-
-    @property
-    def bank(self) -> Path:
-        """`DATA/bank/NAME`: the bank."""
-        return self.root / "bank" / self.name
-
-    @property
-    def graph(self) -> Path:
-        """`DATA/graphs/NAME.json`: the denoiser's DAG."""
-        return self.root / "graphs" / f"{self.name}.json"
-
-    @property
-    def shards(self) -> Path:
-        """`DATA/shards/NAME`: the sampling workers' shards."""
-        return self.root / "shards" / self.name
-
-    @property
-    def cache(self) -> Path:
-        """`DATA/quant_cache/NAME.parquet`: the quant_cache."""
-        return self.root / "quant_cache" / f"{self.name}.parquet"
-
-    @property
-    def probe(self) -> Path:
-        """`DATA/probe/NAME.safetensors`: the feature-shift probe."""
-        return self.root / "probe" / f"{self.name}.safetensors"
-
-    @property
-    def predictor(self) -> Path:
-        """`DATA/predictor/NAME`: the trained predictor."""
-        return self.root / "predictor" / self.name
-
-    @property
-    def analysis(self) -> Path:
-        """`DATA/analysis/NAME`: the measured sensitivity analyses."""
-        return self.root / "analysis" / self.name
-
-    @property
-    def search(self) -> Path:
-        """`DATA/search/NAME`: the search's configs and reports."""
-        return self.root / "search" / self.name
-
-
 @dataclass
 class Context:
     """params path + model spec + data layout + the generation flags given on the command line."""
@@ -113,6 +54,21 @@ class Context:
     layout: Layout
     generation: dict[str, Any] = field(default_factory=dict)  # explicit --steps/--guidance/--batch-size
 
+    def evaluator(self, bank, steps: int | None = None):
+        """The one `sampling.evaluator.Evaluator` of this model: its denoiser (`load_denoiser`),
+        `bank` (a `Bank` or its directory; None: FP only), the scorer of its family and the FP cache
+        under DATA/fp_cache/NAME; `steps` (if given) overrides every generation's sampling steps."""
+        from quant.bank import Bank
+        from sampling.evaluator import Evaluator
+        from sampling.scorers import make_scorer
+
+        den = self.load_denoiser()
+        if bank is not None and not hasattr(bank, "dequantize"):
+            bank = Bank.load(bank)
+        return Evaluator(den, bank, make_scorer(den, device=self.spec.device),
+                         fp_cache=self.layout.root / "fp_cache" / self.spec.name,
+                         generate_kw={} if steps is None else {"steps": steps})
+
     def load_denoiser(self):
         """The spec's denoiser with the command line's generation overrides applied."""
         from quant.layers import check_finite_weights
@@ -120,7 +76,7 @@ class Context:
         if self.spec.reference and Path(self.spec.reference).is_dir():
             # a reference.json of the wrong types, or naming files outside its dir: one line here,
             # before the model's adapter reads it (and statistics of the wrong shape when scored)
-            from quant.atomicdir import recover
+            from core.atomicdir import recover
             from sampling.reference import validate_reference_json
 
             recover(Path(self.spec.reference))
@@ -179,7 +135,7 @@ def write_cost(path: Path | None, stage: str, spent: dict[str, Any] | None = Non
     """Write a stage's spend (`sampling.evaluator.METER` unless `spent` is given) to `path`."""
     if path is None:
         return
-    from quant.jsonio import write_json
+    from core.jsonio import write_json
     from sampling.evaluator import METER
 
     write_json(path, {"stage": stage, **(spent if spent is not None else METER.as_dict()), **extra},

@@ -56,10 +56,9 @@ def make_context(args, sp=None):
 
     def selector():
         from denoisers.base import configure_torch
-        from sampling.evaluator import Evaluator
 
         configure_torch(args.threads)
-        return Evaluator.for_cli(cli, bank, steps=sp.steps)
+        return cli.evaluator(bank, steps=sp.steps)
 
     def denoiser():
         from denoisers.base import configure_torch

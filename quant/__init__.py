@@ -10,7 +10,7 @@ from quant.activations import activation_quant, enable_activation_quant
 from quant.apply import AppliedConfig, apply_config, quantize_, quantized
 from quant.bank import Bank, build_bank
 from quant.config import QuantConfig
-from quant.errors import BankFormatError, BankMismatchError, ConfigError, QsensError
+from core.errors import BankFormatError, BankMismatchError, ConfigError, QsensError
 from quant.layers import LayerInfo, count_macs, layer_infos, quantizable_layers
 from quant.pack import load_quantized, pack, save_quantized
 from quant.options import DEFAULT_OPTIONS, FP16, METHODS, Option, parse_option

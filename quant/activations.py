@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from quant.config import MIN_ACT_BITS, MAX_ACT_BITS
-from quant.errors import ConfigError
+from core.errors import ConfigError
 from quant.layers import quantizable_layers
 from quant.packing import native_fake_quant, native_fake_quant_dynamic, native_grid
 

@@ -31,13 +31,13 @@ from torch import nn
 from quant.accounting import ConfigStats, layer_bits, summarize
 from quant.activations import config_activation_bits
 from quant.config import QuantConfig
-from quant.errors import BankFormatError, BankMismatchError, ConfigError
-from quant.jsonio import read_json, write_json
+from core.errors import BankFormatError, BankMismatchError, ConfigError
+from core.jsonio import read_json, write_json
 from quant.layers import (LayerInfo, check_finite_weights, combine_fingerprints, dead_layers,
                           layer_fingerprints, layer_infos, quantizable_layers, tied_groups)
 from quant.options import DEFAULT_OPTIONS, FP16, Option, parse_option, parse_options
 from quant.packing import pack_codes, unpack_codes
-from quant.progress import progress_bar
+from core.progress import progress_bar
 from quant.quantizers import QuantizedTensor, quantize
 
 FORMAT_VERSION = 1
@@ -213,9 +213,9 @@ class Bank:
     def save(self, directory: str | Path) -> Path:
         """Write the bank to `directory`, replacing any bank there as a whole: shards and
         bank.json are written into a temporary directory beside it, then swapped in
-        (quant.atomicdir), so a crash leaves the old bank or the new one, never new shards under
+        (core.atomicdir), so a crash leaves the old bank or the new one, never new shards under
         an old bank.json. Files in `directory` that are not the bank's are carried over."""
-        from quant.atomicdir import recover, write_dir
+        from core.atomicdir import recover, write_dir
 
         directory = Path(directory)
         if not self._tensors:
@@ -263,7 +263,7 @@ class Bank:
         Raises BankFormatError when `directory` is no bank, of another format version, holds a
         non-finite error, malformed `tied` / `dead` lists, or misses a shard.
         """
-        from quant.atomicdir import recover
+        from core.atomicdir import recover
 
         directory = Path(directory)
         recover(directory)  # a save killed between its two renames (file systems without renameat2)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from quant.errors import ConfigError
-from quant.jsonio import read_json
+from core.errors import ConfigError
+from core.jsonio import read_json
 from quant.options import FP16, parse_option
 
 ACT_BITS_ALLOWED = (None, 8, 6)  # the global setting (the reference system's A8 / A6)

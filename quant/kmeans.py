@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 SORT_MAX = 64  # rows up to this long (or up to k) are sorted; longer ones are histogrammed
 ROW_BINS = 1024  # histogram bins per row (K-Means-C rows longer than SORT_MAX)

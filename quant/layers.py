@@ -113,7 +113,7 @@ def select_layers(layers: Sequence[str], pattern: str | None = None, max_layers:
     """Those of `layers` matching `pattern` (regex search; None = all), then at most `max_layers`
     of them (0 = all) evenly spaced over their order, first and last included. QsensError naming
     `what` when the pattern matches no layer or is not a regular expression."""
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     try:
         chosen = [l for l in layers if re.search(pattern, l)] if pattern else list(layers)
@@ -180,7 +180,7 @@ def check_finite_weights(layers: dict[str, nn.Module] | nn.Module, what: str = "
     """QsensError in one line naming every quantizable layer whose weight holds NaN or inf (a
     checkpoint damaged by an fp16 overflow in training or by a bad merge): quantizing it would
     give NaN codes and NaN errors, and every score after it would be NaN."""
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     bad = non_finite_layers(layers)
     if bad:
@@ -207,7 +207,7 @@ def tied_groups(layers: dict[str, nn.Module] | nn.Module) -> list[list[str]]:
     alias one tensor (`alias_key`). A group is one quantization unit: one option, stored and
     counted once. Raises QsensError for layers whose weights overlap in one storage without being
     the same view (e.g. one weight a slice of another): no option can be applied to each alone."""
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     modules = quantizable_layers(layers) if isinstance(layers, nn.Module) else layers
     by_key: dict[tuple, list[str]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from quant.errors import ConfigError
+from core.errors import ConfigError
 
 METHODS: tuple[str, ...] = ("uaq", "kmc", "kma")
 FP16 = "fp16"

@@ -44,11 +44,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from quant.accounting import layer_bits
-from quant.atomicdir import recover, write_dir
+from core.atomicdir import recover, write_dir
 from quant.bank import Bank
 from quant.config import QuantConfig, check_tied
-from quant.errors import QsensError
-from quant.jsonio import read_json
+from core.errors import QsensError
+from core.jsonio import read_json
 from quant.layers import QUANTIZABLE_TYPES, LayerInfo, alias_key, combine_fingerprints, layer_fingerprints, \
     quantizable_layers, tied_groups
 from quant.options import FP16, parse_option
@@ -394,7 +394,7 @@ def save_quantized(model: nn.Module, directory: str | Path, config: QuantConfig,
     dtype = next(iter(packed.values()))._wdtype.dtype
     meta = {"format": f"{FORMAT}/{FORMAT_VERSION}"}
     # the whole checkpoint is written into a temporary sibling and swapped in at once
-    # (quant.atomicdir.write_dir): a failure (or a kill) at any point leaves the previous checkpoint
+    # (core.atomicdir.write_dir): a failure (or a kill) at any point leaves the previous checkpoint
     # in `directory` as it was; other files in `directory` (torchao.json, skip lists) are carried over
     def fill(tmp: Path) -> None:
         _fault_point("weights")

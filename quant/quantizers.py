@@ -120,7 +120,7 @@ def quantize(weight: torch.Tensor, option: Option | str) -> QuantizedTensor:
     # rounding and k-means in half precision would change codes and overflow (a no-op for fp32).
     w2d = weight.detach().reshape(shape[0], -1).to(torch.float32)
     if not bool(torch.isfinite(w2d).all()):
-        from quant.errors import QsensError
+        from core.errors import QsensError
         raise QsensError(f"cannot quantize a weight with {int((~torch.isfinite(w2d)).sum())} non-finite "
                          "(NaN/inf) values: the model's weights are damaged")
     if option.method == "uaq":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from quant.errors import QsensError
+from core.errors import QsensError
 from sampling.shards import SHARD_GLOB, scan_shards
 
 if TYPE_CHECKING:  # pandas only for the annotation: importing the cache module stays light

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 COND_FILE = "cond.safetensors"  # denoisers.pipeline.COND_FILE reads the same name
 PREPROCESSORS = ("none", "canny", "grey")

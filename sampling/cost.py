@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class CostParams:
     def from_dict(d: dict[str, Any] | None) -> "CostParams":
         """The `cost:` section as read from params.yaml -> validated params (QsensError on a bad key
         or value)."""
-        from quant.params import reject_unknown
+        from core.params import reject_unknown
 
         d = dict(d or {})
         reject_unknown(CostParams, d, "cost")

@@ -35,8 +35,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from quant.errors import QsensError
-from quant.provenance import code_digest, job_key
+from core.errors import QsensError
+from core.provenance import code_digest, job_key
 from sampling.paired import paired_scores
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class Evaluator:
             return
         from safetensors.numpy import save_file
 
-        from quant.jsonio import atomic_write, write_json
+        from core.jsonio import atomic_write, write_json
 
         self.fp_cache.mkdir(parents=True, exist_ok=True)
         tensors = {"images": np.ascontiguousarray(fp.images), "features": np.ascontiguousarray(fp.features)}
@@ -339,20 +339,6 @@ class Evaluator:
         from sampling.paired import image_mse
 
         return image_mse(gen.images, fp_images)
-
-    @staticmethod
-    def for_cli(cli: Any, bank: Any, steps: int | None = None) -> "Evaluator":
-        """From a `qsens.context.Context`-like object (`spec`, `layout.root`, `generation`), with
-        `steps` (if given) overriding the sampling steps of every generation."""
-        from quant.bank import Bank
-        from sampling.scorers import make_scorer
-
-        den = cli.load_denoiser()
-        if bank is not None and not hasattr(bank, "dequantize"):
-            bank = Bank.load(bank)
-        return Evaluator(den, bank, make_scorer(den, device=cli.spec.device),
-                         fp_cache=Path(cli.layout.root) / "fp_cache" / cli.spec.name,
-                         generate_kw={} if steps is None else {"steps": steps})
 
     def with_steps(self, steps: int | None) -> "Evaluator":
         """A second evaluator over the same loaded model, bank and scorer (shared cost meter and

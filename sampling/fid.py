@@ -42,7 +42,7 @@ n > d, but low by 5e-8 (d = 64, n = 40), 2e-7 (d = 256, n = 100), 3e-7 (d = 512,
 |ours - clean-fid| ≤ 1e-6 relative on well-conditioned data.
 
 Float64 throughout. Bad input (shapes, non-finite values) raises `FidInputError`, a
-`quant.errors.QsensError` (and a `ValueError`, so scorers that record `ValueError` as a failed
+`core.errors.QsensError` (and a `ValueError`, so scorers that record `ValueError` as a failed
 score keep doing so) whose one-line message names what is wrong.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 __all__ = ["FidInputError", "FrechetReference", "frechet_distance_between_features", "rounding_tolerance",
            "trace_sqrt_from_eigenvalues"]

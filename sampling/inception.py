@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from denoisers.base import Generation
-from quant.errors import QsensError
-from quant.provenance import file_sha256
+from core.errors import QsensError
+from core.provenance import file_sha256
 from sampling.scoring import Score, Scorer
 
 FEATURE_NETWORK_NAME = "clean-fid inception-2015-12-05 pool3 (2048-d)"

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 from quant.bank import Bank
-from quant.errors import QsensError
-from quant.progress import progress_bar
+from core.errors import QsensError
+from core.progress import progress_bar
 from sampling.sampler import random_configs
 from sampling.shards import ShardLock, claim_shard_dir, finished_ids, scan_shards
 from sampling.worker import SampleJob, job_key_for, run_worker

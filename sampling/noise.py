@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from quant.errors import QsensError
-from quant.params import load_section
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.params import load_section
+from core.jsonio import write_json
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def measure_noise(denoiser, scorer, bank, params: NoiseParams | None = None,
                   grid_path: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All noise figures (see module doc) and one record per random config."""
     from scipy.stats import spearmanr
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     from quant.config import QuantConfig
     from quant.options import parse_option

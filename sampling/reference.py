@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from denoisers.base import REFERENCE_JSON, read_reference_info
-from quant.errors import QsensError
+from core.errors import QsensError
 from sampling.scoring import STATS_FILE
 
 PROMPTS_FILE = "prompts.txt"
@@ -151,10 +151,10 @@ def _check_out_dir(out: Path) -> None:
 
 def _write_atomic(out: Path, files: dict[str, bytes | tuple[np.ndarray, np.ndarray]]) -> None:
     """Write `files` into a temp dir beside `out`, then swap it in for `out` so that a crash at
-    any point leaves the old or the new reference (quant.atomicdir); leftovers are removed."""
+    any point leaves the old or the new reference (core.atomicdir); leftovers are removed."""
     from safetensors.numpy import save_file
 
-    from quant.atomicdir import write_dir
+    from core.atomicdir import write_dir
 
     def fill(tmp: Path) -> None:
         for name, content in files.items():
@@ -177,7 +177,7 @@ def load_reference(directory: str | Path) -> Reference:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from quant.atomicdir import recover
+    from core.atomicdir import recover
 
     d = Path(directory)
     recover(d)  # a rebuild killed between its two renames (file systems without renameat2)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from denoisers.base import REFERENCE_FORMAT, REFERENCE_JSON
-from quant.errors import QsensError
+from core.errors import QsensError
 from sampling.reference import (IMAGES_FILE, PREPROCESS, PROMPTS_FILE, Reference, _check_out_dir, _write_atomic,
                                 list_images, load_image, read_captions)
 from sampling.scoring import STATS_FILE, feature_stats
@@ -44,7 +44,7 @@ def build_reference(images_dir: str | Path, out_dir: str | Path, *, resolution: 
     Returns the written `Reference`. Raises QsensError (one line) on bad input: missing folder or
     files, fewer images than asked, captions that do not match the images, a missing Inception file.
     """
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     from sampling.inception import (FEATURE_DIM, ClipEmbedder, clip_scores, inception_features,
                                     load_inception)

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.options import parse_options
 
 MAX_CONFIGS = 1_000_000

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from denoisers.base import Denoiser, ReferenceData
-from quant.errors import QsensError
+from core.errors import QsensError
 from sampling.scoring import DigitsScorer, Scorer
 
 # kind -> factory(reference, device, source) -> Scorer

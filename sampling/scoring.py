@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from denoisers.base import Generation
-from quant.errors import QsensError
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.jsonio import write_json
 
 STATS_FILE = "stats.safetensors"
 STATS_INFO_FILE = "stats.json"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 SHARD_GLOB = "*.jsonl"
 STALE_DIR = "stale"

@@ -21,7 +21,7 @@ import torch
 
 from quant.bank import Bank
 from quant.config import QuantConfig
-from quant.provenance import code_digest, content_digest, job_key
+from core.provenance import code_digest, content_digest, job_key
 from sampling.sampler import random_configs
 from sampling.shards import ShardWriter, finished_ids, scan_shards, shard_path
 

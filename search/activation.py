@@ -34,8 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from quant.config import MAX_ACT_BITS, MIN_ACT_BITS
-from quant.errors import QsensError
-from quant.params import read_section, reject_unknown
+from core.errors import QsensError
+from core.params import read_section, reject_unknown
 from search.ip import BudgetError, solve
 from search.params import EvaluateParams
 

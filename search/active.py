@@ -53,8 +53,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
-from quant.provenance import content_digest
+from core.errors import QsensError
+from core.provenance import content_digest
 
 FORMAT = "qsens-active"
 WORKER = "active"
@@ -147,7 +147,7 @@ def current_run(out_dir: Path, random_cache: Path, bank_dir: Path) -> dict | Non
 
 
 def _digest(inputs: dict[str, Any]) -> str:
-    from quant.provenance import job_key
+    from core.provenance import job_key
 
     return job_key(**inputs)
 
@@ -337,7 +337,7 @@ def reusable_initial(initial: Path | None, train_params: Any, config_ids: set[st
     dict, else None."""
     import pandas as pd
 
-    from quant.jsonio import read_json
+    from core.jsonio import read_json
 
     if initial is None or not (Path(initial) / "ensemble.json").is_file() \
             or not (Path(initial) / "predictions.parquet").is_file():
@@ -362,7 +362,7 @@ def train_round(k: int, union: UnionCache, template: Any, train_params: Any, ap:
     from predictor.dataset import configs_from_cache
     from predictor.sensitivity import write_tables
     from predictor.train import MemberInit, save_result, train_ensemble
-    from quant.jsonio import read_json, write_json
+    from core.jsonio import read_json, write_json
     from sampling.cache import read_cache, write_cache
 
     final = _round_dir(out_dir, k)
@@ -486,7 +486,7 @@ def _candidates(result: Any) -> list[QuantConfig]:
 
 def _prepare_out_dir(out_dir: Path, digest: str, log: Callable[[str], None]) -> list[dict]:
     """The finished rows of a run with this digest; any other run's files go to stale/<digest>/."""
-    from quant.jsonio import read_json
+    from core.jsonio import read_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / "rounds.json"
@@ -531,7 +531,7 @@ def _prepare_out_dir(out_dir: Path, digest: str, log: Callable[[str], None]) -> 
 def _round_problem(row: Any, i: int) -> str | None:
     """Why learning-curve row `i` read back from rounds.json cannot be reused, or None: its round
     number, and per budget a finite budget, FIDs that are null or finite >= 0 (`row_problem`)."""
-    from quant.jsonio import row_problem
+    from core.jsonio import row_problem
 
     why = row_problem(row, required=("round", "budgets"), nonneg=("n_active", "n_configs", "scored", "failed"),
                       finite=("test_spearman",))
@@ -571,7 +571,7 @@ def run_active(ctx: Any, real: Any, budgets: Sequence[float], ap: ActiveParams, 
     warm_from / template: `search.transfer` (round 0 warm-started from another model's predictor;
     the template built by the caller, e.g. with that predictor's probe rows).
     Raises QsensError for unusable inputs (missing files, a budget outside the bank's range...)."""
-    from quant.jsonio import write_json
+    from core.jsonio import write_json
 
     out_dir, random_cache = Path(out_dir), Path(random_cache)
     for path, what in ((random_cache, "random quant_cache"), (Path(graph), "graph"),

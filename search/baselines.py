@@ -18,7 +18,7 @@ import json
 import math
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
+from core.errors import QsensError
 from search.context import SearchContext, SearchResult, ip_report, keep_incumbent
 from search.ip import BudgetError
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pandas as pd
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
+from core.errors import QsensError
 from search.ip import IPResult, solve_named
 
 if TYPE_CHECKING:  # the params module imports the strategy registry, which imports this one
@@ -166,7 +166,7 @@ class SearchResult:
         (what `qsens evaluate --given` checks: a replaced file is refused), the cache it was
         searched with (only one that exists: evaluate refuses a family naming a missing one) and
         the predictor dir."""
-        from quant.provenance import file_sha256
+        from core.provenance import file_sha256
 
         self.config.save(path)
         return self.to_report() | {"config": str(path), "config_sha256": file_sha256(path),

@@ -50,9 +50,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from quant.errors import QsensError
-from quant.provenance import code_digest, job_key
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.provenance import code_digest, job_key
+from core.jsonio import write_json
 from search.params import EvaluateParams
 from search.pareto import budget_tag
 
@@ -71,7 +71,7 @@ def check_seeds(eval_seed: int, used: dict[str, Iterable[int]]) -> None:
 
 
 def row_key(*parts: Any) -> str:
-    """A 16-hex-digit key of the given parts (`quant.provenance.job_key`): identifies one evaluation row."""
+    """A 16-hex-digit key of the given parts (`core.provenance.job_key`): identifies one evaluation row."""
     return job_key(row=list(parts))
 
 
@@ -127,9 +127,9 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _row_problem(row: Any) -> str | None:
-    """Why a results row read back cannot be reused, or None (`quant.jsonio.row_problem`, and the
+    """Why a results row read back cannot be reused, or None (`core.jsonio.row_problem`, and the
     same for each per-seed score and each of `fids`)."""
-    from quant.jsonio import row_problem
+    from core.jsonio import row_problem
 
     why = row_problem(row, nonneg=("fid", "fid_se", "avg_bits", "seconds", "score_seconds"),
                       finite=("content", "budget"), text=("strategy", "status"))
@@ -182,7 +182,7 @@ def run_evaluation(ctx, real, *, strategies: Sequence[str], budgets: Sequence[fl
     # the code that searches and scores is part of every row's key: a changed strategy re-scores
     eval_part = {"images": ep.images, "steps": ep.steps, "model": ctx.model,
                  "code": code_digest(["qsens.commands.evaluate"])}
-    from quant.provenance import bank_digest
+    from core.provenance import bank_digest
 
     # a (config id, seed) score is reused only for the same model weights, bank and scoring code
     # (the evaluator's identity: model weights, generation settings, reference statistics, code)

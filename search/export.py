@@ -44,8 +44,8 @@ import pandas as pd
 from torch import nn
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
-from quant.jsonio import read_json
+from core.errors import QsensError
+from core.jsonio import read_json
 from quant.layers import LayerInfo
 from quant.options import FP16, parse_option
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.layers import quantizable_layers
 from quant.options import FP16
 
@@ -143,7 +143,7 @@ def fisher_sensitivity(denoiser, bank, *, samples: int = 64, trajectories: int =
     weights are not the bank's. The model is left as it was (weights, requires_grad, hooks).
     """
     from sampling.calibration import collect_calibration, model_output, to_eps_space
-    from quant.progress import progress_bar
+    from core.progress import progress_bar
 
     t_start = time.perf_counter()
     for name, value in (("samples", samples), ("trajectories", trajectories), ("chunk", chunk),

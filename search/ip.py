@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 DEFAULT_RESOLUTION = 1_000_000  # integer steps spanning the largest per-layer score range
 GAP_UNITS = 1.0  # CP-SAT stops when its proven gap is at most this many integer units

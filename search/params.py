@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.errors import QsensError
-from quant.params import load_section
+from core.errors import QsensError
+from core.params import load_section
 
 
 

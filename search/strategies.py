@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
+from core.errors import QsensError
 from search import baselines
 from search.context import SearchContext, SearchResult
 from search.trust_region import search_predictor

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 FORMAT = "qsens-transfer"
 
@@ -114,7 +114,7 @@ def score_random(real: Any, bank: Any, layer_names: Sequence[str], tp: TransferP
     under other inputs are moved to `stale/<key>/` and scored again, never reused."""
     import pyarrow as pa
 
-    from quant.provenance import bank_digest, job_key
+    from core.provenance import bank_digest, job_key
     from sampling.cache import CACHE_SCHEMA, read_cache_table, write_cache
     from sampling.sampler import random_configs
     from search.active import _score, cache_row
@@ -159,7 +159,7 @@ def run_transfer(ctx: Any, real: Any, budgets: Sequence[float], tp: TransferPara
     base_predictor None: the from-scratch campaign at the same spend. Raises QsensError for
     mismatched graphs/banks or missing inputs."""
     from predictor.api import Ensemble
-    from quant.jsonio import write_json
+    from core.jsonio import write_json
     from sampling.cache import read_cache
     from sampling.evaluator import METER
     from search.active import ActiveParams, _search, _search_context, run_active

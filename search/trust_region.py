@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from quant.config import QuantConfig
-from quant.errors import QsensError
+from core.errors import QsensError
 from search.baselines import error_scores
 from search.context import SearchContext, SearchResult, ip_report
 from search.ip import BudgetError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 from search.activation import (ActEvalParams, allocate_activation_bits, evaluate_params, noise_power,
                                predicted_sqnr)
 from search.ip import BudgetError

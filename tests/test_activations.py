@@ -13,7 +13,7 @@ from torch import nn
 from quant.activations import (activation_quant, calibrate_ranges, config_activation_bits,
                                enable_config_activations, fake_quantize_activation, fake_quantize_static)
 from quant.config import QuantConfig
-from quant.errors import ConfigError
+from core.errors import ConfigError
 
 
 class Two(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 from denoisers.architectures import (KNOWN_ARCHITECTURES, ModelSource, build_from_config,
                                      load_architecture_config, register_model_name,
                                      resolve_model_source)
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.layers import quantizable_layers
 
 # class, quantizable layers, parameters (millions, rounded) of the real models

@@ -25,7 +25,7 @@ from torch import nn
 from quant import QuantConfig, build_bank, quantized
 from quant.accounting import layer_bits
 from quant.bank import Bank
-from quant.errors import ConfigError, QsensError
+from core.errors import ConfigError, QsensError
 from quant.layers import LayerInfo, quantizable_layers, tied_groups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -580,7 +580,7 @@ def test_case4_every_default_fits_its_declared_type() -> None:
     from denoisers.digits import DigitsParams
     from predictor.probe import ProbeParams
     from predictor.train import TrainParams
-    from quant.params import check_types
+    from core.params import check_types
     from sampling.noise import NoiseParams, ScoreParams
     from search.params import EvaluateParams, SearchParams
 
@@ -608,7 +608,7 @@ def test_case_scripts_run_from_the_project_root(tmp_path) -> None:
     out = tied.stdout.strip().splitlines()
     assert len(out) >= 4 and all("restored bit-exactly: True" in l for l in out[:3]), tied.stdout
     # the tied case with different options on one tensor is the clear refusal (one line)
-    assert tied.stderr.strip().splitlines()[-1].startswith("quant.errors.ConfigError: config: layers a and b "
+    assert tied.stderr.strip().splitlines()[-1].startswith("core.errors.ConfigError: config: layers a and b "
                                                            "share one weight tensor"), tied.stderr
     pkl = tmp_path / "q.pkl"
     assert run(CASES / "legacy_quant_cache_sd15.py", pkl).returncode == 0

@@ -33,7 +33,7 @@ def test_cost_summary_by_hand(tmp_path):
 
 
 def test_cost_refuses_missing_inputs(tmp_path):
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from sampling.cost import CostParams, summarize_costs
 
     with pytest.raises(QsensError, match="no stage cost files"):

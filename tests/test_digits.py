@@ -10,7 +10,7 @@ import torch
 from denoisers.base import SEED_STRIDE, image_seeds
 from denoisers.digits import (DigitsClassifier, DigitsDenoiser, DigitsParams, load_digit_images,
                               split_indices)
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

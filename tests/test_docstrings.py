@@ -22,7 +22,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("quant", "denoisers", "sampling", "graphs", "predictor", "analysis", "search", "qsens")
+PACKAGES = ("core", "quant", "denoisers", "sampling", "graphs", "predictor", "analysis", "search", "qsens")
 MIN_COVERAGE = 0.95
 COMMAND_BOILERPLATE = {"register", "run"}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from quant.provenance import ROOT, derive_dvc_deps, dvc_deps, stage_cmd, stage_modules
+from core.provenance import ROOT, derive_dvc_deps, dvc_deps, stage_cmd, stage_modules
 
 
 def test_every_stage_depends_on_exactly_the_code_its_commands_import():
@@ -20,7 +20,7 @@ def test_every_stage_depends_on_exactly_the_code_its_commands_import():
         drift = {name: sorted(deps(want[name]) ^ deps(stages[name])) for name in stages
                  if deps(want[name]) != deps(stages[name])}
         raise AssertionError(f"dvc.yaml code deps drifted from the import closure: {drift}. "
-                             "Run `python -m quant.provenance --write-dvc dvc.yaml`.")
+                             "Run `python -m core.provenance --write-dvc dvc.yaml`.")
 
 
 def test_known_members_of_the_kind_are_listed():

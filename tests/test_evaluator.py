@@ -16,7 +16,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
+PACKAGES = ("core", "quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_multi_fidelity_score_and_target(tiny_digits_denoiser, tiny_bank, tiny_d
     # the hifi rows fit fid = 3 · fd_fp exactly (log-log line a = log 3, b = 1)
     assert info["b"] == pytest.approx(1.0) and info["a"] == pytest.approx(math.log(3.0))
     np.testing.assert_allclose(target, [3.0, 6.0, 12.0, 24.0, 9.0])  # row 5: its own fid is cheap (32 images)
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     with pytest.raises(QsensError, match="need 3"):
         multi_fidelity_target(df.assign(n_images=[500, 500, 32, 32, 32]), "fd_fp", "fid", 500)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 def _tiny_model(dtype=torch.float32) -> nn.Module:
@@ -54,7 +54,7 @@ def test_quantizer_refuses_non_finite_input():
 
 def test_bank_with_nan_errors_is_refused_on_load(tmp_path):
     from quant.bank import Bank, build_bank
-    from quant.errors import BankFormatError
+    from core.errors import BankFormatError
 
     build_bank(_tiny_model(), ["uaq3"], progress=False).save(tmp_path / "b")
     meta = json.loads((tmp_path / "b" / "bank.json").read_text())
@@ -388,7 +388,7 @@ def _reference_value(out: Path) -> float:
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 @pytest.mark.parametrize("sticky", [False, True], ids=["error", "killed"])
 def test_reference_rebuild_leaves_old_or_new_at_every_fault(tmp_path, monkeypatch, exchange, sticky):
-    import quant.atomicdir as ad
+    import core.atomicdir as ad
     from sampling.reference import _write_atomic
 
     out = tmp_path / "ref"
@@ -422,7 +422,7 @@ def test_reference_rebuild_leaves_old_or_new_at_every_fault(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("sticky", [False, True], ids=["error", "killed"])
 def test_bank_save_leaves_old_or_new_at_every_fault(tmp_path, monkeypatch, sticky):
-    import quant.atomicdir as ad
+    import core.atomicdir as ad
     import quant.bank as bank_mod
     from quant.bank import Bank, build_bank
 
@@ -579,7 +579,7 @@ def test_fused_qkv_layers_that_never_run_are_not_layers():
     banked, counted or fingerprinted; the static rule agrees with a real forward (hooks); a
     config naming them is refused in one line."""
     from quant import QuantConfig, build_bank
-    from quant.errors import ConfigError
+    from core.errors import ConfigError
     from quant.layers import dead_layers, executed_layers, layer_fingerprints, quantizable_layers
 
     unet, args, kwargs = _fused_tiny_sd()
@@ -603,7 +603,7 @@ def test_fused_qkv_layers_that_never_run_are_not_layers():
 def test_fused_bank_round_trips_its_dead_layers(tmp_path):
     from quant import QuantConfig, build_bank
     from quant.bank import Bank
-    from quant.errors import ConfigError
+    from core.errors import ConfigError
 
     unet, _, _ = _fused_tiny_sd()
     unet.fuse_qkv_projections()
@@ -694,7 +694,8 @@ def test_every_command_checks_the_reference_json_before_loading(tmp_path, monkey
     """#23.7 through the model load every command uses (Context.load_denoiser), before the
     model's adapter reads reference.json (where a wrong type was an internal error, rc 3)."""
     from denoisers.spec import ModelSpec
-    from qsens.context import Context, Layout
+    from core.layout import Layout
+    from qsens.context import Context
 
     d = tmp_path / "ref"
     d.mkdir()

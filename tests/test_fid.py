@@ -12,7 +12,7 @@ from scipy import linalg
 from threadpoolctl import threadpool_limits
 
 import sampling.fid as fid_mod
-from quant.errors import QsensError
+from core.errors import QsensError
 from sampling.fid import FidInputError, FrechetReference
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 OPTIONS = ["uaq2", "uaq4"]
 CALIB = dict(samples=12, trajectories=8, seed=3, steps=2)  # 2 steps × 8 trajectories = 16 calls

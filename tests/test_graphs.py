@@ -24,7 +24,7 @@ from graphs.features import CONFIG_COLUMNS, apply_config
 from graphs.io import read_graph, write_graph
 from graphs.pyg import CONFIG_SLICE, FEATURE_NAMES, layer_scores, node_layer, set_config, to_pyg
 from qsens.cli import main
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.layers import LayerInfo, count_macs, layer_info, quantizable_layers
 
 

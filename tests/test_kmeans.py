@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from quant.errors import QsensError
+from core.errors import QsensError
 from quant.kmeans import assign, kmeans_1d, kmeans_1d_exact
 from quant.quantizers import quantize
 

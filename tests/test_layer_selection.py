@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_restricted_layers_are_the_quantizable_layers_everywhere(tiny_digits_denoiser):
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from quant.layers import layer_fingerprints, quantizable_layers, restrict_layers
 
     model = tiny_digits_denoiser.model

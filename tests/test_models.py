@@ -10,7 +10,7 @@ import yaml
 
 from denoisers.spec import model_names, resolve_spec
 from qsens.context import context
-from quant.errors import QsensError
+from core.errors import QsensError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -155,7 +155,7 @@ def test_a_swapped_or_edited_tensor_is_refused_in_one_line(tmp_path: Path, file:
     """Same shapes, same file size: only the manifest's per-tensor SHA-256 can tell (#28 item 4)."""
     from safetensors.torch import load_file, save_file
 
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     model, bank, config = _setup()
     out = _export(model, bank, config, tmp_path / "q")
@@ -184,7 +184,7 @@ def test_an_alias_loads_only_into_a_model_that_shares_the_tensor(tmp_path: Path)
     of the same shape the alias is refused in one line instead of loading a wrong model."""
     import copy
 
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     model, bank, config = _setup()
     model.conv2.bias = model.conv.bias  # tied: one (8,) tensor under two names

@@ -158,7 +158,7 @@ def test_a_pipeline_needing_a_mask_is_refused_in_one_line():
     from diffusers import StableDiffusionInpaintPipeline
 
     from denoisers.pipeline import DiffusersPipelineDenoiser
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from tests.tiny_pipelines import tiny_pipeline
 
     pipe = StableDiffusionInpaintPipeline(**tiny_pipeline("sd").components, requires_safety_checker=False)

@@ -74,7 +74,7 @@ def test_template_matches_bank_and_graph(synthetic):
 
 
 def test_encode_rejects_unknown_options(synthetic):
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     template = synthetic[2]
     with pytest.raises(QsensError, match="not trained on"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from predictor.probe import Probe, measure_probe
-from quant.errors import QsensError
+from core.errors import QsensError
 
 LAYERS = ["conv_in", "down_blocks.0.resnets.0.time_emb_proj", "conv_out"]
 
@@ -117,7 +117,7 @@ def synthetic_with_probe(tmp_path_factory):
     bank = Bank.load(paths["bank"])
     rng = np.random.default_rng(0)
     layers, options = list(bank.layer_names), list(bank.options)
-    from quant.provenance import bank_digest
+    from core.provenance import bank_digest
 
     fake = Probe("tiny", bank_digest(bank), layers, options,
                  rng.normal(size=(len(layers), len(options), 6)).astype(np.float32),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from quant.progress import LogProgress, progress_bar
+from core.progress import LogProgress, progress_bar
 
 
 def test_non_tty_progress_is_one_line_per_ten_percent_and_no_carriage_returns():
@@ -45,7 +45,7 @@ def test_disabled_progress_writes_nothing():
 def test_unknown_total_writes_by_time(monkeypatch):
     buf = io.StringIO()
     clock = iter([0.0, 0.0, 30.0, 61.0, 62.0, 125.0, 126.0, 126.0])
-    monkeypatch.setattr("quant.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("core.progress.time.monotonic", lambda: next(clock))
     bar = LogProgress(desc="stream", file=buf)
     for _ in range(5):
         bar.update()

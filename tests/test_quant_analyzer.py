@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.quant_analyzer import QuantAnalyzerParams, run_quant_analyzer, select_layers
-from quant.errors import QsensError
+from core.errors import QsensError
 
 PARAMS = QuantAnalyzerParams(weight_option="uaq4", act_bits=6, act_mode="static", images=10, image_seed=2,
                              max_layers=3, sqnr_bits=(8,), calib_samples=8, calib_trajectories=4,

@@ -23,7 +23,7 @@ from standins import STANDIN_INCEPTION_NAME, write_standin_inception, write_test
 
 from denoisers.base import Generation, ReferenceData  # noqa: E402
 from qsens.cli import main  # noqa: E402
-from quant.errors import QsensError  # noqa: E402
+from core.errors import QsensError  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")]
@@ -106,7 +106,7 @@ def scorer(built):
 def test_build_through_cli_writes_stats_prompts_and_identity(assets, built):
     from safetensors.numpy import load_file
 
-    from quant.provenance import file_sha256
+    from core.provenance import file_sha256
 
     rc, out = built
     assert rc == 0
@@ -163,7 +163,7 @@ def test_txt_captions_match_by_position_and_show(assets, tmp_path, capsys):
     assert main(["reference", "show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "4 from" in shown and f"at {RES} px" in shown and "caption 0 of 000001.jpg" in shown
-    from quant.provenance import file_sha256
+    from core.provenance import file_sha256
     assert file_sha256(assets["inception"]) in shown
 
 
@@ -309,7 +309,7 @@ def test_resolution_mismatch_is_one_line(assets, scorer):
 
 
 def test_network_sha_mismatch_is_one_line(assets, built):
-    from quant.provenance import file_sha256
+    from core.provenance import file_sha256
     from sampling.inception import InceptionClipScorer
 
     rec, other = file_sha256(assets["inception"]), file_sha256(assets["other"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_qsens
-from quant.provenance import code_digest, dvc_deps, import_closure
+from core.provenance import code_digest, dvc_deps, import_closure
 from sampling.cache import read_cache
 from sampling.shards import ShardLock, scan_shards
 
@@ -152,7 +152,7 @@ def test_a_predictor_trained_on_another_bank_is_refused(tmp_path: Path):
     from predictor.dataset import GraphTemplate
     from predictor.synthetic import make_synthetic
     from quant.bank import Bank
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     paths = make_synthetic(tmp_path, n_configs=8, channels=(8, 16), model_name="tiny", seed=0,
                            options=("uaq3", "uaq4"))

@@ -382,7 +382,7 @@ def test_cli_bad_budgets_are_one_line_with_the_range(tiny_bank, tmp_path: Path, 
 # ---------------------------------------------------------------------------------- evaluation
 def test_evaluation_is_resumable_deterministic_and_refuses_used_seeds(tiny_bank, tiny_digits_scorer,
                                                                      tmp_path: Path) -> None:
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from search.evaluate import read_rows, run_evaluation
     from sampling.evaluator import Evaluator as RealScorer
 
@@ -461,7 +461,7 @@ def test_paired_difference_is_per_seed_against_the_best_other_strategy() -> None
 
 
 def test_families_solve_budgets_upwards_and_keep_a_better_incumbent(tiny_bank) -> None:
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from search.baselines import error_scores
 
     bank, _ = tiny_bank

@@ -198,7 +198,7 @@ def test_transfer_checks_its_inputs_before_scoring_anything(project, capsys):
 
 
 def test_the_dvc_stage_list_names_only_derived_kinds():
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from search.transfer import TransferParams
 
     assert TransferParams(derived=("finetune", "fewstep")).derived == ("finetune", "fewstep")

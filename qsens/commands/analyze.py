@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qsens.argtypes import images_count, non_negative_int
 from qsens.context import add_cost_arg, add_model_args, context, write_cost
-from quant.errors import QsensError
+from core.errors import QsensError
 
 NAME = "analyze"
 
@@ -152,7 +152,7 @@ def run_act_calibration_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from analysis.act_calibration import ActCalibrationParams, measure_act_calibration
-    from quant.jsonio import check_output_path
+    from core.jsonio import check_output_path
     from sampling.scorers import make_scorer
 
     params = ActCalibrationParams.from_yaml(args.params)
@@ -186,10 +186,9 @@ def run_metrics_command(args: argparse.Namespace) -> int:
 
     from analysis.metric_validity import MetricValidityParams, run_metric_validity
     from quant.config import QuantConfig
-    from quant.jsonio import check_output_path
-    from quant.params import load_section
+    from core.jsonio import check_output_path
+    from core.params import load_section
     from sampling.cache import read_cache
-    from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams
     from search.activation import evaluate_params
     from search.params import SearchParams
@@ -231,7 +230,7 @@ def run_metrics_command(args: argparse.Namespace) -> int:
                   "than evaluate.*)")
     else:
         print(f"warning: no {args.evaluated}: the table has only cache configs")
-    ev = Evaluator.for_cli(ctx, args.bank or ctx.layout.bank, steps=ep.steps)
+    ev = ctx.evaluator(args.bank or ctx.layout.bank, steps=ep.steps)
     res = run_metric_validity(ev, cache, family, truth, params, budgets, label_seed, ep.images, ep.image_seeds,
                               out, args.plot or out.with_suffix(".png"), ctx.layout.root / "metric_validity" / ctx.spec.name,
                               progress=not args.quiet)

@@ -9,8 +9,8 @@ from pathlib import Path
 from qsens.argtypes import non_negative_int
 from qsens.context import add_model_args, context
 from quant.bank import Bank, build_bank
-from quant.errors import QsensError
-from quant.jsonio import check_output_path
+from core.errors import QsensError
+from core.jsonio import check_output_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ class BankParams:
 
 def run_build(args: argparse.Namespace) -> int:
     """`qsens bank build`: quantize every layer × option once into the bank; exit code."""
-    from quant.params import load_section
+    from core.params import load_section
 
     from denoisers.base import configure_torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quant.params import read_section as read_params_section
+from core.params import read_section as read_params_section
 
 NAME = "cost"
 
@@ -32,9 +32,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sampling.cost import CostParams, summarize_costs
-    from quant.jsonio import check_output_path, write_json
+    from core.jsonio import check_output_path, write_json
 
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     if not args.params.is_file():
         raise QsensError(f"params file {args.params} not found")

@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from analysis.params import AnalysisParams
     from denoisers.base import configure_torch
     from qsens.search_args import make_context, parse_budget_list
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from search.activation import evaluate_params
     from predictor.probe import ProbeParams
-    from quant.params import load_section
-    from quant.provenance import content_digest
+    from core.params import load_section
+    from core.provenance import content_digest
     from search.evaluate import run_evaluation
     from search.strategies import NAMES as STRATEGIES, REGISTRY
 
@@ -100,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
     ap = AnalysisParams.from_yaml(args.params)
     used["the measured-sensitivity analysis"] = [ap.image_seed, ap.calib_seed, ap.ssim_seed]
     used["the predictor's probe (probe.seed)"] = [load_section(ProbeParams, args.params, "probe").seed]
-    from sampling.evaluator import Evaluator
 
-    real = Evaluator.for_cli(cli, ctx.bank, steps=ep.steps)
+    real = cli.evaluator(ctx.bank, steps=ep.steps)
     ctx._selector = None if args.no_select else real.with_steps(ctx.params.steps)
     ctx._denoiser = real.denoiser
 
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pair(text: str) -> tuple[str, str]:
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     if "=" not in text:
         raise QsensError(f"--given expects STRATEGY=DIR, got {text!r}")
@@ -143,10 +142,10 @@ def load_family(directory: str, ctx, strategy: str, data_root: str | Path | None
     Each config must lie inside the family dir or `data_root` (a family.json cannot point the
     evaluation at files elsewhere on disk) and hash to the `config_sha256` search recorded (a
     replaced config is refused, never scored under the family's id or reused on resume)."""
-    from quant.provenance import file_sha256
+    from core.provenance import file_sha256
 
     from quant.config import QuantConfig
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from search.context import SearchResult
 
     path = Path(directory) / "family.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qsens.argtypes import positive_int
 from qsens.context import add_model_args, context, refuse_foreign_out
-from quant.errors import QsensError
+from core.errors import QsensError
 
 NAME = "export"
 FORMATS = ("packed", "torchao", "skip-list")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         from quant.pack import MANIFEST, REST_FILE, WEIGHTS_FILE
         from search.export import SKIP_FILE, TORCHAO_FILE
 
-        # the checkpoint is swapped in as a whole directory (quant.atomicdir) carrying the other
+        # the checkpoint is swapped in as a whole directory (core.atomicdir) carrying the other
         # files along: only a directory of qsens export's own files may be replaced that way
         own = (MANIFEST, WEIGHTS_FILE, REST_FILE, TORCHAO_FILE, SKIP_FILE)
         refuse_foreign_out(args.out, lambda name: name in own or name.lstrip(".").startswith(own),

@@ -7,8 +7,8 @@ import sys
 
 from qsens.argtypes import positive_int
 from qsens.context import add_model_args, context
-from quant.errors import QsensError
-from quant.jsonio import check_output_path
+from core.errors import QsensError
+from core.jsonio import check_output_path
 
 
 def register(subparsers) -> None:

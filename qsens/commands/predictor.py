@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     from predictor.train import TrainParams, load_train_params, load_training_data, save_result, \
         train_ensemble, write_metrics
     from denoisers.base import configure_torch
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     if args.threads:  # else torch's own default, as before
         configure_torch(args.threads)
@@ -162,7 +162,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
     from denoisers.base import configure_torch
     from predictor.probe import ProbeParams, measure_probe
-    from quant.params import load_section
+    from core.params import load_section
     from sampling.noise import load_bank_for
     from sampling.scorers import make_scorer
 
@@ -220,7 +220,7 @@ def run_diff(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from predictor.diff import plot_diff, sensitivity_diff
-    from quant.jsonio import write_json
+    from core.jsonio import write_json
 
     report = sensitivity_diff(args.a, args.b, tuple(map(Path, args.measured)) if args.measured else None)
     out = Path(args.out)

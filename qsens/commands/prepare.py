@@ -14,8 +14,8 @@ from pathlib import Path
 
 from qsens.argtypes import non_negative_int
 from qsens.context import add_model_args, context
-from quant.errors import QsensError
-from quant.jsonio import write_json
+from core.errors import QsensError
+from core.jsonio import write_json
 
 NAME = "prepare"
 

@@ -58,7 +58,7 @@ def check_device(device: str) -> str:
     """One line (QsensError) for a --device that torch does not know or that is not here."""
     import torch
 
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     try:
         dev = torch.device(device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qsens.argtypes import images_count, non_negative_int, positive_int
 from qsens.context import add_cost_arg, add_model_args, context, write_cost
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ _PARAM_FLAGS = {"num_configs": positive_int, "workers": positive_int, "backend":
 def fill_from_params(args: argparse.Namespace, params_path) -> None:
     """Every flag left unset takes `sample.<key>` from the params file, validated like the flag;
     one `error:` line names a missing or bad key."""
-    from quant.params import read_section
+    from core.params import read_section
 
     section = read_section(params_path, "sample")
     for key, check in _PARAM_FLAGS.items():

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from denoisers.base import configure_torch
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams, load_bank_for, sample_grid
     from sampling.scorers import make_scorer

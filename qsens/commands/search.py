@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quant.jsonio import write_json
+from core.jsonio import write_json
 
 from qsens.argtypes import non_negative_int
 from qsens.context import add_cost_arg, with_cost
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def active_rounds(args) -> int:
     """--active-rounds (predictor only)."""
-    from quant.errors import QsensError
+    from core.errors import QsensError
 
     if args.active_rounds and args.strategy != "predictor":
         raise QsensError(f"--active-rounds is for the predictor strategy, not {args.strategy!r}")
@@ -107,7 +107,7 @@ def run_active_stage(args, ctx, cli, budgets, rounds):
     from dataclasses import replace
 
     from predictor.train import load_train_params
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from sampling.noise import ScoreParams
     from search.active import ActiveParams, run_active
     from search.params import read_section

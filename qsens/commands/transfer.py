@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from predictor.train import load_train_params
-    from quant.errors import QsensError
+    from core.errors import QsensError
     from sampling.noise import ScoreParams
     from search.transfer import TransferParams, run_transfer
 

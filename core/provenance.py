@@ -10,7 +10,7 @@ case 7), so both come from one derivation here:
     reworded comment does not force re-scoring but any change to code or strings does;
   - `job_key(**parts)`: a short hash of a job's settings (JSON-canonical).
 
-`python -m quant.provenance --write-dvc dvc.yaml` rewrites every stage's code deps from the
+`python -m core.provenance --write-dvc dvc.yaml` rewrites every stage's code deps from the
 `qsens` commands in its `cmd` (`derive_dvc_deps`); tests/test_dvc_deps.py fails when they drift.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
+PACKAGES = ("core", "quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:

@@ -27,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 T = TypeVar("T")
 

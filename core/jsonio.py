@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from quant.errors import QsensError
+from core.errors import QsensError
 
 
 def read_json(path: str | Path, what: str = "a JSON object", error: type[QsensError] = QsensError) -> Any:
