@@ -29,6 +29,7 @@ from typing import Any
 from core.errors import QsensError
 from core.params import read_section, reject_unknown
 from core.provenance import file_sha256
+from denoisers.adapters import marker_kind
 
 BUILTIN = ("digits", "digits-dit")
 DIGITS_META = "qsens_digits.json"
@@ -68,7 +69,8 @@ def source_identity(source: str | Path) -> str:
 
 def classify_source(source: str | Path, *, architectures: tuple[str, ...] = ()) -> str:
     """What `source` names: "builtin" | "digits-dir" | "pipeline-dir" | "model-dir" |
-    "config-json" | "architecture" | "hub-id".
+    "config-json" | "architecture" | "hub-id", or the kind of a registered adapter
+    (`denoisers.adapters`) whose marker file the directory holds.
 
     `architectures` are extra names that count (the shipped weight-less architectures, for
     graphs). Raises QsensError naming every accepted form when `source` is none of them.
@@ -80,6 +82,9 @@ def classify_source(source: str | Path, *, architectures: tuple[str, ...] = ()) 
         return "architecture"
     path = Path(text).expanduser()
     if path.is_dir():
+        registered = marker_kind(path)  # a registered adapter's marker file (denoisers.adapters)
+        if registered:
+            return registered
         if (path / DIGITS_META).is_file():
             return "digits-dir"
         if (path / PIPELINE_INDEX).is_file():

@@ -13,6 +13,7 @@ from quant.config import QuantConfig
 from core.errors import BankFormatError, BankMismatchError, ConfigError, QsensError
 from quant.layers import LayerInfo, count_macs, layer_infos, quantizable_layers
 from quant.pack import load_quantized, pack, save_quantized
+from quant.methods import QuantMethod, get_method, method_names, register_method
 from quant.options import DEFAULT_OPTIONS, FP16, METHODS, Option, parse_option
 from quant.quantizers import QuantizedTensor, fake_quantize, quantize
 
@@ -21,5 +22,5 @@ __all__ = [
     "enable_activation_quant", "AppliedConfig", "apply_config", "quantize_", "quantized", "Bank",
     "build_bank", "QuantConfig", "BankFormatError", "BankMismatchError", "ConfigError", "QsensError",
     "LayerInfo", "count_macs", "layer_infos", "quantizable_layers", "DEFAULT_OPTIONS", "FP16", "METHODS",
-    "Option", "parse_option", "QuantizedTensor", "fake_quantize", "quantize",
+    "Option", "parse_option", "QuantMethod", "get_method", "method_names", "register_method", "QuantizedTensor", "fake_quantize", "quantize",
 ]

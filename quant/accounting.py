@@ -16,21 +16,19 @@ from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 from quant.layers import LayerInfo
+from quant.methods import get_method
 from quant.options import FP16, Option, parse_option
 
 FLOAT_BITS = 16  # every stored float (scale, zero point, centroid) counts as 16 bits
 
 
 def overhead_bits(option: Option, info: LayerInfo) -> int:
-    """Stored bits beyond the payload: UAQ 2·16·C_out, K-Means-C 2^b·16·C_out, K-Means-A 2^b·16,
-    fp16 0."""
+    """Stored bits beyond the payload, 16 per stored float of the method (`quant.methods`): UAQ
+    2·16·C_out, K-Means-C 2^b·16·C_out, K-Means-A 2^b·16, fp16 0."""
     if option.is_fp:
         return 0
-    if option.method == "uaq":
-        return 2 * FLOAT_BITS * info.c_out
-    if option.method == "kmc":
-        return (1 << option.bits) * FLOAT_BITS * info.c_out
-    return (1 << option.bits) * FLOAT_BITS  # kma
+    rows, cols = get_method(option.method).params_shape(info.c_out, option.bits)  # every stored float
+    return rows * cols * FLOAT_BITS
 
 
 def layer_bits(option: Option | str, info: LayerInfo) -> int:

@@ -4,6 +4,8 @@
 - `kmc`: 1-D k-means codebook per output channel
 - `kma`: one 1-D k-means codebook for the whole tensor
 - `fp16`: unquantized (counted at 16 bits per weight)
+
+and any method registered in `quant.methods` (`{name}{bits}` parses once it is registered).
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import re
 from dataclasses import dataclass
 
 from core.errors import ConfigError
+from quant.methods import method_names
 
-METHODS: tuple[str, ...] = ("uaq", "kmc", "kma")
+METHODS: tuple[str, ...] = ("uaq", "kmc", "kma")  # the built-ins (quant/quantizers.py); all: method_names()
 FP16 = "fp16"
 MIN_BITS, MAX_BITS = 2, 8
 DEFAULT_OPTIONS: tuple[str, ...] = ("uaq3", "uaq4", "kmc3", "kmc4", "kma3", "kma4")
 
-_OPTION_RE = re.compile(r"^(uaq|kmc|kma)([2-8])$")
+_OPTION_RE = re.compile(r"^([a-z][a-z_]*[a-z])([2-8])$")
 
 
 @dataclass(frozen=True, order=True)
@@ -26,7 +29,7 @@ class Option:
     e.g. `uaq4`.
     """
 
-    method: str  # "uaq" | "kmc" | "kma" | "fp16"
+    method: str  # "uaq" | "kmc" | "kma" | "fp16" | a registered method
     bits: int  # 2..8, or 16 for fp16
 
     def __str__(self) -> str:
@@ -43,9 +46,9 @@ def parse_option(text: str) -> Option:
     if text == FP16:
         return Option(FP16, 16)
     match = _OPTION_RE.match(str(text))
-    if match is None:
+    if match is None or match.group(1) not in method_names():
         raise ConfigError(
-            f"unknown option {text!r}: expected fp16 or one of {'/'.join(METHODS)} "
+            f"unknown option {text!r}: expected fp16 or one of {'/'.join(method_names())} "
             f"followed by bits {MIN_BITS}-{MAX_BITS} (e.g. uaq4, kmc3)"
         )
     return Option(match.group(1), int(match.group(2)))

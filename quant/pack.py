@@ -49,6 +49,7 @@ from quant.bank import Bank
 from quant.config import QuantConfig, check_tied
 from core.errors import QsensError
 from core.jsonio import read_json
+from quant.methods import get_method
 from quant.layers import QUANTIZABLE_TYPES, LayerInfo, alias_key, combine_fingerprints, layer_fingerprints, \
     quantizable_layers, tied_groups
 from quant.options import FP16, parse_option
@@ -109,11 +110,7 @@ class PackedLayer:
         method, bits, numel = self._format
         src = self._source()
         p = self.params.to(torch.float32)
-        if method == "uaq":
-            levels = torch.arange(1 << bits, dtype=torch.float32, device=p.device)
-            table = (levels[None, :] - p[:, 1:2]) * p[:, 0:1]
-        else:  # kmc: (C_out, 2^b) codebooks; kma: (1, 2^b)
-            table = p
+        table = get_method(method).table(p, bits)  # (C_out or 1, 2^b): the weight of each code
         ws = _workspace(numel, dtype, p.device) if self.__dict__.get("_in_forward") else None
         w = decode_packed(src.codes, bits, numel, table, self.weight_shape[0], dtype, ws).reshape(self.weight_shape)
         if "_held" in self.__dict__:
@@ -217,9 +214,7 @@ def packed_module(module: nn.Module, option: str, codes: torch.Tensor | None, pa
 
 
 def _params_shape(opt, shape: tuple[int, ...]) -> tuple[int, int]:
-    if opt.method == "uaq":
-        return (shape[0], 2)
-    return (shape[0] if opt.method == "kmc" else 1, 1 << opt.bits)
+    return tuple(get_method(opt.method).params_shape(shape[0], opt.bits))
 
 
 def packed_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -1,4 +1,5 @@
-"""Weight quantizers: UAQ, K-Means-C, K-Means-A for any bits 2-8, vectorised, CPU or CUDA.
+"""Weight quantizers: UAQ, K-Means-C, K-Means-A for any bits 2-8, vectorised, CPU or CUDA, and
+their registration in `quant.methods` (where another method registers the same way).
 
 All three return a `QuantizedTensor`: uint8 codes in [0, 2^b) plus the stored floats
 (scale/zero or codebook), rounded to fp16 because that is what is stored and counted
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from quant.kmeans import assign, kmeans_1d
+from quant.methods import QuantMethod, get_method, register_method
 from quant.options import Option, parse_option
 
 UAQ_SHRINKS: tuple[float, ...] = tuple(round(1.0 - 0.1 * i, 1) for i in range(10))  # 1.0 .. 0.1
@@ -34,14 +36,7 @@ class QuantizedTensor:
         UAQ: (code − zero) · scale per row; K-Means-C: the row's codebook entry; K-Means-A: the shared
         codebook's entry.
         """
-        codes = self.codes.long()
-        p = self.params.to(torch.float32)
-        if self.option.method == "uaq":
-            w = (codes.to(torch.float32) - p[:, 1:2]) * p[:, 0:1]
-        elif self.option.method == "kmc":
-            w = p.gather(1, codes)
-        else:  # kma
-            w = p[0][codes]
+        w = get_method(self.option.method).dequantize(self.codes, self.params, self.option.bits)
         return w.reshape(self.shape).to(dtype)
 
 
@@ -123,13 +118,31 @@ def quantize(weight: torch.Tensor, option: Option | str) -> QuantizedTensor:
         from core.errors import QsensError
         raise QsensError(f"cannot quantize a weight with {int((~torch.isfinite(w2d)).sum())} non-finite "
                          "(NaN/inf) values: the model's weights are damaged")
-    if option.method == "uaq":
-        codes, params = quantize_uaq(w2d, option.bits)
-    elif option.method == "kmc":
-        codes, params = quantize_kmeans(w2d, option.bits, per_row=True)
-    else:
-        codes, params = quantize_kmeans(w2d, option.bits, per_row=False)
+    codes, params = get_method(option.method).quantize(w2d, option.bits)
     return QuantizedTensor(option, shape, codes, params)
+
+
+def _uaq_table(params: torch.Tensor, bits: int) -> torch.Tensor:
+    """(C_out, 2^b): (code − zero) · scale for every code of every row (params [scale, zero])."""
+    levels = torch.arange(1 << bits, dtype=torch.float32, device=params.device)
+    return (levels[None, :] - params[:, 1:2]) * params[:, 0:1]
+
+
+def _codebook_table(params: torch.Tensor, bits: int) -> torch.Tensor:
+    return params  # the stored codebook is the table: (C_out, 2^b) for kmc, (1, 2^b) for kma
+
+
+register_method(QuantMethod(
+    "uaq", "uniform affine, per output channel, clipping range searched (Lp, p=2.4)",
+    quantize_uaq, lambda c_out, bits: (c_out, 2), _uaq_table, torchao="affine"))
+register_method(QuantMethod(
+    "kmc", "1-D k-means codebook per output channel",
+    lambda w, bits: quantize_kmeans(w, bits, per_row=True), lambda c_out, bits: (c_out, 1 << bits),
+    _codebook_table, torchao="codebook"))
+register_method(QuantMethod(
+    "kma", "one 1-D k-means codebook for the whole tensor",
+    lambda w, bits: quantize_kmeans(w, bits, per_row=False), lambda c_out, bits: (1, 1 << bits),
+    _codebook_table, torchao="codebook"))
 
 
 def fake_quantize(weight: torch.Tensor, option: Option | str) -> torch.Tensor:

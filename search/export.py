@@ -47,6 +47,7 @@ from quant.config import QuantConfig
 from core.errors import QsensError
 from core.jsonio import read_json
 from quant.layers import LayerInfo
+from quant.methods import get_method
 from quant.options import FP16, parse_option
 
 TORCHAO_FORMAT = "qsens-torchao"
@@ -100,7 +101,10 @@ def torchao_plan(config: QuantConfig, infos: Mapping[str, LayerInfo]) -> Torchao
             raise QsensError(f"config layer {name} is not a layer of {config.model!r}")
         opt, kind = parse_option(option), infos[name].kind
         plan.options[name] = option
-        if opt.method == "uaq":
+        torchao_kind = get_method(opt.method).torchao
+        if torchao_kind is None:
+            plan.unsupported[name] = f"{option}: method {opt.method!r} has no torchao equivalent"
+        elif torchao_kind == "affine":
             if kind not in ("Linear", "Conv2d"):
                 plan.unsupported[name] = f"{option} on a {kind}: torchao's IntxWeightOnlyConfig takes 2-D/4-D weights only"
                 continue

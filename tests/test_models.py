@@ -133,3 +133,40 @@ def test_cost_takes_the_model_name(tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "metrics" / "m" / "cost.json").read_text())["stages"]["sample"]["images"] == 10
     assert run_qsens("cost").returncode == 2
+
+
+def test_a_registered_model_adapter_loads_its_sources_for_every_command(tmp_path, tiny_digits_denoiser):
+    """Issue #26 item 3: a new model family is one `register_adapter` call — its marker file makes
+    a directory its kind, `models:` entries name it, and the one loader gives its denoiser (layer
+    restriction included) to the bank like any other."""
+    from denoisers.adapters import ModelAdapter, register_adapter, unregister_adapter
+    from denoisers.registry import load_denoiser
+    from denoisers.spec import classify_source
+    from quant.bank import build_bank
+
+    toy = tmp_path / "toy-model"
+    toy.mkdir()
+    with pytest.raises(QsensError, match="is a directory but no model"):
+        classify_source(toy / ".." / "toy-model")
+    (toy / "toy_model.json").write_text("{}")
+    loaded = []
+
+    def load(spec, data_dir):
+        loaded.append((spec.source, spec.device))
+        return tiny_digits_denoiser
+
+    register_adapter(ModelAdapter("toy-dir", load, "a toy family", marker="toy_model.json"))
+    try:
+        assert classify_source(toy) == "toy-dir"
+        params = _params(tmp_path, {"toy": {"source": str(toy), "max_layers": 3}})
+        spec = resolve_spec(params, model="toy")
+        den = load_denoiser(spec, tmp_path / "data")
+        assert loaded == [(str(toy), "cpu")] and den is tiny_digits_denoiser
+        bank = build_bank(den.model, ["uaq4"], model_name="toy", progress=False)
+        assert len(bank.layers) == 3  # the entry's max_layers reached the adapter's model
+        with pytest.raises(QsensError, match="already registered"):
+            register_adapter(ModelAdapter("toy-dir", load))
+    finally:
+        unregister_adapter("toy-dir")
+    with pytest.raises(QsensError, match="is a directory but no model"):
+        classify_source(toy)
