@@ -29,24 +29,28 @@ from typing import Any
 import numpy as np
 
 from core.errors import QsensError
-from core.params import load_section
+from core.params import load_section, defaults_from
 
 SAMPLINGS = ("uniform", "normal")
 
 
 @dataclass(frozen=True)
+@defaults_from("act_calibration", calibration={
+    "calib_samples": "samples", "calib_trajectories": "trajectories", "calib_seed": "seed",
+    "normal_mean": "normal_mean", "normal_std": "normal_std", "chunk": "chunk"
+})
 class ActCalibrationParams:
     """The `act_calibration:` section of params.yaml."""
-    images: int = 500  # images per scored setting
-    image_seeds: tuple[int, ...] = (61, 62, 63, 64, 65)  # fresh seed sets (>= 3), disjoint from every other stage's
-    bits: tuple[int, ...] = (8, 6, 4)  # activation bits of every layer (A4: where the sampling shows on digits)
-    calib_samples: int = 64  # calibration inputs drawn from the FP trajectory
-    calib_trajectories: int = 32  # FP images whose trajectories are recorded
-    calib_seed: int = 3  # image seed set of the calibration trajectories; also the draw's RNG seed
-    normal_mean: float = 0.5  # normal: mean, as a fraction of the trajectory (0 = noisiest)
-    normal_std: float = 0.25  # normal: std, same units
-    steps: int | None = None  # sampler steps (None: the model's default)
-    chunk: int = 64  # calibration samples per forward
+    images: int  # images per scored setting
+    image_seeds: tuple[int, ...]  # fresh seed sets (>= 3), disjoint from every other stage's
+    bits: tuple[int, ...]  # activation bits of every layer (A4: where the sampling shows on digits)
+    calib_samples: int  # calibration inputs drawn from the FP trajectory
+    calib_trajectories: int  # FP images whose trajectories are recorded
+    calib_seed: int  # image seed set of the calibration trajectories; also the draw's RNG seed
+    normal_mean: float  # normal: mean, as a fraction of the trajectory (0 = noisiest)
+    normal_std: float  # normal: std, same units
+    steps: int | None  # sampler steps (None: the model's default)
+    chunk: int  # calibration samples per forward
 
     def __post_init__(self) -> None:
         if len(set(self.image_seeds)) < 3:

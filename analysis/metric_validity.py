@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from core.params import defaults_from
 from analysis.common import Progress, settings_key, write_json
 from core.errors import QsensError
 
@@ -46,20 +47,24 @@ CANDIDATES = ("fid", "fd_fp", "feat_dist", "image_mse", "dssim", "content_drop")
 
 
 @dataclass
+@defaults_from("metric_validity", calibration={
+    "calib_samples": "samples", "calib_trajectories": "trajectories", "calib_seed": "seed",
+    "chunk": "chunk"
+})
 class MetricValidityParams:
     """The `metric_validity:` section of params.yaml."""
 
-    n_images: tuple[int, ...] = (16, 32, 64, 128, 256, 500)
-    random_configs: int = 24  # cache configs spread over its avg-bits range
-    window_configs: int = 6  # + cache configs nearest each budget
-    window: float = 0.1  # ± avg bits around a budget
-    bootstrap: int = 1000
-    seed: int = 0
-    spearman_goal: float = 0.9  # "good enough over all configs"
-    calib_samples: int = 64  # output_mse: calibration inputs (seed 003)
-    calib_trajectories: int = 32
-    calib_seed: int = 3
-    chunk: int = 64
+    n_images: tuple[int, ...]
+    random_configs: int  # cache configs spread over its avg-bits range
+    window_configs: int  # + cache configs nearest each budget
+    window: float  # ± avg bits around a budget
+    bootstrap: int
+    seed: int
+    spearman_goal: float  # "good enough over all configs"
+    calib_samples: int  # output_mse: calibration inputs (seed 003)
+    calib_trajectories: int
+    calib_seed: int
+    chunk: int
 
     def __post_init__(self) -> None:
         if not self.n_images or any(int(n) < 2 for n in self.n_images):

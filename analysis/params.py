@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import QsensError
-from core.params import load_section
+from core.params import load_section, defaults_from
 
 # MixDQ's split (cross-attention `attn2`, FFN `ff`) plus where a class-conditional model's label
 # enters (UNet ResNet `time_emb_proj`, DiT AdaLN `norm1.linear`): the analogue of cross-attention.
@@ -13,28 +13,33 @@ DEFAULT_CONTENT_PATTERNS = (r"(^|\.)attn2\.", r"(^|\.)ff\.", r"time_emb_proj$", 
 
 
 @dataclass(frozen=True)
+@defaults_from("analysis", calibration={
+    "calib_samples": "samples", "calib_trajectories": "trajectories",
+    "calib_timesteps": "timesteps", "calib_normal_mean": "normal_mean",
+    "calib_normal_std": "normal_std", "calib_seed": "seed"
+})
 class AnalysisParams:
     """The `analysis:` section of params.yaml: the layerwise (images, seeds, score weights, metric) and
     MixDQ (calibration, content patterns) sensitivity measurements.
     """
 
     # layerwise (seed 000): one layer quantized at a time, every option, FID + content
-    images: int = 64  # images per measurement (cheap: layers × options generations)
-    image_seed: int = 5  # seed set of the measurement images (disjoint from evaluate.image_seed)
-    steps: int | None = None  # sampler steps (None: the model's default)
-    fid_weight: float = 0.6  # score = 0.6·norm(ΔFID) + 0.4·norm(Δcontent)
-    metric: str = "fid"  # the quality measure: fid (vs real, minus the FP model's) or a paired score
+    images: int  # images per measurement (cheap: layers × options generations)
+    image_seed: int  # seed set of the measurement images (disjoint from evaluate.image_seed)
+    steps: int | None  # sampler steps (None: the model's default)
+    fid_weight: float  # score = 0.6·norm(ΔFID) + 0.4·norm(Δcontent)
+    metric: str  # the quality measure: fid (vs real, minus the FP model's) or a paired score
     # of sampling.paired against the FP images of the same seeds (fd_fp, feat_dist, ...: FP = 0)
     # mixdq (seed 001) + calibration (seed 003)
-    calib_samples: int = 64  # denoiser inputs drawn from the FP sampling trajectory
-    calib_trajectories: int = 32  # FP images whose trajectories are recorded
-    calib_timesteps: str = "uniform"  # uniform | normal (PTQ4DM) over the trajectory's steps
-    calib_normal_mean: float = 0.5  # normal: mean, as a fraction of the trajectory (0 = noisiest)
-    calib_normal_std: float = 0.25  # normal: std, same units
-    calib_seed: int = 3  # image seed set of the calibration trajectories; also the draw's RNG seed
-    ssim_images: int = 20  # images per SSIM measurement (content group; 2 per class)
-    ssim_seed: int = 4
-    content_patterns: tuple[str, ...] = DEFAULT_CONTENT_PATTERNS
+    calib_samples: int  # denoiser inputs drawn from the FP sampling trajectory
+    calib_trajectories: int  # FP images whose trajectories are recorded
+    calib_timesteps: str  # uniform | normal (PTQ4DM) over the trajectory's steps
+    calib_normal_mean: float  # normal: mean, as a fraction of the trajectory (0 = noisiest)
+    calib_normal_std: float  # normal: std, same units
+    calib_seed: int  # image seed set of the calibration trajectories; also the draw's RNG seed
+    ssim_images: int  # images per SSIM measurement (content group; 2 per class)
+    ssim_seed: int
+    content_patterns: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if self.calib_timesteps not in ("uniform", "normal"):

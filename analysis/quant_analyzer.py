@@ -43,6 +43,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from core.params import defaults_from
 from analysis.common import Progress, settings_key, write_json
 from core.errors import QsensError
 
@@ -53,26 +54,31 @@ METRICS = (("fid", "FID (lower is better)"), ("content", "content score (higher 
 
 
 @dataclass(frozen=True)
+@defaults_from("quant_analyzer", calibration={
+    "calib_samples": "samples", "calib_trajectories": "trajectories",
+    "calib_timesteps": "timesteps", "calib_normal_mean": "normal_mean",
+    "calib_normal_std": "normal_std", "calib_seed": "seed", "chunk": "chunk"
+})
 class QuantAnalyzerParams:
     """The `quant_analyzer:` section of params.yaml."""
-    weight_option: str = "uaq4"  # the W setting: a bank option (built in memory if the bank lacks it)
-    act_bits: int = 6  # the A setting: 2-8 bits on every layer's input
-    act_mode: str = "static"  # static (calibrated ranges, seed 003) | dynamic (per token / channel)
-    images: int = 256  # images per scored setting
-    image_seed: int = 41  # disjoint from the other stages' seed sets
-    steps: int | None = None  # sampler steps (None: the model's default)
-    max_layers: int = 16  # layers swept (evenly spaced in module order); 0 = every layer
-    layers: str | None = None  # regex: only layers whose name matches are swept
-    sqnr_bits: tuple[int, ...] = (8, 6, 4)  # activation SQNR per layer at these bit-widths
-    sqnr_max_layers: int = 0  # layers in the SQNR sweep (evenly spaced); 0 = every matching layer
-    calib_samples: int = 64
-    calib_trajectories: int = 32
-    calib_timesteps: str = "uniform"  # uniform | normal (PTQ4DM)
-    calib_normal_mean: float = 0.5
-    calib_normal_std: float = 0.25
-    calib_seed: int = 3
-    hist_bins: int = 64
-    chunk: int = 64  # calibration samples per forward
+    weight_option: str  # the W setting: a bank option (built in memory if the bank lacks it)
+    act_bits: int  # the A setting: 2-8 bits on every layer's input
+    act_mode: str  # static (calibrated ranges, seed 003) | dynamic (per token / channel)
+    images: int  # images per scored setting
+    image_seed: int  # disjoint from the other stages' seed sets
+    steps: int | None  # sampler steps (None: the model's default)
+    max_layers: int  # layers swept (evenly spaced in module order); 0 = every layer
+    layers: str | None  # regex: only layers whose name matches are swept
+    sqnr_bits: tuple[int, ...]  # activation SQNR per layer at these bit-widths
+    sqnr_max_layers: int  # layers in the SQNR sweep (evenly spaced); 0 = every matching layer
+    calib_samples: int
+    calib_trajectories: int
+    calib_timesteps: str  # uniform | normal (PTQ4DM)
+    calib_normal_mean: float
+    calib_normal_std: float
+    calib_seed: int
+    hist_bins: int
+    chunk: int  # calibration samples per forward
 
     def __post_init__(self) -> None:
         from quant.activations import ACT_MODES

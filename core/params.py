@@ -16,20 +16,102 @@ Every value is checked against the dataclass field's declared type (`typing.get_
 A scalar where a list is expected is accepted because `dvc exp run -S search.budgets=3.4` (one
 value per `-S`) writes exactly that. A string is never split into characters, nor on commas
 (no list-typed field is documented as comma-separated). Any other type (dicts, `Any`) passes as is.
+
+**One source of defaults.** The shipped params.yaml (next to this package) holds every knob's
+default; a params dataclass declares types and validation only and takes its defaults from it
+with `@defaults_from("section")` (under `@dataclass`). A field given a default in the class body
+as well is refused when the class is defined (TypeError naming the field), and
+`tests/test_params_defaults.py` checks that every shipped section has its dataclass and every
+dataclass knob has its shipped value.
+
+**The `calibration:` section** is shared by every stage that calibrates (inputs from the FP
+trajectory, seed 003): a dataclass maps its own fields to it (`calibration={"calib_seed": "seed"}`),
+and a field the stage's own section does not set takes the params file's `calibration:` value
+(`section_values`), so one edit moves every stage while a stage may still override one field.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, field, fields
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Callable, TypeVar, Union
 
 from core.errors import QsensError
 
 T = TypeVar("T")
+
+SHIPPED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+CALIBRATION = "calibration"
+# section -> the dataclasses reading it (a section may be split over several, e.g. `evaluate`)
+SECTIONS: dict[str, list[type]] = {}
+
+
+@lru_cache(maxsize=None)
+def _shipped(section: str) -> dict[str, Any]:
+    return read_section(SHIPPED_PARAMS, section)
+
+
+def shipped_defaults(section: str) -> dict[str, Any]:
+    """A copy of the shipped params.yaml's `section` (the defaults; {} when absent)."""
+    return copy.deepcopy(_shipped(section))
+
+
+def defaults_from(section: str, *, calibration: dict[str, str] | None = None,
+                  not_knobs: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
+    """Class decorator, applied under `@dataclass`: each annotated field takes its default from the
+    shipped params.yaml — `section.<field>`, or for a field in `calibration` (field → key)
+    `calibration.<key>`. Lists become tuples for tuple fields and default factories otherwise.
+
+    `not_knobs`: fields that are no params knob (set by code, e.g. `ModelSpec.name`); they may
+    keep a class default. Raises TypeError at class definition for a field that has a default in
+    the class body *and* a shipped value (a knob with two defaults)."""
+    def wrap(cls: type[T]) -> type[T]:
+        own = cls.__dict__.get("__annotations__", {})
+        shipped = _shipped(section)
+        calib = calibration or {}
+        values = {name: shipped[name] for name in own if name in shipped}
+        values.update({name: _shipped(CALIBRATION)[key] for name, key in calib.items()
+                       if name in own and name not in values and key in _shipped(CALIBRATION)})
+        twice = sorted(n for n in values if n in cls.__dict__)
+        if twice:
+            raise TypeError(f"{cls.__name__}: {twice} have a default in the class and in {SHIPPED_PARAMS.name} "
+                            f"`{section}`: params.yaml is the only source of defaults")
+        for name, value in check_types(cls, values, section, SHIPPED_PARAMS).items():
+            if isinstance(value, (list, dict)):
+                setattr(cls, name, field(default_factory=lambda v=value: copy.deepcopy(v)))
+            else:
+                setattr(cls, name, value)
+        cls.__params_section__ = section
+        cls.__params_calibration__ = dict(calib)
+        cls.__params_not_knobs__ = tuple(not_knobs)
+        SECTIONS.setdefault(section, []).append(cls)
+        return cls
+    return wrap
+
+
+def section_values(cls: type, path: str | Path, section: str) -> dict[str, Any]:
+    """`params[section]` of the file at `path`, plus, for each of `cls`'s calibration fields
+    (`defaults_from(..., calibration=...)`) the section does not set, the file's `calibration:`
+    value (so a user's `calibration.samples: 128` reaches every stage that calibrates)."""
+    data = dict(read_section(path, section))
+    calib = getattr(cls, "__params_calibration__", {})
+    if calib:
+        shared = read_section(path, CALIBRATION)
+        data.update({name: shared[key] for name, key in calib.items() if name not in data and key in shared})
+    return data
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field `name` (its factory called), or MISSING."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.default_factory() if f.default_factory is not MISSING else f.default
+    return MISSING
 
 
 def read_section(path: str | Path, section: str) -> dict[str, Any]:
@@ -77,7 +159,7 @@ def load_section(cls: type[T], path: str | Path, section: str, lists_as_tuples: 
     """`cls(**params[section])` with every key and value checked (`reject_unknown`).
 
     `lists_as_tuples` is kept for callers; tuple-typed fields always get tuples now."""
-    data = dict(read_section(path, section))
+    data = section_values(cls, path, section)
     reject_unknown(cls, data, section, path)
     try:
         return cls(**data)

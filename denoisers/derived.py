@@ -32,24 +32,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.params import defaults_from
 from core.errors import QsensError
 
 KINDS = ("finetune", "lora", "fewstep")
 
 
 @dataclass(frozen=True)
+@defaults_from("derive")
 class DeriveParams:
     """The `derive:` section of params.yaml (each kind reads the fields it needs)."""
 
     steps: int  # finetune / lora: training steps on the shifted data
     lr: float  # finetune: peak learning rate (cosine decay); lora uses lora_lr
-    classes: list[int] = field(default_factory=list)  # drawn class_weight times more often
-    class_weight: float = 1.0
-    thicken: float = 0.0  # 0..1: blend of each digit with its 3×3 max-filtered (thicker) strokes
-    rank: int = 4  # lora
-    lora_lr: float = 0.001  # lora: Adam learning rate of the low-rank factors
-    sampler_steps: int = 3  # fewstep
-    seed: int = 1
+    classes: list[int]  # drawn class_weight times more often
+    class_weight: float
+    thicken: float  # 0..1: blend of each digit with its 3×3 max-filtered (thicker) strokes
+    rank: int  # lora
+    lora_lr: float  # lora: Adam learning rate of the low-rank factors
+    sampler_steps: int  # fewstep
+    seed: int
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.lora_lr <= 0:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import QsensError
-from core.params import read_section, reject_unknown
+from core.params import read_section, reject_unknown, defaults_from
 from core.provenance import file_sha256
 from denoisers.adapters import marker_kind
 
@@ -119,22 +119,23 @@ def default_name(source: str | Path) -> str:
 # the spec
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+@defaults_from("model", not_knobs=("name",))
 class ModelSpec:
     """params.yaml `model:` (see there for each field's meaning and default)."""
 
-    source: str = "digits"
+    source: str
     name: str = "digits"
-    reference: str | None = None  # real models: a dir written by `qsens reference build`
-    steps: int | None = 20  # real models (digits: digits.steps); None = the pipeline's own __call__ default
-    guidance: float | None = None  # real models; None = the pipeline's own __call__ default
-    negative_prompt: str = ""
-    resolution: int | None = None  # real models: output side in px; None = the pipeline's
-    dtype: str = "fp32"
-    device: str = "cpu"
-    batch_size: int = 8  # real models (digits: digits.gen_batch_size)
-    scheduler: str | None = None  # a diffusers scheduler class name; None = the pipeline's
-    layers: str | None = None  # regex: only matching layers are quantized (quant.layers.restrict_layers)
-    max_layers: int = 0  # at most this many of them, evenly spaced in module order; 0 = all
+    reference: str | None  # real models: a dir written by `qsens reference build`
+    steps: int | None  # real models (digits: digits.steps); None = the pipeline's own __call__ default
+    guidance: float | None  # real models; None = the pipeline's own __call__ default
+    negative_prompt: str
+    resolution: int | None  # real models: output side in px; None = the pipeline's
+    dtype: str
+    device: str
+    batch_size: int  # real models (digits: digits.gen_batch_size)
+    scheduler: str | None  # a diffusers scheduler class name; None = the pipeline's
+    layers: str | None  # regex: only matching layers are quantized (quant.layers.restrict_layers)
+    max_layers: int  # at most this many of them, evenly spaced in module order; 0 = all
 
     def __post_init__(self) -> None:
         if int(self.max_layers) < 0:

@@ -41,6 +41,7 @@ import networkx as nx
 import torch
 from torch import nn
 
+from core.params import defaults_from
 from denoisers.inputs import STATIC_INPUTS
 from graphs.export import Traced, export_denoiser
 from core.errors import QsensError
@@ -89,6 +90,18 @@ _MUL_OPS = frozenset({"mul", "div", "mul_", "div_"})
 _CAT_OPS = frozenset({"cat", "concat", "stack", "hstack", "vstack"})
 _PLAIN_NORM_MODULE = re.compile(r"^(?!Ada).*(RMS|Layer|Group|Batch|Instance)Norm[0-9a-zA-Z]*$")
 _ATTN_MODULE = re.compile(r"Attention|Attn")
+
+
+@dataclass(frozen=True)
+@defaults_from("graph")
+class GraphParams:
+    """The `graph:` section of params.yaml."""
+
+    max_side: int  # latent side traced at (min with the config's sample_size): changes MACs, not the graph
+
+    def __post_init__(self) -> None:
+        if self.max_side < 1:
+            raise QsensError(f"graph.max_side must be >= 1, got {self.max_side}")
 
 
 def op_name(target: Any) -> str:

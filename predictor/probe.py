@@ -33,17 +33,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from core.params import defaults_from
 from core.errors import QsensError
 
 FORMAT_VERSION = 1
 
 
 @dataclass
+@defaults_from("probe")
 class ProbeParams:
     """The `probe:` section of params.yaml."""
 
-    images: int = 200  # images generated per (layer, option)
-    seed: int = 31  # image seed set: disjoint from the cache's, the selection's and evaluation's
+    images: int  # images generated per (layer, option)
+    seed: int  # image seed set: disjoint from the cache's, the selection's and evaluation's
 
 
 @dataclass

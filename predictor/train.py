@@ -35,44 +35,45 @@ from predictor.losses import RANK_LOSSES, total_loss
 from predictor.metrics import all_metrics
 from predictor.model import CONVS, DIRECTIONS, ModelConfig, SensitivityGNN, count_parameters
 from core.errors import QsensError
-from core.params import read_section, reject_unknown
+from core.params import read_section, reject_unknown, defaults_from
 from core.jsonio import write_json
 
 FORMAT_VERSION = 1
 
 
 @dataclass
+@defaults_from("train")
 class TrainParams:
     """The `train:` section of params.yaml."""
 
-    conv: str = "gatv2"  # gatv2 | gin | transformer
-    layers: int = 3  # message-passing layers (hops)
-    hidden: int = 32
-    heads: int = 4
-    dropout: float = 0.1
-    direction: str = "both"  # forward | backward | both
-    node_emb: int = 8  # node-identity embedding size (0: off)
-    folds: int = 5
-    epochs: int = 100
-    patience: int = 30  # epochs without a better val score before stopping
-    batch_size: int = 32  # configs per step
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    rank_loss: str = "pairwise"  # pairwise | softrank | lambdarank | none
-    rank_weight: float = 0.5
-    hop_weight: float = 0.1  # deep supervision of the hop readouts
-    target: str = "fid"  # fid | reward (−FID − lambda_bits·avg_bits, learnt as its negation)
-    lambda_bits: float = 0.0  # used when target = reward
-    target_transform: str = "none"  # none | log
-    test_fraction: float = 0.2
-    train_fraction: float = 1.0  # learning curves: use this share of each fold's train configs
-    seed: int = 0
-    threads: int = 1  # 1 is as fast on these small kernels and robust to a shared CPU
-    baselines: list[str] = field(default_factory=lambda: list(bl.ONE_HOT_BASELINES))
-    probe: bool = False  # propagation readout on the probe's feature shifts (predictor.probe)
-    label: str = "fid"  # the cache column learnt: fid (vs real) or a paired score (sampling.paired)
-    label_hifi: str | None = None  # multi-fidelity: this label where measured at >= hifi_min_images
-    hifi_min_images: int = 500  # (sample.hifi_configs), the cheap `label` calibrated to it elsewhere
+    conv: str  # gatv2 | gin | transformer
+    layers: int  # message-passing layers (hops)
+    hidden: int
+    heads: int
+    dropout: float
+    direction: str  # forward | backward | both
+    node_emb: int  # node-identity embedding size (0: off)
+    folds: int
+    epochs: int
+    patience: int  # epochs without a better val score before stopping
+    batch_size: int  # configs per step
+    lr: float
+    weight_decay: float
+    rank_loss: str  # pairwise | softrank | lambdarank | none
+    rank_weight: float
+    hop_weight: float  # deep supervision of the hop readouts
+    target: str  # fid | reward (−FID − lambda_bits·avg_bits, learnt as its negation)
+    lambda_bits: float  # used when target = reward
+    target_transform: str  # none | log
+    test_fraction: float
+    train_fraction: float  # learning curves: use this share of each fold's train configs
+    seed: int
+    threads: int  # 1 is as fast on these small kernels and robust to a shared CPU
+    baselines: list[str]
+    probe: bool  # propagation readout on the probe's feature shifts (predictor.probe)
+    label: str  # the cache column learnt: fid (vs real) or a paired score (sampling.paired)
+    label_hifi: str | None  # multi-fidelity: this label where measured at >= hifi_min_images
+    hifi_min_images: int  # (sample.hifi_configs), the cheap `label` calibrated to it elsewhere
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "TrainParams":

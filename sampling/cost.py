@@ -23,19 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.params import defaults_from
 from core.errors import QsensError
 
 
 @dataclass(frozen=True)
+@defaults_from("cost")
 class CostParams:
     """The `cost:` section of params.yaml."""
 
-    gpu_result: str = "bench/results/gpu_sd15.json"  # bench/gpu.py's stored run (sd15.fp.img_s)
-    sdxl_macs_ratio: float = 8.83
-    forwards_per_image: float = 0.0  # 0: the run's own ratio (the sample stage's samples per image)
-    per_layer_stages: tuple[str, ...] = ("probe", "analyze")  # image counts ∝ the model's layer count
-    layers_sd15: int = 282  # quantizable layers of SD v1.5's U-Net (shipped config)
-    layers_sdxl: int = 794  # and of SDXL's
+    gpu_result: str  # bench/gpu.py's stored run (sd15.fp.img_s)
+    sdxl_macs_ratio: float
+    forwards_per_image: float  # 0: the run's own ratio (the sample stage's samples per image)
+    per_layer_stages: tuple[str, ...]  # image counts ∝ the model's layer count
+    layers_sd15: int  # quantizable layers of SD v1.5's U-Net (shipped config)
+    layers_sdxl: int  # and of SDXL's
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> "CostParams":

@@ -24,16 +24,23 @@ from typing import Any
 import numpy as np
 
 from core.errors import QsensError
-from core.params import load_section
+from core.params import load_section, defaults_from
 from core.jsonio import write_json
 
 
 @dataclass(frozen=True)
+@defaults_from("score")
 class ScoreParams:
     """The `score:` section of params.yaml: how one config is scored."""
 
-    images: int = 500  # images per score (labels cycle 0..9)
-    seed: int = 0  # seed set: image i uses seed `seed * 1e6 + i`
+    images: int  # images per score (labels cycle 0..9)
+    seed: int  # seed set: image i uses seed `seed * 1e6 + i`
+
+    def __post_init__(self) -> None:
+        if self.images < 2:
+            raise QsensError(f"score.images must be >= 2 (FID needs two images), got {self.images}")
+        if self.seed < 0:
+            raise QsensError(f"score.seed must be >= 0, got {self.seed}")
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "score") -> "ScoreParams":
@@ -42,15 +49,16 @@ class ScoreParams:
 
 
 @dataclass(frozen=True)
+@defaults_from("noise")
 class NoiseParams:
     """The `noise:` section of params.yaml."""
 
-    fp_seed_sets: int = 5  # FP model scored on seed sets 0..fp_seed_sets-1 → σ
-    random_configs: int = 50  # random configs → S, and test–retest
-    config_seed: int = 4242  # random-config stream (distinct from the `sample` stage's)
-    seed_a: int = 0  # image seed set of the "test" scores
-    seed_b: int = 7  # image seed set of the "retest" scores (disjoint from seed_a)
-    grid_columns: int = 10  # images per row of the sample grid (one per class)
+    fp_seed_sets: int  # FP model scored on seed sets 0..fp_seed_sets-1 → σ
+    random_configs: int  # random configs → S, and test–retest
+    config_seed: int  # random-config stream (distinct from the `sample` stage's)
+    seed_a: int  # image seed set of the "test" scores
+    seed_b: int  # image seed set of the "retest" scores (disjoint from seed_a)
+    grid_columns: int  # images per row of the sample grid (one per class)
 
     @staticmethod
     def from_yaml(path: str | Path = "params.yaml", section: str = "noise") -> "NoiseParams":

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from core.errors import QsensError
+from core.params import defaults_from
 from quant.bank import Bank
 from quant.config import QuantConfig
 from core.provenance import code_digest, content_digest, job_key
@@ -33,6 +35,33 @@ def code_version() -> str:
         return f"qsens {version('qsens')}"
     except PackageNotFoundError:
         return "qsens (not installed)"
+
+
+@dataclass(frozen=True)
+@defaults_from("sample")
+class SampleParams:
+    """The `sample:` section of params.yaml: how many random configs, on how many workers. Their
+    labels are `score.images` images on `score.seed` (sampling.noise.ScoreParams): one knob per
+    meaning, shared with the other stages that label the quant_cache."""
+
+    num_configs: int
+    workers: int
+    backend: str  # local | ray
+    seed: int  # random config stream
+    max_attempts: int
+    paired: bool  # also score against the FP images of the same seeds (sampling/paired.py)
+    hifi_configs: int  # multi-fidelity: the first K configs also get FID at hifi_images
+    hifi_images: int
+
+    def __post_init__(self) -> None:
+        for name in ("num_configs", "workers", "max_attempts", "hifi_images"):
+            if getattr(self, name) < 1:
+                raise QsensError(f"sample.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "hifi_configs"):
+            if getattr(self, name) < 0:
+                raise QsensError(f"sample.{name} must be >= 0, got {getattr(self, name)}")
+        if self.backend not in ("local", "ray"):
+            raise QsensError(f"sample.backend: {self.backend!r} (choose local or ray)")
 
 
 @dataclass

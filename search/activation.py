@@ -35,7 +35,7 @@ import numpy as np
 
 from quant.config import MAX_ACT_BITS, MIN_ACT_BITS
 from core.errors import QsensError
-from core.params import read_section, reject_unknown
+from core.params import defaults_from, read_section, reject_unknown, section_values
 from search.ip import BudgetError, solve
 from search.params import EvaluateParams
 
@@ -181,20 +181,24 @@ def measure_activation_sensitivity(denoiser, layers: Sequence[str], choices: Seq
 # the evaluation's W/A rows: params (the `act_*` keys of params.yaml `evaluate:`)
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+@defaults_from("evaluate", calibration={
+    "act_calib_samples": "samples", "act_calib_trajectories": "trajectories",
+    "act_calib_seed": "seed", "act_calib_timesteps": "timesteps"
+})
 class ActEvalParams:
     """Activation rows of `qsens evaluate`: each found weight config of `act_strategies` is scored
     again with every layer's activations at each of `act_bits` (dynamic), and the configs of
     `act_mixed_strategies` with IP-allocated per-layer bits averaging `act_mixed_bits` (MAC-weighted)."""
-    act_strategies: tuple[str, ...] = ("predictor", "mixdq")
-    act_bits: tuple[int, ...] = (8, 6)  # global A-settings (QuantConfig.act_bits: 8 or 6)
-    act_mixed_bits: float | None = 7.0  # null: no mixed row
-    act_mixed_strategies: tuple[str, ...] = ("predictor",)
-    act_choices: tuple[int, ...] = (8, 6, 4)  # per-layer candidates of the mixed allocation
-    act_objective: str = "noise"  # noise (Σ 10^(−SQNR/10)) | sqnr (Σ dB, MixDQ)
-    act_calib_samples: int = 64  # sensitivity: calibration inputs from the FP trajectory
-    act_calib_trajectories: int = 32
-    act_calib_seed: int = 3  # image seed set of the calibration trajectories (not the evaluation's)
-    act_calib_timesteps: str = "uniform"  # uniform | normal
+    act_strategies: tuple[str, ...]
+    act_bits: tuple[int, ...]  # global A-settings (QuantConfig.act_bits: 8 or 6)
+    act_mixed_bits: float | None  # null: no mixed row
+    act_mixed_strategies: tuple[str, ...]
+    act_choices: tuple[int, ...]  # per-layer candidates of the mixed allocation
+    act_objective: str  # noise (Σ 10^(−SQNR/10)) | sqnr (Σ dB, MixDQ)
+    act_calib_samples: int  # sensitivity: calibration inputs from the FP trajectory
+    act_calib_trajectories: int
+    act_calib_seed: int  # image seed set of the calibration trajectories (not the evaluation's)
+    act_calib_timesteps: str  # uniform | normal
 
     def __post_init__(self) -> None:
         from search.params import strategy_names
@@ -225,8 +229,9 @@ class ActEvalParams:
 def evaluate_params(path: str | Path = "params.yaml") -> tuple[EvaluateParams, ActEvalParams]:
     """The `evaluate:` section as (EvaluateParams, ActEvalParams): keys starting with `act_` go to
     the second. Unknown keys and ill-typed values are one QsensError, as for every section."""
-    data = dict(read_section(path, "evaluate"))
-    act = {k: data.pop(k) for k in list(data) if k.startswith("act_")}
+    data = {k: v for k, v in read_section(path, "evaluate").items() if not k.startswith("act_")}
+    # the act_calib_* fields a params file does not set come from its `calibration:` section
+    act = {k: v for k, v in section_values(ActEvalParams, path, "evaluate").items() if k.startswith("act_")}
     reject_unknown(EvaluateParams, data, "evaluate", path)
     reject_unknown(ActEvalParams, act, "evaluate", path)
     return EvaluateParams(**data), ActEvalParams(**act)

@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from core.params import defaults_from
 from quant.config import QuantConfig
 from core.errors import QsensError
 from core.provenance import content_digest
@@ -65,17 +66,18 @@ SEARCH_FIELDS_USED = ("tolerance", "time_limit_s", "trust_region", "cached_start
 
 
 @dataclass(frozen=True)
+@defaults_from("active")
 class ActiveParams:
     """The `active:` section of params.yaml."""
 
-    rounds: int = 2  # retrain rounds; rows 0..rounds of the learning curve
-    per_budget: int = 4  # best-predicted unmeasured candidates scored per budget and round
-    disagreement: int = 2  # + candidates with the largest ensemble std among the rest
-    relinearise_rounds: int = 10  # the predictor search's trust-region rounds while learning
-    warm_start: bool = True  # round k > 0 starts from round k-1's members
-    epochs: int = 40  # training epochs of a warm-started round
-    seed: int = 0  # reserved for randomised picks; part of the digest
-    fid_images: int | None = None  # multi-fidelity: the picks' FID at this many images (the expensive
+    rounds: int  # retrain rounds; rows 0..rounds of the learning curve
+    per_budget: int  # best-predicted unmeasured candidates scored per budget and round
+    disagreement: int  # + candidates with the largest ensemble std among the rest
+    relinearise_rounds: int  # the predictor search's trust-region rounds while learning
+    warm_start: bool  # round k > 0 starts from round k-1's members
+    epochs: int  # training epochs of a warm-started round
+    seed: int  # reserved for randomised picks; part of the digest
+    fid_images: int | None  # multi-fidelity: the picks' FID at this many images (the expensive
     # label, where the predictor is unsure and near the budgets); null = score.images like the cache
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import QsensError
-from core.params import load_section
+from core.params import load_section, defaults_from
 
 
 
@@ -17,28 +17,32 @@ def strategy_names() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+@defaults_from("search", calibration={
+    "fisher_samples": "samples", "fisher_trajectories": "trajectories",
+    "fisher_calib_seed": "seed", "fisher_timesteps": "timesteps"
+})
 class SearchParams:
     """The `search:` section of params.yaml: budgets (avg bits, overhead included), IP tolerance and
     time limit, strategies, and the predictor search's trust-region knobs.
     """
 
-    budgets: tuple[float, ...] = (3.05, 3.25, 3.5, 3.75)  # avg bits, overhead included
-    tolerance: float = 0.05  # the IP keeps avg bits in [budget - tolerance, budget]
-    strategies: tuple[str, ...] = ("predictor", "fisher", "layerwise", "mixdq", "error", "uniform", "random-best")
-    time_limit_s: float = 10.0  # per IP solve
-    relinearise_rounds: int = 30  # predictor: trust-region re-linearisations at most
-    trust_region: float = 0.25  # predictor: share of layers the first re-linearised IP may change
-    cached_starts: int = 5  # predictor: best-predicted cached configs inside the window as starts
-    candidates_scored: int = 3  # predictor / mixdq: top candidates scored for real (0: none)
-    select_images: int = 100  # images per real score while selecting (not the evaluation)
-    select_seed: int = 11  # image seed set for selection (disjoint from evaluate.image_seed)
-    mixdq_k: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)  # ratio quality-bits / content-bits
-    mixdq_pick_images: int = 20  # images (2 per class) for MixDQ's final MSE-to-FP pick
-    steps: int | None = None  # sampler steps while selecting (None: the model's default)
-    fisher_samples: int = 64  # fisher: calibration inputs from the FP trajectory (seed 003)
-    fisher_trajectories: int = 32
-    fisher_calib_seed: int = 3  # image seed set of the calibration trajectories
-    fisher_timesteps: str = "uniform"  # uniform | normal (PTQ4DM)
+    budgets: tuple[float, ...]  # avg bits, overhead included
+    tolerance: float  # the IP keeps avg bits in [budget - tolerance, budget]
+    strategies: tuple[str, ...]
+    time_limit_s: float  # per IP solve
+    relinearise_rounds: int  # predictor: trust-region re-linearisations at most
+    trust_region: float  # predictor: share of layers the first re-linearised IP may change
+    cached_starts: int  # predictor: best-predicted cached configs inside the window as starts
+    candidates_scored: int  # predictor / mixdq: top candidates scored for real (0: none)
+    select_images: int  # images per real score while selecting (not the evaluation)
+    select_seed: int  # image seed set for selection (disjoint from evaluate.image_seed)
+    mixdq_k: tuple[float, ...]  # ratio quality-bits / content-bits
+    mixdq_pick_images: int  # images (2 per class) for MixDQ's final MSE-to-FP pick
+    steps: int | None  # sampler steps while selecting (None: the model's default)
+    fisher_samples: int  # fisher: calibration inputs from the FP trajectory (seed 003)
+    fisher_trajectories: int
+    fisher_calib_seed: int  # image seed set of the calibration trajectories
+    fisher_timesteps: str  # uniform | normal (PTQ4DM)
 
     def __post_init__(self) -> None:
         known = strategy_names()
@@ -60,16 +64,17 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
+@defaults_from("evaluate")
 class EvaluateParams:
     """The `evaluate:` section of params.yaml: images per config, fresh seed sets, steps, grid,
     pairing."""
 
-    images: int = 500  # images per evaluated config
-    image_seeds: tuple[int, ...] = (23, 24, 25)  # fresh seed sets (>= 3), each scored: disjoint from the
+    images: int  # images per evaluated config
+    image_seeds: tuple[int, ...]  # fresh seed sets (>= 3), each scored: disjoint from the
     # cache, selection, probe, calibration and analysis seed sets (checked)
-    steps: int | None = None  # sampler steps (None: the model's default)
-    grid_columns: int = 10
-    paired: bool = True  # also record the paired scores vs the FP images of the same seeds
+    steps: int | None  # sampler steps (None: the model's default)
+    grid_columns: int
+    paired: bool  # also record the paired scores vs the FP images of the same seeds
 
     def __post_init__(self) -> None:
         if len(self.image_seeds) < 1 or len(set(self.image_seeds)) != len(self.image_seeds):

@@ -29,24 +29,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core.params import defaults_from
 from core.errors import QsensError
 
 FORMAT = "qsens-transfer"
 
 
 @dataclass(frozen=True)
+@defaults_from("transfer")
 class TransferParams:
     """The `transfer:` section of params.yaml."""
 
-    derived: tuple[str, ...] = ()  # the DVC stage's derived checkpoints (transfer@KIND): finetune | lora | fewstep
-    base: str = "digits"  # the DVC stage's base model: a name under params `models:` (a digits model)
-    random_configs: int = 12  # random configs scored on the new checkpoint (val/test rows)
-    sample_seed: int = 7  # their random stream (the sampler's `random_config` seed)
-    rounds: int = 2  # active rounds after the warm start
-    per_budget: int = 2
-    disagreement: int = 1
-    epochs: int = 40  # fine-tuning epochs per round (round 0 included)
-    relinearise_rounds: int = 10
+    derived: tuple[str, ...]  # the DVC stage's derived checkpoints (transfer@KIND): finetune | lora | fewstep
+    base: str  # the DVC stage's base model: a name under params `models:` (a digits model)
+    random_configs: int  # random configs scored on the new checkpoint (val/test rows)
+    sample_seed: int  # their random stream (the sampler's `random_config` seed)
+    rounds: int  # active rounds after the warm start
+    per_budget: int
+    disagreement: int
+    epochs: int  # fine-tuning epochs per round (round 0 included)
+    relinearise_rounds: int
 
     def __post_init__(self) -> None:
         from denoisers.derived import KINDS

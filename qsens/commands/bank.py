@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.params import defaults_from
 from qsens.argtypes import non_negative_int
 from qsens.context import add_model_args, context
 from quant.bank import Bank, build_bank
@@ -40,11 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @dataclass(frozen=True)
+@defaults_from("bank")
 class BankParams:
     """The `bank:` section of params.yaml."""
 
     # "uaq3,uaq4,kmc3" (one comma-separated string) or a list of option names
-    options: tuple[str, ...] | None = None
+    options: tuple[str, ...] | None
 
 
 def run_build(args: argparse.Namespace) -> int:

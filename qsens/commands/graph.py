@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                    help="node-link JSON to write (default: DATA/graphs/NAME.json)")
     p.add_argument("--draw", metavar="FILE.png", help="also draw the DAG (.png or .svg)")
     p.add_argument("--max-side", type=positive_int, default=None,
-                   help="latent side used for tracing (default: min(sample_size, 32)); "
+                   help="latent side used for tracing, capped at the config's sample_size (default: "
+                   "params graph.max_side); "
                    "changes MACs, not the graph")
     p.add_argument("--text-tokens", type=positive_int, default=None,
                    help="text tokens for cross-attention inputs (default 77, or the config's)")
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from graphs.dag import build_dag_for, skip_concat_consumers, summary
+    from core.params import load_section
+    from graphs.dag import GraphParams, build_dag_for, skip_concat_consumers, summary
     from graphs.draw import draw_graph
     from graphs.io import write_graph
 
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise QsensError("--out GRAPH.json is needed when MODEL is given")
     check_output_path(args.out)
+    if args.max_side is None:
+        args.max_side = load_section(GraphParams, args.params, "graph").max_side
     if args.draw:
         check_output_path(args.draw)
     # refuses (QsensError) a graph that misses a layer or is not a DAG: nothing is written

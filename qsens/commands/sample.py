@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=None,
                    help="seed of the random config stream (default: sample.seed)")
     p.add_argument("--image-seed", type=non_negative_int, default=None,
-                   help="seed set of the generated images (default: sample.image_seed)")
-    p.add_argument("--images", type=images_count, default=None, help="images per config (default: sample.images)")
+                   help="seed set of the generated images (default: score.seed)")
+    p.add_argument("--images", type=images_count, default=None, help="images per config (default: score.images)")
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per worker (0: cores / workers)")
     p.add_argument("--max-attempts", type=positive_int, default=None,
                    help="tries per config before it is recorded failed (default: sample.max_attempts)")
@@ -49,36 +49,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# flag -> validator of its `sample:` key: params.yaml is the one source of defaults
-_PARAM_FLAGS = {"num_configs": positive_int, "workers": positive_int, "backend": str, "seed": non_negative_int,
-                "image_seed": non_negative_int, "images": images_count, "max_attempts": positive_int,
-                "paired": None, "hifi_configs": non_negative_int, "hifi_images": images_count}
-
-
 def fill_from_params(args: argparse.Namespace, params_path) -> None:
-    """Every flag left unset takes `sample.<key>` from the params file, validated like the flag;
-    one `error:` line names a missing or bad key."""
-    from core.params import read_section
+    """Every flag left unset takes its params value — `sample.<key>`, or `score.images` /
+    `score.seed` for --images / --image-seed (the cache's labels: one knob, shared with the other
+    stages that label it) — checked like every params section (one `error:` line for a bad one)."""
+    from core.params import load_section
+    from sampling.noise import ScoreParams
+    from sampling.worker import SampleParams
 
-    section = read_section(params_path, "sample")
-    for key, check in _PARAM_FLAGS.items():
-        if getattr(args, key) is not None:
-            continue
-        if key not in section:
-            raise QsensError(f"--{key.replace('_', '-')} not given and {params_path} has no sample.{key}")
-        value = section[key]
-        if check is None:  # a boolean
-            if not isinstance(value, bool):
-                raise QsensError(f"{params_path}: sample.{key}: {value!r} is not true/false")
-            setattr(args, key, value)
-            continue
-        try:
-            value = check(str(value)) if check is not str else str(value)
-        except argparse.ArgumentTypeError as exc:
-            raise QsensError(f"{params_path}: sample.{key}: {exc}") from None
-        if key == "backend" and value not in ("local", "ray"):
-            raise QsensError(f"{params_path}: sample.backend: {value!r} (choose local or ray)")
-        setattr(args, key, value)
+    sp = load_section(SampleParams, params_path, "sample")
+    score = ScoreParams.from_yaml(params_path)
+    for key in ("num_configs", "workers", "backend", "seed", "max_attempts", "paired", "hifi_configs", "hifi_images"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(sp, key))
+    if args.images is None:
+        args.images = score.images
+    if args.image_seed is None:
+        args.image_seed = score.seed
 
 
 def job_cost(shards: Path, key: str, job) -> dict:
