@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from core.errors import QsensError
+from core.registry import Registry
 
 if TYPE_CHECKING:
     from denoisers.base import Denoiser
@@ -36,7 +37,7 @@ class ModelAdapter:
     marker: str | None = None
 
 
-_ADAPTERS: dict[str, ModelAdapter] = {}
+_ADAPTERS: Registry[ModelAdapter] = Registry("model adapter for sources of kind")
 
 
 def register_adapter(adapter: ModelAdapter, replace: bool = False) -> ModelAdapter:
@@ -44,25 +45,22 @@ def register_adapter(adapter: ModelAdapter, replace: bool = False) -> ModelAdapt
     `replace`)."""
     if not _KIND.match(adapter.kind):
         raise QsensError(f"model adapter kind {adapter.kind!r}: use lowercase letters, digits and '-'")
-    if adapter.kind in _ADAPTERS and not replace:
-        raise QsensError(f"a model adapter for {adapter.kind!r} sources is already registered")
-    _ADAPTERS[adapter.kind] = adapter
-    return adapter
+    return _ADAPTERS.register(adapter.kind, adapter, replace)
 
 
 def unregister_adapter(kind: str) -> None:
     """Remove the adapter of `kind` (tests that register a toy one clean up with it)."""
-    _ADAPTERS.pop(kind, None)
+    _ADAPTERS.unregister(kind)
 
 
 def adapter_for(kind: str) -> ModelAdapter | None:
     """The adapter registered for sources of `kind`, or None."""
-    return _ADAPTERS.get(kind)
+    return _ADAPTERS.find(kind)
 
 
 def marker_kind(directory: Path) -> str | None:
     """The kind of a registered adapter whose marker file `directory` holds, or None."""
-    for adapter in _ADAPTERS.values():
+    for adapter in _ADAPTERS:
         if adapter.marker and (directory / adapter.marker).is_file():
             return adapter.kind
     return None
@@ -70,4 +68,4 @@ def marker_kind(directory: Path) -> str | None:
 
 def adapter_kinds() -> tuple[str, ...]:
     """The kinds with a registered adapter, in registration order."""
-    return tuple(_ADAPTERS)
+    return _ADAPTERS.names()

@@ -10,16 +10,14 @@ before, are written as before (no key when empty), and keep their config id.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from core.errors import ConfigError
-from core.jsonio import read_json
+from core.errors import ConfigError, QsensError
+from core.jsonio import read_json, write_json
 from quant.options import FP16, parse_option
 
 ACT_BITS_ALLOWED = (None, 8, 6)  # the global setting (the reference system's A8 / A6)
@@ -119,19 +117,10 @@ class QuantConfig:
     def save(self, path: str | Path) -> Path:
         """Write the JSON atomically (a temporary file renamed over `path`): a failed write never
         leaves a truncated config. ConfigError when `path` is a directory or cannot be written."""
-        path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a directory; give a .json file path")
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        return path
+            return write_json(path, self.to_dict(), sort_keys=False)
+        except QsensError as exc:  # the one atomic write (core.jsonio), as this module's error type
+            raise ConfigError(str(exc)) from None
 
     @staticmethod
     def from_dict(data: object, where: str = "config") -> "QuantConfig":

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from core.errors import ConfigError
+from core.registry import Registry
 
 # Quantizer: (weights (R, n) float32, bits) -> (codes (R, n) uint8, params (P, K) float32 whose
 # values are exactly representable in fp16: what is stored is what is used).
@@ -59,7 +60,7 @@ class QuantMethod:
         return table.gather(1, codes)
 
 
-_REGISTRY: dict[str, QuantMethod] = {}
+_REGISTRY: Registry[QuantMethod] = Registry("quantization method", ConfigError)
 
 
 def register_method(method: QuantMethod, replace: bool = False) -> QuantMethod:
@@ -72,25 +73,19 @@ def register_method(method: QuantMethod, replace: bool = False) -> QuantMethod:
     if method.torchao not in (None, "affine", "codebook"):
         raise ConfigError(f"method {method.name!r}: torchao must be 'affine', 'codebook' or None, "
                           f"not {method.torchao!r}")
-    if method.name in _REGISTRY and not replace:
-        raise ConfigError(f"quantization method {method.name!r} is already registered")
-    _REGISTRY[method.name] = method
-    return method
+    return _REGISTRY.register(method.name, method, replace)
 
 
 def unregister_method(name: str) -> None:
     """Remove a registered method (tests that register a toy method clean up with it)."""
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def method_names() -> tuple[str, ...]:
     """The registered method names, in registration order (the built-ins first: uaq, kmc, kma)."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_method(name: str) -> QuantMethod:
     """The registered method `name`; ConfigError naming the registered ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown quantization method {name!r}; registered: {', '.join(_REGISTRY)}") from None
+    return _REGISTRY.get(name)

@@ -683,12 +683,9 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
                              "from this model with `qsens export`")
     modules = quantizable_layers(model)
     layers = manifest["layers"]
-    missing = [n for n in layers if n not in modules]
-    extra = [n for n in modules if n not in layers]
-    if missing or extra:
-        first = (missing or extra)[0]
-        raise QsensError(f"{directory}: the checkpoint's layers do not match this model ({len(missing)} "
-                         f"missing from the model, {len(extra)} not in the checkpoint; first: {first})")
+    _refuse_mismatch(f"{directory}: the checkpoint's layers do not match this model",
+                     [n for n in layers if n not in modules], "missing from the model",
+                     [n for n in modules if n not in layers], "not in the checkpoint")
     _check_unpacked(modules, [n for n, l in layers.items() if l["format"] != "fp"])
     _check_ties(directory / MANIFEST, layers, modules)
     weights = _read_tensors(directory / WEIGHTS_FILE)
@@ -747,12 +744,9 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
         state = {k: v.to(device) for k, v in state.items()}
     packed_keys = _packed_state_keys(model)
     want = [k for k in model.state_dict(keep_vars=True) if k not in packed_keys]
-    absent = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    if absent or unexpected:
-        first = (absent or unexpected)[0]
-        raise QsensError(f"{directory / REST_FILE}: does not match this model ({len(absent)} tensor(s) missing, "
-                         f"{len(unexpected)} unexpected; first: {first})")
+    _refuse_mismatch(f"{directory / REST_FILE}: does not match this model",
+                     [k for k in want if k not in state], "tensor(s) missing",
+                     [k for k in state if k not in want], "unexpected")
     model.load_state_dict(state, strict=False, assign=meta_skeleton)
     if meta_skeleton:
         left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
@@ -766,6 +760,13 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, *, dev
 
         enable_config_activations(model, QuantConfig.from_dict(manifest["config"], where=str(directory / MANIFEST)))
     return model
+
+
+def _refuse_mismatch(what: str, missing: list[str], missing_words: str, extra: list[str], extra_words: str) -> None:
+    """QsensError `"{what} (N {missing_words}, M {extra_words}; first: NAME)"` when either list is non-empty."""
+    if missing or extra:
+        raise QsensError(f"{what} ({len(missing)} {missing_words}, {len(extra)} {extra_words}; "
+                         f"first: {(missing or extra)[0]})")
 
 
 def _check_ties(path: Path, layers: dict[str, Any], modules: dict[str, nn.Module]) -> None:

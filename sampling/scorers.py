@@ -12,17 +12,18 @@ from typing import Callable
 import torch
 
 from denoisers.base import Denoiser, ReferenceData
-from core.errors import QsensError
+from core.registry import Registry
 from sampling.scoring import DigitsScorer, Scorer
 
 # kind -> factory(reference, device, source) -> Scorer
 ScorerFactory = Callable[[ReferenceData, "str | torch.device", "Denoiser | ReferenceData"], Scorer]
-SCORERS: dict[str, ScorerFactory] = {}
+SCORERS: Registry[ScorerFactory] = Registry("scorer for reference kind")
 
 
-def register_scorer(kind: str, factory: ScorerFactory) -> None:
-    """Make `make_scorer` build `factory(reference, device, source)` for references of `kind`."""
-    SCORERS[kind] = factory
+def register_scorer(kind: str, factory: ScorerFactory, replace: bool = False) -> None:
+    """Make `make_scorer` build `factory(reference, device, source)` for references of `kind`
+    (QsensError when `kind` has one already, unless `replace`)."""
+    SCORERS.register(kind, factory, replace)
 
 
 def _digits(ref: ReferenceData, device, source) -> Scorer:
@@ -44,7 +45,4 @@ def make_scorer(source: Denoiser | ReferenceData, device: str | torch.device = "
     """The scorer for a denoiser or a reference (its `kind` picks the registered factory).
     Raises QsensError for a kind nothing is registered for."""
     ref = source.reference() if isinstance(source, Denoiser) else source
-    factory = SCORERS.get(ref.kind)
-    if factory is None:
-        raise QsensError(f"no scorer for reference kind {ref.kind!r} (registered: {', '.join(sorted(SCORERS))})")
-    return factory(ref, device, source)
+    return SCORERS.get(ref.kind)(ref, device, source)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from quant.config import QuantConfig
 from core.errors import QsensError
+from core.registry import Registry
 from search import baselines
 from search.context import SearchContext, SearchResult
 from search.trust_region import search_predictor
@@ -68,7 +69,8 @@ def _analysis_rows(name: str) -> Callable[[SearchContext], dict[str, int]]:
     return spend
 
 
-REGISTRY: dict[str, Strategy] = {s.name: s for s in (
+REGISTRY: Registry[Strategy] = Registry("strategy")
+for _s in (
     Strategy("predictor", search_predictor,
              lambda ctx: [_bank_json(ctx), ctx.predictor_dir, ctx.cache_path], _predictor_spend,
              "trained GNN ensemble, trust-region IP, real pick on the selection seeds"),
@@ -84,15 +86,14 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
              lambda ctx: {}, "best single option that fits"),
     Strategy("random-best", baselines.search_random_best, lambda ctx: [_bank_json(ctx), ctx.cache_path],
              lambda ctx: {"cache_random": _cache_rows(ctx, "random")}, "best measured random config"),
-)}
-NAMES = tuple(REGISTRY)
+):
+    REGISTRY.register(_s.name, _s)
+NAMES = REGISTRY.names()
 
 
 def strategy(name: str) -> Strategy:
     """The registered strategy `name`; QsensError naming the known ones otherwise."""
-    if name not in REGISTRY:
-        raise QsensError(f"unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 def run_strategy(ctx: SearchContext, name: str, budget: float,

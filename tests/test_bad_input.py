@@ -49,11 +49,8 @@ def _params(text: str):
 
 
 def _bank_option_without_entries(tmp: Path) -> None:
-    src = tmp / "data" / "bank" / "digits"
+    _bank_copy(tmp)
     dst = tmp / "badbank"
-    dst.mkdir(exist_ok=True)
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
     meta = json.loads((dst / "bank.json").read_text())
     meta["options"] = list(meta["options"]) + ["uaq5"]  # listed, but no layer has it
     (dst / "bank.json").write_text(json.dumps(meta))

@@ -29,10 +29,13 @@ def _plain(obj):
     return obj
 
 
-def _by_hand(den, bank, layer: str, option: str, chunk: int, draws: int, noise_seed: int = 0) -> float:
+def _by_hand(den, bank, layer: str, option: str, chunk: int, draws: int = 1, noise_seed: int = 0) -> float:
     """Σ_samples Σ_elements mean_draws(g²)·ΔY² for one layer, computed independently: g by
-    torch.autograd.grad of L = ½‖ε_θ − (sg(ε_θ) + n)‖² w.r.t. the layer's output, ΔY as the
-    layer's output with the one-layer config applied (quant.apply.quantized) minus its FP output."""
+    torch.autograd.grad of L = ½‖ε − (sg(ε) + n)‖² w.r.t. the layer's output, where ε is the model
+    output times the calibration's per-sample ε-space factor (1 for ε-prediction; see
+    denoisers.traits.eps_scale), ΔY as the layer's output with the one-layer config applied
+    (quant.apply.quantized) minus its FP output. Also the reference of the prediction-type tests
+    (tests/test_pipeline_families_prediction.py)."""
     from sampling.calibration import collect_calibration, model_output
     from quant.apply import quantized
     from quant.config import QuantConfig
@@ -41,19 +44,20 @@ def _by_hand(den, bank, layer: str, option: str, chunk: int, draws: int, noise_s
     module = dict(model.named_modules())[layer]
     calib = collect_calibration(den, CALIB["samples"], trajectories=CALIB["trajectories"], seed=CALIB["seed"],
                                 steps=CALIB["steps"])
+    c_all = calib.eps_scale
     gen = torch.Generator().manual_seed(noise_seed)
     noise = None
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():  # autograd from the parameters down: the plain way
         p.requires_grad_(True)
     total = 0.0
-    for c, (args, kwargs) in enumerate(calib.chunks(chunk)):
+    for ci, (args, kwargs) in enumerate(calib.chunks(chunk)):
         args, kwargs = _plain(args), _plain(kwargs)
         outs: list[torch.Tensor] = []
         handle = module.register_forward_hook(lambda _m, _i, y: outs.append(y))
         try:
             with torch.enable_grad():
-                eps = model_output(model(*args, **kwargs))
+                o = model_output(model(*args, **kwargs))
             with torch.no_grad(), quantized(model, QuantConfig("digits", {layer: option}), bank):
                 n_fp = len(outs)
                 model(*args, **kwargs)
@@ -61,13 +65,16 @@ def _by_hand(den, bank, layer: str, option: str, chunk: int, draws: int, noise_s
             handle.remove()
         y_fp, y_q = outs[:n_fp], outs[n_fp:]
         if noise is None:
-            noise = torch.randn((draws, CALIB["samples"], *eps.shape[1:]), generator=gen)
+            noise = torch.randn((draws, CALIB["samples"], *o.shape[1:]), generator=gen)
+        b0 = ci * chunk
+        c = (torch.ones(o.shape[0], dtype=torch.float64) if c_all is None
+             else c_all[b0:b0 + o.shape[0]]).to(o.dtype).reshape(-1, *([1] * (o.ndim - 1)))
+        eps = c * o
         g2 = [torch.zeros(y.shape, dtype=torch.float64) for y in y_fp]
         for d in range(draws):
-            target = eps.detach() + noise[d, c * chunk:c * chunk + eps.shape[0]]
-            loss = 0.5 * ((eps - target) ** 2).sum()
-            grads = torch.autograd.grad(loss, y_fp, retain_graph=True)
-            g2 = [a + b.double() ** 2 for a, b in zip(g2, grads)]
+            target = eps.detach() + noise[d, b0:b0 + o.shape[0]]
+            grads = torch.autograd.grad(0.5 * ((eps - target) ** 2).sum(), y_fp, retain_graph=True)
+            g2 = [a + g.double() ** 2 for a, g in zip(g2, grads)]
         for a, yf, yq in zip(g2, y_fp, y_q):
             total += float((a / draws * (yq.double() - yf.detach().double()) ** 2).sum())
     for p, flag in flags:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_fisher import CALIB, OPTIONS, _plain, _table, tiny_bank  # noqa: F401 - fixture
+from tests.test_fisher import _by_hand, _table, tiny_bank  # noqa: F401 - fixture
 
 
 def _set_prediction(den, prediction: str):
@@ -67,52 +67,6 @@ def test_pipeline_prediction_types_come_from_the_scheduler():
     assert prediction_type(EulerDiscreteScheduler()) == "epsilon"
     assert prediction_type(DPMSolverMultistepScheduler(prediction_type="flow_prediction",
                                                        use_flow_sigmas=True)) == "flow"
-
-
-def _by_hand(den, bank, layer: str, option: str, chunk: int) -> float:
-    """Σ g²·ΔY² for one layer, g by autograd of the ε-space loss through the per-sample factor."""
-    from sampling.calibration import collect_calibration, model_output
-    from quant.apply import quantized
-    from quant.config import QuantConfig
-
-    model = den.model
-    module = dict(model.named_modules())[layer]
-    calib = collect_calibration(den, CALIB["samples"], trajectories=CALIB["trajectories"],
-                                seed=CALIB["seed"], steps=CALIB["steps"])
-    c_all = calib.eps_scale
-    gen = torch.Generator().manual_seed(0)
-    noise = None
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(True)
-    total = 0.0
-    for ci, (args, kwargs) in enumerate(calib.chunks(chunk)):
-        args, kwargs = _plain(args), _plain(kwargs)
-        outs: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda _m, _i, y: outs.append(y))
-        try:
-            with torch.enable_grad():
-                o = model_output(model(*args, **kwargs))
-            with torch.no_grad(), quantized(model, QuantConfig("digits", {layer: option}), bank):
-                n_fp = len(outs)
-                model(*args, **kwargs)
-        finally:
-            handle.remove()
-        y_fp, y_q = outs[:n_fp], outs[n_fp:]
-        if noise is None:
-            noise = torch.randn((1, CALIB["samples"], *o.shape[1:]), generator=gen)
-        b0 = ci * chunk
-        c = (torch.ones(o.shape[0], dtype=torch.float64) if c_all is None
-             else c_all[b0:b0 + o.shape[0]]).to(o.dtype).reshape(-1, *([1] * (o.ndim - 1)))
-        eps = c * o
-        target = eps.detach() + noise[0, b0:b0 + o.shape[0]]
-        grads = torch.autograd.grad(0.5 * ((eps - target) ** 2).sum(), y_fp)
-        for g, yf, yq in zip(grads, y_fp, y_q):
-            total += float((g.double() ** 2 * (yq.double() - yf.detach().double()) ** 2).sum())
-    for p, flag in flags:
-        p.requires_grad_(flag)
-        p.grad = None
-    return total
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow"])

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             fam_dir = Path(dict(_pair(g) for g in args.given)[strategy])
             return content_digest([fam_dir / "family.json"]
                                 + [Path(r.report["config"]) for _, r in sorted(given[strategy].items())])
-        return content_digest(REGISTRY[strategy].inputs(ctx))
+        return content_digest(REGISTRY.get(strategy).inputs(ctx))
 
     rows = run_evaluation(ctx, real, strategies=strategies, budgets=budgets, ep=ep,
                           out_dir=args.out or cli.layout.search, metrics_path=args.metrics,
