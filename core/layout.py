@@ -65,3 +65,37 @@ class Layout:
     def search(self) -> Path:
         """`DATA/search/NAME`: the search's configs and reports."""
         return self.root / "search" / self.name
+
+    @property
+    def reference(self) -> Path:
+        """`DATA/reference/NAME`: the FID reference `qsens prepare` installed or built."""
+        return self.root / "reference" / self.name
+
+    @property
+    def fp_cache(self) -> Path:
+        """`DATA/fp_cache/NAME`: the FP model's images and features per seed set (paired scores)."""
+        return self.root / "fp_cache" / self.name
+
+    @property
+    def active(self) -> Path:
+        """`DATA/active/NAME`: active learning's union cache, retrained predictor and learning curve."""
+        return self.root / "active" / self.name
+
+    @property
+    def transfer(self) -> Path:
+        """`DATA/transfer/NAME`: `qsens transfer`'s labels, predictor and configs for a fine-tune."""
+        return self.root / "transfer" / self.name
+
+    @property
+    def metric_validity(self) -> Path:
+        """`DATA/metric_validity/NAME`: the label study's generations and per-config labels."""
+        return self.root / "metric_validity" / self.name
+
+    @property
+    def cost(self) -> Path:
+        """`DATA/cost/NAME`: each stage's spend (images, forward passes), summed by `qsens cost`."""
+        return self.root / "cost" / self.name
+
+    def of(self, name: str) -> "Layout":
+        """The same data root and metrics root for model `name` (a derived checkpoint, ...)."""
+        return Layout(self.root, name, self.metrics_root)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from denoisers.base import Denoiser, Generation, ReferenceData, image_seeds, to_uint8
+from core.layout import Layout
 from core.errors import QsensError
 from core.params import read_section, reject_unknown, defaults_from
 from core.jsonio import write_json
@@ -672,8 +673,7 @@ def prepare_digits(source: str, data_dir: str | Path = "data", params: DigitsPar
     params = params or DigitsParams()
     data_dir = Path(data_dir)
     name = name or source
-    ref_dir = data_dir / "reference" / name
-    model_dir = data_dir / "models" / name
+    ref_dir, model_dir = Layout(data_dir, name).reference, Layout(data_dir, name).models
     images, labels = load_digit_images()
     train_idx, test_idx = split_indices(labels, params.test_fraction, params.seed)
     seconds: dict[str, float] = {}

@@ -19,6 +19,7 @@ from denoisers.base import Denoiser
 from denoisers.digits import ARCHS, META_FILE, DigitsDenoiser
 from denoisers.pipeline import DiffusersPipelineDenoiser
 from denoisers.spec import ModelSpec, classify_source, default_name
+from core.layout import Layout
 from core.errors import QsensError
 
 KNOWN = tuple(ARCHS)  # ("digits", "digits-dit")
@@ -58,7 +59,7 @@ def _load(spec: ModelSpec, data_dir: Path) -> Denoiser:
 
 def _load_builtin(spec: ModelSpec, data_dir: Path) -> Denoiser:
     _digits_only(spec)
-    model_dir = data_dir / "models" / spec.name
+    model_dir = Layout(data_dir, spec.name).models
     if not (model_dir / META_FILE).exists():
         raise QsensError(f"model {spec.name!r} is not trained yet ({model_dir} missing): run "
                          f"`qsens prepare` (or `dvc repro prepare`)")

@@ -66,7 +66,7 @@ class Context:
         if bank is not None and not hasattr(bank, "dequantize"):
             bank = Bank.load(bank)
         return Evaluator(den, bank, make_scorer(den, device=self.spec.device),
-                         fp_cache=self.layout.root / "fp_cache" / self.spec.name,
+                         fp_cache=self.layout.fp_cache,
                          generate_kw={} if steps is None else {"steps": steps})
 
     def load_denoiser(self):
@@ -115,7 +115,7 @@ def context(args: argparse.Namespace, installed_reference: bool = True,
     data_dir = Path(getattr(args, "data_dir", "data"))
     if data_dir.exists() and not data_dir.is_dir():
         raise QsensError(f"--data-dir {data_dir} is a file, not a directory")
-    installed = data_dir / "reference" / spec.name
+    installed = Layout(data_dir, spec.name).reference
     if (installed_reference and not spec.is_builtin and overrides["reference"] is None
             and (installed / "reference.json").is_file()):
         # `qsens prepare` installed the reference here: what the DVC stages depend on.

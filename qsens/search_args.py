@@ -102,7 +102,7 @@ def with_active_predictor(args, ctx, cli):
 
     if getattr(args, "predictor", None) is not None or getattr(args, "cache", None) is not None:
         return ctx
-    out = cli.layout.root / "active" / cli.layout.name
+    out = cli.layout.active
     state = current_run(out, Path(ctx.cache_path), Path(ctx.bank_dir))
     if state is None:
         return ctx

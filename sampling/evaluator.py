@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from core.layout import Layout
 from core.errors import QsensError
 from core.provenance import code_digest, job_key
 from sampling.paired import paired_scores
@@ -187,7 +188,7 @@ class Evaluator:
         if bank is not None and not hasattr(bank, "dequantize"):
             bank = Bank.load(bank)
         sc = make_scorer(den, device=spec.device) if scorer else None
-        return Evaluator(den, bank, sc, fp_cache=Path(data_dir) / "fp_cache" / spec.name,
+        return Evaluator(den, bank, sc, fp_cache=Layout(Path(data_dir), spec.name).fp_cache,
                          generate_kw=dict(generate or {}))
 
     # --- applying and generating: the only place a config meets the model -------------------

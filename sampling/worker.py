@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from core.layout import Layout
 from core.errors import QsensError
 from core.params import defaults_from
 from quant.bank import Bank
@@ -103,7 +104,7 @@ def reference_dir_for(job: SampleJob) -> Path:
         return Path(model["reference"])
     from denoisers.spec import default_name
 
-    return Path(job.data_dir) / "reference" / (model.get("name") or default_name(model["source"]))
+    return Layout(Path(job.data_dir), model.get("name") or default_name(model["source"])).reference
 
 
 def job_key_for(job: SampleJob) -> str:

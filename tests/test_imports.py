@@ -147,3 +147,14 @@ def test_the_rules_see_a_cycle_a_sideways_import_and_skip_type_only_imports(tmp_
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["search.a", "search.b"]]
     assert layering_problems(graph) == ["analysis.x -> search.a (sideways)"]
+
+
+def test_every_package_has_a_row_in_the_readme_layout_table():
+    """A file is findable from README's folder table: every package of the import levels has its
+    row, and the table names no package that does not exist."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)/` \|", readme, flags=re.M))
+    assert set(LEVEL) <= rows, f"packages without a README layout row: {sorted(set(LEVEL) - rows)}"
+    assert all((ROOT / r).is_dir() for r in rows), sorted(r for r in rows if not (ROOT / r).is_dir())

@@ -232,7 +232,7 @@ def run_metrics_command(args: argparse.Namespace) -> int:
         print(f"warning: no {args.evaluated}: the table has only cache configs")
     ev = ctx.evaluator(args.bank or ctx.layout.bank, steps=ep.steps)
     res = run_metric_validity(ev, cache, family, truth, params, budgets, label_seed, ep.images, ep.image_seeds,
-                              out, args.plot or out.with_suffix(".png"), ctx.layout.root / "metric_validity" / ctx.spec.name,
+                              out, args.plot or out.with_suffix(".png"), ctx.layout.metric_validity,
                               progress=not args.quiet)
     gt = res["ground_truth"]
     print(f"metric validity: {gt['configs']} configs ({gt['origins']}), truth = FID at {gt['images']} images × "

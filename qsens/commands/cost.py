@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.layout import Layout
 from core.params import read_section as read_params_section
 
 NAME = "cost"
@@ -42,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.costs is None:
         if args.model is None:
             raise QsensError("give --model NAME (its data/cost/NAME) or --costs DIR")
-        args.costs = Path("data") / "cost" / args.model
-        if args.bank is None and (Path("data") / "bank" / args.model / "bank.json").is_file():
-            args.bank = Path("data") / "bank" / args.model
+        lay = Layout(Path("data"), args.model)
+        args.costs = lay.cost
+        if args.bank is None and (lay.bank / "bank.json").is_file():
+            args.bank = lay.bank
     out = check_output_path(args.out or Path("metrics") / args.costs.name / "cost.json")
     layers = None
     if args.bank is not None:

@@ -115,8 +115,8 @@ def prepare_derived(ctx, args) -> dict:
     if not base_dir.is_dir():
         raise QsensError(f"{base_dir}: no prepared {ctx.spec.name} model to derive from (run `qsens prepare` first)")
     name = f"{ctx.spec.name}-{args.derive}"
-    root = ctx.layout.root
-    ref = root / "reference" / name
+    derived = ctx.layout.of(name)
+    ref = derived.reference
     dp = DeriveParams.from_yaml(ctx.params)
     shifted = reference_images(args.derive, dp)
 
@@ -127,10 +127,9 @@ def prepare_derived(ctx, args) -> dict:
             save_reference_stats(tmp, mu, sigma, {**stats, "source": "sklearn.datasets.load_digits (all images) as "
                                                   f"derive.thicken = {dp.thicken} draws them ({args.derive})"})
 
-    _replace_dir(root / "reference" / ctx.spec.name, ref, then=own_statistics)
-    info = derive_checkpoint(base_dir, args.derive, dp, root / "models" / name, ref, name,
-                             progress=not args.quiet)
-    print(f"wrote {root / 'models' / name} and {ref}")
+    _replace_dir(ctx.layout.reference, ref, then=own_statistics)
+    info = derive_checkpoint(base_dir, args.derive, dp, derived.models, ref, name, progress=not args.quiet)
+    print(f"wrote {derived.models} and {ref}")
     return {"model": name, **{k: info[k] for k in ("kind", "final_loss", "mean_relative_weight_change",
                                                     "sampler_steps")}}
 
@@ -143,7 +142,7 @@ def prepare_pipeline(ctx) -> dict:
     from quant.layers import combine_fingerprints, layer_fingerprints
 
     spec = ctx.spec
-    installed = ctx.layout.root / "reference" / spec.name
+    installed = ctx.layout.reference
     if not spec.reference:
         raise QsensError(f"{spec.name}: model.reference is not set: build FID statistics with "
                          "`qsens reference build ... --out DIR` and set model.reference: DIR")

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         result.update({k: stats[k] for k in ("avg_bits", "quantized_bytes", "quantized_error",
                                              "bops") if k in stats})
     ev = Evaluator(den, bank, make_scorer(den, device=ctx.spec.device),
-                   fp_cache=ctx.layout.root / "fp_cache" / ctx.spec.name)
+                   fp_cache=ctx.layout.fp_cache)
     row = ev.score(config, n, seed, paired=args.paired, keep_images=True)
     images = row.pop("images")
     result.update({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})

@@ -117,7 +117,7 @@ def run_active_stage(args, ctx, cli, budgets, rounds):
     lay = cli.layout
     ap = replace(read_section(ActiveParams, args.params, "active"), rounds=rounds)
     score = ScoreParams.from_yaml(args.params)
-    out = lay.root / "active" / lay.name  # union quant_cache, retrained predictor, learning curve
+    out = lay.active  # union quant_cache, retrained predictor, learning curve
     curve = run_active(ctx, ctx.selector(), budgets, ap, random_cache=Path(ctx.cache_path), graph=lay.graph,
                bank_dir=Path(ctx.bank_dir), probe=lay.probe if lay.probe.exists() else None,
                train_params=load_train_params(args.params), image_seed=score.seed, images=score.images,

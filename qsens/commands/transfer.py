@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     budgets = parse_budget_list(args.budgets, ctx, True)
     lay = cli.layout
     score = ScoreParams.from_yaml(args.params)
-    out = args.out or lay.root / "transfer" / lay.name
+    out = args.out or lay.transfer
     summary = run_transfer(ctx, ctx.selector(), budgets, TransferParams.from_yaml(args.params),
                            base_predictor=args.base_predictor, graph=lay.graph, bank_dir=Path(ctx.bank_dir),
                            train_params=load_train_params(args.params), image_seed=score.seed,
