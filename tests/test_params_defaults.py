@@ -149,5 +149,5 @@ def test_sample_labels_use_the_score_section(tmp_path: Path):
     assert (args.images, args.image_seed, args.num_configs) == (32, 4, p["sample"]["num_configs"])
     p["sample"]["images"] = 64
     path.write_text(yaml.safe_dump(p))
-    with pytest.raises(QsensError, match=r"unknown sample params \['images'\]"):
+    with pytest.raises(QsensError, match=r"sample.images: the quant_cache's labels are score.images"):
         fill_from_params(argparse.Namespace(**dict.fromkeys(keys)), path)

@@ -19,7 +19,7 @@ from predictor.model import SensitivityGNN
 from predictor.train import TrainParams, save_result, train_ensemble
 
 TINY = dict(conv="gatv2", layers=2, hidden=16, heads=2, folds=2, epochs=3, patience=3, batch_size=16,
-            baselines=["summed_error", "ridge"], threads=1, test_fraction=0.25)
+            baselines=["summed_error", "ridge"], threads=1, test_fraction=0.25, probe=False)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ MICRO = {
     "bank": {"options": "uaq4,kma3"},
     "score": {"images": 4, "seed": 0},
     "noise": {"fp_seed_sets": 2, "random_configs": 3},
-    "sample": {"num_configs": 3, "workers": 1, "images": 4},
+    "sample": {"num_configs": 3, "workers": 1},
     "analysis": {"images": 2, "calib_samples": 2, "calib_trajectories": 1, "ssim_images": 2},
     "probe": {"images": 2},
 }

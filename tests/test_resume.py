@@ -186,8 +186,9 @@ def test_record_checks_accept_a_missing_content_metric_but_not_impossible_values
 
 def test_sample_defaults_come_from_params(prepared: Path, tmp_path: Path, monkeypatch):
     params = tmp_path / "params.yaml"
-    params.write_text("sample:\n  num_configs: 2\n  workers: 1\n  backend: local\n  seed: 4\n  image_seed: 7\n"
-                      "  images: 6\n  max_attempts: 1\n  paired: false\n  hifi_configs: 0\n  hifi_images: 500\n")
+    params.write_text("score:\n  images: 6\n  seed: 7\n"  # the cache's labels: score.images on score.seed
+                      "sample:\n  num_configs: 2\n  workers: 1\n  backend: local\n  seed: 4\n"
+                      "  max_attempts: 1\n  paired: false\n  hifi_configs: 0\n  hifi_images: 500\n")
     r = qsens("sample", "--model", "digits", "--data-dir", str(prepared), "--params", str(params),
               "--shards", str(tmp_path / "s"), "--quiet")
     assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ TINY = {
                "classifier_epochs": 1, "steps": 2, "gen_batch_size": 16},
     "derive": {"steps": 6, "sampler_steps": 1},
     "score": {"images": 8},
-    "sample": {"num_configs": 12, "workers": 1, "images": 8},
+    "sample": {"num_configs": 12, "workers": 1},
     "train": {"folds": 2, "epochs": 2, "patience": 2, "hidden": 8, "layers": 1, "heads": 1, "baselines": [],
               "probe": False},
     "search": {"budgets": [3.5, 4.0], "candidates_scored": 1, "select_images": 4, "relinearise_rounds": 2},

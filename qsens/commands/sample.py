@@ -57,6 +57,12 @@ def fill_from_params(args: argparse.Namespace, params_path) -> None:
     from sampling.noise import ScoreParams
     from sampling.worker import SampleParams
 
+    from core.params import read_section
+
+    moved = sorted({"images", "image_seed"} & set(read_section(params_path, "sample")))
+    if moved:
+        raise QsensError(f"{params_path}: sample.{' / sample.'.join(moved)}: the quant_cache's labels are "
+                         "score.images / score.seed (one knob for every stage that labels it); move the value there")
     sp = load_section(SampleParams, params_path, "sample")
     score = ScoreParams.from_yaml(params_path)
     for key in ("num_configs", "workers", "backend", "seed", "max_attempts", "paired", "hifi_configs", "hifi_images"):
