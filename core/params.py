@@ -53,6 +53,9 @@ SECTIONS: dict[str, list[type]] = {}
 
 @lru_cache(maxsize=None)
 def _shipped(section: str) -> dict[str, Any]:
+    if not SHIPPED_PARAMS.is_file():  # e.g. a non-editable wheel install: the defaults live in the repository
+        raise QsensError(f"{SHIPPED_PARAMS}: the shipped params.yaml (every knob's default) is missing; "
+                         "install qsens from its repository (`pip install -e .`, as `make install` does)")
     return read_section(SHIPPED_PARAMS, section)
 
 
