@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core.params import defaults_from
+from core.params import defaults_from, load_section
 from analysis.common import Progress, settings_key, write_json
 from core.errors import QsensError
 
@@ -65,6 +65,11 @@ class MetricValidityParams:
     calib_trajectories: int
     calib_seed: int
     chunk: int
+
+    @staticmethod
+    def from_yaml(path: str | Path = "params.yaml") -> "MetricValidityParams":
+        """The `metric_validity:` section of a params file (QsensError when malformed)."""
+        return load_section(MetricValidityParams, path, "metric_validity")
 
     def __post_init__(self) -> None:
         if not self.n_images or any(int(n) < 2 for n in self.n_images):

@@ -1,4 +1,4 @@
-"""Where one model's data products live under the data root (DESIGN.md: `data/`) and its metrics:
+"""Where one model's data products live under the data root (README "Layout": `data/`) and its metrics:
 the one place that spells `data/bank/NAME`, `data/quant_cache/NAME.parquet`, ... for every command,
 DVC stage and library function."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a model's data products live under the data root (DESIGN.md: `data/`) and its metrics."""
+    """Where a model's data products live under the data root (`data/`) and its metrics."""
 
     root: Path
     name: str

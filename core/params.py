@@ -65,14 +65,18 @@ def shipped_defaults(section: str) -> dict[str, Any]:
 
 
 def defaults_from(section: str, *, calibration: dict[str, str] | None = None,
-                  not_knobs: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
+                  not_knobs: tuple[str, ...] = (), leave: tuple[str, ...] = (),
+                  prefix: str = "") -> Callable[[type[T]], type[T]]:
     """Class decorator, applied under `@dataclass`: each annotated field takes its default from the
     shipped params.yaml — `section.<field>`, or for a field in `calibration` (field → key)
     `calibration.<key>`. Lists become tuples for tuple fields and default factories otherwise.
 
     `not_knobs`: fields that are no params knob (set by code, e.g. `ModelSpec.name`); they may
-    keep a class default. Raises TypeError at class definition for a field that has a default in
-    the class body *and* a shipped value (a knob with two defaults)."""
+    keep a class default. `leave`: key prefixes of the section that another dataclass reads
+    (`evaluate`'s `act_*` keys: `search.activation.ActEvalParams`); loading skips them; `prefix`:
+    the class reads only the section's keys that start with it (that other dataclass). Raises
+    TypeError at class definition for a field that has a default in the class body *and* a shipped
+    value (a knob with two defaults)."""
     def wrap(cls: type[T]) -> type[T]:
         own = cls.__dict__.get("__annotations__", {})
         shipped = _shipped(section)
@@ -92,6 +96,8 @@ def defaults_from(section: str, *, calibration: dict[str, str] | None = None,
         cls.__params_section__ = section
         cls.__params_calibration__ = dict(calib)
         cls.__params_not_knobs__ = tuple(not_knobs)
+        cls.__params_leave__ = tuple(leave)
+        cls.__params_prefix__ = prefix
         SECTIONS.setdefault(section, []).append(cls)
         return cls
     return wrap
@@ -101,12 +107,33 @@ def section_values(cls: type, path: str | Path, section: str) -> dict[str, Any]:
     """`params[section]` of the file at `path`, plus, for each of `cls`'s calibration fields
     (`defaults_from(..., calibration=...)`) the section does not set, the file's `calibration:`
     value (so a user's `calibration.samples: 128` reaches every stage that calibrates)."""
-    data = dict(read_section(path, section))
+    leave, prefix = getattr(cls, "__params_leave__", ()), getattr(cls, "__params_prefix__", "")
+    data = {k: v for k, v in read_section(path, section).items()
+            if not (leave and k.startswith(leave)) and k.startswith(prefix)}
     calib = getattr(cls, "__params_calibration__", {})
     if calib:
-        shared = read_section(path, CALIBRATION)
+        shared = calibration_section(path)
         data.update({name: shared[key] for name, key in calib.items() if name not in data and key in shared})
     return data
+
+
+def calibration_section(path: str | Path) -> dict[str, Any]:
+    """The params file's `calibration:` section, checked: QsensError (one line, `calibration.KEY`)
+    for a key the shipped section does not have or a value of another type than its shipped one."""
+    shared = read_section(path, CALIBRATION)
+    known = _shipped(CALIBRATION)
+    unknown = sorted(set(shared) - set(known))
+    if unknown:
+        raise QsensError(f"unknown calibration params {unknown} in {path}; known: {sorted(known)}")
+    out = {}
+    for key, value in shared.items():
+        want = type(known[key])
+        hint = float if want is float else (want if want in (bool, int, str) else Any)
+        try:
+            out[key] = _convert(value, hint)
+        except _Mismatch:
+            raise QsensError(f"{path}: calibration.{key} = {value!r}: expected {describe(hint)}") from None
+    return out
 
 
 def field_default(cls: type, name: str) -> Any:

@@ -93,7 +93,8 @@ def classify_source(source: str | Path, *, architectures: tuple[str, ...] = ()) 
                 (path / sub / "config.json").is_file() for sub in ("unet", "transformer")):
             return "model-dir"
         raise QsensError(f"{text} is a directory but no model: no {PIPELINE_INDEX} (diffusers "
-                         f"pipeline), config.json (diffusers model) or {DIGITS_META} (digits)")
+                         f"pipeline), config.json (diffusers model) or {DIGITS_META} (digits), nor the "
+                         "marker file of a registered model adapter (docs/models.md, 'Adding a model family')")
     if path.is_file() and path.suffix == ".json":
         return "config-json"
     if _HUB_RE.match(text) and not text.startswith((".", "/", "~")):

@@ -5,8 +5,8 @@ Every method stores the same two things per layer, which is what lets one bank f
 accounting and one packed format serve them all:
 
 - codes `(C_out, n)` uint8 in [0, 2^b): one per weight (n = weights per output channel);
-- params `(P, K)` floats, stored as fp16 and counted at 16 bits each (DESIGN.md, "Size
-  accounting"), from which `table(params, bits)` gives a `(P, 2^b)` lookup table: the weight of
+- params `(P, K)` floats, stored as fp16 and counted at 16 bits each (docs/quant.md; as
+  Qua2SeDiMo counts them), from which `table(params, bits)` gives a `(P, 2^b)` lookup table: the weight of
   each code, per row (P = C_out) or shared by every row (P = 1).
 
 So a method's overhead is `P·K·16` bits (UAQ `2·16·C_out`, K-Means-C `2^b·16·C_out`, K-Means-A

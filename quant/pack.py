@@ -16,7 +16,7 @@ own `forward`, `isinstance` checks and activation-quantization hooks keep workin
 Layers sharing one weight tensor stay tied: the group's first layer holds the packed tensors,
 the others read them (one copy in memory and on disk).
 
-Checkpoint directory (DESIGN.md "Quantized checkpoint"):
+Checkpoint directory (docs/export.md):
     manifest.json         format, model name + weight fingerprint, the QuantConfig, dtype, the
                           architecture (diffusers class + config) and per layer: option, format,
                           bits, shape, tensor keys, tie; byte sizes of both files and the SHA-256

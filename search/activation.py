@@ -35,7 +35,7 @@ import numpy as np
 
 from quant.config import MAX_ACT_BITS, MIN_ACT_BITS
 from core.errors import QsensError
-from core.params import defaults_from, read_section, reject_unknown, section_values
+from core.params import defaults_from, load_section
 from search.ip import BudgetError, solve
 from search.params import EvaluateParams
 
@@ -181,7 +181,7 @@ def measure_activation_sensitivity(denoiser, layers: Sequence[str], choices: Seq
 # the evaluation's W/A rows: params (the `act_*` keys of params.yaml `evaluate:`)
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-@defaults_from("evaluate", calibration={
+@defaults_from("evaluate", prefix="act_", calibration={
     "act_calib_samples": "samples", "act_calib_trajectories": "trajectories",
     "act_calib_seed": "seed", "act_calib_timesteps": "timesteps"
 })
@@ -221,6 +221,11 @@ class ActEvalParams:
         if self.act_calib_samples < 1 or self.act_calib_trajectories < 1:
             raise QsensError("evaluate.act_calib_samples and act_calib_trajectories must be >= 1")
 
+    @staticmethod
+    def from_yaml(path: str | Path = "params.yaml") -> "ActEvalParams":
+        """The `act_*` keys of a params file's `evaluate:` section (QsensError when malformed)."""
+        return evaluate_params(path)[1]
+
     def mixed_label(self) -> str:
         """The label of the mixed activation-bits series, e.g. `A6-mixed`."""
         return f"A{self.act_mixed_bits:g}-mixed"
@@ -229,9 +234,4 @@ class ActEvalParams:
 def evaluate_params(path: str | Path = "params.yaml") -> tuple[EvaluateParams, ActEvalParams]:
     """The `evaluate:` section as (EvaluateParams, ActEvalParams): keys starting with `act_` go to
     the second. Unknown keys and ill-typed values are one QsensError, as for every section."""
-    data = {k: v for k, v in read_section(path, "evaluate").items() if not k.startswith("act_")}
-    # the act_calib_* fields a params file does not set come from its `calibration:` section
-    act = {k: v for k, v in section_values(ActEvalParams, path, "evaluate").items() if k.startswith("act_")}
-    reject_unknown(EvaluateParams, data, "evaluate", path)
-    reject_unknown(ActEvalParams, act, "evaluate", path)
-    return EvaluateParams(**data), ActEvalParams(**act)
+    return EvaluateParams.from_yaml(path), load_section(ActEvalParams, path, "evaluate")

@@ -33,8 +33,6 @@ refused for a tool whose rule cannot name one of them alone.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ from torch import nn
 
 from quant.config import QuantConfig
 from core.errors import QsensError
-from core.jsonio import read_json
+from core.jsonio import read_json, write_json
 from quant.layers import LayerInfo
 from quant.methods import get_method
 from quant.options import FP16, parse_option
@@ -148,11 +146,7 @@ def write_torchao_config(plan: TorchaoPlan, path: str | Path, fingerprint: str |
                   "(one per tensor, per-row max scales) from the FP weights: not qsens' Lp-searched "
                   "ranges or per-channel k-means codebooks. Load: search.export.apply_torchao_config."),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data, indent=1)
 
 
 def read_torchao_config(path: str | Path):
@@ -352,10 +346,5 @@ def skip_list(ranking: pd.DataFrame, keep_top: int, layers: Sequence[str],
 
 
 def write_skip_list(data: dict[str, Any], path: str | Path) -> Path:
-    """Write the skip-list JSON atomically (via a hidden temp file); returns `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write the skip-list JSON atomically (`core.jsonio.write_json`); returns `path`."""
+    return write_json(path, data, indent=1)

@@ -64,7 +64,7 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
-@defaults_from("evaluate")
+@defaults_from("evaluate", leave=("act_",))  # act_*: search.activation.ActEvalParams
 class EvaluateParams:
     """The `evaluate:` section of params.yaml: images per config, fresh seed sets, steps, grid,
     pairing."""

@@ -66,7 +66,7 @@ def toy_bank(toy: Toy) -> Bank:
 
 
 def accounted_bytes(option: str, shape: tuple[int, ...]) -> int:
-    """Codes rounded up to whole bytes + fp16 params, from the DESIGN.md formula."""
+    """Codes rounded up to whole bytes + fp16 params, from the size accounting formula (docs/quant.md)."""
     bits, method = int(option[3:]), option[:3]
     n = int(np.prod(shape))
     floats = {"uaq": 2 * shape[0], "kmc": (1 << bits) * shape[0], "kma": 1 << bits}[method]

@@ -96,6 +96,7 @@ def test_a_field_without_a_shipped_value_stays_required():
         extra: int  # first: a field without a default cannot follow one with a default
         images: int
 
+    SECTIONS["score"].remove(Partly)  # a test class: not one of the pipeline's sections' readers
     assert field_default(Partly, "images") == _shipped()["score"]["images"]
     assert field_default(Partly, "extra") is MISSING
     with pytest.raises(TypeError):
@@ -151,3 +152,33 @@ def test_sample_labels_use_the_score_section(tmp_path: Path):
     path.write_text(yaml.safe_dump(p))
     with pytest.raises(QsensError, match=r"sample.images: the quant_cache's labels are score.images"):
         fill_from_params(argparse.Namespace(**dict.fromkeys(keys)), path)
+
+
+def test_every_params_dataclass_loads_the_shipped_file():
+    """`load_section` of every registered dataclass reads the shipped params.yaml (a section split
+    over two dataclasses, like `evaluate`, included)."""
+    from core.params import load_section
+
+    _import_everything()
+    for section, classes in SECTIONS.items():
+        for cls in classes:
+            load_section(cls, SHIPPED_PARAMS, section)
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ({"sampels": 32}, r"unknown calibration params \['sampels'\] in .*params.yaml; known: \['chunk'"),
+    ({"samples": "many"}, r"params.yaml: calibration.samples = 'many': expected an integer"),
+    ({"timesteps": 3}, r"calibration.timesteps = 3: expected a string"),
+])
+def test_a_bad_calibration_section_is_one_line_naming_its_key(tmp_path: Path, calibration, message):
+    from analysis.params import AnalysisParams
+    from core.errors import QsensError
+    from search.params import SearchParams
+
+    p = _shipped()
+    p[CALIBRATION].update(calibration)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    for load in (AnalysisParams.from_yaml, SearchParams.from_yaml):
+        with pytest.raises(QsensError, match=message):
+            load(path)

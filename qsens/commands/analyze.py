@@ -18,12 +18,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         NAME, help="measure per-layer sensitivity (layerwise FID/content; MixDQ SQNR/SSIM)",
         description="Quantize one layer at a time with every option and measure: `layerwise` — FID and "
-        "content score of generated images (seed 000's min-max 0.6·ΔFID + 0.4·Δcontent, ranked JSON "
+        "content score of generated images (the per-layer sensitivity study's min-max 0.6·ΔFID + 0.4·Δcontent, ranked JSON "
         "report with buckets); `mixdq` — SQNR of the denoiser output on calibration inputs from the FP "
         "trajectory (quality group) and SSIM of images vs FP (content group); `quant-analyzer` — AIMET's "
         "QuantAnalyzer: FP vs weight-only vs activation-only vs both, per-layer enable-one / disable-one "
         "sweeps for weight and activation quantizers, min/max ranges, histograms, per-layer MSE and "
-        "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`); `act-calibration` — seed 003: "
+        "activation SQNR, as JSON + offline HTML (params `quant_analyzer:`); `act-calibration` — time-step calibration (PTQ4DM-style): "
         "static activation ranges calibrated on FP-trajectory time steps drawn uniform vs normal, FID + "
         "content at each activation bit-width on several fresh seed sets with the FP seed noise beside "
         "(params `act_calibration:`, JSON to --out, default metrics/NAME/act_calibration.json). `all` is "
@@ -187,13 +187,12 @@ def run_metrics_command(args: argparse.Namespace) -> int:
     from analysis.metric_validity import MetricValidityParams, run_metric_validity
     from quant.config import QuantConfig
     from core.jsonio import check_output_path
-    from core.params import load_section
     from sampling.cache import read_cache
     from sampling.noise import ScoreParams
     from search.activation import evaluate_params
     from search.params import SearchParams
 
-    params = load_section(MetricValidityParams, args.params, "metric_validity", lists_as_tuples=True)
+    params = MetricValidityParams.from_yaml(args.params)
     ep = evaluate_params(args.params)[0]  # the act_* keys belong to the W/A rows
     budgets = [float(b) for b in SearchParams.from_yaml(args.params).budgets]
     label_seed = ScoreParams.from_yaml(args.params).seed

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         description="Solve for a per-layer config whose average bits (overhead included) are within "
         "[BUDGET - tolerance, BUDGET], maximising the strategy's scores with an integer program. "
         "Strategies: predictor (trained GNN ensemble), fisher (gradient sensitivity, ModelOpt "
-        "AutoQuantize-style), layerwise (measured, seed 000), mixdq (measured SQNR/SSIM, seed 001), error "
+        "AutoQuantize-style), layerwise (measured one layer at a time), mixdq (measured SQNR/SSIM, MixDQ), error "
         "(size-weighted weight error), uniform, random-best. A family (--budgets) is solved in increasing "
         "order, each budget starting from the one below. --active-rounds R (predictor) first runs R rounds "
         "of active learning: score the configs the predictor ranks best near each budget (and where its "
