@@ -23,7 +23,7 @@ MICRO = {
                "classifier_epochs": 2, "steps": 2, "gen_batch_size": 16},
     "score": {"images": 16, "seed": 0},
     "noise": {"fp_seed_sets": 2, "random_configs": 3},
-    "sample": {"num_configs": 14, "workers": 1, "images": 16},
+    "sample": {"num_configs": 14, "workers": 1},  # labels: score.images
     "analysis": {"images": 8, "calib_samples": 4, "calib_trajectories": 2, "ssim_images": 4},
     "probe": {"images": 8},
     "quant_analyzer": {"images": 8, "max_layers": 2, "sqnr_bits": [8], "sqnr_max_layers": 2, "calib_samples": 4,
@@ -139,7 +139,8 @@ def test_whole_pipeline_micro_on_a_real_class_pipeline(tmp_path: Path, kind: str
     micro = {k: v for k, v in MICRO.items() if k != "digits"}
     micro["bank"] = {"options": "uaq4,kma3"}  # analysis costs layers × options generations
     micro["analysis"] = {"images": 4, "calib_samples": 2, "calib_trajectories": 1, "ssim_images": 2}
-    micro["sample"] = {"num_configs": 10, "workers": 1, "images": 8}
+    micro["sample"] = {"num_configs": 10, "workers": 1}
+    micro["score"] = {**MICRO["score"], "images": 8}  # the cache's labels (and noise's scores)
     micro["search"] = {**MICRO["search"], "budgets": [3.5, 4.0]}
     # W/A rows are covered by the digits micro run and tests/test_act_search.py; here they would
     # only add generate-and-score runs of a CLIP-conditioned model to CI
