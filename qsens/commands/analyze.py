@@ -216,17 +216,23 @@ def run_metrics_command(args: argparse.Namespace) -> int:
             if cfg.act_bits is None and not cfg.act_options:
                 by_id[cfg.config_id] = cfg
         rows = [r for r in json.loads(args.evaluated.read_text()) if r.get("act") is None and r.get("config_id")]
+        left = []  # "strategy@budget: why", for the rows whose config does not join
         for r in rows:
             cid = r.get("config_id")
-            if (r.get("status") == "ok" and cid in by_id
-                    and [int(s) for s in r.get("image_seeds") or []] == [int(s) for s in ep.image_seeds]
-                    and int(r.get("images") or 0) == ep.images):
+            if r.get("status") != "ok":
+                left.append(f"{r.get('strategy')}@{r.get('budget')}: {r.get('status')}")
+            elif cid not in by_id:
+                left.append(f"{r.get('strategy')}@{r.get('budget')}: no config file in {configs_dir}")
+            elif ([int(s) for s in r.get("image_seeds") or []] != [int(s) for s in ep.image_seeds]
+                  or int(r.get("images") or 0) != ep.images):
+                left.append(f"{r.get('strategy')}@{r.get('budget')}: scored with other images/seeds than evaluate.*")
+            else:
                 family[cid] = by_id[cid]
                 truth[cid] = [float(f) for f in r["fids"]]
-        if len(family) < len(rows):
-            print(f"warning: {len(family)} of {len(rows)} evaluated configs in {args.evaluated} join the table "
-                  f"(the others: no config file in {configs_dir}, failed, or scored with other images/seeds "
-                  "than evaluate.*)")
+        if left:  # several rows may share a config (a family that keeps its config at a higher budget)
+            more = f"; and {len(left) - 6} more" if len(left) > 6 else ""
+            print(f"warning: {len(family)} of {len({r['config_id'] for r in rows})} distinct evaluated configs in "
+                  f"{args.evaluated} join the table; left out: {'; '.join(left[:6])}{more}")
     else:
         print(f"warning: no {args.evaluated}: the table has only cache configs")
     ev = ctx.evaluator(args.bank or ctx.layout.bank, steps=ep.steps)
