@@ -36,7 +36,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, TypeVar, Union
@@ -57,11 +57,6 @@ def _shipped(section: str) -> dict[str, Any]:
         raise QsensError(f"{SHIPPED_PARAMS}: the shipped params.yaml (every knob's default) is missing; "
                          "install qsens from its repository (`pip install -e .`, as `make install` does)")
     return read_section(SHIPPED_PARAMS, section)
-
-
-def shipped_defaults(section: str) -> dict[str, Any]:
-    """A copy of the shipped params.yaml's `section` (the defaults; {} when absent)."""
-    return copy.deepcopy(_shipped(section))
 
 
 def defaults_from(section: str, *, calibration: dict[str, str] | None = None,
@@ -118,22 +113,11 @@ def section_values(cls: type, path: str | Path, section: str) -> dict[str, Any]:
 
 
 def calibration_section(path: str | Path) -> dict[str, Any]:
-    """The params file's `calibration:` section, checked: QsensError (one line, `calibration.KEY`)
-    for a key the shipped section does not have or a value of another type than its shipped one."""
-    shared = read_section(path, CALIBRATION)
-    known = _shipped(CALIBRATION)
-    unknown = sorted(set(shared) - set(known))
-    if unknown:
-        raise QsensError(f"unknown calibration params {unknown} in {path}; known: {sorted(known)}")
-    out = {}
-    for key, value in shared.items():
-        want = type(known[key])
-        hint = float if want is float else (want if want in (bool, int, str) else Any)
-        try:
-            out[key] = _convert(value, hint)
-        except _Mismatch:
-            raise QsensError(f"{path}: calibration.{key} = {value!r}: expected {describe(hint)}") from None
-    return out
+    """The params file's `calibration:` section, checked against `CalibrationParams` like any
+    section: QsensError (one line, `calibration.KEY`) for an unknown key or a value of another type."""
+    shared = dict(read_section(path, CALIBRATION))
+    reject_unknown(CalibrationParams, shared, CALIBRATION, path)
+    return shared
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -283,3 +267,20 @@ def describe(hint: Any) -> str:
 def _plural(hint: Any) -> str:
     return {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}.get(
         hint, describe(hint))
+
+
+# defined last: its defaults are read with the converters above
+@dataclass(frozen=True)
+@defaults_from(CALIBRATION)
+class CalibrationParams:
+    """The `calibration:` section: the inputs drawn from the FP trajectory (seed 003) for every
+    stage that calibrates; each stage maps its own fields onto these keys (`defaults_from(...,
+    calibration=...)`)."""
+
+    samples: int  # (x_t, t, conditioning) inputs drawn from the trajectories
+    trajectories: int  # FP sampling trajectories they come from
+    seed: int  # their image seed set
+    timesteps: str  # uniform | normal (PTQ4DM)
+    normal_mean: float
+    normal_std: float
+    chunk: int  # calibration samples per forward

@@ -17,8 +17,8 @@ from core.params import CALIBRATION, SECTIONS, SHIPPED_PARAMS, check_types, defa
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "quant", "denoisers", "sampling", "graphs", "predictor", "search", "analysis", "qsens")
 # read by the pipeline's own machinery, not a dataclass: `models:` (denoisers.spec.read_models_section,
-# entries over `model:`) and `calibration:` (mapped onto each calibrating stage's fields)
-NOT_A_DATACLASS = {"models", CALIBRATION}
+# entries over `model:`)
+NOT_A_DATACLASS = {"models"}
 
 
 def _import_everything() -> None:
