@@ -48,6 +48,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return iter(list(self._items.values()))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items

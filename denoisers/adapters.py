@@ -64,8 +64,3 @@ def marker_kind(directory: Path) -> str | None:
         if adapter.marker and (directory / adapter.marker).is_file():
             return adapter.kind
     return None
-
-
-def adapter_kinds() -> tuple[str, ...]:
-    """The kinds with a registered adapter, in registration order."""
-    return _ADAPTERS.names()
