@@ -58,16 +58,11 @@ class Context:
         """The one `sampling.evaluator.Evaluator` of this model: its denoiser (`load_denoiser`),
         `bank` (a `Bank` or its directory; None: FP only), the scorer of its family and the FP cache
         under DATA/fp_cache/NAME; `steps` (if given) overrides every generation's sampling steps."""
-        from quant.bank import Bank
         from sampling.evaluator import Evaluator
-        from sampling.scorers import make_scorer
 
-        den = self.load_denoiser()
-        if bank is not None and not hasattr(bank, "dequantize"):
-            bank = Bank.load(bank)
-        return Evaluator(den, bank, make_scorer(den, device=self.spec.device),
-                         fp_cache=self.layout.fp_cache,
-                         generate_kw={} if steps is None else {"steps": steps})
+        return Evaluator.for_denoiser(self.load_denoiser(), bank, fp_cache=self.layout.fp_cache,
+                                      device=self.spec.device,
+                                      generate_kw=None if steps is None else {"steps": steps})
 
     def load_denoiser(self):
         """The spec's denoiser with the command line's generation overrides applied."""

@@ -177,19 +177,28 @@ class Evaluator:
         from dataclasses import replace
 
         from denoisers.registry import load_denoiser
-        from quant.bank import Bank
-        from sampling.scorers import make_scorer
 
         if device is not None:
             spec = replace(spec, device=device)
         den = load_denoiser(spec, data_dir=Path(data_dir))
         if generate:
             den.configure_generation(**generate)
+        return Evaluator.for_denoiser(den, bank, fp_cache=Layout(Path(data_dir), spec.name).fp_cache,
+                                      device=spec.device, generate_kw=generate, scorer=scorer)
+
+    @staticmethod
+    def for_denoiser(den: Any, bank: Any = None, *, fp_cache: Path | None, device: str,
+                     generate_kw: dict | None = None, scorer: bool = True) -> "Evaluator":
+        """An evaluator of a loaded denoiser: `bank` (a `Bank` or its directory; None: FP only),
+        the scorer of its family on `device` (unless `scorer` is False), the FP image cache
+        `fp_cache`, and `generate_kw` passed to every generation (e.g. {"steps": 4})."""
+        from quant.bank import Bank
+        from sampling.scorers import make_scorer
+
         if bank is not None and not hasattr(bank, "dequantize"):
             bank = Bank.load(bank)
-        sc = make_scorer(den, device=spec.device) if scorer else None
-        return Evaluator(den, bank, sc, fp_cache=Layout(Path(data_dir), spec.name).fp_cache,
-                         generate_kw=dict(generate or {}))
+        sc = make_scorer(den, device=device) if scorer else None
+        return Evaluator(den, bank, sc, fp_cache=fp_cache, generate_kw=dict(generate_kw or {}))
 
     # --- applying and generating: the only place a config meets the model -------------------
     @contextmanager

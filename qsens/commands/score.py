@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from core.errors import QsensError
     from sampling.evaluator import Evaluator
     from sampling.noise import ScoreParams, load_bank_for, sample_grid
-    from sampling.scorers import make_scorer
 
     configure_torch(args.threads)
     sp = ScoreParams.from_yaml(args.params)
@@ -70,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         stats = bank.summarize(config).to_dict()
         result.update({k: stats[k] for k in ("avg_bits", "quantized_bytes", "quantized_error",
                                              "bops") if k in stats})
-    ev = Evaluator(den, bank, make_scorer(den, device=ctx.spec.device),
-                   fp_cache=ctx.layout.fp_cache)
+    ev = Evaluator.for_denoiser(den, bank, fp_cache=ctx.layout.fp_cache, device=ctx.spec.device)
     row = ev.score(config, n, seed, paired=args.paired, keep_images=True)
     images = row.pop("images")
     result.update({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
